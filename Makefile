@@ -1,0 +1,48 @@
+# The two commands: `make run` and `make test`. Both set up whatever this machine lacks.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEB_PACKAGES := chromium xmlsec1
+DEB_STAMP := $(VENV)/.debs
+
+.PHONY: run test lint bench clean setup
+
+run: $(STAMP)
+	$(VENV)/bin/trellis db upgrade
+	$(VENV)/bin/trellis demo seed
+	$(VENV)/bin/trellis serve --host 127.0.0.1 --port 5000
+
+test: $(STAMP) $(DEB_STAMP)
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+bench: $(STAMP)
+	$(PY) bench/login.py --quick
+
+setup: $(STAMP) $(DEB_STAMP)
+
+# Re-installs only when the package definition changes.
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+# Debian packages the test suite drives (a real browser; xmlsec1 for SAML peers).
+$(DEB_STAMP): Makefile
+	@missing=""; for p in $(DEB_PACKAGES); do \
+	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+	@mkdir -p $(VENV) && touch $@
+
+clean:
+	rm -rf $(VENV) instance test-output

@@ -1,0 +1,108 @@
+"""Trellis portal: the Flask application factory."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any
+
+from flask import Flask
+
+from portal.config import ROOT, load_settings
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the app from the environment; ``config`` overrides individual settings."""
+    settings = load_settings(overrides=config)
+    app = Flask(__name__, template_folder=str(ROOT / "templates"),
+                instance_path=settings["INSTANCE_PATH"])
+    app.config.update(settings)
+    _configure_flask(app)
+
+    from portal import logs
+    logs.configure(app.config["LOG_FORMAT"], app.config["LOG_LEVEL"])
+
+    from portal import errors, security
+    security.install(app)  # first, so every later hook and error has a request id
+    errors.register_error_handlers(app)
+
+    _init_services(app)
+    _init_extensions(app)
+
+    from portal.views import admin, auth, branding, health, home
+    for blueprint in (auth.bp, home.bp, admin.bp, health.bp, branding.bp):
+        app.register_blueprint(blueprint)
+    _limit_credential_endpoints(app)
+    return app
+
+
+def _configure_flask(app: Flask) -> None:
+    secure = app.config["COOKIE_SECURE"]
+    app.config.update(
+        SESSION_COOKIE_NAME="__Host-trellis" if secure else "trellis",
+        SESSION_COOKIE_SECURE=secure,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        REMEMBER_COOKIE_SECURE=secure,
+        REMEMBER_COOKIE_HTTPONLY=True,
+        PERMANENT_SESSION_LIFETIME=timedelta(hours=app.config["SESSION_HOURS"]),
+        MAX_CONTENT_LENGTH=app.config["MAX_REQUEST_KIB"] * 1024,
+        MAX_FORM_MEMORY_SIZE=app.config["MAX_REQUEST_KIB"] * 1024,
+        RATELIMIT_STORAGE_URI=app.config["REDIS_URL"] or "memory://",
+        RATELIMIT_HEADERS_ENABLED=True,
+    )
+    if app.config["TRUSTED_PROXIES"]:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+        count = app.config["TRUSTED_PROXIES"]
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=count, x_proto=count, x_host=count)
+
+
+def _init_services(app: Flask) -> None:
+    from portal.db import Database
+    from portal.extensions import Services, close_db_session
+    from portal.passwords import Passwords
+    from portal.throttle import LoginThrottle, MemoryStore, RedisStore
+
+    config = app.config
+    if config["REDIS_URL"]:
+        import redis
+        store = RedisStore(redis.Redis.from_url(config["REDIS_URL"], socket_timeout=2),
+                           prefix=config.get("THROTTLE_PREFIX", "trellis:throttle:"))
+    else:
+        store = MemoryStore()
+    app.extensions["trellis"] = Services(
+        db=Database(config["DATABASE_URL"]),
+        passwords=Passwords(config["ARGON2_TIME_COST"], config["ARGON2_MEMORY_KIB"],
+                            config["ARGON2_PARALLELISM"]),
+        throttle=LoginThrottle(store, account_free=config["LOGIN_FREE_FAILURES"],
+                               ip_free=config["LOGIN_IP_FREE_FAILURES"],
+                               base_seconds=config["LOCKOUT_SECONDS"],
+                               max_seconds=config["LOCKOUT_MAX_SECONDS"]),
+    )
+    app.teardown_appcontext(close_db_session)
+
+
+def _init_extensions(app: Flask) -> None:
+    from portal.extensions import csrf, login_manager
+
+    csrf.init_app(app)
+    login_manager.init_app(app)
+
+
+# Every endpoint that accepts a credential; later protocols add theirs here.
+CREDENTIAL_ENDPOINTS = ("auth.login", "auth.org_login")
+
+
+def _limit_credential_endpoints(app: Flask) -> None:
+    """A request-rate limit per client IP on top of the failure-based lockout. Each app gets
+    its own limiter so its in-process counters are not shared with another app."""
+    from flask_limiter import Limiter
+    from flask_limiter.util import get_remote_address
+
+    limiter = Limiter(get_remote_address, app=app, default_limits=[], swallow_errors=True,
+                      key_prefix=app.config.get("RATELIMIT_KEY_PREFIX", "trellis"))
+    rate = app.config["LOGIN_RATE_LIMIT"]
+    for endpoint in CREDENTIAL_ENDPOINTS:
+        view = app.view_functions[endpoint]
+        app.view_functions[endpoint] = limiter.limit(rate, methods=["POST"])(view)
+    app.extensions["trellis_limiter"] = limiter

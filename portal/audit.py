@@ -1,0 +1,164 @@
+"""The append-only, hash-chained audit trail.
+
+``record`` adds an event to the caller's session, so it commits or rolls back together with
+the change it describes. Each event's hash covers its canonical JSON and the previous event's
+hash; ``verify`` walks the chain and names the first event that was altered, inserted or
+removed. Appenders are serialized by updating the single ``audit_head`` row first.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from portal.db import utcnow
+from portal.models import AuditEvent, AuditHead
+
+GENESIS = "0" * 64
+HASHED_FIELDS = ("seq", "occurred_at", "actor_id", "actor", "organization_id", "action",
+                 "target", "outcome", "reason", "ip", "user_agent", "request_id", "details")
+EXPORT_FIELDS = ("seq", "occurred_at", "actor_id", "actor", "organization_id", "action",
+                 "target", "outcome", "reason", "ip", "user_agent", "request_id", "details",
+                 "prev_hash", "hash")
+
+
+@dataclass
+class Context:
+    """Who is acting and from where; built by the web layer or the CLI."""
+
+    actor_id: int | None = None
+    actor: str = ""
+    ip: str = ""
+    user_agent: str = ""
+    request_id: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def record(session: Session, context: Context, action: str, *, outcome: str = "success",
+           target: str = "", organization_id: int | None = None, reason: str = "",
+           details: dict[str, Any] | None = None) -> AuditEvent:
+    head = _lock_head(session)
+    event = AuditEvent(
+        seq=head.last_seq + 1, occurred_at=utcnow(), actor_id=context.actor_id,
+        actor=context.actor[:320], organization_id=organization_id, action=action,
+        target=target[:400], outcome=outcome, reason=reason[:400], ip=context.ip[:45],
+        user_agent=context.user_agent[:400], request_id=context.request_id[:64],
+        details=details or {}, prev_hash=head.last_hash)
+    event.hash = event_hash(event, head.last_hash)
+    head.last_seq, head.last_hash = event.seq, event.hash
+    session.add(event)
+    session.flush()
+    return event
+
+
+def _lock_head(session: Session) -> AuditHead:
+    # The UPDATE takes the row lock (PostgreSQL) or the write lock (SQLite) before we read the
+    # head, so two concurrent appenders can never chain onto the same previous event.
+    session.execute(sa.update(AuditHead).where(AuditHead.id == 1)
+                    .values(last_seq=AuditHead.last_seq))
+    head = session.execute(sa.select(AuditHead).where(AuditHead.id == 1)
+                           .execution_options(populate_existing=True)).scalar_one_or_none()
+    if head is None:
+        head = AuditHead(id=1, last_seq=0, last_hash=GENESIS)
+        session.add(head)
+        session.flush()
+    return head
+
+
+def canonical(event: AuditEvent) -> str:
+    data = {name: getattr(event, name) for name in HASHED_FIELDS}
+    data["occurred_at"] = _timestamp(event.occurred_at)
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      default=str)
+
+
+def event_hash(event: AuditEvent, prev_hash: str) -> str:
+    return hashlib.sha256((prev_hash + canonical(event)).encode()).hexdigest()
+
+
+def _timestamp(value: datetime) -> str:
+    return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass
+class VerifyResult:
+    ok: bool
+    checked: int
+    problem: str = ""
+    seq: int | None = None
+
+
+def verify(session: Session, batch: int = 1000) -> VerifyResult:
+    """Walk the chain in order; stop at the first event that does not fit."""
+    prev_hash, expected_seq, checked = GENESIS, 1, 0
+    for event in _iterate(session, batch):
+        if event.seq != expected_seq:
+            missing = event.seq > expected_seq
+            return VerifyResult(False, checked, (
+                f"event {expected_seq} is missing (removed): the chain jumps to {event.seq}"
+                if missing else f"event {event.seq} appears twice or out of order (inserted)"),
+                expected_seq)
+        if event.prev_hash != prev_hash:
+            return VerifyResult(False, checked, f"event {event.seq} does not follow event "
+                                f"{event.seq - 1} (inserted or reordered)", event.seq)
+        if event_hash(event, prev_hash) != event.hash:
+            return VerifyResult(False, checked, f"event {event.seq} was altered "
+                                f"(id {event.id}, action {event.action})", event.seq)
+        prev_hash, expected_seq, checked = event.hash, expected_seq + 1, checked + 1
+    head = session.get(AuditHead, 1)
+    last_seq = head.last_seq if head else 0
+    if last_seq != checked or (head and head.last_hash != prev_hash):
+        return VerifyResult(False, checked, f"events after {checked} were removed: the chain "
+                            f"head says the last event is {last_seq}", checked + 1)
+    return VerifyResult(True, checked)
+
+
+def _iterate(session: Session, batch: int, since: datetime | None = None
+             ) -> Iterator[AuditEvent]:
+    last = 0
+    while True:
+        query = sa.select(AuditEvent).where(AuditEvent.seq > last)
+        if since is not None:
+            query = query.where(AuditEvent.occurred_at >= since)
+        rows = session.execute(query.order_by(AuditEvent.seq).limit(batch)).scalars().all()
+        if not rows:
+            return
+        yield from rows
+        last = rows[-1].seq
+        session.expunge_all()
+
+
+def export_rows(session: Session, since: datetime | None = None) -> Iterator[dict[str, Any]]:
+    for event in _iterate(session, 1000, since):
+        row = {name: getattr(event, name) for name in EXPORT_FIELDS}
+        row["occurred_at"] = _timestamp(event.occurred_at)
+        yield row
+
+
+def export(session: Session, fmt: str, since: datetime | None = None) -> Iterator[str]:
+    """Stream events as JSON lines or CSV (with a header row)."""
+    rows = export_rows(session, since)
+    if fmt == "jsonl":
+        for row in rows:
+            yield json.dumps(row, ensure_ascii=False, default=str) + "\n"
+        return
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=EXPORT_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        row["details"] = json.dumps(row["details"], sort_keys=True)
+        writer.writerow(row)
+        yield buffer.getvalue()
+        buffer.seek(0)
+        buffer.truncate()
+    if buffer.tell() or buffer.getvalue():
+        yield buffer.getvalue()

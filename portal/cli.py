@@ -1,0 +1,374 @@
+"""The ``trellis`` command: database, organizations, domains, users, audit, demo, serve.
+
+Every error is one line on stderr with a non-zero exit code; the detail goes to the log.
+Every change is audited with the operating-system user as the actor.
+"""
+
+from __future__ import annotations
+
+import getpass
+import secrets
+import sys
+from datetime import UTC, datetime
+
+import click
+from flask import current_app
+from flask.cli import FlaskGroup, with_appcontext
+
+from portal import audit
+from portal.config import ConfigError
+from portal.errors import TrellisError
+from portal.extensions import services
+
+
+class TrellisGroup(FlaskGroup):
+    """Turns every failure into one plain line instead of a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except TrellisError as exc:
+            _fail(exc.message)
+        except ConfigError as exc:
+            _fail(f"configuration: {exc}")
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except BrokenPipeError:  # e.g. `trellis audit export | head`
+            sys.stderr.close()
+            sys.exit(0)
+        except Exception as exc:
+            reference = secrets.token_hex(6)
+            where = _log_detail(reference, exc)
+            _fail(f"unexpected failure ({type(exc).__name__}); details under reference "
+                  f"{reference} in {where}")
+
+
+def _log_detail(reference: str, exc: Exception) -> str:
+    """The traceback goes to a file, never to the operator's terminal."""
+    import traceback
+    from pathlib import Path
+
+    from portal.config import load_settings
+    try:
+        folder = Path(load_settings()["INSTANCE_PATH"])
+    except ConfigError:
+        folder = Path("instance")
+    path = folder / "cli-errors.log"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as handle:
+            handle.write(f"--- {datetime.now(UTC).isoformat()} reference {reference}\n")
+            handle.write("".join(traceback.format_exception(exc)))
+    except OSError:
+        return "no log (the instance folder is not writable)"
+    return str(path)
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(1)
+
+
+def _create_app():
+    from portal import create_app
+    try:
+        return create_app()
+    except ConfigError as exc:
+        _fail(f"configuration: {exc}")
+
+
+@click.group(cls=TrellisGroup, create_app=_create_app, add_default_commands=False,
+             add_version_option=False, load_dotenv=False)
+def main() -> None:
+    """Trellis partner portal and identity federation broker."""
+
+
+def cli_context() -> audit.Context:
+    try:
+        who = getpass.getuser()
+    except (KeyError, OSError):
+        who = "unknown"
+    return audit.Context(actor=f"cli:{who}", request_id=f"cli-{secrets.token_hex(6)}")
+
+
+# --- database ---------------------------------------------------------------------------
+
+@main.group()
+def db() -> None:
+    """Database schema migrations."""
+
+
+@db.command("upgrade")
+@click.argument("revision", default="head")
+@with_appcontext
+def db_upgrade(revision: str) -> None:
+    """Apply migrations up to REVISION (default: the latest)."""
+    from portal import migrate
+    migrate.upgrade(current_app.config["DATABASE_URL"], revision)
+    click.echo(f"database at {revision}")
+
+
+@db.command("downgrade")
+@click.argument("revision")
+@with_appcontext
+def db_downgrade(revision: str) -> None:
+    """Revert migrations down to REVISION (``base`` empties the schema)."""
+    from portal import migrate
+    migrate.downgrade(current_app.config["DATABASE_URL"], revision)
+    click.echo(f"database at {revision}")
+
+
+@db.command("current")
+@with_appcontext
+def db_current() -> None:
+    """Show the database's revision and the code's."""
+    from portal import migrate
+    with services().db.engine.connect() as connection:
+        revision = migrate.current_revision(connection)
+    click.echo(f"database: {revision or 'empty'}  code: {migrate.head_revision()}")
+
+
+# --- organizations and domains ----------------------------------------------------------
+
+@main.group()
+def org() -> None:
+    """Organizations."""
+
+
+@org.command("create")
+@click.argument("slug")
+@click.option("--name", required=True, help="Display name.")
+@click.option("--kind", type=click.Choice(["partner", "vendor", "internal"]), default="partner",
+              show_default=True)
+@click.option("--primary-color", help="Branding colour, e.g. #0b6e4f.")
+@click.option("--logo-url", help="https:// URL of the logo image.")
+@click.option("--footer-text", help="Text shown at the foot of every page.")
+@with_appcontext
+def org_create(slug, name, kind, primary_color, logo_url, footer_text) -> None:
+    """Create an organization."""
+    from portal.services import organizations
+    branding = {"primary_color": primary_color, "logo_url": logo_url, "footer_text": footer_text}
+    with services().db.transaction() as session:
+        created = organizations.create(session, cli_context(), slug=slug, name=name, kind=kind,
+                                       branding=branding)
+        click.echo(f"created organization {created.slug} ({created.name})")
+
+
+@org.command("list")
+@with_appcontext
+def org_list() -> None:
+    """List organizations."""
+    from portal.services import organizations
+    with services().db.sessions() as session:
+        rows = organizations.list_all(session)
+        if not rows:
+            click.echo("no organizations")
+        for item in rows:
+            click.echo(f"{item.slug}\t{item.kind.value}\t{item.status.value}\t{item.name}")
+
+
+@org.command("show")
+@click.argument("slug")
+@with_appcontext
+def org_show(slug: str) -> None:
+    """Show one organization with its domains and member count."""
+    from portal.services import organizations, users
+    with services().db.sessions() as session:
+        item = organizations.get(session, slug)
+        members = users.list_users(session, slug)
+        click.echo(f"slug:     {item.slug}\nname:     {item.name}\nkind:     {item.kind.value}\n"
+                   f"status:   {item.status.value}\nmembers:  {len(members)}")
+        for key, value in sorted(item.branding.items()):
+            click.echo(f"branding: {key} = {value}")
+        for domain in item.domains:
+            state = ("verified" if domain.verified
+                     else f"unverified (token {domain.verification_token})")
+            click.echo(f"domain:   {domain.name} {state}")
+
+
+@main.group()
+def domain() -> None:
+    """Email domains of organizations (used to route sign-ins)."""
+
+
+@domain.command("add")
+@click.argument("slug")
+@click.argument("name")
+@with_appcontext
+def domain_add(slug: str, name: str) -> None:
+    """Claim domain NAME for organization SLUG (unverified until verified)."""
+    from portal.services import organizations
+    with services().db.transaction() as session:
+        added = organizations.add_domain(session, cli_context(), slug, name)
+        click.echo(f"added {added.name} to {slug}; verification token {added.verification_token}")
+
+
+@domain.command("verify")
+@click.argument("name")
+@click.option("--manual", is_flag=True, help="Mark verified on the operator's word (audited).")
+@with_appcontext
+def domain_verify(name: str, manual: bool) -> None:
+    """Mark a domain verified."""
+    from portal.services import organizations
+    if not manual:
+        raise TrellisError("Only manual verification is available: run again with --manual "
+                           "once you have confirmed the organization owns the domain.",
+                           code="manual_only")
+    with services().db.transaction() as session:
+        verified = organizations.verify_domain_manually(session, cli_context(), name)
+        click.echo(f"{verified.name} is verified")
+
+
+# --- users ------------------------------------------------------------------------------
+
+def _read_password(password_stdin: bool, no_password: bool) -> str | None:
+    if no_password:
+        return None
+    if password_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    return click.prompt("Password", hide_input=True, confirmation_prompt=True)
+
+
+@main.group()
+def user() -> None:
+    """User accounts."""
+
+
+@user.command("create")
+@click.argument("email")
+@click.option("--name", "display_name", default="", help="Display name.")
+@click.option("--org", "org_slug", help="Make the user a member of this organization.")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+@click.option("--no-password", is_flag=True, help="No local password (federated sign-in only).")
+@with_appcontext
+def user_create(email, display_name, org_slug, password_stdin, no_password) -> None:
+    """Create a user."""
+    _create_user(email, display_name, org_slug, _read_password(password_stdin, no_password),
+                 operator=False)
+
+
+@user.command("list")
+@click.option("--org", "org_slug", help="Only members of this organization.")
+@with_appcontext
+def user_list(org_slug: str | None) -> None:
+    """List users."""
+    from portal.services import users
+    with services().db.sessions() as session:
+        rows = users.list_users(session, org_slug)
+        if not rows:
+            click.echo("no users")
+        for item in rows:
+            orgs = ",".join(m.organization.slug for m in item.memberships) or "-"
+            role = "operator" if item.is_operator else "user"
+            click.echo(f"{item.email}\t{item.status.value}\t{role}\t{orgs}")
+
+
+@user.command("suspend")
+@click.argument("email")
+@click.option("--reason", default="", help="Recorded in the audit trail.")
+@with_appcontext
+def user_suspend(email: str, reason: str) -> None:
+    """Suspend a user and end all their sessions."""
+    from portal.services import users
+    with services().db.transaction() as session:
+        suspended = users.suspend(session, cli_context(), email, reason)
+        click.echo(f"suspended {suspended.email}")
+
+
+@main.group()
+def admin() -> None:
+    """Platform operators."""
+
+
+@admin.command("create")
+@click.argument("email")
+@click.option("--name", "display_name", default="", help="Display name.")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+@with_appcontext
+def admin_create(email, display_name, password_stdin) -> None:
+    """Create a platform operator."""
+    _create_user(email, display_name, None, _read_password(password_stdin, False), operator=True)
+
+
+def _create_user(email, display_name, org_slug, password, *, operator: bool) -> None:
+    from portal.services import users
+    s = services()
+    with s.db.transaction() as session:
+        created = users.create(session, cli_context(), s.passwords, email=email,
+                               password=password, display_name=display_name,
+                               org_slug=org_slug, operator=operator)
+        kind = "operator" if operator else "user"
+        click.echo(f"created {kind} {created.email}")
+
+
+# --- audit ------------------------------------------------------------------------------
+
+@main.group("audit")
+def audit_group() -> None:
+    """The tamper-evident audit trail."""
+
+
+@audit_group.command("verify")
+@with_appcontext
+def audit_verify() -> None:
+    """Check the hash chain; name the first event that was altered, inserted or removed."""
+    with services().db.sessions() as session:
+        result = audit.verify(session)
+    if not result.ok:
+        _fail(f"audit chain broken after {result.checked} good events: {result.problem}")
+    click.echo(f"audit chain intact: {result.checked} events")
+
+
+@audit_group.command("export")
+@click.option("--since", type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]),
+              help="Only events at or after this UTC date/time.")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl",
+              show_default=True)
+@with_appcontext
+def audit_export(since: datetime | None, fmt: str) -> None:
+    """Stream events to standard output."""
+    since = since.replace(tzinfo=UTC) if since else None
+    with services().db.sessions() as session:
+        for chunk in audit.export(session, fmt, since):
+            click.echo(chunk, nl=False)
+
+
+# --- demo and serving -------------------------------------------------------------------
+
+@main.group()
+def demo() -> None:
+    """Demo data for trying Trellis out."""
+
+
+@demo.command("seed")
+@with_appcontext
+def demo_seed() -> None:
+    """Create demo organizations and users (refused in production)."""
+    from portal import demo as demo_data
+    if current_app.config["ENV"] == "production":
+        raise TrellisError("Demo data is refused when TRELLIS_ENV=production.",
+                           code="production")
+    s = services()
+    created = demo_data.seed(s.db, s.passwords, cli_context())
+    click.echo("demo data created" if created else "demo data already present")
+
+
+@main.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=5000, show_default=True, type=int)
+@with_appcontext
+def serve(host: str, port: int) -> None:
+    """Serve the portal with the built-in server (for development and demos)."""
+    from werkzeug.serving import run_simple
+
+    from portal import demo as demo_data
+    url = f"http://{host}:{port}/"
+    click.echo(f"\n  Trellis is running at {url}\n")
+    if current_app.config["ENV"] != "production":
+        click.echo(demo_data.describe())
+    run_simple(host, port, current_app._get_current_object(), threaded=True,
+               use_reloader=False)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,205 @@
+"""Settings, read once from environment variables and validated before the app starts.
+
+Every setting is declared in ``SETTINGS`` so that validation, defaults and the README's
+configuration table come from one list. A bad value stops the app with a message that names
+the variable, because a half-configured identity broker is worse than one that will not start.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ENVIRONMENTS = ("development", "production", "test")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class ConfigError(Exception):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    env: str
+    key: str
+    parse: Callable[[str], Any]
+    default: Any
+    doc: str
+
+
+def _int_range(low: int, high: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ValueError("must be a whole number") from None
+        if not low <= value <= high:
+            raise ValueError(f"must be between {low} and {high}")
+        return value
+
+    return parse
+
+
+def _bool(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError("must be true or false")
+
+
+def _choice(*options: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        if raw not in options:
+            raise ValueError(f"must be one of {', '.join(options)}")
+        return raw
+
+    return parse
+
+
+def _database_url(raw: str) -> str:
+    if not re.match(r"^(sqlite|postgresql)(\+\w+)?://", raw):
+        raise ValueError("must be a sqlite:/// or postgresql+psycopg:// URL")
+    return raw
+
+
+def _redis_url(raw: str) -> str:
+    if raw and not re.match(r"^rediss?://", raw):
+        raise ValueError("must be a redis:// or rediss:// URL")
+    return raw
+
+
+def _rate(raw: str) -> str:
+    if not re.match(r"^\d+\s*(/|per)\s*(second|minute|hour|day)s?$", raw.strip()):
+        raise ValueError("must look like '30/minute'")
+    return raw.strip()
+
+
+def _secret_key(raw: str) -> str:
+    if len(raw) < 32:
+        raise ValueError("must be at least 32 characters")
+    return raw
+
+
+def _text(raw: str) -> str:
+    return raw
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("TRELLIS_ENV", "ENV", _choice(*ENVIRONMENTS), "development",
+            "`development`, `production` or `test`. Production requires `SECRET_KEY`, "
+            "forces secure cookies and refuses demo data."),
+    Setting("SECRET_KEY", "SECRET_KEY", _secret_key, None,
+            "Signs sessions and CSRF tokens (32+ characters). Required in production; in "
+            "development it is generated once into `instance/secret_key`."),
+    Setting("DATABASE_URL", "DATABASE_URL", _database_url, None,
+            "SQLAlchemy URL. Default: SQLite file `instance/trellis.db`. PostgreSQL: "
+            "`postgresql+psycopg://user@host:5432/db`."),
+    Setting("REDIS_URL", "REDIS_URL", _redis_url, "",
+            "When set, sign-in throttling and rate limits are shared through Redis by every "
+            "worker; otherwise they are kept in process."),
+    Setting("TRELLIS_INSTANCE_PATH", "INSTANCE_PATH", _text, str(ROOT / "instance"),
+            "Folder for the SQLite database and the generated development secret key."),
+    Setting("TRELLIS_COOKIE_SECURE", "COOKIE_SECURE", _bool, None,
+            "Send cookies over HTTPS only. Default: on in production, off in development "
+            "(so `http://127.0.0.1` works). Cannot be turned off in production."),
+    Setting("TRELLIS_SESSION_HOURS", "SESSION_HOURS", _int_range(1, 720), 8,
+            "How long a sign-in lasts before the user must sign in again."),
+    Setting("TRELLIS_TRUSTED_PROXIES", "TRUSTED_PROXIES", _int_range(0, 5), 0,
+            "Number of reverse proxies in front of Trellis whose `X-Forwarded-*` headers are "
+            "trusted (client IP, HTTPS). 0 trusts none."),
+    Setting("TRELLIS_ARGON2_TIME_COST", "ARGON2_TIME_COST", _int_range(1, 20), 2,
+            "argon2id iterations. Changing a parameter rehashes each password at its next "
+            "sign-in."),
+    Setting("TRELLIS_ARGON2_MEMORY_KIB", "ARGON2_MEMORY_KIB", _int_range(8192, 4194304), 19456,
+            "argon2id memory in KiB (default is OWASP's minimum, 19 MiB)."),
+    Setting("TRELLIS_ARGON2_PARALLELISM", "ARGON2_PARALLELISM", _int_range(1, 16), 1,
+            "argon2id lanes."),
+    Setting("TRELLIS_LOGIN_FREE_FAILURES", "LOGIN_FREE_FAILURES", _int_range(1, 100), 5,
+            "Failed sign-ins allowed per account before it is locked for a while."),
+    Setting("TRELLIS_LOGIN_IP_FREE_FAILURES", "LOGIN_IP_FREE_FAILURES", _int_range(1, 10000), 20,
+            "Failed sign-ins allowed per client IP (any account) before that IP is locked."),
+    Setting("TRELLIS_LOCKOUT_SECONDS", "LOCKOUT_SECONDS", _int_range(1, 86400), 60,
+            "First lockout length; it doubles with every further failure."),
+    Setting("TRELLIS_LOCKOUT_MAX_SECONDS", "LOCKOUT_MAX_SECONDS", _int_range(1, 604800), 3600,
+            "Longest lockout."),
+    Setting("TRELLIS_LOGIN_RATE_LIMIT", "LOGIN_RATE_LIMIT", _rate, "30/minute",
+            "Request rate limit per client IP on every credential endpoint, failed or not."),
+    Setting("TRELLIS_MAX_REQUEST_KIB", "MAX_REQUEST_KIB", _int_range(16, 65536), 1024,
+            "Largest request body accepted; larger bodies get a 413 page."),
+    Setting("TRELLIS_LOG_FORMAT", "LOG_FORMAT", _choice("text", "json"), "text",
+            "`json` writes one JSON object per log line."),
+    Setting("TRELLIS_LOG_LEVEL", "LOG_LEVEL", _choice("DEBUG", "INFO", "WARNING", "ERROR"),
+            "INFO", "Log level."),
+)
+
+
+def load_settings(environ: Mapping[str, str] | None = None,
+                  overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Read every declared setting; overrides (already typed) win over the environment."""
+    environ = os.environ if environ is None else environ
+    overrides = dict(overrides or {})
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        if setting.key in overrides:
+            values[setting.key] = overrides.pop(setting.key)
+            continue
+        raw = environ.get(setting.env)
+        if raw is None or raw == "":
+            values[setting.key] = setting.default
+            continue
+        try:
+            values[setting.key] = setting.parse(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{setting.env}: {exc}") from None
+    values.update(overrides)  # non-declared Flask settings, e.g. TESTING
+    _derive(values)
+    return values
+
+
+def _derive(values: dict[str, Any]) -> None:
+    production = values["ENV"] == "production"
+    instance = Path(values["INSTANCE_PATH"])
+    if values["DATABASE_URL"] is None:
+        values["DATABASE_URL"] = f"sqlite:///{instance / 'trellis.db'}"
+    if values["COOKIE_SECURE"] is None:
+        values["COOKIE_SECURE"] = production
+    if production and not values["COOKIE_SECURE"]:
+        raise ConfigError("TRELLIS_COOKIE_SECURE: cannot be off when TRELLIS_ENV=production")
+    if values["SECRET_KEY"] is None:
+        if production:
+            raise ConfigError("SECRET_KEY: required when TRELLIS_ENV=production")
+        values["SECRET_KEY"] = _development_secret(instance)
+    if values["LOCKOUT_MAX_SECONDS"] < values["LOCKOUT_SECONDS"]:
+        raise ConfigError("TRELLIS_LOCKOUT_MAX_SECONDS: must not be below TRELLIS_LOCKOUT_SECONDS")
+
+
+def _development_secret(instance: Path) -> str:
+    """Generate the key once so sessions survive restarts, without a constant in code."""
+    path = instance / "secret_key"
+    if path.exists():
+        return path.read_text().strip()
+    instance.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(48)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(key)
+    return key
+
+
+def settings_table() -> str:
+    """The README's configuration table, generated so it cannot drift from the code."""
+    rows = ["| Variable | Default | What it does |", "|---|---|---|"]
+    for setting in SETTINGS:
+        default = setting.default
+        if setting.key == "INSTANCE_PATH":
+            default = "instance"
+        shown = "—" if default in (None, "") else f"`{default}`"
+        rows.append(f"| `{setting.env}` | {shown} | {setting.doc} |")
+    return "\n".join(rows)

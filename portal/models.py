@@ -1,0 +1,185 @@
+"""The data model. Alembic migrations under ``portal/migrations`` are the only way it changes."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from portal.db import Base, UTCDateTime, utcnow
+
+
+class OrgKind(enum.StrEnum):
+    PARTNER = "partner"
+    VENDOR = "vendor"
+    INTERNAL = "internal"
+
+
+class OrgStatus(enum.StrEnum):
+    ACTIVE = "active"
+    SUSPENDED = "suspended"
+
+
+class UserStatus(enum.StrEnum):
+    ACTIVE = "active"
+    SUSPENDED = "suspended"
+    DELETED = "deleted"
+
+
+class MembershipStatus(enum.StrEnum):
+    ACTIVE = "active"
+    SUSPENDED = "suspended"
+
+
+class MembershipSource(enum.StrEnum):
+    JIT = "jit"
+    INVITE = "invite"
+    LDAP = "ldap"
+    SCIM = "scim"
+    MANUAL = "manual"
+
+
+def _enum(enum_cls: type[enum.Enum], name: str) -> sa.Enum:
+    # Stored as short strings with a CHECK constraint: portable and readable in SQL.
+    return sa.Enum(enum_cls, name=name, native_enum=False, create_constraint=True, length=16,
+                   values_callable=lambda cls: [member.value for member in cls])
+
+
+class Organization(Base):
+    __tablename__ = "organizations"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    slug: Mapped[str] = mapped_column(sa.String(63), unique=True)
+    name: Mapped[str] = mapped_column(sa.String(200))
+    kind: Mapped[OrgKind] = mapped_column(_enum(OrgKind, "org_kind"))
+    status: Mapped[OrgStatus] = mapped_column(_enum(OrgStatus, "org_status"),
+                                              default=OrgStatus.ACTIVE)
+    # Branding: {"primary_color": "#1a73e8", "logo_url": "https://…", "footer_text": "…"}
+    branding: Mapped[dict[str, Any]] = mapped_column(sa.JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    domains: Mapped[list[Domain]] = relationship(back_populates="organization",
+                                                 order_by="Domain.name")
+
+
+class Domain(Base):
+    __tablename__ = "domains"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(253), unique=True)
+    organization_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
+    verified: Mapped[bool] = mapped_column(default=False)
+    verification_token: Mapped[str] = mapped_column(sa.String(64))
+    verified_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    organization: Mapped[Organization] = relationship(back_populates="domains")
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(sa.String(320), unique=True)  # normalized
+    display_name: Mapped[str] = mapped_column(sa.String(200), default="")
+    status: Mapped[UserStatus] = mapped_column(_enum(UserStatus, "user_status"),
+                                               default=UserStatus.ACTIVE)
+    password_hash: Mapped[str | None] = mapped_column(sa.String(255))
+    is_operator: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    memberships: Mapped[list[Membership]] = relationship(back_populates="user")
+
+    # Flask-Login protocol, spelled out so a suspended user is never "active".
+    @property
+    def is_active(self) -> bool:
+        return self.status == UserStatus.ACTIVE
+
+    @property
+    def is_authenticated(self) -> bool:
+        return True
+
+    @property
+    def is_anonymous(self) -> bool:
+        return False
+
+    def get_id(self) -> str:
+        return str(self.id)
+
+
+class Membership(Base):
+    __tablename__ = "memberships"
+    __table_args__ = (sa.UniqueConstraint("user_id", "organization_id",
+                                          name="uq_memberships_user_org"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"),
+                                         index=True)
+    organization_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
+    status: Mapped[MembershipStatus] = mapped_column(
+        _enum(MembershipStatus, "membership_status"), default=MembershipStatus.ACTIVE)
+    source: Mapped[MembershipSource] = mapped_column(
+        _enum(MembershipSource, "membership_source"), default=MembershipSource.MANUAL)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    user: Mapped[User] = relationship(back_populates="memberships")
+    organization: Mapped[Organization] = relationship()
+
+
+class AuthSession(Base):
+    """Server-side sign-in sessions: the cookie holds only a random token whose hash is here,
+    so logout, suspension and "sign out everywhere" take effect at once."""
+
+    __tablename__ = "auth_sessions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"),
+                                         index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    ip: Mapped[str] = mapped_column(sa.String(45), default="")
+    user_agent: Mapped[str] = mapped_column(sa.String(400), default="")
+
+
+class AuditEvent(Base):
+    """Append-only and hash-chained: each row stores the previous row's hash and its own."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    seq: Mapped[int] = mapped_column(sa.BigInteger, unique=True)
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    actor_id: Mapped[int | None] = mapped_column()  # no FK: the trail outlives users
+    actor: Mapped[str] = mapped_column(sa.String(320), default="")
+    organization_id: Mapped[int | None] = mapped_column(index=True)
+    action: Mapped[str] = mapped_column(sa.String(64), index=True)
+    target: Mapped[str] = mapped_column(sa.String(400), default="")
+    outcome: Mapped[str] = mapped_column(sa.String(16))
+    reason: Mapped[str] = mapped_column(sa.String(400), default="")
+    ip: Mapped[str] = mapped_column(sa.String(45), default="")
+    user_agent: Mapped[str] = mapped_column(sa.String(400), default="")
+    request_id: Mapped[str] = mapped_column(sa.String(64), default="")
+    details: Mapped[dict[str, Any]] = mapped_column(sa.JSON, default=dict)
+    prev_hash: Mapped[str] = mapped_column(sa.String(64))
+    hash: Mapped[str] = mapped_column(sa.String(64))
+
+
+class AuditHead(Base):
+    """One row naming the chain's last event. Updating it first serializes appenders on every
+    backend (row lock on PostgreSQL, write lock on SQLite) and lets verification detect a
+    truncated tail."""
+
+    __tablename__ = "audit_head"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    last_seq: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    last_hash: Mapped[str] = mapped_column(sa.String(64))

@@ -1,0 +1,108 @@
+"""Local password sign-in and server-side sessions."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from datetime import timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from portal import audit
+from portal.db import Database, utcnow
+from portal.errors import TrellisError
+from portal.models import AuthSession, User, UserStatus
+from portal.passwords import Passwords
+from portal.throttle import LoginThrottle
+from portal.validation import normalize_email
+
+INVALID = "The email or password is not correct."
+
+
+class InvalidCredentials(TrellisError):
+    status = 401
+    code = "invalid_credentials"
+    message = INVALID
+
+
+def sign_in(db: Database, ctx: audit.Context, passwords: Passwords, throttle: LoginThrottle,
+            email: str, password: str, session_hours: int) -> tuple[User, str]:
+    """Check a password sign-in and open a server-side session in the same transaction.
+
+    Returns the user and the session token, or raises with the same message for every reason
+    a guesser could learn from. Every outcome is audited."""
+    try:
+        email = normalize_email(email)
+    except TrellisError:
+        email = (email or "").strip().lower()[:320]
+    throttle.check(email, ctx.ip)
+    with db.transaction() as session:
+        user = session.scalar(sa.select(User).where(User.email == email))
+        # Always hash: unknown emails take as long as wrong passwords.
+        password_ok = passwords.verify(user.password_hash if user else None, password)
+        if user is not None and password_ok and user.status == UserStatus.ACTIVE:
+            if passwords.needs_rehash(user.password_hash):
+                user.password_hash = passwords.hasher.hash(password)
+            user.last_login_at = utcnow()
+            throttle.record_success(email)
+            token = start_session(session, user, ctx, session_hours)
+            audit.record(session, _as(ctx, user), "auth.login", target=f"user:{email}",
+                         details={"method": "password"})
+            return user, token
+    reason = ("unknown_user" if user is None else "wrong_password" if not password_ok
+              else f"user_{user.status.value}")
+    _record_failure(db, ctx, throttle, email, reason, user)
+    raise InvalidCredentials()
+
+
+def _record_failure(db: Database, ctx: audit.Context, throttle: LoginThrottle, email: str,
+                    reason: str, user: User | None) -> None:
+    lockout = throttle.record_failure(email, ctx.ip)
+    with db.transaction() as session:
+        audit.record(session, ctx, "auth.login", outcome="failure", target=f"user:{email}",
+                     reason=reason)
+        if lockout is not None:
+            audit.record(session, ctx, "auth.lockout", outcome="failure",
+                         target=f"user:{email}" if lockout.scope == "account" else f"ip:{ctx.ip}",
+                         reason=f"{lockout.scope}_locked",
+                         details={"seconds": lockout.seconds,
+                                  "user_exists": user is not None})
+
+
+def _as(ctx: audit.Context, user: User) -> audit.Context:
+    return audit.Context(actor_id=user.id, actor=user.email, ip=ctx.ip,
+                         user_agent=ctx.user_agent, request_id=ctx.request_id)
+
+
+def start_session(session: Session, user: User, ctx: audit.Context, hours: int) -> str:
+    """Create a server-side session and return the token to put in the cookie."""
+    token = secrets.token_urlsafe(32)
+    session.add(AuthSession(token_hash=_digest(token), user_id=user.id,
+                            expires_at=utcnow() + timedelta(hours=hours),
+                            ip=ctx.ip[:45], user_agent=ctx.user_agent[:400]))
+    return token
+
+
+def load_session_user(session: Session, token: str | None, user_id: str | None) -> User | None:
+    if not token or not user_id:
+        return None
+    row = session.scalar(sa.select(AuthSession).where(AuthSession.token_hash == _digest(token)))
+    if row is None or row.revoked_at is not None or row.expires_at <= utcnow():
+        return None
+    if str(row.user_id) != user_id:
+        return None
+    user = session.get(User, row.user_id)
+    return user if user is not None and user.status == UserStatus.ACTIVE else None
+
+
+def end_session(session: Session, token: str | None) -> None:
+    if token:
+        session.execute(sa.update(AuthSession)
+                        .where(AuthSession.token_hash == _digest(token),
+                               AuthSession.revoked_at.is_(None))
+                        .values(revoked_at=utcnow()))
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()

@@ -1,0 +1,36 @@
+"""The operator pages."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from flask import Blueprint, render_template
+from flask_login import current_user, login_required
+
+from portal.errors import Forbidden
+from portal.extensions import db_session
+from portal.models import Domain, Membership, Organization
+
+bp = Blueprint("admin", __name__, url_prefix="/admin")
+
+
+@bp.before_request
+@login_required
+def require_operator():
+    if not current_user.is_operator:
+        raise Forbidden()
+
+
+@bp.get("/")
+def organizations():
+    session = db_session()
+    members = (sa.select(Membership.organization_id, sa.func.count().label("n"))
+               .group_by(Membership.organization_id).subquery())
+    domains = (sa.select(Domain.organization_id, sa.func.count().label("n"))
+               .group_by(Domain.organization_id).subquery())
+    rows = session.execute(
+        sa.select(Organization, sa.func.coalesce(members.c.n, 0),
+                  sa.func.coalesce(domains.c.n, 0))
+        .outerjoin(members, members.c.organization_id == Organization.id)
+        .outerjoin(domains, domains.c.organization_id == Organization.id)
+        .order_by(Organization.name)).all()
+    return render_template("admin/organizations.html", rows=rows)

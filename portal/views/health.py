@@ -1,0 +1,36 @@
+"""Liveness and readiness for load balancers and orchestrators."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from flask import Blueprint, current_app, jsonify
+
+from portal.extensions import services
+from portal.migrate import current_revision, head_revision
+
+bp = Blueprint("health", __name__)
+
+
+@bp.get("/healthz")
+def healthz():
+    return jsonify(status="ok")
+
+
+@bp.get("/readyz")
+def readyz():
+    checks: dict[str, str] = {}
+    try:
+        with services().db.engine.connect() as connection:
+            connection.execute(sa.text("SELECT 1"))
+            revision = current_revision(connection)
+        checks["database"] = "ok"
+        head = head_revision()
+        checks["migrations"] = ("ok" if revision == head else
+                                f"database at {revision or 'empty'}, code expects {head}")
+    except sa.exc.SQLAlchemyError as exc:
+        current_app.logger.error("readiness: database check failed: %s", exc)
+        checks["database"] = "unreachable"
+        checks["migrations"] = "unknown"
+    failed = [name for name, result in checks.items() if result != "ok"]
+    body = {"status": "fail" if failed else "ok", "failed": failed, "checks": checks}
+    return jsonify(body), 503 if failed else 200

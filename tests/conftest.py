@@ -1,0 +1,177 @@
+"""Shared fixtures.
+
+Every test that touches the database runs once on SQLite and, when ``TEST_DATABASE_URL`` is
+set, once more on PostgreSQL. Each pytest run creates its own database (a temporary SQLite
+file; a ``trellis_t_<random>`` PostgreSQL database), migrates it with Alembic, empties the
+tables after every test and drops the database at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from portal import audit, create_app, migrate
+from portal.db import Base, create_engine
+from portal.extensions import services
+from portal.models import AuditHead
+
+ARTIFACTS = Path(os.environ.get("TRELLIS_TEST_OUTPUT", "test-output"))
+FAST_HASH = {"ARGON2_TIME_COST": 1, "ARGON2_MEMORY_KIB": 8192, "ARGON2_PARALLELISM": 1}
+PASSWORD = "correct horse battery"
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def backend_url(request, tmp_path_factory) -> Iterator[str]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'trellis.db'}"
+        migrate.upgrade(url)
+        yield url
+        return
+    server = os.environ.get("TEST_DATABASE_URL")
+    if not server:
+        pytest.skip("PostgreSQL run skipped: TEST_DATABASE_URL is not set")
+    with temporary_postgres_database(server) as url:
+        migrate.upgrade(url)
+        yield url
+
+
+class temporary_postgres_database:
+    """CREATE DATABASE on enter, DROP ... WITH (FORCE) on exit."""
+
+    def __init__(self, server_url: str) -> None:
+        self.server = sa.engine.make_url(server_url)
+        self.name = f"trellis_t_{uuid.uuid4().hex[:10]}"
+        self.admin = sa.create_engine(self.server.set(database="postgres"),
+                                      isolation_level="AUTOCOMMIT")
+
+    def __enter__(self) -> str:
+        with self.admin.connect() as connection:
+            connection.execute(sa.text(f'CREATE DATABASE "{self.name}"'))
+        return self.server.set(database=self.name).render_as_string(hide_password=False)
+
+    def __exit__(self, *exc) -> None:
+        with self.admin.connect() as connection:
+            connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)'))
+        self.admin.dispose()
+
+
+@pytest.fixture
+def database_url(backend_url) -> Iterator[str]:
+    yield backend_url
+    empty_tables(backend_url)
+
+
+def empty_tables(url: str) -> None:
+    engine = create_engine(url)
+    tables = [t for t in Base.metadata.sorted_tables]
+    with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            names = ", ".join(f'"{t.name}"' for t in tables)
+            connection.execute(sa.text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+        else:
+            for table in reversed(tables):
+                connection.execute(table.delete())
+        connection.execute(sa.insert(AuditHead).values(id=1, last_seq=0,
+                                                       last_hash=audit.GENESIS))
+    engine.dispose()
+
+
+@pytest.fixture
+def settings(database_url, tmp_path) -> dict:
+    return {"ENV": "test", "TESTING": True, "DATABASE_URL": database_url,
+            "INSTANCE_PATH": str(tmp_path / "instance"), "SECRET_KEY": secrets.token_hex(32),
+            "REDIS_URL": "", "LOG_LEVEL": "WARNING",
+            "RATELIMIT_KEY_PREFIX": f"t{uuid.uuid4().hex[:8]}", **FAST_HASH}
+
+
+@pytest.fixture
+def app(settings):
+    app = create_app(settings)
+    yield app
+    services_of(app).db.dispose()
+
+
+def services_of(app):
+    with app.app_context():
+        return services()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def tx(app):
+    """Run service calls in one committed transaction: ``with tx() as session: ...``."""
+    return services_of(app).db.transaction
+
+
+CLI_CTX = audit.Context(actor="cli:test", request_id="test")
+
+
+@pytest.fixture
+def make_org(app, tx):
+    from portal.services import organizations
+
+    def make(slug: str = "acme", name: str | None = None, kind: str = "partner",
+             branding: dict | None = None):
+        with tx() as session:
+            return organizations.create(session, CLI_CTX, slug=slug,
+                                        name=name or slug.title(), kind=kind,
+                                        branding=branding)
+    return make
+
+
+@pytest.fixture
+def make_user(app, tx):
+    from portal.services import users
+
+    def make(email: str = "alice@acme.test", password: str | None = PASSWORD,
+             org: str | None = None, operator: bool = False, display_name: str = ""):
+        with tx() as session:
+            return users.create(session, CLI_CTX, services_of(app).passwords, email=email,
+                                password=password, display_name=display_name, org_slug=org,
+                                operator=operator)
+    return make
+
+
+CSRF = re.compile(r'name="csrf_token"[^>]*?value="([^"]+)"')
+
+
+def csrf_token(client, path: str = "/login") -> str:
+    response = client.get(path)
+    match = CSRF.search(response.get_data(as_text=True))
+    assert match, f"no CSRF token on {path}"
+    return match.group(1)
+
+
+def sign_in(client, email: str, password: str = PASSWORD, **extra):
+    token = csrf_token(client)
+    return client.post("/login", data={"email": email, "password": password,
+                                       "csrf_token": token, **extra})
+
+
+def audit_events(app, action: str | None = None) -> list:
+    from portal.models import AuditEvent
+    with services_of(app).db.sessions() as session:
+        query = sa.select(AuditEvent).order_by(AuditEvent.seq)
+        if action:
+            query = query.where(AuditEvent.action == action)
+        return list(session.scalars(query))
+
+
+@pytest.fixture
+def redis_url() -> str:
+    url = os.environ.get("REDIS_URL")
+    if not url:
+        pytest.skip("Redis test skipped: REDIS_URL is not set")
+    return url

@@ -1,0 +1,68 @@
+import pytest
+
+from portal.config import SETTINGS, ConfigError, load_settings
+
+
+def env(tmp_path, **values):
+    return {"TRELLIS_INSTANCE_PATH": str(tmp_path), **values}
+
+
+def test_defaults_are_safe_for_development(tmp_path):
+    settings = load_settings(env(tmp_path))
+    assert settings["ENV"] == "development"
+    assert settings["COOKIE_SECURE"] is False
+    assert settings["DATABASE_URL"] == f"sqlite:///{tmp_path / 'trellis.db'}"
+    assert settings["ARGON2_MEMORY_KIB"] == 19456
+
+
+@pytest.mark.parametrize(("variable", "value", "expected"), [
+    ("TRELLIS_ARGON2_TIME_COST", "lots", "TRELLIS_ARGON2_TIME_COST: must be a whole number"),
+    ("TRELLIS_ARGON2_TIME_COST", "0", "TRELLIS_ARGON2_TIME_COST: must be between 1 and 20"),
+    ("TRELLIS_ENV", "staging", "TRELLIS_ENV: must be one of"),
+    ("DATABASE_URL", "mysql://x", "DATABASE_URL: must be a sqlite"),
+    ("REDIS_URL", "http://x", "REDIS_URL: must be a redis"),
+    ("TRELLIS_COOKIE_SECURE", "maybe", "TRELLIS_COOKIE_SECURE: must be true or false"),
+    ("TRELLIS_LOGIN_RATE_LIMIT", "fast", "TRELLIS_LOGIN_RATE_LIMIT: must look like"),
+    ("SECRET_KEY", "short", "SECRET_KEY: must be at least 32 characters"),
+])
+def test_a_bad_value_stops_start_with_the_variable_named(tmp_path, variable, value, expected):
+    with pytest.raises(ConfigError, match=expected.replace("(", r"\(")):
+        load_settings(env(tmp_path, **{variable: value}))
+
+
+def test_production_requires_a_secret_key_and_secure_cookies(tmp_path):
+    with pytest.raises(ConfigError, match="SECRET_KEY: required when TRELLIS_ENV=production"):
+        load_settings(env(tmp_path, TRELLIS_ENV="production"))
+    with pytest.raises(ConfigError, match="TRELLIS_COOKIE_SECURE: cannot be off"):
+        load_settings(env(tmp_path, TRELLIS_ENV="production", SECRET_KEY="k" * 40,
+                          TRELLIS_COOKIE_SECURE="false"))
+    settings = load_settings(env(tmp_path, TRELLIS_ENV="production", SECRET_KEY="k" * 40))
+    assert settings["COOKIE_SECURE"] is True
+    assert not (tmp_path / "secret_key").exists()
+
+
+def test_development_secret_is_generated_once_and_kept_private(tmp_path):
+    first = load_settings(env(tmp_path))["SECRET_KEY"]
+    second = load_settings(env(tmp_path))["SECRET_KEY"]
+    assert first == second and len(first) >= 32
+    assert (tmp_path / "secret_key").stat().st_mode & 0o077 == 0
+    other = load_settings({"TRELLIS_INSTANCE_PATH": str(tmp_path / "elsewhere")})
+    assert other["SECRET_KEY"] != first
+
+
+def test_lockout_ceiling_cannot_be_below_first_lockout(tmp_path):
+    with pytest.raises(ConfigError, match="TRELLIS_LOCKOUT_MAX_SECONDS"):
+        load_settings(env(tmp_path, TRELLIS_LOCKOUT_SECONDS="600",
+                          TRELLIS_LOCKOUT_MAX_SECONDS="60"))
+
+
+def test_every_setting_is_documented_in_the_readme():
+    from pathlib import Path
+
+    from portal.config import settings_table
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    start, end = "<!-- settings-table:start -->", "<!-- settings-table:end -->"
+    assert start in readme and end in readme, "README lacks the settings table markers"
+    table = readme.split(start, 1)[1].split(end, 1)[0].strip()
+    assert table == settings_table(), "README settings table is stale: paste settings_table()"
+    assert all(f"`{s.env}`" in table for s in SETTINGS)

@@ -1,0 +1,98 @@
+"""The hash chain catches edits, insertions and removals made directly in the database."""
+
+import json
+
+import pytest
+import sqlalchemy as sa
+
+from portal import audit
+from portal.models import AuditEvent, AuditHead
+from tests.conftest import CLI_CTX
+
+
+@pytest.fixture
+def chain(tx):
+    with tx() as session:
+        for n in range(5):
+            audit.record(session, CLI_CTX, "test.event", target=f"thing:{n}",
+                         details={"n": n, "text": "ünïcode"})
+
+
+def verify(tx):
+    with tx() as session:
+        return audit.verify(session)
+
+
+def test_intact_chain_verifies(chain, tx):
+    result = verify(tx)
+    assert result.ok and result.checked == 5
+
+
+def test_edited_event_is_named(chain, tx):
+    with tx() as session:
+        session.execute(sa.update(AuditEvent).where(AuditEvent.seq == 3)
+                        .values(reason="nothing to see"))
+    result = verify(tx)
+    assert not result.ok and result.seq == 3 and "event 3 was altered" in result.problem
+
+
+def test_edited_details_are_caught(chain, tx):
+    with tx() as session:
+        session.execute(sa.update(AuditEvent).where(AuditEvent.seq == 2)
+                        .values(details={"n": 99, "text": "ünïcode"}))
+    assert verify(tx).seq == 2
+
+
+def test_removed_event_is_named(chain, tx):
+    with tx() as session:
+        session.execute(sa.delete(AuditEvent).where(AuditEvent.seq == 4))
+    result = verify(tx)
+    assert not result.ok and "event 4 is missing" in result.problem
+
+
+def test_removed_tail_is_caught(chain, tx):
+    with tx() as session:
+        session.execute(sa.delete(AuditEvent).where(AuditEvent.seq == 5))
+    result = verify(tx)
+    assert not result.ok and "events after 4 were removed" in result.problem
+
+
+def test_inserted_event_is_caught_even_with_a_recomputed_hash(chain, tx):
+    with tx() as session:
+        # Renumber 4..5 to make room, then forge an event 4 whose own hash is right.
+        for seq in (5, 4):
+            session.execute(sa.update(AuditEvent).where(AuditEvent.seq == seq)
+                            .values(seq=seq + 1))
+        third = session.scalar(sa.select(AuditEvent).where(AuditEvent.seq == 3))
+        forged = AuditEvent(seq=4, occurred_at=third.occurred_at, actor="cli:mallory",
+                            action="test.event", target="thing:forged", outcome="success",
+                            details={}, prev_hash=third.hash, reason="", ip="",
+                            user_agent="", request_id="")
+        forged.hash = audit.event_hash(forged, third.hash)
+        session.add(forged)
+    result = verify(tx)
+    assert not result.ok and result.seq == 5
+    assert "event 5 does not follow event 4" in result.problem
+
+
+def test_events_chain_in_order(chain, tx):
+    with tx() as session:
+        events = session.scalars(sa.select(AuditEvent).order_by(AuditEvent.seq)).all()
+        head = session.get(AuditHead, 1)
+    assert events[0].prev_hash == audit.GENESIS
+    assert all(b.prev_hash == a.hash for a, b in zip(events, events[1:], strict=False))
+    assert (head.last_seq, head.last_hash) == (5, events[-1].hash)
+
+
+def test_export_formats(chain, tx):
+    from datetime import UTC, datetime, timedelta
+    with tx() as session:
+        lines = list(audit.export(session, "jsonl"))
+        csv_text = "".join(audit.export(session, "csv"))
+        future = list(audit.export(session, "jsonl", datetime.now(UTC) + timedelta(days=1)))
+    rows = [json.loads(line) for line in lines]
+    assert [r["seq"] for r in rows] == [1, 2, 3, 4, 5]
+    assert rows[0]["details"] == {"n": 0, "text": "ünïcode"} and rows[0]["hash"]
+    assert csv_text.splitlines()[0].startswith("seq,occurred_at,actor_id,actor,")
+    assert len(csv_text.splitlines()) == 6
+    assert future == []

@@ -1,5 +1,6 @@
 """The hash chain catches edits, insertions and removals made directly in the database."""
 
+import itertools
 import json
 
 import pytest
@@ -80,7 +81,7 @@ def test_events_chain_in_order(chain, tx):
         events = session.scalars(sa.select(AuditEvent).order_by(AuditEvent.seq)).all()
         head = session.get(AuditHead, 1)
     assert events[0].prev_hash == audit.GENESIS
-    assert all(b.prev_hash == a.hash for a, b in zip(events, events[1:], strict=False))
+    assert all(b.prev_hash == a.hash for a, b in itertools.pairwise(events))
     assert (head.last_seq, head.last_hash) == (5, events[-1].hash)
 
 

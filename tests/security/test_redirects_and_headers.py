@@ -24,7 +24,8 @@ def test_next_never_leaves_the_site(target):
 
 
 @pytest.mark.parametrize(("target", "expected"), [
-    ("//evil.example/", "/"), ("https://evil.example/x", "/"), ("/o/acme/?tab=apps", "/o/acme/?tab=apps"),
+    ("//evil.example/", "/"), ("https://evil.example/x", "/"),
+    ("/o/acme/?tab=apps", "/o/acme/?tab=apps"),
 ])
 def test_sign_in_redirects_only_to_local_paths(client, make_user, target, expected):
     make_user("alice@acme.test")
@@ -92,7 +93,8 @@ def test_branding_cannot_inject_markup_or_css(client, app, make_org, make_user, 
     from portal.errors import ValidationError
     from portal.services import organizations
     from tests.conftest import CLI_CTX
-    make_org("acme", "Acme <b>Supplies</b>", branding={"footer_text": "</footer><script>x()</script>"})
+    make_org("acme", "Acme <b>Supplies</b>",
+             branding={"footer_text": "</footer><script>x()</script>"})
     make_user("alice@acme.test", org="acme")
     sign_in(client, "alice@acme.test")
     page = client.get("/").get_data(as_text=True)

@@ -36,8 +36,8 @@ def test_short_passwords_are_refused(passwords):
 
 @pytest.mark.parametrize(("raw", "expected"), [
     ("  Alice@ACME.test ", "alice@acme.test"),
-    ("ｂｏｂ@acme.test", "bob@acme.test"),  # full-width letters fold (NFKC)
-    ("josé@bücher.example", "josé@xn--bcher-kva.example".replace("xn--bcher-kva", "bücher")),
+    ("\uff42\uff4f\uff42@acme.test", "bob@acme.test"),  # full-width letters fold (NFKC)
+    ("José@Bücher.example", "josé@bücher.example"),
 ])
 def test_emails_are_normalized(raw, expected):
     assert normalize_email(raw) == expected

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import timedelta
-from typing import Any
-
-from flask import Flask
+from typing import TYPE_CHECKING, Any
 
 from portal.config import ROOT, load_settings
+
+if TYPE_CHECKING:  # Flask is imported lazily so `federation` can use the data model alone.
+    from flask import Flask
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """Build the app from the environment; ``config`` overrides individual settings."""
+    from flask import Flask
+
     settings = load_settings(overrides=config)
     app = Flask(__name__, template_folder=str(ROOT / "templates"),
                 instance_path=settings["INSTANCE_PATH"])
@@ -29,8 +32,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     _init_services(app)
     _init_extensions(app)
 
-    from portal.views import admin, auth, branding, health, home
-    for blueprint in (auth.bp, home.bp, admin.bp, health.bp, branding.bp):
+    from portal.views import admin, auth, branding, health, home, sso
+    for blueprint in (auth.bp, home.bp, admin.bp, health.bp, branding.bp, sso.bp):
         app.register_blueprint(blueprint)
     _limit_credential_endpoints(app)
     return app
@@ -58,6 +61,8 @@ def _configure_flask(app: Flask) -> None:
 
 
 def _init_services(app: Flask) -> None:
+    from federation.oidc import OidcAdapter
+    from portal.crypto import SecretBox
     from portal.db import Database
     from portal.extensions import Services, close_db_session
     from portal.passwords import Passwords
@@ -78,6 +83,8 @@ def _init_services(app: Flask) -> None:
                                ip_free=config["LOGIN_IP_FREE_FAILURES"],
                                base_seconds=config["LOCKOUT_SECONDS"],
                                max_seconds=config["LOCKOUT_MAX_SECONDS"]),
+        secrets=SecretBox(config["ENCRYPTION_KEYS"]),
+        oidc=OidcAdapter(),
     )
     app.teardown_appcontext(close_db_session)
 

@@ -42,6 +42,11 @@ class Context:
     request_id: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def acting_as(self, actor_id: int, actor: str) -> Context:
+        """The same request, attributed to the user who just signed in."""
+        return Context(actor_id=actor_id, actor=actor, ip=self.ip, user_agent=self.user_agent,
+                       request_id=self.request_id)
+
 
 def record(session: Session, context: Context, action: str, *, outcome: str = "success",
            target: str = "", organization_id: int | None = None, reason: str = "",

@@ -87,6 +87,20 @@ def _secret_key(raw: str) -> str:
     return raw
 
 
+def _fernet_keys(raw: str) -> tuple[str, ...]:
+    import base64
+    keys = tuple(part.strip() for part in raw.split(",") if part.strip())
+    for key in keys:
+        try:
+            if len(base64.urlsafe_b64decode(key.encode())) != 32:
+                raise ValueError
+        except ValueError:
+            raise ValueError("each key must be a Fernet key (`trellis keys generate`)") from None
+    if not keys:
+        raise ValueError("needs at least one key")
+    return keys
+
+
 def _text(raw: str) -> str:
     return raw
 
@@ -98,6 +112,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("SECRET_KEY", "SECRET_KEY", _secret_key, None,
             "Signs sessions and CSRF tokens (32+ characters). Required in production; in "
             "development it is generated once into `instance/secret_key`."),
+    Setting("TRELLIS_ENCRYPTION_KEYS", "ENCRYPTION_KEYS", _fernet_keys, None,
+            "Comma-separated Fernet keys that encrypt connection secrets at rest; the first "
+            "encrypts, all decrypt (rotation: put a new key first, run `trellis keys rotate`, "
+            "then drop the old one). Required in production; generated into "
+            "`instance/encryption_keys` in development."),
     Setting("DATABASE_URL", "DATABASE_URL", _database_url, None,
             "SQLAlchemy URL. Default: SQLite file `instance/trellis.db`. PostgreSQL: "
             "`postgresql+psycopg://user@host:5432/db`."),
@@ -176,21 +195,34 @@ def _derive(values: dict[str, Any]) -> None:
         if production:
             raise ConfigError("SECRET_KEY: required when TRELLIS_ENV=production")
         values["SECRET_KEY"] = _development_secret(instance)
+    if values["ENCRYPTION_KEYS"] is None:
+        if production:
+            raise ConfigError("TRELLIS_ENCRYPTION_KEYS: required when TRELLIS_ENV=production")
+        values["ENCRYPTION_KEYS"] = _development_encryption_keys(instance)
     if values["LOCKOUT_MAX_SECONDS"] < values["LOCKOUT_SECONDS"]:
         raise ConfigError("TRELLIS_LOCKOUT_MAX_SECONDS: must not be below TRELLIS_LOCKOUT_SECONDS")
 
 
 def _development_secret(instance: Path) -> str:
     """Generate the key once so sessions survive restarts, without a constant in code."""
-    path = instance / "secret_key"
+    return _generated_file(instance / "secret_key", lambda: secrets.token_urlsafe(48))
+
+
+def _development_encryption_keys(instance: Path) -> tuple[str, ...]:
+    from cryptography.fernet import Fernet
+    raw = _generated_file(instance / "encryption_keys", lambda: Fernet.generate_key().decode())
+    return _fernet_keys(raw)
+
+
+def _generated_file(path: Path, make: Callable[[], str]) -> str:
     if path.exists():
         return path.read_text().strip()
-    instance.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_urlsafe(48)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = make()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as handle:
-        handle.write(key)
-    return key
+        handle.write(value)
+    return value
 
 
 def settings_table() -> str:

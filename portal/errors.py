@@ -97,6 +97,8 @@ def register_error_handlers(app) -> None:
     from sqlalchemy.exc import DBAPIError, OperationalError
     from werkzeug.exceptions import HTTPException
 
+    from federation.errors import FederationError
+
     def respond(status: int, code: str, message: str, headers: dict[str, str] | None = None):
         reference = getattr(g, "request_id", "-")
         if _wants_json():
@@ -124,6 +126,11 @@ def register_error_handlers(app) -> None:
         level = logging.WARNING if error.status < 500 else logging.ERROR
         log.log(level, "%s %s: %s %s", error.status, error.code, error.message, error.detail)
         return respond(error.status, error.code, error.message, error.headers)
+
+    @app.errorhandler(FederationError)
+    def federation_error(error: FederationError):
+        log.warning("%s federation %s: %s", error.status, error.code, error.detail)
+        return respond(error.status, error.code, error.safe_message)
 
     @app.errorhandler(CSRFError)
     def csrf_error(error: CSRFError):

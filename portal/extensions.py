@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from flask import current_app, g
 from flask_login import LoginManager
 from flask_wtf.csrf import CSRFProtect
 from sqlalchemy.orm import Session
 
+from federation.oidc import OidcAdapter
 from portal import audit
+from portal.crypto import SecretBox
 from portal.db import Database
 from portal.passwords import Passwords
 from portal.throttle import LoginThrottle
@@ -23,6 +26,9 @@ class Services:
     db: Database
     passwords: Passwords
     throttle: LoginThrottle
+    secrets: SecretBox
+    oidc: OidcAdapter
+    role_grants: Any = None  # the policy engine's grant store, when present
 
 
 def services() -> Services:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from flask_wtf import FlaskForm
 from wtforms import EmailField, HiddenField, PasswordField
-from wtforms.validators import DataRequired, Length
+from wtforms.validators import DataRequired, Length, Optional
 
 
 class LoginForm(FlaskForm):
+    """Identifier first: the email decides whether the user goes to their organization's
+    identity provider or is asked for a password here."""
+
     email = EmailField("Work email", validators=[DataRequired(), Length(max=320)],
-                       render_kw={"autocomplete": "username", "autofocus": True})
-    password = PasswordField("Password", validators=[DataRequired(), Length(max=1024)],
+                       render_kw={"autocomplete": "username"})
+    password = PasswordField("Password", validators=[Optional(), Length(max=1024)],
                              render_kw={"autocomplete": "current-password"})
     next = HiddenField()
 

@@ -183,3 +183,65 @@ class AuditHead(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     last_seq: Mapped[int] = mapped_column(sa.BigInteger, default=0)
     last_hash: Mapped[str] = mapped_column(sa.String(64))
+
+
+class Protocol(enum.StrEnum):
+    OIDC = "oidc"
+    SAML = "saml"
+    LDAP = "ldap"
+
+
+class Connection(Base):
+    """How one organization's users (or, with no organization, anyone: social sign-in) sign in
+    through an external identity provider."""
+
+    __tablename__ = "connections"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    organization_id: Mapped[int | None] = mapped_column(
+        sa.ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
+    protocol: Mapped[Protocol] = mapped_column(_enum(Protocol, "protocol"))
+    name: Mapped[str] = mapped_column(sa.String(200))
+    enabled: Mapped[bool] = mapped_column(default=False)
+    jit_enabled: Mapped[bool] = mapped_column(default=True)
+    default_role: Mapped[str] = mapped_column(sa.String(64), default="member")
+    allow_any_domain: Mapped[bool] = mapped_column(default=False)
+    # Protocol settings without secrets (issuer, client id, scopes, claim mapping, ...).
+    settings: Mapped[dict[str, Any]] = mapped_column(sa.JSON, default=dict)
+    # Secrets (client secret, bind password) sealed with portal.crypto.SecretBox.
+    sealed_secrets: Mapped[str] = mapped_column(sa.Text, default="")
+    # IdP group name -> organization role.
+    group_roles: Mapped[dict[str, str]] = mapped_column(sa.JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    organization: Mapped[Organization | None] = relationship()
+
+
+class FederatedIdentity(Base):
+    """The only account-linking key: (connection, the IdP's stable subject) -> user."""
+
+    __tablename__ = "federated_identities"
+    __table_args__ = (sa.UniqueConstraint("connection_id", "subject",
+                                          name="uq_federated_identities_connection_subject"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    connection_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("connections.id", ondelete="CASCADE"))
+    subject: Mapped[str] = mapped_column(sa.String(255))
+    user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"),
+                                         index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    user: Mapped[User] = relationship()
+    connection: Mapped[Connection] = relationship()
+
+
+class ReplayCache(Base):
+    """One-time values (OIDC states, SAML assertion ids) already consumed, until they expire."""
+
+    __tablename__ = "replay_cache"
+
+    key: Mapped[str] = mapped_column(sa.String(128), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)

@@ -47,8 +47,8 @@ def sign_in(db: Database, ctx: audit.Context, passwords: Passwords, throttle: Lo
             user.last_login_at = utcnow()
             throttle.record_success(email)
             token = start_session(session, user, ctx, session_hours)
-            audit.record(session, _as(ctx, user), "auth.login", target=f"user:{email}",
-                         details={"method": "password"})
+            audit.record(session, ctx.acting_as(user.id, user.email), "auth.login",
+                         target=f"user:{email}", details={"method": "password"})
             return user, token
     reason = ("unknown_user" if user is None else "wrong_password" if not password_ok
               else f"user_{user.status.value}")
@@ -68,11 +68,6 @@ def _record_failure(db: Database, ctx: audit.Context, throttle: LoginThrottle, e
                          reason=f"{lockout.scope}_locked",
                          details={"seconds": lockout.seconds,
                                   "user_exists": user is not None})
-
-
-def _as(ctx: audit.Context, user: User) -> audit.Context:
-    return audit.Context(actor_id=user.id, actor=user.email, ip=ctx.ip,
-                         user_agent=ctx.user_agent, request_id=ctx.request_id)
 
 
 def start_session(session: Session, user: User, ctx: audit.Context, hours: int) -> str:

@@ -1,12 +1,23 @@
-"""Sign-in and sign-out."""
+"""Sign-in (identifier first, then password or the organization's identity provider) and
+sign-out."""
 
 from __future__ import annotations
 
-from flask import Blueprint, flash, redirect, render_template, request, session, url_for
+from flask import (
+    Blueprint,
+    current_app,
+    flash,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
 from flask_login import current_user, login_required, login_user, logout_user
 
+from federation import discovery
 from portal import audit
-from portal.errors import NotFound, TooManyAttempts
+from portal.errors import NotFound, TooManyAttempts, TrellisError
 from portal.extensions import audit_context, db_session, login_manager, services
 from portal.forms import LoginForm
 from portal.security import safe_next
@@ -27,7 +38,6 @@ def load_user(user_id: str):
 @login_manager.unauthorized_handler
 def unauthorized():
     if request.path.startswith("/api/"):
-        from portal.errors import TrellisError
         raise TrellisError(status=401, code="unauthenticated", message="Please sign in.")
     flash(login_manager.login_message, "info")
     return redirect(url_for("auth.login", next=request.full_path.rstrip("?")))
@@ -35,6 +45,9 @@ def unauthorized():
 
 @bp.route("/login", methods=["GET", "POST"])
 def login():
+    slug = request.args.get("org")
+    if slug and request.method == "GET":  # a vendor app pre-selects the organization
+        return redirect(url_for("auth.org_login", slug=slug, next=request.args.get("next")))
     return _login_page(None)
 
 
@@ -52,35 +65,60 @@ def _login_page(org):
     form = LoginForm()
     if request.method == "GET":
         form.next.data = safe_next(request.args.get("next"), "")
-    if current_user.is_authenticated and request.method == "GET":
-        return redirect(safe_next(form.next.data))
-    error, status = None, 200
-    if form.validate_on_submit():
-        s = services()
-        try:
-            user, token = auth.sign_in(s.db, audit_context(), s.passwords, s.throttle,
-                                       form.email.data, form.password.data,
-                                       session_hours=_session_hours())
-        except auth.InvalidCredentials as exc:
-            error, status = exc.message, exc.status
-        except TooManyAttempts as exc:
-            page = render_template("auth/login.html", form=form, org=org, error=exc.message)
-            return page, exc.status, exc.headers
-        else:
-            _begin_session(user, token)
+        if current_user.is_authenticated:
             return redirect(safe_next(form.next.data))
-    elif request.method == "POST":
-        error, status = "Enter your email and password.", 400
-    return render_template("auth/login.html", form=form, org=org, error=error), status
+        return _render(form, org)
+    if not form.validate_on_submit():
+        return _render(form, org, error="Enter your work email address.", status=400)
+    if form.password.data:
+        return _password_sign_in(form, org)
+    return _discover(form, org)
 
 
-def _session_hours() -> int:
-    from flask import current_app
-    return current_app.config["SESSION_HOURS"]
+def _discover(form: LoginForm, org):
+    """Route the email to its organization's identity provider, or ask for a password.
+
+    Unknown domains and organizations without single sign-on get the same password step, so
+    the page reveals nothing about which domains or organizations exist."""
+    from portal.views.sso import start
+    email = (form.email.data or "").strip().lower()
+    found = discovery.connections_for_email(db_session(), email)
+    if org is not None and found and found[0].organization_id != org.id:
+        found = []
+    if len(found) == 1:
+        return start(found[0], login_hint=email, next_url=form.next.data or "")
+    if len(found) > 1:
+        return render_template("auth/choose.html", connections=found, email=email,
+                               next=form.next.data or "", org=org)
+    return _render(form, org, step="password")
 
 
-def _begin_session(user, token: str) -> None:
-    # A fresh session: nothing an attacker planted before sign-in survives it.
+def _password_sign_in(form: LoginForm, org):
+    s = services()
+    try:
+        user, token = auth.sign_in(s.db, audit_context(), s.passwords, s.throttle,
+                                   form.email.data, form.password.data,
+                                   session_hours=current_app.config["SESSION_HOURS"])
+    except auth.InvalidCredentials as exc:
+        return _render(form, org, step="password", error=exc.message, status=exc.status)
+    except TooManyAttempts as exc:
+        return _render(form, org, step="password", error=exc.message, status=exc.status,
+                       headers=exc.headers)
+    begin_session(user, token)
+    return redirect(safe_next(form.next.data))
+
+
+def _render(form: LoginForm, org, *, step: str = "email", error: str | None = None,
+            status: int = 200, headers: dict[str, str] | None = None):
+    connections = (discovery.connections_for_org(db_session(), org.id)
+                   if org is not None and step == "email" else [])
+    page = render_template("auth/login.html", form=form, org=org, step=step, error=error,
+                           connections=connections)
+    return page, status, headers or {}
+
+
+def begin_session(user, token: str) -> None:
+    """A fresh session at every sign-in: nothing planted before it survives."""
     session.clear()
     session.permanent = True
     session["sid"] = token

@@ -97,6 +97,7 @@ def test_demo_seed_is_idempotent_and_refused_in_production(trellis, monkeypatch)
     assert "demo data already present" in trellis("demo", "seed").output
     monkeypatch.setenv("TRELLIS_ENV", "production")
     monkeypatch.setenv("TRELLIS_COOKIE_SECURE", "true")
+    monkeypatch.setenv("TRELLIS_ENCRYPTION_KEYS", __import__("portal.crypto").crypto.generate_key())
     refused = trellis("demo", "seed", expect=1)
     assert refused.stderr == "error: Demo data is refused when TRELLIS_ENV=production.\n"
 

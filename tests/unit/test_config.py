@@ -36,9 +36,22 @@ def test_production_requires_a_secret_key_and_secure_cookies(tmp_path):
     with pytest.raises(ConfigError, match="TRELLIS_COOKIE_SECURE: cannot be off"):
         load_settings(env(tmp_path, TRELLIS_ENV="production", SECRET_KEY="k" * 40,
                           TRELLIS_COOKIE_SECURE="false"))
-    settings = load_settings(env(tmp_path, TRELLIS_ENV="production", SECRET_KEY="k" * 40))
-    assert settings["COOKIE_SECURE"] is True
+    with pytest.raises(ConfigError, match="TRELLIS_ENCRYPTION_KEYS: required"):
+        load_settings(env(tmp_path, TRELLIS_ENV="production", SECRET_KEY="k" * 40))
+    from cryptography.fernet import Fernet
+    key = Fernet.generate_key().decode()
+    settings = load_settings(env(tmp_path, TRELLIS_ENV="production", SECRET_KEY="k" * 40,
+                                 TRELLIS_ENCRYPTION_KEYS=key))
+    assert settings["COOKIE_SECURE"] is True and settings["ENCRYPTION_KEYS"] == (key,)
     assert not (tmp_path / "secret_key").exists()
+    assert not (tmp_path / "encryption_keys").exists()
+
+
+def test_encryption_keys_are_checked(tmp_path):
+    with pytest.raises(ConfigError, match="TRELLIS_ENCRYPTION_KEYS: each key must be a Fernet"):
+        load_settings(env(tmp_path, TRELLIS_ENCRYPTION_KEYS="not-a-key"))
+    generated = load_settings(env(tmp_path))["ENCRYPTION_KEYS"]
+    assert len(generated) == 1 and load_settings(env(tmp_path))["ENCRYPTION_KEYS"] == generated
 
 
 def test_development_secret_is_generated_once_and_kept_private(tmp_path):

@@ -1,0 +1,26 @@
+"""Home-realm discovery: which connection(s) serve the organization that owns an email's
+verified domain. Unverified domains never route anyone anywhere."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from portal.models import Connection, Domain
+
+
+def connections_for_email(session: Session, email: str) -> list[Connection]:
+    domain = email.rpartition("@")[2].strip().lower()
+    if not domain:
+        return []
+    org_id = session.scalar(sa.select(Domain.organization_id).where(
+        Domain.name == domain, Domain.verified.is_(True)))
+    if org_id is None:
+        return []
+    return connections_for_org(session, org_id)
+
+
+def connections_for_org(session: Session, org_id: int) -> list[Connection]:
+    return list(session.scalars(sa.select(Connection).where(
+        Connection.organization_id == org_id, Connection.enabled.is_(True))
+        .order_by(Connection.name)))

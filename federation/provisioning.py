@@ -1,0 +1,240 @@
+"""Just-in-time provisioning, shared by every protocol.
+
+``plan`` decides what a sign-in means for Trellis's data (which user, which membership, which
+roles, or why it is refused) without writing anything: test mode shows that plan. ``apply``
+carries it out inside the caller's transaction, with an audit event for every create, update,
+link and refusal. A returning user is found only by (connection, subject); an email alone
+never links accounts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol as TypingProtocol
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from federation.errors import FederationError
+from federation.identity import ExternalIdentity
+from portal import audit
+from portal.db import utcnow
+from portal.models import (
+    Connection,
+    Domain,
+    FederatedIdentity,
+    Membership,
+    MembershipSource,
+    MembershipStatus,
+    User,
+    UserStatus,
+)
+
+
+class RoleGrants(TypingProtocol):
+    """Where organization roles live (the policy engine's grant store)."""
+
+    def roles(self, session: Session, user_id: int, org_id: int, source: str) -> set[str]: ...
+    def grant(self, session: Session, user_id: int, org_id: int, role: str,
+              source: str) -> None: ...
+    def revoke(self, session: Session, user_id: int, org_id: int, role: str,
+               source: str) -> None: ...
+
+
+@dataclass
+class Plan:
+    """What a sign-in will do. ``refusal`` set means it must not happen."""
+
+    identity: ExternalIdentity
+    user: User | None = None
+    link: FederatedIdentity | None = None
+    create_user: bool = False
+    create_membership: bool = False
+    membership: Membership | None = None
+    roles: set[str] = field(default_factory=set)
+    role_source: str = ""
+    attribute_changes: dict[str, tuple[str, str]] = field(default_factory=dict)
+    refusal: FederationError | None = None
+
+    def as_report(self) -> dict:
+        """A plain summary for the test-mode page and the audit trail."""
+        return {"email": self.identity.email, "email_verified": self.identity.email_verified,
+                "subject": self.identity.subject, "groups": list(self.identity.groups),
+                "roles": sorted(self.roles), "create_user": self.create_user,
+                "create_membership": self.create_membership,
+                "existing_user": self.user.email if self.user else None,
+                "attribute_changes": {k: list(v) for k, v in self.attribute_changes.items()},
+                "refused": self.refusal.code if self.refusal else None}
+
+
+def role_source(connection: Connection) -> str:
+    return f"connection:{connection.id}"
+
+
+def plan(session: Session, connection: Connection, identity: ExternalIdentity) -> Plan:
+    result = Plan(identity=identity, role_source=role_source(connection))
+    try:
+        _decide(session, connection, identity, result)
+    except FederationError as refusal:
+        result.refusal = refusal
+    return result
+
+
+def _decide(session: Session, connection: Connection, identity: ExternalIdentity,
+            result: Plan) -> None:
+    if not connection.enabled:
+        raise _refuse("connection_disabled", "Single sign-on for your organization is "
+                      "switched off. Contact your administrator.")
+    link = session.scalar(sa.select(FederatedIdentity).where(
+        FederatedIdentity.connection_id == connection.id,
+        FederatedIdentity.subject == identity.subject))
+    if link is not None:
+        result.link, result.user = link, session.get(User, link.user_id)
+        _check_user_may_sign_in(result.user)
+        result.attribute_changes = _attribute_changes(result.user, identity)
+    else:
+        _check_first_login(session, connection, identity)
+        result.create_user = True
+    if connection.organization_id is not None:
+        _plan_membership(session, connection, result)
+        result.roles = mapped_roles(connection, identity)
+
+
+def _check_user_may_sign_in(user: User | None) -> None:
+    if user is None or user.status != UserStatus.ACTIVE:
+        raise _refuse("user_suspended", "Your account is suspended. Contact your "
+                      "administrator.")
+
+
+def _check_first_login(session: Session, connection: Connection,
+                       identity: ExternalIdentity) -> None:
+    if not connection.jit_enabled:
+        raise _refuse("jit_disabled", "Your account has not been set up in this portal yet. "
+                      "Ask your administrator for an invitation.")
+    if not identity.email:
+        raise _refuse("email_missing", "Your identity provider did not send an email address.")
+    if not identity.email_verified:
+        raise _refuse("email_unverified", "Your identity provider did not confirm your email "
+                      "address.")
+    domain = identity.email.rpartition("@")[2]
+    if connection.organization_id is not None and not connection.allow_any_domain:
+        owned = session.scalar(sa.select(Domain.id).where(
+            Domain.name == domain, Domain.organization_id == connection.organization_id,
+            Domain.verified.is_(True)))
+        if owned is None:
+            raise _refuse("domain_not_verified", "Your email domain is not registered for "
+                          "this organization.")
+    existing = session.scalar(sa.select(User).where(User.email == identity.email))
+    if existing is not None:
+        # Never link silently: the owner must prove control or an admin must link.
+        raise _refuse("account_exists", "An account with your email address already exists. "
+                      "Sign in with it first, or ask your administrator to link it.")
+
+
+def _plan_membership(session: Session, connection: Connection, result: Plan) -> None:
+    if result.user is not None:
+        result.membership = session.scalar(sa.select(Membership).where(
+            Membership.user_id == result.user.id,
+            Membership.organization_id == connection.organization_id))
+    if result.membership is None:
+        result.create_membership = True
+    elif result.membership.status != MembershipStatus.ACTIVE:
+        raise _refuse("membership_suspended", "Your membership in this organization is "
+                      "suspended. Contact your administrator.")
+
+
+def mapped_roles(connection: Connection, identity: ExternalIdentity) -> set[str]:
+    roles = {connection.group_roles[group] for group in identity.groups
+             if group in (connection.group_roles or {})}
+    if connection.default_role:
+        roles.add(connection.default_role)
+    return roles
+
+
+def _attribute_changes(user: User, identity: ExternalIdentity) -> dict[str, tuple[str, str]]:
+    name = identity.display_name or " ".join(
+        part for part in (identity.given_name, identity.family_name) if part)
+    changes = {}
+    if name and name != user.display_name:
+        changes["display_name"] = (user.display_name, name)
+    return changes
+
+
+def apply(session: Session, ctx: audit.Context, connection: Connection, result: Plan,
+          grants: RoleGrants | None) -> User:
+    """Carry out a plan in the caller's transaction; raise its refusal."""
+    identity, org_id = result.identity, connection.organization_id
+    target = f"subject:{identity.subject}@connection:{connection.id}"
+    if result.refusal is not None:
+        raise result.refusal
+    if result.create_user:
+        user = User(email=identity.email, status=UserStatus.ACTIVE, password_hash=None,
+                    display_name=_display_name(identity))
+        session.add(user)
+        session.flush()
+        session.add(FederatedIdentity(connection_id=connection.id, subject=identity.subject,
+                                      user_id=user.id, last_login_at=utcnow()))
+        audit.record(session, ctx.acting_as(user.id, user.email), "federation.provision",
+                     target=target, organization_id=org_id,
+                     details={"email": user.email, "connection": connection.id})
+    else:
+        user = result.user
+        result.link.last_login_at = utcnow()
+        for attribute, (_old, new) in result.attribute_changes.items():
+            setattr(user, attribute, new)
+        if result.attribute_changes:
+            audit.record(session, ctx.acting_as(user.id, user.email), "federation.update",
+                         target=target, organization_id=org_id,
+                         details={k: list(v) for k, v in result.attribute_changes.items()})
+    if result.create_membership:
+        session.add(Membership(user_id=user.id, organization_id=org_id,
+                               source=MembershipSource.JIT))
+        session.flush()
+        audit.record(session, ctx.acting_as(user.id, user.email), "membership.add",
+                     target=f"user:{user.email}", organization_id=org_id,
+                     details={"source": "jit", "connection": connection.id})
+    if org_id is not None and grants is not None:
+        _sync_roles(session, ctx, grants, user, org_id, result)
+    user.last_login_at = utcnow()
+    audit.record(session, ctx.acting_as(user.id, user.email), "auth.login",
+                 target=f"user:{user.email}", organization_id=org_id,
+                 details={"method": connection.protocol.value, "connection": connection.id,
+                          "amr": list(identity.auth.amr), "acr": identity.auth.acr})
+    return user
+
+
+def _sync_roles(session: Session, ctx: audit.Context, grants: RoleGrants, user: User,
+                org_id: int, result: Plan) -> None:
+    """Roles from the IdP follow the IdP; roles granted by hand are never touched."""
+    current = grants.roles(session, user.id, org_id, result.role_source)
+    added, removed = result.roles - current, current - result.roles
+    for role in sorted(added):
+        grants.grant(session, user.id, org_id, role, result.role_source)
+    for role in sorted(removed):
+        grants.revoke(session, user.id, org_id, role, result.role_source)
+    if added or removed:
+        audit.record(session, ctx.acting_as(user.id, user.email), "federation.roles",
+                     target=f"user:{user.email}", organization_id=org_id,
+                     details={"added": sorted(added), "removed": sorted(removed),
+                              "source": result.role_source})
+
+
+def record_refusal(session: Session, ctx: audit.Context, connection: Connection,
+                   error: FederationError, identity: ExternalIdentity | None = None,
+                   test: bool = False) -> None:
+    """Every failed federated sign-in leaves an audit event naming the failed check."""
+    subject = f"subject:{identity.subject}@" if identity else ""
+    audit.record(session, ctx, "auth.test_login" if test else "auth.login",
+                 outcome="failure", target=f"{subject}connection:{connection.id}",
+                 organization_id=connection.organization_id, reason=error.code,
+                 details={"method": connection.protocol.value, "detail": error.detail[:300],
+                          "email": identity.email if identity else None})
+
+
+def _display_name(identity: ExternalIdentity) -> str:
+    return (identity.display_name or " ".join(
+        part for part in (identity.given_name, identity.family_name) if part))[:200]
+
+
+def _refuse(code: str, message: str) -> FederationError:
+    return FederationError(code, message, status=403)

@@ -1,0 +1,147 @@
+"""Federated sign-in: start at the organization's identity provider, come back, provision.
+
+The pending sign-in (state, nonce, PKCE verifier) lives in the browser's server-signed session
+and is consumed once: a replayed or foreign callback finds nothing to complete.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Blueprint, current_app, redirect, render_template, request, session, url_for
+from flask_login import current_user, login_required
+
+from federation import provisioning
+from federation.errors import FederationError
+from federation.identity import RequestContext
+from federation.oidc import PENDING_MAX_AGE
+from portal.errors import Forbidden, NotFound
+from portal.extensions import audit_context, db_session, services
+from portal.models import Connection, Protocol
+from portal.security import safe_next
+from portal.services import auth, connections, replay, users
+
+bp = Blueprint("sso", __name__, url_prefix="/sso")
+log = logging.getLogger("trellis.sso")
+MAX_PENDING = 5
+
+
+def start(connection: Connection, *, login_hint: str | None, next_url: str,
+          test: bool = False):
+    """Send the browser to the connection's identity provider."""
+    if connection.protocol != Protocol.OIDC:
+        raise NotFound("This sign-in method is not available yet.", code="unsupported")
+    s = services()
+    settings = _oidc_settings(connection)
+    callback = url_for("sso.oidc_callback", connection_id=connection.id, _external=True)
+    outcome = s.oidc.begin(settings, RequestContext(redirect_uri=callback,
+                                                    login_hint=login_hint))
+    pending = {**outcome.pending_state, "next": safe_next(next_url, ""), "test": test}
+    stored = dict(session.get("sso_pending", {}))
+    stored[pending["state"]] = pending
+    session["sso_pending"] = dict(list(stored.items())[-MAX_PENDING:])
+    return redirect(outcome.url)
+
+
+def _oidc_settings(connection: Connection):
+    return connections.oidc_settings(
+        connection, services().secrets,
+        allow_insecure_loopback=current_app.config["ENV"] != "production")
+
+
+@bp.post("/<int:connection_id>/start")
+def start_chosen(connection_id: int):
+    """The user picked one of several connections of their organization."""
+    connection = db_session().get(Connection, connection_id)
+    if connection is None or not connection.enabled:
+        raise NotFound()
+    return start(connection, login_hint=request.form.get("login_hint") or None,
+                 next_url=request.form.get("next", ""))
+
+
+@bp.post("/<int:connection_id>/test")
+@login_required
+def start_test(connection_id: int):
+    """Test mode: run a sign-in that provisions nothing and shows what would happen."""
+    connection = db_session().get(Connection, connection_id)
+    if connection is None:
+        raise NotFound()
+    if not current_user.is_operator:  # delegated org admins get this with their admin pages
+        raise Forbidden()
+    return start(connection, login_hint=request.form.get("login_hint") or None, next_url="",
+                 test=True)
+
+
+@bp.get("/oidc/<int:connection_id>/callback")
+def oidc_callback(connection_id: int):
+    callback = request.args.to_dict()
+    pending = _take_pending(callback.get("state", ""))
+    connection = db_session().get(Connection, connection_id)
+    if connection is None:
+        raise NotFound()
+    s, ctx = services(), audit_context()
+    try:
+        if pending is None:
+            raise FederationError("state_unknown", "This sign-in link was already used or "
+                                  "belongs to another browser. Please start again.")
+        with s.db.transaction() as tx:
+            if not replay.consume(tx, "oidc-state", pending["state"], PENDING_MAX_AGE * 2):
+                raise FederationError("state_replayed", "This sign-in link was already "
+                                      "used. Please start again.")
+        identity = s.oidc.complete(_oidc_settings(connection), callback, pending)
+    except FederationError as error:
+        _record_failure(connection, error, None, test=bool(pending and pending.get("test")))
+        if pending and pending.get("test"):
+            return _test_report(connection, error=error)
+        raise
+    if pending.get("test"):
+        plan = provisioning.plan(db_session(), connection, identity)
+        return _test_report(connection, identity=identity, plan=plan)
+    return _finish(connection, identity, pending, ctx)
+
+
+def _take_pending(state: str) -> dict[str, Any] | None:
+    stored = dict(session.get("sso_pending", {}))
+    pending = stored.pop(state, None) if state else None
+    session["sso_pending"] = stored
+    return pending
+
+
+def _finish(connection: Connection, identity, pending: dict[str, Any], ctx):
+    s = services()
+    try:
+        with s.db.transaction() as tx:
+            row = tx.get(Connection, connection.id)
+            plan = provisioning.plan(tx, row, identity)
+            user = provisioning.apply(tx, ctx, row, plan, s.role_grants)
+            token = auth.start_session(tx, user, ctx, current_app.config["SESSION_HOURS"])
+    except FederationError as error:
+        _record_failure(connection, error, identity)
+        raise
+    from portal.views.auth import begin_session
+    begin_session(user, token)
+    return redirect(safe_next(pending.get("next")) if pending.get("next") else
+                    _landing(user.id))
+
+
+def _landing(user_id: int) -> str:
+    memberships = users.active_memberships(db_session(), user_id)
+    if len(memberships) == 1:
+        return url_for("home.organization", slug=memberships[0].organization.slug)
+    return url_for("home.index")  # several organizations: the home page is the picker
+
+
+def _record_failure(connection: Connection, error: FederationError, identity,
+                    test: bool = False) -> None:
+    log.warning("federated sign-in failed: connection %s: %s (%s)", connection.id,
+                error.code, error.detail)
+    with services().db.transaction() as tx:
+        provisioning.record_refusal(tx, audit_context(), tx.get(Connection, connection.id),
+                                    error, identity, test=test)
+
+
+def _test_report(connection: Connection, identity=None, plan=None, error=None):
+    return render_template("sso/test_result.html", connection=connection, identity=identity,
+                           report=plan.as_report() if plan else None,
+                           refusal=plan.refusal if plan else None, error=error)

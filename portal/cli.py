@@ -301,6 +301,129 @@ def _create_user(email, display_name, org_slug, password, *, operator: bool) -> 
         click.echo(f"created {kind} {created.email}")
 
 
+# --- connections and keys -----------------------------------------------------------------
+
+@main.group()
+def connection() -> None:
+    """Identity-provider connections (single sign-on)."""
+
+
+@connection.command("create-oidc")
+@click.argument("org_slug", required=False)
+@click.option("--platform", is_flag=True, help="No organization: a social/BYOI sign-in.")
+@click.option("--name", required=True, help="Shown on the sign-in button.")
+@click.option("--preset", type=click.Choice(["oidc", "google", "oauth2", "github"]),
+              default="oidc", show_default=True)
+@click.option("--issuer", default="", help="Issuer URL (its discovery document is fetched).")
+@click.option("--client-id", required=True)
+@click.option("--client-secret-stdin", is_flag=True, required=True,
+              help="Read the client secret from standard input (never from the command line).")
+@click.option("--scope", "scopes", multiple=True, help="Scope to request (repeatable).")
+@click.option("--group-claim", default="", help="Claim that lists the user's groups.")
+@click.option("--group-role", "group_roles", multiple=True, metavar="GROUP=ROLE",
+              help="Map an IdP group to an organization role (repeatable).")
+@click.option("--default-role", default="member", show_default=True)
+@click.option("--allow-any-domain", is_flag=True,
+              help="Accept emails outside the organization's verified domains.")
+@click.option("--no-jit", is_flag=True, help="Only users who already exist may sign in.")
+@click.option("--enable", is_flag=True, help="Enable now (default: after a test sign-in).")
+@click.option("--authorization-endpoint", default="", help="oauth2 preset only.")
+@click.option("--token-endpoint", default="", help="oauth2 preset only.")
+@click.option("--userinfo-endpoint", default="", help="oauth2 preset only.")
+@with_appcontext
+def connection_create_oidc(org_slug, platform, name, preset, issuer, client_id,
+                           client_secret_stdin, scopes, group_claim, group_roles, default_role,
+                           allow_any_domain, no_jit, enable, authorization_endpoint,
+                           token_endpoint, userinfo_endpoint) -> None:
+    """Create an OpenID Connect connection for ORG_SLUG (or --platform)."""
+    from portal.services import connections
+    if bool(org_slug) == bool(platform):
+        raise TrellisError("Name an organization or pass --platform (not both).",
+                           code="usage")
+    mapping = {}
+    for item in group_roles:
+        group, _, role = item.partition("=")
+        if not group or not role:
+            raise TrellisError(f"--group-role takes GROUP=ROLE, not {item!r}.", code="usage")
+        mapping[group] = role
+    secret = sys.stdin.readline().rstrip("\n")
+    s = services()
+    with s.db.transaction() as session:
+        created = connections.create_oidc(
+            session, cli_context(), s.secrets, org_slug=org_slug, name=name,
+            client_id=client_id, client_secret=secret, preset=preset, issuer=issuer,
+            enabled=enable, jit_enabled=not no_jit, default_role=default_role,
+            allow_any_domain=allow_any_domain, group_roles=mapping,
+            scopes=tuple(scopes), group_claim=group_claim,
+            authorization_endpoint=authorization_endpoint, token_endpoint=token_endpoint,
+            userinfo_endpoint=userinfo_endpoint)
+        state = "enabled" if created.enabled else "disabled until you enable it"
+        click.echo(f"created connection {created.id} ({created.name}), {state}")
+
+
+@connection.command("list")
+@with_appcontext
+def connection_list() -> None:
+    """List connections."""
+    import sqlalchemy as sa
+
+    from portal.models import Connection
+    with services().db.sessions() as session:
+        rows = session.scalars(sa.select(Connection).order_by(Connection.id)).all()
+        if not rows:
+            click.echo("no connections")
+        for row in rows:
+            owner = row.organization.slug if row.organization else "(platform)"
+            state = "enabled" if row.enabled else "disabled"
+            click.echo(f"{row.id}\t{owner}\t{row.protocol.value}\t{state}\t{row.name}")
+
+
+@connection.command("enable")
+@click.argument("connection_id", type=int)
+@with_appcontext
+def connection_enable(connection_id: int) -> None:
+    """Enable a connection."""
+    _set_enabled(connection_id, True)
+
+
+@connection.command("disable")
+@click.argument("connection_id", type=int)
+@with_appcontext
+def connection_disable(connection_id: int) -> None:
+    """Disable a connection (its users can no longer sign in through it)."""
+    _set_enabled(connection_id, False)
+
+
+def _set_enabled(connection_id: int, enabled: bool) -> None:
+    from portal.services import connections
+    with services().db.transaction() as session:
+        row = connections.set_enabled(session, cli_context(), connection_id, enabled)
+        click.echo(f"connection {row.id} {'enabled' if enabled else 'disabled'}")
+
+
+@main.group()
+def keys() -> None:
+    """Encryption keys for secrets at rest."""
+
+
+@keys.command("generate")
+def keys_generate() -> None:
+    """Print a new key for TRELLIS_ENCRYPTION_KEYS."""
+    from portal.crypto import generate_key
+    click.echo(generate_key())
+
+
+@keys.command("rotate")
+@with_appcontext
+def keys_rotate() -> None:
+    """Re-encrypt every stored secret with the first key of TRELLIS_ENCRYPTION_KEYS."""
+    from portal.services import connections
+    s = services()
+    with s.db.transaction() as session:
+        count = connections.rotate_secrets(session, cli_context(), s.secrets)
+    click.echo(f"re-encrypted {count} secret{'s' if count != 1 else ''} with the current key")
+
+
 # --- audit ------------------------------------------------------------------------------
 
 @main.group("audit")

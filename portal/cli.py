@@ -482,9 +482,12 @@ def demo_seed() -> None:
 @with_appcontext
 def serve(host: str, port: int) -> None:
     """Serve the portal with the built-in server (for development and demos)."""
+    import logging
+
     from werkzeug.serving import run_simple
 
     from portal import demo as demo_data
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # our own lines carry request ids
     url = f"http://{host}:{port}/"
     click.echo(f"\n  Trellis is running at {url}\n")
     if current_app.config["ENV"] != "production":

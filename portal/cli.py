@@ -24,6 +24,11 @@ from portal.extensions import services
 class TrellisGroup(FlaskGroup):
     """Turns every failure into one plain line instead of a traceback."""
 
+    HIDDEN = frozenset({"limiter"})  # flask-limiter's own maintenance commands
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [name for name in super().list_commands(ctx) if name not in self.HIDDEN]
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)

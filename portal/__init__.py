@@ -51,7 +51,7 @@ def _configure_flask(app: Flask) -> None:
         PERMANENT_SESSION_LIFETIME=timedelta(hours=app.config["SESSION_HOURS"]),
         MAX_CONTENT_LENGTH=app.config["MAX_REQUEST_KIB"] * 1024,
         MAX_FORM_MEMORY_SIZE=app.config["MAX_REQUEST_KIB"] * 1024,
-        RATELIMIT_STORAGE_URI=app.config["REDIS_URL"] or "memory://",
+        RATELIMIT_STORAGE_URI=app.config["REDIS_URL"] or "trellis-memory://",
         RATELIMIT_HEADERS_ENABLED=True,
     )
     if app.config["TRUSTED_PROXIES"]:
@@ -105,6 +105,8 @@ def _limit_credential_endpoints(app: Flask) -> None:
     its own limiter so its in-process counters are not shared with another app."""
     from flask_limiter import Limiter
     from flask_limiter.util import get_remote_address
+
+    from portal import ratelimit  # noqa: F401  (registers the in-process storage scheme)
 
     limiter = Limiter(get_remote_address, app=app, default_limits=[], swallow_errors=True,
                       key_prefix=app.config.get("RATELIMIT_KEY_PREFIX", "trellis"))

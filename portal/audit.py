@@ -50,44 +50,55 @@ class Context:
 
 def record(session: Session, context: Context, action: str, *, outcome: str = "success",
            target: str = "", organization_id: int | None = None, reason: str = "",
-           details: dict[str, Any] | None = None) -> AuditEvent:
-    head = _lock_head(session)
-    event = AuditEvent(
-        seq=head.last_seq + 1, occurred_at=utcnow(), actor_id=context.actor_id,
-        actor=context.actor[:320], organization_id=organization_id, action=action,
-        target=target[:400], outcome=outcome, reason=reason[:400], ip=context.ip[:45],
-        user_agent=context.user_agent[:400], request_id=context.request_id[:64],
-        details=details or {}, prev_hash=head.last_hash)
-    event.hash = event_hash(event, head.last_hash)
-    head.last_seq, head.last_hash = event.seq, event.hash
-    session.add(event)
-    session.flush()
+           details: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Append one event in the caller's transaction and return its stored values."""
+    last_seq, last_hash = _lock_head(session)
+    event = {"seq": last_seq + 1, "occurred_at": utcnow(), "actor_id": context.actor_id,
+             "actor": context.actor[:320], "organization_id": organization_id,
+             "action": action, "target": target[:400], "outcome": outcome,
+             "reason": reason[:400], "ip": context.ip[:45],
+             "user_agent": context.user_agent[:400], "request_id": context.request_id[:64],
+             "details": details or {}, "prev_hash": last_hash}
+    event["hash"] = _chain(last_hash, event)
+    # Prebuilt Core statements: this runs on every sign-in.
+    session.execute(INSERT_EVENT, event)
+    session.execute(MOVE_HEAD, {"new_seq": event["seq"], "new_hash": event["hash"]})
     return event
 
 
-def _lock_head(session: Session) -> AuditHead:
+HEAD = AuditHead.__table__
+EVENTS = AuditEvent.__table__
+INSERT_EVENT = sa.insert(EVENTS)
+LOCK_HEAD = (sa.update(HEAD).where(HEAD.c.id == 1).values(last_seq=HEAD.c.last_seq)
+             .returning(HEAD.c.last_seq, HEAD.c.last_hash))
+MOVE_HEAD = sa.update(HEAD).where(HEAD.c.id == 1).values(
+    last_seq=sa.bindparam("new_seq"), last_hash=sa.bindparam("new_hash"))
+
+
+def _lock_head(session: Session) -> tuple[int, str]:
     # The UPDATE takes the row lock (PostgreSQL) or the write lock (SQLite) before we read the
     # head, so two concurrent appenders can never chain onto the same previous event.
-    session.execute(sa.update(AuditHead).where(AuditHead.id == 1)
-                    .values(last_seq=AuditHead.last_seq))
-    head = session.execute(sa.select(AuditHead).where(AuditHead.id == 1)
-                           .execution_options(populate_existing=True)).scalar_one_or_none()
-    if head is None:
-        head = AuditHead(id=1, last_seq=0, last_hash=GENESIS)
-        session.add(head)
-        session.flush()
-    return head
+    row = session.execute(LOCK_HEAD).first()
+    if row is None:  # a database created without the initial migration's head row
+        session.execute(sa.insert(HEAD).values(id=1, last_seq=0, last_hash=GENESIS))
+        return 0, GENESIS
+    return row.last_seq, row.last_hash
 
 
-def canonical(event: AuditEvent) -> str:
-    data = {name: getattr(event, name) for name in HASHED_FIELDS}
-    data["occurred_at"] = _timestamp(event.occurred_at)
+def canonical(fields: dict[str, Any]) -> str:
+    data = {name: fields[name] for name in HASHED_FIELDS}
+    data["occurred_at"] = _timestamp(fields["occurred_at"])
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
                       default=str)
 
 
+def _chain(prev_hash: str, fields: dict[str, Any]) -> str:
+    return hashlib.sha256((prev_hash + canonical(fields)).encode()).hexdigest()
+
+
 def event_hash(event: AuditEvent, prev_hash: str) -> str:
-    return hashlib.sha256((prev_hash + canonical(event)).encode()).hexdigest()
+    """The hash a stored event should have, given its predecessor's."""
+    return _chain(prev_hash, {name: getattr(event, name) for name in HASHED_FIELDS})
 
 
 def _timestamp(value: datetime) -> str:

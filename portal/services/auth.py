@@ -38,7 +38,7 @@ def sign_in(db: Database, ctx: audit.Context, passwords: Passwords, throttle: Lo
         email = (email or "").strip().lower()[:320]
     throttle.check(email, ctx.ip)
     with db.transaction() as session:
-        user = session.scalar(sa.select(User).where(User.email == email))
+        user = session.scalar(USER_BY_EMAIL, {"email": email})
         # Always hash: unknown emails take as long as wrong passwords.
         password_ok = passwords.verify(user.password_hash if user else None, password)
         if user is not None and password_ok and user.status == UserStatus.ACTIVE:
@@ -73,10 +73,16 @@ def _record_failure(db: Database, ctx: audit.Context, throttle: LoginThrottle, e
 def start_session(session: Session, user: User, ctx: audit.Context, hours: int) -> str:
     """Create a server-side session and return the token to put in the cookie."""
     token = secrets.token_urlsafe(32)
-    session.add(AuthSession(token_hash=_digest(token), user_id=user.id,
-                            expires_at=utcnow() + timedelta(hours=hours),
-                            ip=ctx.ip[:45], user_agent=ctx.user_agent[:400]))
+    now = utcnow()
+    session.execute(INSERT_SESSION, {
+        "token_hash": _digest(token), "user_id": user.id, "created_at": now,
+        "expires_at": now + timedelta(hours=hours), "ip": ctx.ip[:45],
+        "user_agent": ctx.user_agent[:400], "revoked_at": None})
     return token
+
+
+INSERT_SESSION = sa.insert(AuthSession.__table__)
+USER_BY_EMAIL = sa.select(User).where(User.email == sa.bindparam("email"))
 
 
 def load_session_user(session: Session, token: str | None, user_id: str | None) -> User | None:

@@ -13,7 +13,9 @@ run: $(STAMP)
 	$(VENV)/bin/trellis demo seed
 	$(VENV)/bin/trellis serve --host 127.0.0.1 --port 5000
 
-test: $(STAMP) $(DEB_STAMP)
+NODE_PEERS := tests/peers/oidc/node_modules/.installed
+
+test: $(STAMP) $(DEB_STAMP) $(NODE_PEERS)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
 
@@ -23,7 +25,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/login.py --quick
 
-setup: $(STAMP) $(DEB_STAMP)
+setup: $(STAMP) $(DEB_STAMP) $(NODE_PEERS)
 
 # Re-installs only when the package definition changes.
 $(STAMP): pyproject.toml
@@ -44,5 +46,10 @@ $(DEB_STAMP): Makefile
 	fi
 	@mkdir -p $(VENV) && touch $@
 
+# Test peers from npm (a real OpenID Provider), pinned by their lockfile.
+$(NODE_PEERS): tests/peers/oidc/package-lock.json
+	cd tests/peers/oidc && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
 clean:
-	rm -rf $(VENV) instance test-output
+	rm -rf $(VENV) instance test-output tests/peers/oidc/node_modules

@@ -175,3 +175,6 @@ def redis_url() -> str:
     if not url:
         pytest.skip("Redis test skipped: REDIS_URL is not set")
     return url
+
+
+from tests.peers.oidc_provider import oidc_provider  # noqa: E402, F401  (session-wide peer)

@@ -1,0 +1,219 @@
+"""Federated sign-in through Trellis against a real OpenID Provider (node oidc-provider)."""
+
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+import pytest
+import sqlalchemy as sa
+
+from portal.models import Connection, FederatedIdentity, Membership, User
+from portal.services import connections, organizations
+from tests.conftest import CLI_CTX, audit_events, csrf_token, services_of
+from tests.integration.test_provisioning import MemoryGrants
+
+BASE = "http://localhost"
+
+
+@pytest.fixture
+def grants(app):
+    store = MemoryGrants()
+    services_of(app).role_grants = store
+    return store
+
+
+@pytest.fixture
+def oidc_org(app, tx, make_org, oidc_provider):
+    """Acme, with acme.test verified and an enabled connection to the provider."""
+    make_org("acme", "Acme Supplies")
+    with tx() as session:
+        organizations.add_domain(session, CLI_CTX, "acme", "acme.test")
+        organizations.verify_domain_manually(session, CLI_CTX, "acme.test")
+    return add_connection(app, tx, oidc_provider, "acme", "Acme SSO")
+
+
+def add_connection(app, tx, peer, org_slug, name, **options):
+    with tx() as session:
+        row = connections.create_oidc(
+            session, CLI_CTX, services_of(app).secrets, org_slug=org_slug, name=name,
+            client_id="pending", client_secret="pending", issuer=peer.issuer, enabled=True,
+            scopes=("openid", "email", "profile", "groups"),
+            group_roles={"purchasing": "buyer", "it-admins": "org_owner"}, **options)
+        client_id, secret = peer.register_client(f"{BASE}/sso/oidc/{row.id}/callback")
+        row.settings = {**row.settings, "client_id": client_id}
+        row.sealed_secrets = services_of(app).secrets.seal({"client_secret": secret})
+        return row.id
+
+
+def start(client, email, **extra):
+    response = client.post("/login", data={"email": email, "csrf_token": csrf_token(client),
+                                           **extra})
+    assert response.status_code == 302, response.get_data(as_text=True)[:500]
+    return response.headers["Location"]
+
+
+def federated_login(client, peer, email, **extra):
+    callback = peer.authorize(start(client, email, **extra), f"{BASE}/sso/")
+    return client.get(callback.removeprefix(BASE))
+
+
+def count(tx, model):
+    with tx() as session:
+        return session.scalar(sa.select(sa.func.count()).select_from(model))
+
+
+def test_first_login_provisions_into_the_organization(client, app, tx, oidc_org, oidc_provider,
+                                                      grants):
+    oidc_provider.put_account("jane@acme.test", name="Jane Doe", groups=["purchasing"])
+    authorize_url = start(client, "Jane@Acme.test")
+    query = parse_qs(urlsplit(authorize_url).query)
+    assert authorize_url.startswith(oidc_provider.issuer)
+    assert query["code_challenge_method"] == ["S256"] and query["login_hint"] == ["jane@acme.test"]
+    assert query["redirect_uri"] == [f"{BASE}/sso/oidc/{oidc_org}/callback"]
+    landing = client.get(oidc_provider.authorize(authorize_url, f"{BASE}/sso/")
+                         .removeprefix(BASE))
+    assert landing.status_code == 302 and landing.headers["Location"] == "/o/acme/"
+    home = client.get("/o/acme/").get_data(as_text=True)
+    assert "Welcome, Jane Doe" in home and "Acme Supplies" in home
+    with tx() as session:
+        user = session.scalar(sa.select(User))
+        assert (user.email, user.password_hash) == ("jane@acme.test", None)
+        assert session.scalar(sa.select(Membership)).source.value == "jit"
+    assert {role for (_, _, role, _) in grants.rows} == {"buyer", "member"}
+    login = audit_events(app, "auth.login")[-1]
+    assert login.outcome == "success" and login.details["method"] == "oidc"
+
+
+def test_second_login_updates_attributes_and_roles(client, app, tx, oidc_org, oidc_provider,
+                                                   grants):
+    oidc_provider.put_account("sam@acme.test", name="Sam", groups=["purchasing"])
+    federated_login(client, oidc_provider, "sam@acme.test")
+    client.post("/logout", data={"csrf_token": csrf_token(client, "/")})
+    oidc_provider.put_account("sam@acme.test", name="Samantha", groups=["it-admins"])
+    assert federated_login(client, oidc_provider, "sam@acme.test").status_code == 302
+    with tx() as session:
+        assert session.scalar(sa.select(User.display_name)) == "Samantha"
+    assert {role for (_, _, role, _) in grants.rows} == {"org_owner", "member"}
+    assert count(tx, User) == 1 and count(tx, FederatedIdentity) == 1
+
+
+def test_email_outside_the_organizations_domains_is_refused(client, app, tx, oidc_org,
+                                                            oidc_provider):
+    oidc_provider.put_account("eve@acme.test", email="eve@elsewhere.test")
+    response = federated_login(client, oidc_provider, "eve@acme.test")
+    page = response.get_data(as_text=True)
+    assert response.status_code == 403
+    assert "Your email domain is not registered for this organization." in page
+    assert response.headers["X-Request-ID"] in page
+    assert count(tx, User) == 0 and client.get("/").status_code == 302
+    failure = audit_events(app, "auth.login")[-1]
+    assert (failure.outcome, failure.reason) == ("failure", "domain_not_verified")
+
+
+def test_existing_local_account_is_not_linked(client, tx, oidc_org, oidc_provider, make_user):
+    make_user("lee@acme.test")
+    oidc_provider.put_account("lee@acme.test")
+    response = federated_login(client, oidc_provider, "lee@acme.test")
+    assert response.status_code == 403
+    assert "An account with your email address already exists." in response.get_data(
+        as_text=True)
+    assert count(tx, FederatedIdentity) == 0
+
+
+def test_suspended_user_is_refused(client, app, tx, oidc_org, oidc_provider):
+    from portal.services import users
+    oidc_provider.put_account("kim@acme.test")
+    federated_login(client, oidc_provider, "kim@acme.test")
+    with tx() as session:
+        users.suspend(session, CLI_CTX, "kim@acme.test")
+    other = app.test_client()
+    response = federated_login(other, oidc_provider, "kim@acme.test")
+    assert response.status_code == 403 and "suspended" in response.get_data(as_text=True)
+
+
+def test_unknown_domains_get_the_same_password_step(client, oidc_org):
+    for email in ("someone@unknown.test", "someone@unverified.test"):
+        response = client.post("/login", data={"email": email,
+                                               "csrf_token": csrf_token(client)})
+        page = response.get_data(as_text=True)
+        assert response.status_code == 200 and 'name="password"' in page
+        assert "Use a different email" in page
+
+
+def test_several_connections_offer_a_choice(client, app, tx, oidc_org, oidc_provider):
+    add_connection(app, tx, oidc_provider, "acme", "Acme Contractors")
+    response = client.post("/login", data={"email": "jane@acme.test",
+                                           "csrf_token": csrf_token(client)})
+    page = response.get_data(as_text=True)
+    assert "Choose how to sign in" in page
+    assert "Acme SSO" in page and "Acme Contractors" in page
+
+
+def test_org_sign_in_page_offers_its_connection(client, oidc_org):
+    page = client.get("/o/acme/login").get_data(as_text=True)
+    assert "Continue with Acme SSO" in page
+
+
+def test_replayed_callback_is_refused(client, app, tx, oidc_org, oidc_provider):
+    oidc_provider.put_account("ray@acme.test")
+    callback = oidc_provider.authorize(start(client, "ray@acme.test"), f"{BASE}/sso/")
+    with client.session_transaction() as saved:
+        cookie_copy = dict(saved)  # an attacker's copy of the session before the callback
+    assert client.get(callback.removeprefix(BASE)).status_code == 302
+    replay = app.test_client()
+    with replay.session_transaction() as session:
+        session.update(cookie_copy)
+    response = replay.get(callback.removeprefix(BASE))
+    assert response.status_code == 400
+    assert "already used" in response.get_data(as_text=True)
+    assert audit_events(app, "auth.login")[-1].reason == "state_replayed"
+
+
+def test_callback_in_another_browser_is_refused(client, app, oidc_org, oidc_provider):
+    oidc_provider.put_account("ana@acme.test")
+    callback = oidc_provider.authorize(start(client, "ana@acme.test"), f"{BASE}/sso/")
+    other = app.test_client()
+    response = other.get(callback.removeprefix(BASE))
+    assert response.status_code == 400
+    assert audit_events(app, "auth.login")[-1].reason == "state_unknown"
+    assert other.get("/").status_code == 302
+
+
+def test_mixed_up_issuer_in_the_response_is_refused(client, app, oidc_org, oidc_provider):
+    oidc_provider.put_account("mia@acme.test")
+    callback = oidc_provider.authorize(start(client, "mia@acme.test"), f"{BASE}/sso/")
+    parts = urlsplit(callback)
+    query = {k: v[0] for k, v in parse_qs(parts.query).items()}
+    assert query["iss"] == oidc_provider.issuer  # the provider sends RFC 9207 iss
+    query["iss"] = "https://attacker.example"
+    response = client.get(f"{parts.path}?{urlencode(query)}")
+    assert response.status_code == 400
+    assert audit_events(app, "auth.login")[-1].reason == "iss_mismatch"
+
+
+def test_code_is_single_use_at_the_provider(app, tx, oidc_org, oidc_provider):
+    from federation.errors import FederationError
+    from federation.identity import RequestContext
+    oidc_provider.put_account("cy@acme.test")
+    with tx() as session:
+        settings = connections.oidc_settings(session.get(Connection, oidc_org),
+                                             services_of(app).secrets,
+                                             allow_insecure_loopback=True)
+    adapter = services_of(app).oidc
+    redirect = adapter.begin(settings, RequestContext(
+        redirect_uri=f"{BASE}/sso/oidc/{oidc_org}/callback", login_hint="cy@acme.test"))
+    callback = oidc_provider.authorize(redirect.url, f"{BASE}/sso/")
+    params = {k: v[0] for k, v in parse_qs(urlsplit(callback).query).items()}
+    identity = adapter.complete(settings, params, redirect.pending_state)
+    assert identity.email == "cy@acme.test" and identity.email_verified
+    with pytest.raises(FederationError) as caught:
+        adapter.complete(settings, params, redirect.pending_state)
+    assert caught.value.code == "token_error"
+
+
+def test_provider_down_gives_a_clear_page(client, app, tx, oidc_org):
+    with tx() as session:
+        row = session.get(Connection, oidc_org)
+        row.settings = {**row.settings, "issuer": "http://127.0.0.1:9"}
+    response = client.post("/login", data={"email": "jane@acme.test",
+                                           "csrf_token": csrf_token(client)})
+    assert response.status_code == 502
+    assert "could not be reached" in response.get_data(as_text=True)

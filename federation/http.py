@@ -41,10 +41,11 @@ def _is_loopback(host: str | None) -> bool:
 
 def fetch_json(url: str, *, method: str = "GET", what: str, data: dict | None = None,
                headers: dict[str, str] | None = None, auth: tuple[str, str] | None = None,
-               timeout: tuple[float, float] = (CONNECT_TIMEOUT, READ_TIMEOUT),
+               timeout: tuple[float, float] | None = None,
                max_bytes: int = MAX_BYTES, ok_statuses: tuple[int, ...] = (200,)
                ) -> dict[str, Any]:
     """GET or POST and parse a JSON object; every failure is a ``FederationError``."""
+    timeout = timeout or (CONNECT_TIMEOUT, READ_TIMEOUT)
     try:
         response = _session.request(method, url, data=data, headers=headers, auth=auth,
                                     timeout=timeout, stream=True, allow_redirects=False)

@@ -177,4 +177,5 @@ def redis_url() -> str:
     return url
 
 
-from tests.peers.oidc_provider import oidc_provider  # noqa: E402, F401  (session-wide peer)
+from tests.peers.oidc_provider import oidc_provider  # noqa: E402, F401  (session-wide peers)
+from tests.peers.rogue_op import rogue_provider  # noqa: E402, F401

@@ -3,6 +3,7 @@
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
+import requests
 import sqlalchemy as sa
 
 from portal.models import Connection, FederatedIdentity, Membership, User
@@ -217,3 +218,27 @@ def test_provider_down_gives_a_clear_page(client, app, tx, oidc_org):
                                            "csrf_token": csrf_token(client)})
     assert response.status_code == 502
     assert "could not be reached" in response.get_data(as_text=True)
+
+
+def test_bad_id_token_ends_on_an_error_page_and_creates_nothing(client, app, tx, make_org,
+                                                                rogue_provider):
+    from tests.peers.rogue_op import CLIENT_ID, CLIENT_SECRET
+    make_org("acme", "Acme Supplies")
+    with tx() as session:
+        organizations.add_domain(session, CLI_CTX, "acme", "acme.test")
+        organizations.verify_domain_manually(session, CLI_CTX, "acme.test")
+        connections.create_oidc(session, CLI_CTX, services_of(app).secrets, org_slug="acme",
+                                name="Rogue", client_id=CLIENT_ID, client_secret=CLIENT_SECRET,
+                                issuer=rogue_provider.issuer("expired"), enabled=True)
+    location = start(client, "rogue@acme.test")
+    callback = requests.get(location, allow_redirects=False, timeout=5).headers["Location"]
+    response = client.get(callback.removeprefix(BASE))
+    page = response.get_data(as_text=True)
+    assert response.status_code == 400
+    assert "We could not sign you in" in page and response.headers["X-Request-ID"] in page
+    failure = audit_events(app, "auth.login")[-1]
+    assert (failure.outcome, failure.reason) == ("failure", "id_token_expired")
+    assert failure.request_id == response.headers["X-Request-ID"]
+    assert count(tx, User) == 0 and client.get("/").status_code == 302
+    api = client.get(callback.removeprefix(BASE), headers={"Accept": "application/json"})
+    assert api.mimetype == "application/problem+json" and api.get_json()["code"]

@@ -66,6 +66,7 @@ def _init_services(app: Flask) -> None:
     from portal.db import Database
     from portal.extensions import Services, close_db_session
     from portal.passwords import Passwords
+    from portal.services.roles import DatabaseRoleGrants
     from portal.throttle import LoginThrottle, MemoryStore, RedisStore
 
     config = app.config
@@ -84,7 +85,8 @@ def _init_services(app: Flask) -> None:
                                base_seconds=config["LOCKOUT_SECONDS"],
                                max_seconds=config["LOCKOUT_MAX_SECONDS"]),
         secrets=SecretBox(config["ENCRYPTION_KEYS"]),
-        oidc=OidcAdapter(),
+        oidc=OidcAdapter(discovery_ttl=config["OIDC_CACHE_SECONDS"]),
+        role_grants=DatabaseRoleGrants(),
     )
     app.teardown_appcontext(close_db_session)
 

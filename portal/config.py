@@ -152,6 +152,8 @@ SETTINGS: tuple[Setting, ...] = (
             "Request rate limit per client IP on every credential endpoint, failed or not."),
     Setting("TRELLIS_MAX_REQUEST_KIB", "MAX_REQUEST_KIB", _int_range(16, 65536), 1024,
             "Largest request body accepted; larger bodies get a 413 page."),
+    Setting("TRELLIS_OIDC_CACHE_SECONDS", "OIDC_CACHE_SECONDS", _int_range(0, 86400), 3600,
+            "How long an identity provider's discovery document is cached."),
     Setting("TRELLIS_LOG_FORMAT", "LOG_FORMAT", _choice("text", "json"), "text",
             "`json` writes one JSON object per log line."),
     Setting("TRELLIS_LOG_LEVEL", "LOG_LEVEL", _choice("DEBUG", "INFO", "WARNING", "ERROR"),

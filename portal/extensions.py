@@ -28,7 +28,7 @@ class Services:
     throttle: LoginThrottle
     secrets: SecretBox
     oidc: OidcAdapter
-    role_grants: Any = None  # the policy engine's grant store, when present
+    role_grants: Any  # where provisioning syncs IdP-mapped roles
 
 
 def services() -> Services:

@@ -245,3 +245,25 @@ class ReplayCache(Base):
 
     key: Mapped[str] = mapped_column(sa.String(128), primary_key=True)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+class RoleGrant(Base):
+    """Who holds which role in which organization, and where the grant came from.
+
+    ``source`` is ``manual`` for grants made by an admin, or ``connection:<id>`` for roles an
+    identity provider's groups mapped to (those follow the IdP at every sign-in). The policy
+    engine reads an organization's grants from here as its role (``g``) rules.
+    """
+
+    __tablename__ = "role_grants"
+    __table_args__ = (sa.UniqueConstraint("user_id", "organization_id", "role", "source",
+                                          name="uq_role_grants_user_org_role_source"),
+                      sa.Index("ix_role_grants_org_user", "organization_id", "user_id"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"))
+    organization_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("organizations.id", ondelete="CASCADE"))
+    role: Mapped[str] = mapped_column(sa.String(64))
+    source: Mapped[str] = mapped_column(sa.String(64), default="manual")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -9,16 +9,17 @@ import sqlalchemy as sa
 from portal.models import Connection, FederatedIdentity, Membership, User
 from portal.services import connections, organizations
 from tests.conftest import CLI_CTX, audit_events, csrf_token, services_of
-from tests.integration.test_provisioning import MemoryGrants
 
 BASE = "http://localhost"
 
 
-@pytest.fixture
-def grants(app):
-    store = MemoryGrants()
-    services_of(app).role_grants = store
-    return store
+def roles(tx, email: str) -> set[str]:
+    from portal.services.roles import roles_of
+    with tx() as session:
+        user = session.scalar(sa.select(User).where(User.email == email))
+        org_id = session.scalar(sa.select(Membership.organization_id)
+                                .where(Membership.user_id == user.id))
+        return roles_of(session, user.id, org_id)
 
 
 @pytest.fixture
@@ -61,8 +62,7 @@ def count(tx, model):
         return session.scalar(sa.select(sa.func.count()).select_from(model))
 
 
-def test_first_login_provisions_into_the_organization(client, app, tx, oidc_org, oidc_provider,
-                                                      grants):
+def test_first_login_provisions_into_the_organization(client, app, tx, oidc_org, oidc_provider):
     oidc_provider.put_account("jane@acme.test", name="Jane Doe", groups=["purchasing"])
     authorize_url = start(client, "Jane@Acme.test")
     query = parse_qs(urlsplit(authorize_url).query)
@@ -78,21 +78,23 @@ def test_first_login_provisions_into_the_organization(client, app, tx, oidc_org,
         user = session.scalar(sa.select(User))
         assert (user.email, user.password_hash) == ("jane@acme.test", None)
         assert session.scalar(sa.select(Membership)).source.value == "jit"
-    assert {role for (_, _, role, _) in grants.rows} == {"buyer", "member"}
+    assert roles(tx, "jane@acme.test") == {"buyer", "member"}
     login = audit_events(app, "auth.login")[-1]
     assert login.outcome == "success" and login.details["method"] == "oidc"
 
 
-def test_second_login_updates_attributes_and_roles(client, app, tx, oidc_org, oidc_provider,
-                                                   grants):
+def test_second_login_updates_attributes_and_roles(client, app, tx, oidc_org, oidc_provider):
     oidc_provider.put_account("sam@acme.test", name="Sam", groups=["purchasing"])
     federated_login(client, oidc_provider, "sam@acme.test")
+    with tx() as session:  # an admin grants a role by hand: the IdP must not take it away
+        user = session.scalar(sa.select(User))
+        services_of(app).role_grants.grant(session, user.id, 1, "auditor", "manual")
     client.post("/logout", data={"csrf_token": csrf_token(client, "/")})
     oidc_provider.put_account("sam@acme.test", name="Samantha", groups=["it-admins"])
     assert federated_login(client, oidc_provider, "sam@acme.test").status_code == 302
     with tx() as session:
         assert session.scalar(sa.select(User.display_name)) == "Samantha"
-    assert {role for (_, _, role, _) in grants.rows} == {"org_owner", "member"}
+    assert roles(tx, "sam@acme.test") == {"org_owner", "member", "auditor"}
     assert count(tx, User) == 1 and count(tx, FederatedIdentity) == 1
 
 

@@ -24,3 +24,10 @@ def connections_for_org(session: Session, org_id: int) -> list[Connection]:
     return list(session.scalars(sa.select(Connection).where(
         Connection.organization_id == org_id, Connection.enabled.is_(True))
         .order_by(Connection.name)))
+
+
+def platform_connections(session: Session) -> list[Connection]:
+    """Sign-ins open to anyone (social or bring-your-own identity), shown on /login."""
+    return list(session.scalars(sa.select(Connection).where(
+        Connection.organization_id.is_(None), Connection.enabled.is_(True))
+        .order_by(Connection.name)))

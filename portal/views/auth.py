@@ -110,8 +110,10 @@ def _password_sign_in(form: LoginForm, org):
 
 def _render(form: LoginForm, org, *, step: str = "email", error: str | None = None,
             status: int = 200, headers: dict[str, str] | None = None):
-    connections = (discovery.connections_for_org(db_session(), org.id)
-                   if org is not None and step == "email" else [])
+    connections = []
+    if step == "email":  # the organization's own, or the platform's social sign-ins
+        connections = (discovery.connections_for_org(db_session(), org.id) if org is not None
+                       else discovery.platform_connections(db_session()))
     page = render_template("auth/login.html", form=form, org=org, step=step, error=error,
                            connections=connections)
     return page, status, headers or {}

@@ -244,3 +244,34 @@ def test_bad_id_token_ends_on_an_error_page_and_creates_nothing(client, app, tx,
     assert count(tx, User) == 0 and client.get("/").status_code == 302
     api = client.get(callback.removeprefix(BASE), headers={"Accept": "application/json"})
     assert api.mimetype == "application/problem+json" and api.get_json()["code"]
+
+
+def test_platform_oauth2_sign_in_creates_a_user_without_organization(client, app, tx,
+                                                                     rogue_provider):
+    from tests.peers.rogue_op import CLIENT_ID, CLIENT_SECRET
+    base = rogue_provider.issuer("github")
+    with tx() as session:
+        row = connections.create_oidc(
+            session, CLI_CTX, services_of(app).secrets, org_slug=None, name="GitHub",
+            client_id=CLIENT_ID, client_secret=CLIENT_SECRET, preset="github", enabled=True,
+            issuer=base,
+            authorization_endpoint=f"{base}/auth", token_endpoint=f"{base}/token",
+            userinfo_endpoint=f"{base}/userinfo", emails_verified=True)
+    page = client.get("/login").get_data(as_text=True)
+    assert "Continue with GitHub" in page
+    assert "Continue with GitHub" not in client.get("/o/nowhere/login").get_data(as_text=True)
+    start_page = client.post(f"/sso/{row.id}/start", data={"csrf_token": csrf_token(client)})
+    query = parse_qs(urlsplit(start_page.headers["Location"]).query)
+    assert "nonce" not in query and query["scope"] == ["read:user user:email"]
+    callback = requests.get(start_page.headers["Location"], allow_redirects=False,
+                            timeout=5).headers["Location"]
+    landing = client.get(callback.removeprefix(BASE))
+    assert landing.status_code == 302 and landing.headers["Location"] == "/"
+    assert "You are not a member of any organization yet." in client.get("/").get_data(
+        as_text=True)
+    with tx() as session:
+        user = session.scalar(sa.select(User))
+        link = session.scalar(sa.select(FederatedIdentity))
+    assert (user.email, user.display_name, link.subject) == ("octo@freelance.test",
+                                                             "Octo Cat", "4242")
+    assert count(tx, Membership) == 0

@@ -125,6 +125,10 @@ class RogueProvider:
         return jwt.encode({"alg": "RS256", "kid": kid}, claims, key)
 
     def userinfo(self, mode, request):
+        if mode == "github":  # a plain OAuth2 provider: numeric id, no OIDC claims
+            return Response(json.dumps({"id": 4242, "login": "octo", "name": "Octo Cat",
+                                        "email": "octo@freelance.test"}),
+                            mimetype="application/json")
         sub = "someone-else" if mode == "userinfo-sub" else "rogue-user"
         return Response(json.dumps({"sub": sub, "email": "rogue@acme.test"}),
                         mimetype="application/json")

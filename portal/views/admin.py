@@ -8,7 +8,7 @@ from flask_login import current_user, login_required
 
 from portal.errors import Forbidden
 from portal.extensions import db_session
-from portal.models import Domain, Membership, Organization
+from portal.models import Connection, Domain, Membership, Organization
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
@@ -34,3 +34,9 @@ def organizations():
         .outerjoin(domains, domains.c.organization_id == Organization.id)
         .order_by(Organization.name)).all()
     return render_template("admin/organizations.html", rows=rows)
+
+
+@bp.get("/connections")
+def connections():
+    rows = db_session().scalars(sa.select(Connection).order_by(Connection.id)).all()
+    return render_template("admin/connections.html", rows=rows)

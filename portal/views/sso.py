@@ -16,6 +16,7 @@ from federation import provisioning
 from federation.errors import FederationError
 from federation.identity import RequestContext
 from federation.oidc import PENDING_MAX_AGE
+from portal import audit
 from portal.errors import Forbidden, NotFound
 from portal.extensions import audit_context, db_session, services
 from portal.models import Connection, Protocol
@@ -97,6 +98,12 @@ def oidc_callback(connection_id: int):
         raise
     if pending.get("test"):
         plan = provisioning.plan(db_session(), connection, identity)
+        with s.db.transaction() as tx:
+            audit.record(tx, ctx, "auth.test_login", target=f"connection:{connection.id}",
+                         organization_id=connection.organization_id,
+                         outcome="failure" if plan.refusal else "success",
+                         reason=plan.refusal.code if plan.refusal else "",
+                         details=plan.as_report())
         return _test_report(connection, identity=identity, plan=plan)
     return _finish(connection, identity, pending, ctx)
 

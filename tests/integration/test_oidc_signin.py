@@ -275,3 +275,46 @@ def test_platform_oauth2_sign_in_creates_a_user_without_organization(client, app
     assert (user.email, user.display_name, link.subject) == ("octo@freelance.test",
                                                              "Octo Cat", "4242")
     assert count(tx, Membership) == 0
+
+
+def test_test_mode_shows_claims_and_mapping_and_provisions_nothing(app, tx, oidc_org,
+                                                                   oidc_provider, make_user):
+    make_user("ops@trellis.test", operator=True)
+    operator = app.test_client()
+    from tests.conftest import sign_in as password_sign_in
+    password_sign_in(operator, "ops@trellis.test")
+    listing = operator.get("/admin/connections").get_data(as_text=True)
+    assert "Acme SSO" in listing and "Test" in listing
+    oidc_provider.put_account("tess@acme.test", name="Tess", groups=["purchasing"])
+    start_test = operator.post(f"/sso/{oidc_org}/test", data={
+        "csrf_token": csrf_token(operator, "/admin/connections"),
+        "login_hint": "tess@acme.test"})
+    callback = oidc_provider.authorize(start_test.headers["Location"], f"{BASE}/sso/")
+    report = operator.get(callback.removeprefix(BASE))
+    page = report.get_data(as_text=True)
+    assert report.status_code == 200 and "A real sign-in would succeed" in page
+    assert "tess@acme.test" in page and "buyer, member" in page
+    assert "a new account would be created" in page and "<code>groups</code>" in page
+    with tx() as session:
+        assert session.scalar(sa.select(sa.func.count()).select_from(User)) == 1  # the operator
+    # A failing check is named on the page, and the operator stays signed in as themselves.
+    oidc_provider.put_account("out@acme.test", email="out@elsewhere.test")
+    start_test = operator.post(f"/sso/{oidc_org}/test", data={
+        "csrf_token": csrf_token(operator, "/admin/connections"),
+        "login_hint": "out@acme.test"})
+    callback = oidc_provider.authorize(start_test.headers["Location"], f"{BASE}/sso/")
+    page = operator.get(callback.removeprefix(BASE)).get_data(as_text=True)
+    assert "A real sign-in would be refused" in page and "domain_not_verified" in page
+    assert operator.get("/admin/").status_code == 200
+    tests = audit_events(app, "auth.test_login")
+    assert [(e.outcome, e.actor) for e in tests] == [("success", "ops@trellis.test"),
+                                                     ("failure", "ops@trellis.test")]
+
+
+def test_test_mode_is_for_operators_only(client, oidc_org, make_user):
+    make_user("alice@acme.test", org="acme")
+    from tests.conftest import sign_in as password_sign_in
+    password_sign_in(client, "alice@acme.test")
+    response = client.post(f"/sso/{oidc_org}/test", data={"csrf_token": csrf_token(client, "/")})
+    assert response.status_code == 403
+    assert client.get("/admin/connections").status_code == 403

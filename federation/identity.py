@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -50,3 +50,23 @@ class Redirect:
 
     url: str
     pending_state: dict[str, Any]
+
+
+def identity_to_dict(identity: ExternalIdentity) -> dict[str, Any]:
+    """Plain data to keep an identity across a request (raw claims are left out)."""
+    data = asdict(identity)
+    data["claims"] = {}
+    auth = data.pop("auth")
+    data["auth"] = {"amr": list(auth["amr"]), "acr": auth["acr"],
+                    "auth_time": auth["auth_time"].isoformat() if auth["auth_time"] else None}
+    data["groups"] = list(identity.groups)
+    return data
+
+
+def identity_from_dict(data: dict[str, Any]) -> ExternalIdentity:
+    auth = data.get("auth") or {}
+    auth_time = datetime.fromisoformat(auth["auth_time"]) if auth.get("auth_time") else None
+    fields = {k: v for k, v in data.items() if k not in ("auth", "groups")}
+    return ExternalIdentity(**fields, groups=tuple(data.get("groups", ())),
+                            auth=AuthContext(amr=tuple(auth.get("amr", ())),
+                                             acr=auth.get("acr"), auth_time=auth_time))

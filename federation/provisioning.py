@@ -219,6 +219,21 @@ def _sync_roles(session: Session, ctx: audit.Context, grants: RoleGrants, user: 
                               "source": result.role_source})
 
 
+def link(session: Session, ctx: audit.Context, connection: Connection,
+         identity: ExternalIdentity, user_id: int) -> None:
+    """Bind the identity to an account whose owner just proved control of it."""
+    user = session.get(User, user_id)
+    if user is None or (user.email or "").lower() != (identity.email or "").lower():
+        raise _refuse("link_mismatch", "This sign-in cannot be linked to that account.")
+    session.add(FederatedIdentity(connection_id=connection.id, subject=identity.subject,
+                                  user_id=user_id))
+    session.flush()
+    audit.record(session, ctx, "federation.link",
+                 target=f"subject:{identity.subject}@connection:{connection.id}",
+                 organization_id=connection.organization_id,
+                 details={"email": user.email, "proof": "password"})
+
+
 def record_refusal(session: Session, ctx: audit.Context, connection: Connection,
                    error: FederationError, identity: ExternalIdentity | None = None,
                    test: bool = False) -> None:

@@ -99,7 +99,7 @@ def _init_extensions(app: Flask) -> None:
 
 
 # Every endpoint that accepts a credential; later protocols add theirs here.
-CREDENTIAL_ENDPOINTS = ("auth.login", "auth.org_login")
+CREDENTIAL_ENDPOINTS = ("auth.login", "auth.org_login", "sso.link")
 
 
 def _limit_credential_endpoints(app: Flask) -> None:

@@ -20,3 +20,11 @@ class LoginForm(FlaskForm):
 
 class PostForm(FlaskForm):
     """A form with no fields: a CSRF-protected button such as "Sign out"."""
+
+
+class LinkForm(FlaskForm):
+    """Proves control of an existing account before a company sign-in is linked to it."""
+
+    password = PasswordField("Password of your existing account",
+                             validators=[DataRequired(), Length(max=1024)],
+                             render_kw={"autocomplete": "current-password"})

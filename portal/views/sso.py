@@ -7,6 +7,7 @@ and is consumed once: a replayed or foreign callback finds nothing to complete.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from flask import Blueprint, current_app, redirect, render_template, request, session, url_for
@@ -14,11 +15,12 @@ from flask_login import current_user, login_required
 
 from federation import provisioning
 from federation.errors import FederationError
-from federation.identity import RequestContext
+from federation.identity import RequestContext, identity_from_dict, identity_to_dict
 from federation.oidc import PENDING_MAX_AGE
 from portal import audit
-from portal.errors import Forbidden, NotFound
+from portal.errors import Forbidden, NotFound, TrellisError
 from portal.extensions import audit_context, db_session, services
+from portal.forms import LinkForm
 from portal.models import Connection, Protocol
 from portal.security import safe_next
 from portal.services import auth, connections, replay, users
@@ -125,11 +127,61 @@ def _finish(connection: Connection, identity, pending: dict[str, Any], ctx):
             token = auth.start_session(tx, user, ctx, current_app.config["SESSION_HOURS"])
     except FederationError as error:
         _record_failure(connection, error, identity)
+        if error.code == "account_exists":
+            return _offer_link(connection, identity, pending)
         raise
     from portal.views.auth import begin_session
     begin_session(user, token)
     return redirect(safe_next(pending.get("next")) if pending.get("next") else
                     _landing(user.id))
+
+
+def _offer_link(connection: Connection, identity, pending: dict[str, Any]):
+    """The email belongs to an existing account: its owner may link by proving control."""
+    session["sso_link"] = services().secrets.seal({
+        "identity": identity_to_dict(identity), "connection_id": connection.id,
+        "next": pending.get("next", ""), "created": time.time()})
+    return redirect(url_for("sso.link"))
+
+
+@bp.route("/link", methods=["GET", "POST"])
+def link():
+    sealed = session.get("sso_link")
+    offer = services().secrets.open(sealed) if sealed else None
+    if not offer or time.time() - offer["created"] > PENDING_MAX_AGE:
+        session.pop("sso_link", None)
+        raise FederationError("link_expired", "This link request expired. Please sign in "
+                              "again through your organization.")
+    identity = identity_from_dict(offer["identity"])
+    connection = db_session().get(Connection, offer["connection_id"])
+    if connection is None:
+        raise NotFound()
+    form = LinkForm()
+    error, status = None, 200
+    if form.validate_on_submit():
+        try:
+            return _link_and_sign_in(connection, identity, form.password.data, offer)
+        except auth.InvalidCredentials as exc:
+            error, status = exc.message, exc.status
+        except TrellisError as exc:
+            error, status = exc.message, exc.status
+    return render_template("sso/link.html", form=form, email=identity.email,
+                           connection=connection, error=error), status
+
+
+def _link_and_sign_in(connection: Connection, identity, password: str, offer: dict):
+    s, ctx = services(), audit_context()
+    user, _ = auth.sign_in(s.db, ctx, s.passwords, s.throttle, identity.email, password,
+                           session_hours=current_app.config["SESSION_HOURS"])
+    with s.db.transaction() as tx:
+        row = tx.get(Connection, connection.id)
+        provisioning.link(tx, ctx.acting_as(user.id, user.email), row, identity, user.id)
+        plan = provisioning.plan(tx, row, identity)
+        user = provisioning.apply(tx, ctx, row, plan, s.role_grants)
+        token = auth.start_session(tx, user, ctx, current_app.config["SESSION_HOURS"])
+    from portal.views.auth import begin_session
+    begin_session(user, token)  # replaces the password sign-in's session as well
+    return redirect(safe_next(offer.get("next")) if offer.get("next") else _landing(user.id))
 
 
 def _landing(user_id: int) -> str:

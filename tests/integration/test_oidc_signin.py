@@ -111,14 +111,36 @@ def test_email_outside_the_organizations_domains_is_refused(client, app, tx, oid
     assert (failure.outcome, failure.reason) == ("failure", "domain_not_verified")
 
 
-def test_existing_local_account_is_not_linked(client, tx, oidc_org, oidc_provider, make_user):
-    make_user("lee@acme.test")
-    oidc_provider.put_account("lee@acme.test")
+def test_existing_local_account_is_linked_only_with_its_password(client, app, tx, oidc_org,
+                                                                 oidc_provider, make_user):
+    make_user("lee@acme.test", display_name="Lee")
+    oidc_provider.put_account("lee@acme.test", groups=["purchasing"])
     response = federated_login(client, oidc_provider, "lee@acme.test")
-    assert response.status_code == 403
-    assert "An account with your email address already exists." in response.get_data(
-        as_text=True)
-    assert count(tx, FederatedIdentity) == 0
+    assert response.status_code == 302 and response.headers["Location"] == "/sso/link"
+    page = client.get("/sso/link").get_data(as_text=True)
+    assert "An account with <strong>lee@acme.test</strong> already exists" in page
+    assert count(tx, FederatedIdentity) == 0  # nothing linked silently
+    wrong = client.post("/sso/link", data={"password": "not the password",
+                                           "csrf_token": csrf_token(client, "/sso/link")})
+    assert wrong.status_code == 401 and "not correct" in wrong.get_data(as_text=True)
+    assert count(tx, FederatedIdentity) == 0 and client.get("/").status_code == 302
+    from tests.conftest import PASSWORD
+    done = client.post("/sso/link", data={"password": PASSWORD,
+                                          "csrf_token": csrf_token(client, "/sso/link")})
+    assert done.status_code == 302 and done.headers["Location"] == "/o/acme/"
+    assert count(tx, FederatedIdentity) == 1 and roles(tx, "lee@acme.test") == {
+        "buyer", "member"}
+    [linked] = audit_events(app, "federation.link")
+    assert linked.actor == "lee@acme.test" and linked.details["proof"] == "password"
+    # From now on the company sign-in goes straight in.
+    client.post("/logout", data={"csrf_token": csrf_token(client, "/")})
+    again = federated_login(client, oidc_provider, "lee@acme.test")
+    assert again.headers["Location"] == "/o/acme/"
+
+
+def test_link_offer_is_tied_to_the_browser_and_expires(client, app):
+    response = client.get("/sso/link")
+    assert response.status_code == 400 and "expired" in response.get_data(as_text=True)
 
 
 def test_suspended_user_is_refused(client, app, tx, oidc_org, oidc_provider):

@@ -8,7 +8,7 @@ import secrets
 import time
 from urllib.parse import urlsplit
 
-from flask import Flask, g, request
+from flask import Flask, current_app, g, request
 from flask_login import current_user
 
 log = logging.getLogger("trellis.request")
@@ -16,10 +16,20 @@ REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
 
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' https: data:; "
        "font-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; "
-       "form-action 'self'; frame-ancestors 'none'")
+       "form-action {form_targets}; frame-ancestors 'none'")
+
+
+def content_security_policy(production: bool) -> str:
+    # A sign-in form may be answered with a redirect to the organization's identity provider,
+    # and browsers apply form-action to that redirect: the provider is unknown until the form
+    # is sent, so any HTTPS target is allowed (plain-HTTP loopback providers in development).
+    targets = "'self' https:" if production else "'self' https: http://127.0.0.1:* http://localhost:*"
+    return CSP.format(form_targets=targets)
 
 
 def install(app: Flask) -> None:
+    app.config["CONTENT_SECURITY_POLICY"] = content_security_policy(
+        app.config["ENV"] == "production")
     app.before_request(_start_request)
     app.after_request(_finish_request)
 
@@ -34,7 +44,7 @@ def _start_request() -> None:
 def _finish_request(response):
     headers = response.headers
     headers["X-Request-ID"] = g.get("request_id", "-")
-    headers.setdefault("Content-Security-Policy", CSP)
+    headers.setdefault("Content-Security-Policy", current_app.config["CONTENT_SECURITY_POLICY"])
     headers["X-Content-Type-Options"] = "nosniff"
     headers["X-Frame-Options"] = "DENY"
     headers["Referrer-Policy"] = "same-origin"

@@ -177,5 +177,8 @@ def redis_url() -> str:
     return url
 
 
-from tests.peers.oidc_provider import oidc_provider  # noqa: E402, F401  (session-wide peers)
+from tests.peers.oidc_provider import (  # noqa: E402, F401  (session-wide peers)
+    interactive_oidc_provider,
+    oidc_provider,
+)
 from tests.peers.rogue_op import rogue_provider  # noqa: E402, F401

@@ -101,3 +101,11 @@ def oidc_provider(tmp_path_factory):
     peer = OidcProviderPeer(tmp_path_factory.mktemp("oidc-provider"))
     yield peer
     peer.stop()
+
+
+@pytest.fixture(scope="session")
+def interactive_oidc_provider(tmp_path_factory):
+    """The same provider with its own login and consent pages, for browser tests."""
+    peer = OidcProviderPeer(tmp_path_factory.mktemp("oidc-provider-ui"), interactive=True)
+    yield peer
+    peer.stop()

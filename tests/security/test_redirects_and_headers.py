@@ -105,3 +105,10 @@ def test_branding_cannot_inject_markup_or_css(client, app, make_org, make_user, 
                                       {"primary_color": "#000000;}</style><script>"})
     css = client.get("/branding/acme.css").get_data(as_text=True)
     assert css == ""  # nothing stored, nothing emitted
+
+
+def test_form_targets_allow_identity_providers_but_plain_http_only_on_loopback():
+    from portal.security import content_security_policy
+    production = content_security_policy(production=True)
+    assert "form-action 'self' https:;" in production and "http:" not in production
+    assert "http://127.0.0.1:*" in content_security_policy(production=False)

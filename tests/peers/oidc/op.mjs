@@ -36,10 +36,11 @@ const provider = new Provider(ISSUER, {
     registration: { enabled: true },
   },
   ...(INTERACTIVE ? {} : { interactions: { url: (ctx, interaction) => `/interaction/${interaction.uid}` } }),
-  findAccount: async (ctx, sub) => {
-    const claims = [...accounts.values()].find((c) => c.sub === sub);
+  // Automatic sign-in uses the account's sub; the interactive form accepts its email too.
+  findAccount: async (ctx, id) => {
+    const claims = [...accounts.values()].find((c) => c.sub === id || c.email === id);
     if (!claims) return undefined;
-    return { accountId: sub, claims: async () => ({ ...claims }) };
+    return { accountId: id, claims: async () => ({ ...claims, sub: id }) };
   },
   ttl: { AccessToken: 600, AuthorizationCode: 60, IdToken: 600, Interaction: 600, Session: 600, Grant: 600 },
 });

@@ -1,0 +1,138 @@
+"""Federated OpenID Connect sign-ins end to end against a local node oidc-provider.
+
+For first logins (just-in-time provisioning) and returning logins separately: complete logins
+per second (wall clock, provider included) and the CPU time Trellis itself spends per login,
+measured with ``time.process_time`` around the two requests Trellis handles (the sign-in form
+post that redirects to the provider, and the callback that verifies and provisions). The
+provider runs in its own node process, so its work is not counted. The baseline in the same
+run is a local password-less request (GET /healthz) through the same test client.
+
+    .venv/bin/python bench/oidc_login.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from portal import audit, create_app, migrate
+from portal.extensions import services
+from portal.services import connections, organizations
+from tests.peers.oidc_provider import OidcProviderPeer
+
+GOALS = {"returning_cpu_ms": 3.0, "first_cpu_ms": 6.0}
+CSRF = re.compile(r'name="csrf_token"[^>]*?value="([^"]+)"')
+BASE = "http://localhost"
+CTX = audit.Context(actor="bench")
+
+
+def build(folder: Path, peer: OidcProviderPeer):
+    url = f"sqlite:///{folder / 'bench.db'}"
+    migrate.upgrade(url)
+    app = create_app({"ENV": "test", "DATABASE_URL": url, "INSTANCE_PATH": str(folder),
+                      "LOG_LEVEL": "WARNING", "LOGIN_RATE_LIMIT": "1000000/minute",
+                      "SECRET_KEY": "b" * 48})
+    with app.app_context():
+        s = services()
+        with s.db.transaction() as session:
+            organizations.create(session, CTX, slug="acme", name="Acme", kind="partner")
+            organizations.add_domain(session, CTX, "acme", "acme.test")
+            organizations.verify_domain_manually(session, CTX, "acme.test")
+            row = connections.create_oidc(
+                session, CTX, s.secrets, org_slug="acme", name="Acme SSO", client_id="x",
+                client_secret="x", issuer=peer.issuer, enabled=True,
+                scopes=("openid", "email", "profile", "groups"),
+                group_roles={"purchasing": "buyer"})
+            client_id, secret = peer.register_client(f"{BASE}/sso/oidc/{row.id}/callback")
+            row.settings = {**row.settings, "client_id": client_id}
+            row.sealed_secrets = s.secrets.seal({"client_secret": secret})
+    return app
+
+
+def one_login(app, peer: OidcProviderPeer, email: str) -> tuple[float, float]:
+    """Return (Trellis CPU seconds, wall seconds) for one complete sign-in."""
+    client = app.test_client()
+    token = CSRF.search(client.get("/login").get_data(as_text=True)).group(1)
+    wall = time.perf_counter()
+    cpu = time.process_time()
+    started = client.post("/login", data={"email": email, "csrf_token": token})
+    cpu = time.process_time() - cpu
+    callback = peer.authorize(started.headers["Location"], f"{BASE}/sso/")
+    second = time.process_time()
+    landed = client.get(callback.removeprefix(BASE))
+    cpu += time.process_time() - second
+    wall = time.perf_counter() - wall
+    assert landed.status_code == 302 and landed.headers["Location"] == "/o/acme/", landed.status
+    return cpu, wall
+
+
+def baseline_cpu(app, count: int) -> float:
+    client = app.test_client()
+    start = time.process_time()
+    for _ in range(count):
+        client.get("/healthz")
+    return (time.process_time() - start) / count
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="finish in well under a minute")
+    args = parser.parse_args()
+    first_count, returning_count = (20, 40) if args.quick else (100, 300)
+
+    with tempfile.TemporaryDirectory() as folder:
+        peer = OidcProviderPeer(Path(folder))
+        try:
+            app = build(Path(folder), peer)
+            emails = [f"user{n}@acme.test" for n in range(first_count)]
+            for email in emails:
+                peer.put_account(email, name=email.split("@")[0], groups=["purchasing"])
+            peer.put_account("warmup@acme.test")
+            one_login(app, peer, "warmup@acme.test")
+            first = [one_login(app, peer, email) for email in emails]
+            returning = [one_login(app, peer, emails[n % len(emails)])
+                         for n in range(returning_count)]
+            floor = baseline_cpu(app, 500)
+        finally:
+            peer.stop()
+
+    def summary(samples):
+        cpu = [c for c, _ in samples]
+        wall = [w for _, w in samples]
+        return statistics.median(cpu) * 1000, sorted(cpu)[int(0.95 * len(cpu))] * 1000, \
+            len(wall) / sum(wall)
+
+    first_cpu, first_p95, first_rate = summary(first)
+    back_cpu, back_p95, back_rate = summary(returning)
+    print(f"{first_count} first logins, {returning_count} returning logins; "
+          f"Trellis CPU per login measured in the Trellis process")
+    print(f"{'measure':<40}{'median':>10}{'p95':>10}{'logins/s':>10}{'vs /healthz':>13}")
+    print(f"{'GET /healthz (baseline CPU)':<40}{floor * 1000:>8.2f}ms{'':>10}{'':>10}"
+          f"{1.0:>13.1f}")
+    print(f"{'first login (JIT), Trellis CPU':<40}{first_cpu:>8.2f}ms{first_p95:>8.2f}ms"
+          f"{first_rate:>10.1f}{first_cpu / (floor * 1000):>13.1f}")
+    print(f"{'returning login, Trellis CPU':<40}{back_cpu:>8.2f}ms{back_p95:>8.2f}ms"
+          f"{back_rate:>10.1f}{back_cpu / (floor * 1000):>13.1f}")
+    print(f"{'returning logins/s/core if the IdP is free':<40}{1000 / back_cpu:>10.0f}")
+    figures = {"first_cpu_ms": round(first_cpu, 2), "first_cpu_p95_ms": round(first_p95, 2),
+               "returning_cpu_ms": round(back_cpu, 2),
+               "returning_cpu_p95_ms": round(back_p95, 2),
+               "first_logins_per_s_end_to_end": round(first_rate, 1),
+               "returning_logins_per_s_end_to_end": round(back_rate, 1),
+               "healthz_cpu_ms": round(floor * 1000, 3), "quick": args.quick}
+    goals_met = (back_cpu <= GOALS["returning_cpu_ms"] and first_cpu <= GOALS["first_cpu_ms"])
+    print(json.dumps({"benchmark": "oidc_login", "figures": figures, "goals": GOALS,
+                      "goals_met": goals_met}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -325,6 +325,9 @@ def connection() -> None:
               help="Read the client secret from standard input (never from the command line).")
 @click.option("--scope", "scopes", multiple=True, help="Scope to request (repeatable).")
 @click.option("--group-claim", default="", help="Claim that lists the user's groups.")
+@click.option("--claim", "claim_map", multiple=True, metavar="FIELD=CLAIM",
+              help="Read FIELD (email, email_verified, given_name, family_name, name) from "
+                   "another claim (repeatable).")
 @click.option("--group-role", "group_roles", multiple=True, metavar="GROUP=ROLE",
               help="Map an IdP group to an organization role (repeatable).")
 @click.option("--default-role", default="member", show_default=True)
@@ -337,7 +340,8 @@ def connection() -> None:
 @click.option("--userinfo-endpoint", default="", help="oauth2 preset only.")
 @with_appcontext
 def connection_create_oidc(org_slug, platform, name, preset, issuer, client_id,
-                           client_secret_stdin, scopes, group_claim, group_roles, default_role,
+                           client_secret_stdin, scopes, group_claim, claim_map, group_roles,
+                           default_role,
                            allow_any_domain, no_jit, enable, authorization_endpoint,
                            token_endpoint, userinfo_endpoint) -> None:
     """Create an OpenID Connect connection for ORG_SLUG (or --platform)."""
@@ -345,12 +349,11 @@ def connection_create_oidc(org_slug, platform, name, preset, issuer, client_id,
     if bool(org_slug) == bool(platform):
         raise TrellisError("Name an organization or pass --platform (not both).",
                            code="usage")
-    mapping = {}
-    for item in group_roles:
-        group, _, role = item.partition("=")
-        if not group or not role:
-            raise TrellisError(f"--group-role takes GROUP=ROLE, not {item!r}.", code="usage")
-        mapping[group] = role
+    mapping = _pairs(group_roles, "--group-role", "GROUP=ROLE")
+    claims = _pairs(claim_map, "--claim", "FIELD=CLAIM")
+    unknown = set(claims) - {"email", "email_verified", "given_name", "family_name", "name"}
+    if unknown:
+        raise TrellisError(f"--claim cannot map {', '.join(sorted(unknown))}.", code="usage")
     secret = sys.stdin.readline().rstrip("\n")
     s = services()
     with s.db.transaction() as session:
@@ -359,11 +362,37 @@ def connection_create_oidc(org_slug, platform, name, preset, issuer, client_id,
             client_id=client_id, client_secret=secret, preset=preset, issuer=issuer,
             enabled=enable, jit_enabled=not no_jit, default_role=default_role,
             allow_any_domain=allow_any_domain, group_roles=mapping,
-            scopes=tuple(scopes), group_claim=group_claim,
+            scopes=tuple(scopes), group_claim=group_claim, claims=claims,
             authorization_endpoint=authorization_endpoint, token_endpoint=token_endpoint,
             userinfo_endpoint=userinfo_endpoint)
         state = "enabled" if created.enabled else "disabled until you enable it"
         click.echo(f"created connection {created.id} ({created.name}), {state}")
+
+
+def _pairs(items: tuple[str, ...], option: str, shape: str) -> dict[str, str]:
+    pairs = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        if not key or not value:
+            raise TrellisError(f"{option} takes {shape}, not {item!r}.", code="usage")
+        pairs[key] = value
+    return pairs
+
+
+@connection.command("set-secret")
+@click.argument("connection_id", type=int)
+@click.option("--client-secret-stdin", is_flag=True, required=True,
+              help="Read the new client secret from standard input.")
+@with_appcontext
+def connection_set_secret(connection_id: int, client_secret_stdin: bool) -> None:
+    """Replace a connection's client secret (rotation without an outage)."""
+    from portal.services import connections
+    secret = sys.stdin.readline().rstrip("\n")
+    s = services()
+    with s.db.transaction() as session:
+        row = connections.set_client_secret(session, cli_context(), s.secrets, connection_id,
+                                            secret)
+        click.echo(f"connection {row.id}: client secret replaced")
 
 
 @connection.command("list")

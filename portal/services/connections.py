@@ -62,7 +62,8 @@ def create_oidc(session: Session, ctx: audit.Context, box: SecretBox, *, org_slu
 
 
 def _drop_empty(values: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in values.items() if k in SETTING_KEYS and v not in (None, "", ())}
+    return {k: v for k, v in values.items()
+            if k in SETTING_KEYS and v not in (None, "", (), {})}
 
 
 def _validate_oidc(values: dict[str, Any], client_secret: str) -> None:
@@ -91,6 +92,20 @@ def set_enabled(session: Session, ctx: audit.Context, connection_id: int,
     connection.enabled = enabled
     audit.record(session, ctx, "connection.enable" if enabled else "connection.disable",
                  target=f"connection:{connection.id}",
+                 organization_id=connection.organization_id)
+    return connection
+
+
+def set_client_secret(session: Session, ctx: audit.Context, box: SecretBox,
+                      connection_id: int, client_secret: str) -> Connection:
+    """Replace the secret in place: create the new one at the IdP first, then run this, then
+    delete the old one at the IdP — no sign-in fails in between."""
+    if not client_secret:
+        raise ValidationError("The client secret cannot be empty.", code="invalid_connection")
+    connection = get(session, connection_id)
+    connection.sealed_secrets = box.seal({**box.open(connection.sealed_secrets),
+                                          "client_secret": client_secret})
+    audit.record(session, ctx, "connection.secret", target=f"connection:{connection.id}",
                  organization_id=connection.organization_id)
     return connection
 

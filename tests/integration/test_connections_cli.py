@@ -63,3 +63,24 @@ def test_symmetric_or_none_algorithms_are_refused(app, tx, make_org):
                                     org_slug="acme", name="X", client_id="c",
                                     client_secret="s", issuer="https://idp.test",
                                     algorithms=algorithms)
+
+
+def test_secret_rotation_in_place_and_claim_mapping(trellis, tx, monkeypatch):  # noqa: F811
+    key = generate_key()
+    monkeypatch.setenv("TRELLIS_ENCRYPTION_KEYS", key)
+    trellis("org", "create", "acme", "--name", "Acme")
+    trellis("connection", "create-oidc", "acme", "--name", "Acme IdP", "--issuer",
+            "https://idp.acme.test", "--client-id", "trellis", "--client-secret-stdin",
+            "--claim", "email=upn", "--claim", "name=displayName", input="first\n")
+    bad = trellis("connection", "create-oidc", "acme", "--name", "X", "--issuer",
+                  "https://idp.acme.test", "--client-id", "c", "--client-secret-stdin",
+                  "--claim", "sub=oid", input="s\n", expect=1)
+    assert bad.stderr == "error: --claim cannot map sub.\n"
+    replaced = trellis("connection", "set-secret", "1", "--client-secret-stdin",
+                       input="second\n")
+    assert replaced.output == "connection 1: client secret replaced\n"
+    with tx() as session:
+        row = session.get(Connection, 1)
+        assert row.settings["claims"] == {"email": "upn", "name": "displayName"}
+        assert SecretBox((key,)).open(row.sealed_secrets) == {"client_secret": "second"}
+    assert [e.action for e in _events(tx)][-1] == "connection.secret"

@@ -3,22 +3,34 @@ hostile IdP can neither hang a worker nor fill its memory."""
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import json
+import urllib.request
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
-import requests
+import urllib3
 
 from federation.errors import FederationError
 
 CONNECT_TIMEOUT = 3.05
 READ_TIMEOUT = 10.0
 MAX_BYTES = 512 * 1024
-_session = requests.Session()
-_session.headers["User-Agent"] = "Trellis-Federation/0.1"
+USER_AGENT = "Trellis-Federation/0.1"
 
 
+def _pool_manager() -> urllib3.PoolManager:
+    """urllib3 directly: requests re-reads proxy settings and rebuilds much of each request
+    on every call, which costs more CPU per sign-in than the whole ID-token check. Proxy
+    settings (HTTPS_PROXY, NO_PROXY) are read once at start."""
+    proxy = urllib.request.getproxies().get("https")
+    options = {"retries": False, "headers": {"User-Agent": USER_AGENT}}
+    return urllib3.ProxyManager(proxy, **options) if proxy else urllib3.PoolManager(**options)
+
+
+_pool = _pool_manager()
+_direct = urllib3.PoolManager(retries=False, headers={"User-Agent": USER_AGENT})
 def check_url(url: str, *, allow_insecure_loopback: bool, what: str) -> str:
     """HTTPS only; plain HTTP only to a loopback address (development and tests)."""
     parts = urlsplit(url or "")
@@ -44,31 +56,49 @@ def fetch_json(url: str, *, method: str = "GET", what: str, data: dict | None = 
                timeout: tuple[float, float] | None = None,
                max_bytes: int = MAX_BYTES, ok_statuses: tuple[int, ...] = (200,)
                ) -> dict[str, Any]:
-    """GET or POST and parse a JSON object; every failure is a ``FederationError``."""
-    timeout = timeout or (CONNECT_TIMEOUT, READ_TIMEOUT)
+    """GET or POST (form-encoded) and parse a JSON object; every failure is a
+    ``FederationError``."""
+    connect, read = timeout or (CONNECT_TIMEOUT, READ_TIMEOUT)
+    headers = dict(headers or {})
+    body = None
+    if data is not None:
+        body = urlencode(data)
+        headers["Content-Type"] = "application/x-www-form-urlencoded"
+    if auth is not None:
+        pair = f"{auth[0]}:{auth[1]}".encode()
+        headers["Authorization"] = "Basic " + base64.b64encode(pair).decode()
+    host = urlsplit(url).hostname or ""
+    pool = _direct if urllib.request.proxy_bypass(host) or _is_loopback(host) else _pool
     try:
-        response = _session.request(method, url, data=data, headers=headers, auth=auth,
-                                    timeout=timeout, stream=True, allow_redirects=False)
-        body = _read_capped(response, max_bytes, what)
-    except requests.Timeout:
-        raise FederationError("idp_timeout", "Your organization's identity provider did not "
-                              "answer in time. Try again in a moment.",
-                              f"{what}: timeout at {url}", status=502) from None
-    except requests.RequestException as exc:
+        response = pool.request(method, url, body=body, headers=headers, redirect=False,
+                                preload_content=False,
+                                timeout=urllib3.Timeout(connect=connect, read=read))
+        try:
+            raw = _read_capped(response, max_bytes, what)
+        finally:
+            response.release_conn()
+    except urllib3.exceptions.NewConnectionError as exc:  # also a TimeoutError subclass
         raise FederationError("idp_unreachable", "Your organization's identity provider "
                               "could not be reached. Try again in a moment.",
                               f"{what}: {exc!r}", status=502) from None
-    if response.status_code not in ok_statuses:
+    except (urllib3.exceptions.TimeoutError, TimeoutError):
+        raise FederationError("idp_timeout", "Your organization's identity provider did not "
+                              "answer in time. Try again in a moment.",
+                              f"{what}: timeout at {url}", status=502) from None
+    except urllib3.exceptions.HTTPError as exc:
+        raise FederationError("idp_unreachable", "Your organization's identity provider "
+                              "could not be reached. Try again in a moment.",
+                              f"{what}: {exc!r}", status=502) from None
+    if response.status not in ok_statuses:
         raise FederationError("idp_bad_response", "Your organization's identity provider "
                               "answered with an error.",
-                              f"{what}: HTTP {response.status_code}: {body[:300]!r}",
-                              status=502)
+                              f"{what}: HTTP {response.status}: {raw[:300]!r}", status=502)
     try:
-        document = json.loads(body)
+        document = json.loads(raw)
     except ValueError:
         raise FederationError("idp_bad_response", "Your organization's identity provider "
                               "sent an answer we could not read.",
-                              f"{what}: not JSON: {body[:200]!r}", status=502) from None
+                              f"{what}: not JSON: {raw[:200]!r}", status=502) from None
     if not isinstance(document, dict):
         raise FederationError("idp_bad_response", "Your organization's identity provider "
                               "sent an answer we could not read.",
@@ -76,20 +106,19 @@ def fetch_json(url: str, *, method: str = "GET", what: str, data: dict | None = 
     return document
 
 
-def _read_capped(response: requests.Response, max_bytes: int, what: str) -> bytes:
+def _read_capped(response: urllib3.BaseHTTPResponse, max_bytes: int, what: str) -> bytes:
     declared = response.headers.get("Content-Length")
     if declared and declared.isdigit() and int(declared) > max_bytes:
-        response.close()
-        raise FederationError("idp_response_too_large", "Your organization's identity "
-                              "provider sent an answer that is too large.",
-                              f"{what}: Content-Length {declared} > {max_bytes}", status=502)
+        raise _too_large(what, f"Content-Length {declared} > {max_bytes}")
     chunks, size = [], 0
-    for chunk in response.iter_content(65536):
+    for chunk in response.stream(65536):
         size += len(chunk)
         if size > max_bytes:
-            response.close()
-            raise FederationError("idp_response_too_large", "Your organization's identity "
-                                  "provider sent an answer that is too large.",
-                                  f"{what}: more than {max_bytes} bytes", status=502)
+            raise _too_large(what, f"more than {max_bytes} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _too_large(what: str, detail: str) -> FederationError:
+    return FederationError("idp_response_too_large", "Your organization's identity provider "
+                           "sent an answer that is too large.", f"{what}: {detail}", status=502)

@@ -3,26 +3,31 @@
 from __future__ import annotations
 
 import hashlib
+import secrets
 from datetime import timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from portal.db import utcnow
+from portal.db import Database, utcnow
 from portal.models import ReplayCache
 
+INSERT = sa.insert(ReplayCache.__table__)
+PURGE_ONE_IN = 256
 
-def consume(session: Session, kind: str, value: str, ttl_seconds: int) -> bool:
-    """Record the value as used; False if it was used before (a replay)."""
+
+def consume(db: Database, kind: str, value: str, ttl_seconds: int) -> bool:
+    """Record the value as used, in a transaction of its own so the mark stays even when the
+    sign-in fails later; False if it was used before (a replay). Values are random and
+    short-lived, so a key is never reused after it expires: expired rows are only purged."""
     key = f"{kind}:{hashlib.sha256(value.encode()).hexdigest()}"[:128]
-    now = utcnow()
-    session.execute(sa.delete(ReplayCache).where(ReplayCache.key == key,
-                                                 ReplayCache.expires_at < now))
     try:
-        with session.begin_nested():
-            session.add(ReplayCache(key=key, expires_at=now + timedelta(seconds=ttl_seconds)))
-            session.flush()
+        with db.transaction() as session:
+            session.execute(INSERT, {"key": key,
+                                     "expires_at": utcnow() + timedelta(seconds=ttl_seconds)})
+            if secrets.randbelow(PURGE_ONE_IN) == 0:  # until the job runner does it
+                purge_expired(session)
     except IntegrityError:
         return False
     return True

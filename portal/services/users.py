@@ -98,3 +98,10 @@ def active_memberships(session: Session, user_id: int) -> list[Membership]:
                     Membership.status == MembershipStatus.ACTIVE)
              .order_by(Organization.name))
     return list(session.scalars(query))
+
+
+def active_organization_slugs(session: Session, user_id: int, limit: int = 100) -> list[str]:
+    return list(session.scalars(
+        sa.select(Organization.slug).join(Membership)
+        .where(Membership.user_id == user_id, Membership.status == MembershipStatus.ACTIVE)
+        .order_by(Organization.name).limit(limit)))

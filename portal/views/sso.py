@@ -88,10 +88,9 @@ def oidc_callback(connection_id: int):
         if pending is None:
             raise FederationError("state_unknown", "This sign-in link was already used or "
                                   "belongs to another browser. Please start again.")
-        with s.db.transaction() as tx:
-            if not replay.consume(tx, "oidc-state", pending["state"], PENDING_MAX_AGE * 2):
-                raise FederationError("state_replayed", "This sign-in link was already "
-                                      "used. Please start again.")
+        if not replay.consume(s.db, "oidc-state", pending["state"], PENDING_MAX_AGE * 2):
+            raise FederationError("state_replayed", "This sign-in link was already "
+                                  "used. Please start again.")
         identity = s.oidc.complete(_oidc_settings(connection), callback, pending)
     except FederationError as error:
         _record_failure(connection, error, None, test=bool(pending and pending.get("test")))
@@ -125,6 +124,8 @@ def _finish(connection: Connection, identity, pending: dict[str, Any], ctx):
             plan = provisioning.plan(tx, row, identity)
             user = provisioning.apply(tx, ctx, row, plan, s.role_grants)
             token = auth.start_session(tx, user, ctx, current_app.config["SESSION_HOURS"])
+            landing = safe_next(pending.get("next")) if pending.get("next") else \
+                _landing(tx, user.id)
     except FederationError as error:
         _record_failure(connection, error, identity)
         if error.code == "account_exists":
@@ -132,8 +133,7 @@ def _finish(connection: Connection, identity, pending: dict[str, Any], ctx):
         raise
     from portal.views.auth import begin_session
     begin_session(user, token)
-    return redirect(safe_next(pending.get("next")) if pending.get("next") else
-                    _landing(user.id))
+    return redirect(landing)
 
 
 def _offer_link(connection: Connection, identity, pending: dict[str, Any]):
@@ -179,16 +179,17 @@ def _link_and_sign_in(connection: Connection, identity, password: str, offer: di
         plan = provisioning.plan(tx, row, identity)
         user = provisioning.apply(tx, ctx, row, plan, s.role_grants)
         token = auth.start_session(tx, user, ctx, current_app.config["SESSION_HOURS"])
+        landing = safe_next(offer.get("next")) if offer.get("next") else _landing(tx, user.id)
     from portal.views.auth import begin_session
     begin_session(user, token)  # replaces the password sign-in's session as well
-    return redirect(safe_next(offer.get("next")) if offer.get("next") else _landing(user.id))
+    return redirect(landing)
 
 
-def _landing(user_id: int) -> str:
-    memberships = users.active_memberships(db_session(), user_id)
-    if len(memberships) == 1:
-        return url_for("home.organization", slug=memberships[0].organization.slug)
-    return url_for("home.index")  # several organizations: the home page is the picker
+def _landing(tx, user_id: int) -> str:
+    slugs = users.active_organization_slugs(tx, user_id, limit=2)
+    if len(slugs) == 1:
+        return url_for("home.organization", slug=slugs[0])
+    return url_for("home.index")  # several organizations (or none): the home page picks
 
 
 def _record_failure(connection: Connection, error: FederationError, identity,

@@ -76,8 +76,9 @@ def _init_services(app: Flask) -> None:
                            prefix=config.get("THROTTLE_PREFIX", "trellis:throttle:"))
     else:
         store = MemoryStore()
+    db = Database(config["DATABASE_URL"])
     app.extensions["trellis"] = Services(
-        db=Database(config["DATABASE_URL"]),
+        db=db,
         passwords=Passwords(config["ARGON2_TIME_COST"], config["ARGON2_MEMORY_KIB"],
                             config["ARGON2_PARALLELISM"]),
         throttle=LoginThrottle(store, account_free=config["LOGIN_FREE_FAILURES"],
@@ -87,8 +88,23 @@ def _init_services(app: Flask) -> None:
         secrets=SecretBox(config["ENCRYPTION_KEYS"]),
         oidc=OidcAdapter(discovery_ttl=config["OIDC_CACHE_SECONDS"]),
         role_grants=DatabaseRoleGrants(),
+        policy=_policy_engine(config["POLICY_DIR"], db),
     )
     app.teardown_appcontext(close_db_session)
+
+
+def _policy_engine(folder: str, db):
+    """Load the policy files now: a broken file stops the start with file, line and reason
+    (a running app keeps its last good policy when a reload fails)."""
+    from pathlib import Path
+
+    from policies import PolicyError
+    from portal.authz import create_engine
+    from portal.config import ConfigError
+    try:
+        return create_engine(Path(folder), db)
+    except PolicyError as exc:
+        raise ConfigError(f"TRELLIS_POLICY_DIR: {exc.detail}") from None
 
 
 def _init_extensions(app: Flask) -> None:

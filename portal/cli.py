@@ -10,11 +10,13 @@ import getpass
 import secrets
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 
 import click
 from flask import current_app
 from flask.cli import FlaskGroup, with_appcontext
 
+from policies import PolicyError
 from portal import audit
 from portal.config import ConfigError
 from portal.errors import TrellisError
@@ -34,6 +36,8 @@ class TrellisGroup(FlaskGroup):
             return super().invoke(ctx)
         except TrellisError as exc:
             _fail(exc.message)
+        except PolicyError as exc:
+            _fail(f"{exc.safe_message} {exc.detail}".strip())
         except ConfigError as exc:
             _fail(f"configuration: {exc}")
         except (click.exceptions.Exit, click.ClickException, click.Abort):
@@ -51,7 +55,6 @@ class TrellisGroup(FlaskGroup):
 def _log_detail(reference: str, exc: Exception) -> str:
     """The traceback goes to a file, never to the operator's terminal."""
     import traceback
-    from pathlib import Path
 
     from portal.config import load_settings
     try:
@@ -456,6 +459,58 @@ def keys_rotate() -> None:
     with s.db.transaction() as session:
         count = connections.rotate_secrets(session, cli_context(), s.secrets)
     click.echo(f"re-encrypted {count} secret{'s' if count != 1 else ''} with the current key")
+
+
+# --- policy -----------------------------------------------------------------------------
+
+@main.group()
+def policy() -> None:
+    """Authorization policy files."""
+
+
+@policy.command("lint")
+@with_appcontext
+def policy_lint() -> None:
+    """Check the policy files, and the database's grants and organizations against them."""
+    import sqlalchemy as sa
+
+    from policies.files import load_policy_files
+    from portal.models import Organization, RoleGrant
+    files = load_policy_files(Path(current_app.config["POLICY_DIR"]))
+    problems = []
+    with services().db.sessions() as session:
+        granted = set(session.scalars(sa.select(RoleGrant.role).distinct()))
+        slugs = set(session.scalars(sa.select(Organization.slug)))
+    defined = files.roles() | {"member"}
+    problems += [f"role {role!r} is granted in the database but no rule gives it anything"
+                 for role in sorted(granted - defined)]
+    problems += [f"orgs/{slug}.csv: there is no organization {slug!r}"
+                 for slug in sorted(set(files.orgs) - slugs)]
+    for problem in problems:
+        click.echo(f"warning: {problem}", err=True)
+    if problems:
+        sys.exit(1)
+    click.echo(f"policy {files.fingerprint}: {len(defined)} roles, "
+               f"{len(files.orgs)} organization files, no problems")
+
+
+@policy.command("test")
+@click.argument("tables", nargs=-1, type=click.Path(exists=True, dir_okay=False))
+@with_appcontext
+def policy_test(tables: tuple[str, ...]) -> None:
+    """Run decision tables (default: the policy folder's tests/*.yaml)."""
+    from policies.decision_tables import run_tables
+    folder = Path(current_app.config["POLICY_DIR"])
+    paths = [Path(t) for t in tables] or sorted((folder / "tests").glob("*.yaml"))
+    results = run_tables(folder, paths)
+    failed = [r for r in results if not r.passed]
+    for result in failed:
+        rule = ", ".join(result.rule) if result.rule else result.reason
+        click.echo(f"FAIL {result.file}: {result.name}: expected {result.expected}, got "
+                   f"{result.got} ({rule})")
+    click.echo(f"{len(results) - len(failed)} passed, {len(failed)} failed")
+    if failed:
+        sys.exit(1)
 
 
 # --- audit ------------------------------------------------------------------------------

@@ -154,6 +154,8 @@ SETTINGS: tuple[Setting, ...] = (
             "Largest request body accepted; larger bodies get a 413 page."),
     Setting("TRELLIS_OIDC_CACHE_SECONDS", "OIDC_CACHE_SECONDS", _int_range(0, 86400), 3600,
             "How long an identity provider's discovery document is cached."),
+    Setting("TRELLIS_POLICY_DIR", "POLICY_DIR", _text, str(ROOT / "policies"),
+            "Folder with `model.conf`, `platform.csv`, `kinds/` and `orgs/` policy files."),
     Setting("TRELLIS_LOG_FORMAT", "LOG_FORMAT", _choice("text", "json"), "text",
             "`json` writes one JSON object per log line."),
     Setting("TRELLIS_LOG_LEVEL", "LOG_LEVEL", _choice("DEBUG", "INFO", "WARNING", "ERROR"),
@@ -232,8 +234,8 @@ def settings_table() -> str:
     rows = ["| Variable | Default | What it does |", "|---|---|---|"]
     for setting in SETTINGS:
         default = setting.default
-        if setting.key == "INSTANCE_PATH":
-            default = "instance"
+        if setting.key in ("INSTANCE_PATH", "POLICY_DIR"):
+            default = Path(default).name
         shown = "—" if default in (None, "") else f"`{default}`"
         rows.append(f"| `{setting.env}` | {shown} | {setting.doc} |")
     return "\n".join(rows)

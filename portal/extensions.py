@@ -11,6 +11,7 @@ from flask_wtf.csrf import CSRFProtect
 from sqlalchemy.orm import Session
 
 from federation.oidc import OidcAdapter
+from policies import PolicyEngine
 from portal import audit
 from portal.crypto import SecretBox
 from portal.db import Database
@@ -29,6 +30,7 @@ class Services:
     secrets: SecretBox
     oidc: OidcAdapter
     role_grants: Any  # where provisioning syncs IdP-mapped roles
+    policy: PolicyEngine
 
 
 def services() -> Services:

@@ -1,0 +1,135 @@
+"""Reading and checking policy files: ``platform.csv``, ``kinds/<kind>.csv`` and
+``orgs/<slug>.csv`` beside ``model.conf``.
+
+Every line is checked before anything is used, so a broken file is refused whole with its
+file, line and reason, and the policy in force stays as it was.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from policies.errors import PolicyError
+
+KINDS = ("partner", "vendor", "internal")
+EFFECTS = ("allow", "deny")
+CONDITION_ROOTS = {"r"}
+REQUEST_PARTS = {"sub", "obj", "ctx", "dom"}
+
+
+@dataclass
+class PolicyFiles:
+    platform: list[list[str]] = field(default_factory=list)
+    kinds: dict[str, list[list[str]]] = field(default_factory=dict)
+    orgs: dict[str, list[list[str]]] = field(default_factory=dict)
+    fingerprint: str = ""
+
+    def lines_for(self, org: str, kind: str) -> list[list[str]]:
+        """The rules of one organization: template domains (*) become the organization."""
+        lines = [*self.platform, *self.kinds.get(kind, []), *self.orgs.get(org, [])]
+        return [[*line[:3], org] if line[0] == "g" and line[3] == "*" else list(line)
+                for line in lines]
+
+    def roles(self) -> set[str]:
+        """Every role some rule gives permissions to."""
+        groups = [self.platform, *self.kinds.values(), *self.orgs.values()]
+        return {line[1] for lines in groups for line in lines
+                if line[0] == "p" and line[1] != "*"}
+
+
+def load_policy_files(folder: Path) -> PolicyFiles:
+    folder = Path(folder)
+    digest = hashlib.sha256()
+    files = PolicyFiles()
+    platform = folder / "platform.csv"
+    if not platform.exists():
+        raise PolicyError("policy_missing", "The platform policy file is missing.",
+                          f"{platform} not found")
+    files.platform = _read(platform, digest, allow_grants=False)
+    for kind in KINDS:
+        path = folder / "kinds" / f"{kind}.csv"
+        files.kinds[kind] = _read(path, digest) if path.exists() else []
+    for path in sorted((folder / "orgs").glob("*.csv")):
+        files.orgs[path.stem] = _read(path, digest)
+    _check_role_links(files)
+    files.fingerprint = digest.hexdigest()[:12]
+    return files
+
+
+def _read(path: Path, digest, allow_grants: bool = True) -> list[list[str]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _broken(path, 0, f"cannot be read: {exc}") from None
+    digest.update(path.name.encode() + b"\0" + text.encode())
+    lines = []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        tokens = [token.strip() for token in line.split(",")]
+        lines.append(_check_line(path, number, tokens, allow_grants))
+    return lines
+
+
+def _check_line(path: Path, number: int, tokens: list[str], allow_grants: bool) -> list[str]:
+    kind = tokens[0]
+    if kind == "p":
+        if len(tokens) != 7:
+            raise _broken(path, number, "a p rule has 6 fields: role, domain, object, action, "
+                          "condition, effect (a condition may not contain commas)")
+        _, role, _domain, obj, action, condition, effect = tokens
+        if not all((role, obj, action, condition)):
+            raise _broken(path, number, "a field is empty")
+        if effect not in EFFECTS:
+            raise _broken(path, number, f"effect must be allow or deny, not {effect!r}")
+        _check_condition(path, number, condition)
+        return tokens
+    if kind == "g" and allow_grants:
+        if len(tokens) != 4 or (tokens[3] != "*" and path.parent.name != "orgs"):
+            raise _broken(path, number, "a g rule here is: g, role, inherited role, *")
+        return tokens
+    raise _broken(path, number, f"unknown rule type {kind!r} (expected p"
+                  f"{' or g' if allow_grants else ''})")
+
+
+def _check_condition(path: Path, number: int, condition: str) -> None:
+    source = condition.replace("&&", " and ").replace("||", " or ")
+    try:
+        tree = ast.parse(source, mode="eval")
+    except SyntaxError as exc:
+        raise _broken(path, number, f"condition is not an expression: {exc.msg}") from None
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call | ast.Lambda | ast.Subscript | ast.NamedExpr):
+            raise _broken(path, number, "conditions may only compare attributes and values")
+        if isinstance(node, ast.Name) and node.id not in CONDITION_ROOTS | {"True", "False",
+                                                                            "None"}:
+            raise _broken(path, number, f"unknown name {node.id!r} in condition (use r.sub, "
+                          "r.obj, r.ctx or r.dom)")
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and \
+                node.value.id == "r" and node.attr not in REQUEST_PARTS:
+            raise _broken(path, number, f"unknown request part r.{node.attr}")
+
+
+def _check_role_links(files: PolicyFiles) -> None:
+    """A template may only inherit roles that some rule defines."""
+    defined = files.roles()
+    sources = [("kinds/" + k, ls) for k, ls in files.kinds.items()] + \
+        [("orgs/" + o, ls) for o, ls in files.orgs.items()]
+    for name, lines in sources:
+        for line in lines:
+            if line[0] == "g" and line[2] not in defined:
+                raise PolicyError("policy_invalid", "A policy file is broken; the previous "
+                                  "policy stays in force.",
+                                  f"{name}.csv: role {line[1]!r} inherits {line[2]!r}, which "
+                                  "no rule defines")
+
+
+def _broken(path: Path, number: int, reason: str) -> PolicyError:
+    where = f"{path.parent.name}/{path.name}" if path.parent.name in ("kinds", "orgs") \
+        else path.name
+    return PolicyError("policy_invalid", "A policy file is broken; the previous policy stays "
+                       "in force.", f"{where}:{number}: {reason}")

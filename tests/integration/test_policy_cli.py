@@ -1,0 +1,27 @@
+"""`trellis policy test` and `trellis policy lint`."""
+
+from tests.integration.test_cli import trellis  # noqa: F401  (the CLI runner fixture)
+
+
+def test_shipped_tables_pass_and_a_wrong_expectation_fails(trellis, tmp_path):  # noqa: F811
+    assert trellis("policy", "test").output.endswith("17 passed, 0 failed\n")
+    table = tmp_path / "wrong.yaml"
+    table.write_text("orgs: {acme: partner}\ngrants: [[ann, auditor, acme]]\ncases:\n"
+                     "  - name: auditors manage members\n    subject: {id: ann}\n"
+                     "    org: acme\n    object: {type: member}\n    action: manage\n"
+                     "    expect: allow\n")
+    result = trellis("policy", "test", str(table), expect=1)
+    assert result.output == ("FAIL wrong.yaml: auditors manage members: expected allow, got "
+                             "deny (no rule allows it)\n0 passed, 1 failed\n")
+
+
+def test_lint_reports_grants_of_undefined_roles(trellis, app, tx, make_org, make_user):  # noqa: F811
+    make_org("acme", "Acme")
+    user = make_user("a@acme.test", org="acme")
+    assert "no problems" in trellis("policy", "lint").output
+    from tests.conftest import services_of
+    with tx() as session:
+        services_of(app).role_grants.grant(session, user.id, 1, "wizard", "manual")
+    result = trellis("policy", "lint", expect=1)
+    assert result.stderr == ("warning: role 'wizard' is granted in the database but no rule "
+                             "gives it anything\n")

@@ -1,0 +1,56 @@
+"""The policy engine reading grants, memberships and operators from the database."""
+
+import time
+
+import sqlalchemy as sa
+
+from policies.engine import VERSION_CHECK_SECONDS
+from portal.models import Membership, MembershipStatus, User
+from tests.conftest import services_of
+
+
+def decide(app, user_id, org="acme", obj="member", action="manage"):
+    engine = services_of(app).policy
+    return engine.decide({"id": user_id}, org, {"type": obj}, action).allowed
+
+
+def test_grants_members_and_operators_come_from_the_database(app, tx, make_org, make_user):
+    make_org("acme", "Acme")
+    make_org("globex", "Globex")
+    alice = make_user("alice@acme.test", org="acme")
+    ops = make_user("ops@trellis.test", operator=True)
+    assert decide(app, alice.id, obj="organization", action="read")  # members read
+    assert not decide(app, alice.id)  # but do not manage members
+    assert not decide(app, alice.id, org="globex", obj="organization", action="read")
+    assert decide(app, ops.id, org="globex")
+    with tx() as session:
+        services_of(app).role_grants.grant(session, alice.id, 1, "user_manager", "manual")
+    time.sleep(VERSION_CHECK_SECONDS + 0.05)
+    assert decide(app, alice.id)  # another request after the change sees it
+    assert not decide(app, alice.id, org="globex")
+
+
+def test_suspended_membership_loses_the_member_role(app, tx, make_org, make_user):
+    make_org("acme", "Acme")
+    alice = make_user("alice@acme.test", org="acme")
+    assert decide(app, alice.id, obj="organization", action="read")
+    with tx() as session:
+        session.scalar(sa.select(Membership)).status = MembershipStatus.SUSPENDED
+    services_of(app).policy.invalidate("acme")
+    assert not decide(app, alice.id, obj="organization", action="read")
+    with tx() as session:
+        assert session.get(User, alice.id) is not None
+
+
+def test_a_broken_policy_folder_stops_the_start(settings, tmp_path):
+    import shutil
+
+    import pytest
+
+    from portal import create_app
+    from portal.config import ROOT, ConfigError
+    folder = tmp_path / "policies"
+    shutil.copytree(ROOT / "policies", folder)
+    (folder / "kinds" / "vendor.csv").write_text("p, member, *, x, read, True\n")
+    with pytest.raises(ConfigError, match=r"TRELLIS_POLICY_DIR: kinds/vendor.csv:1: a p rule"):
+        create_app({**settings, "POLICY_DIR": str(folder)})

@@ -27,6 +27,7 @@ from policies.files import PolicyFiles, load_policy_files
 
 MODEL = Path(__file__).resolve().parent / "model.conf"
 VERSION_CHECK_SECONDS = 0.5  # another worker's change is seen within this (plus a request)
+PLATFORM = "_platform"  # the domain of platform-level decisions (operator pages and APIs)
 
 
 class Attrs:

@@ -11,6 +11,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from policies import PolicyEngine, Sources
+from policies.engine import PLATFORM
 from portal.db import Database
 from portal.models import Membership, MembershipStatus, Organization, RoleGrant, User
 
@@ -46,6 +47,8 @@ def database_sources(db: Database) -> Sources:
                     connection.execute(OPERATORS)]
 
     def org_kind(slug: str) -> str | None:
+        if slug == PLATFORM:
+            return "platform"  # platform rules only, platform roles only
         with db.engine.connect() as connection:
             kind = connection.execute(KIND, {"slug": slug}).scalar()
         return kind.value if kind is not None else None

@@ -4,23 +4,16 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from flask import Blueprint, render_template
-from flask_login import current_user, login_required
 
-from portal.errors import Forbidden
 from portal.extensions import db_session
 from portal.models import Connection, Domain, Membership, Organization
+from portal.permissions import require
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
 
-@bp.before_request
-@login_required
-def require_operator():
-    if not current_user.is_operator:
-        raise Forbidden()
-
-
 @bp.get("/")
+@require("read", "organization")
 def organizations():
     session = db_session()
     members = (sa.select(Membership.organization_id, sa.func.count().label("n"))
@@ -37,6 +30,7 @@ def organizations():
 
 
 @bp.get("/connections")
+@require("read", "connection")
 def connections():
     rows = db_session().scalars(sa.select(Connection).order_by(Connection.id)).all()
     return render_template("admin/connections.html", rows=rows)

@@ -13,13 +13,14 @@ from flask import (
     session,
     url_for,
 )
-from flask_login import current_user, login_required, login_user, logout_user
+from flask_login import current_user, login_user, logout_user
 
 from federation import discovery
 from portal import audit
 from portal.errors import NotFound, TooManyAttempts, TrellisError
 from portal.extensions import audit_context, db_session, login_manager, services
 from portal.forms import LoginForm
+from portal.permissions import public, signed_in
 from portal.security import safe_next
 from portal.services import auth, organizations
 from portal.views import use_branding
@@ -44,6 +45,7 @@ def unauthorized():
 
 
 @bp.route("/login", methods=["GET", "POST"])
+@public
 def login():
     slug = request.args.get("org")
     if slug and request.method == "GET":  # a vendor app pre-selects the organization
@@ -52,6 +54,7 @@ def login():
 
 
 @bp.route("/o/<slug>/login", methods=["GET", "POST"])
+@public
 def org_login(slug: str):
     try:
         org = organizations.get(db_session(), slug)
@@ -119,16 +122,18 @@ def _render(form: LoginForm, org, *, step: str = "email", error: str | None = No
     return page, status, headers or {}
 
 
-def begin_session(user, token: str) -> None:
-    """A fresh session at every sign-in: nothing planted before it survives."""
+def begin_session(user, token: str, assurance: int = 1) -> None:
+    """A fresh session at every sign-in: nothing planted before it survives. ``assurance``
+    is 1 for a password, 2 when a second factor was used (policies may require it)."""
     session.clear()
     session.permanent = True
     session["sid"] = token
+    session["assurance"] = assurance
     login_user(user)
 
 
 @bp.post("/logout")
-@login_required
+@signed_in
 def logout():
     # CSRFProtect has already checked the token of this POST.
     ctx = audit_context()

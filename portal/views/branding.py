@@ -7,6 +7,7 @@ from flask import Blueprint, Response
 
 from portal.errors import NotFound
 from portal.extensions import db_session
+from portal.permissions import public
 from portal.services import organizations
 from portal.validation import COLOR
 
@@ -14,6 +15,7 @@ bp = Blueprint("branding", __name__)
 
 
 @bp.get("/branding/<slug>.css")
+@public
 def stylesheet(slug: str):
     try:
         org = organizations.get(db_session(), slug)

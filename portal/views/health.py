@@ -7,16 +7,19 @@ from flask import Blueprint, current_app, jsonify
 
 from portal.extensions import services
 from portal.migrate import current_revision, head_revision
+from portal.permissions import public
 
 bp = Blueprint("health", __name__)
 
 
 @bp.get("/healthz")
+@public
 def healthz():
     return jsonify(status="ok")
 
 
 @bp.get("/readyz")
+@public
 def readyz():
     checks: dict[str, str] = {}
     try:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from flask import Blueprint, render_template
-from flask_login import current_user, login_required
+from flask_login import current_user
 
 from portal.errors import NotFound
 from portal.extensions import db_session
+from portal.permissions import require, signed_in
 from portal.services import users
 from portal.views import use_branding
 
@@ -14,7 +15,7 @@ bp = Blueprint("home", __name__)
 
 
 @bp.get("/")
-@login_required
+@signed_in
 def index():
     memberships = users.active_memberships(db_session(), current_user.id)
     current = memberships[0].organization if len(memberships) == 1 else None
@@ -24,7 +25,7 @@ def index():
 
 
 @bp.get("/o/<slug>/")
-@login_required
+@require("read", "organization", org_arg="slug")
 def organization(slug: str):
     memberships = users.active_memberships(db_session(), current_user.id)
     match = [m for m in memberships if m.organization.slug == slug]

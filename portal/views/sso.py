@@ -11,17 +11,18 @@ import time
 from typing import Any
 
 from flask import Blueprint, current_app, redirect, render_template, request, session, url_for
-from flask_login import current_user, login_required
 
 from federation import provisioning
 from federation.errors import FederationError
 from federation.identity import RequestContext, identity_from_dict, identity_to_dict
 from federation.oidc import PENDING_MAX_AGE
+from policies.engine import PLATFORM
 from portal import audit
-from portal.errors import Forbidden, NotFound, TrellisError
+from portal.errors import NotFound, TrellisError
 from portal.extensions import audit_context, db_session, services
 from portal.forms import LinkForm
 from portal.models import Connection, Protocol
+from portal.permissions import public, require
 from portal.security import safe_next
 from portal.services import auth, connections, replay, users
 
@@ -54,6 +55,7 @@ def _oidc_settings(connection: Connection):
 
 
 @bp.post("/<int:connection_id>/start")
+@public
 def start_chosen(connection_id: int):
     """The user picked one of several connections of their organization."""
     connection = db_session().get(Connection, connection_id)
@@ -63,20 +65,24 @@ def start_chosen(connection_id: int):
                  next_url=request.form.get("next", ""))
 
 
+def _connection_org(kwargs: dict[str, Any]) -> str:
+    connection = db_session().get(Connection, kwargs["connection_id"])
+    if connection is None:
+        raise NotFound()
+    return connection.organization.slug if connection.organization else PLATFORM
+
+
 @bp.post("/<int:connection_id>/test")
-@login_required
+@require("test", "connection", org_from=_connection_org)
 def start_test(connection_id: int):
     """Test mode: run a sign-in that provisions nothing and shows what would happen."""
     connection = db_session().get(Connection, connection_id)
-    if connection is None:
-        raise NotFound()
-    if not current_user.is_operator:  # delegated org admins get this with their admin pages
-        raise Forbidden()
     return start(connection, login_hint=request.form.get("login_hint") or None, next_url="",
                  test=True)
 
 
 @bp.get("/oidc/<int:connection_id>/callback")
+@public
 def oidc_callback(connection_id: int):
     callback = request.args.to_dict()
     pending = _take_pending(callback.get("state", ""))
@@ -145,6 +151,7 @@ def _offer_link(connection: Connection, identity, pending: dict[str, Any]):
 
 
 @bp.route("/link", methods=["GET", "POST"])
+@public
 def link():
     sealed = session.get("sso_link")
     offer = services().secrets.open(sealed) if sealed else None

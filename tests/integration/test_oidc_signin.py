@@ -340,3 +340,22 @@ def test_test_mode_is_for_operators_only(client, oidc_org, make_user):
     response = client.post(f"/sso/{oidc_org}/test", data={"csrf_token": csrf_token(client, "/")})
     assert response.status_code == 403
     assert client.get("/admin/connections").status_code == 403
+
+
+def test_sso_managers_test_their_own_connection_only(app, tx, oidc_org, make_org, make_user):
+    from tests.conftest import sign_in as password_sign_in
+    make_org("globex", "Globex")
+    manager = make_user("sm@acme.test", org="acme")
+    make_user("plain@acme.test", org="acme")
+    outsider = make_user("admin@globex.test", org="globex")
+    with tx() as session:
+        services_of(app).role_grants.grant(session, manager.id, 1, "sso_manager", "manual")
+        services_of(app).role_grants.grant(session, outsider.id, 2, "sso_manager", "manual")
+    services_of(app).policy.invalidate()
+    expected = {"sm@acme.test": 302, "plain@acme.test": 403, "admin@globex.test": 404}
+    for email, status in expected.items():
+        browser = app.test_client()
+        password_sign_in(browser, email)
+        response = browser.post(f"/sso/{oidc_org}/test",
+                                data={"csrf_token": csrf_token(browser, "/")})
+        assert response.status_code == status, email

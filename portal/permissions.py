@@ -1,0 +1,84 @@
+"""The one permission check of the portal.
+
+Every view declares who may reach it: ``@public`` (anyone), ``@signed_in`` (any signed-in
+user, for pages about themselves), or ``@require(action, object_type, ...)``, which asks the
+policy engine in the organization the URL names (or in the platform domain for operator
+pages). A test walks the URL map and fails on any route without a declaration. No view checks
+roles by hand.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+from flask import session
+from flask_login import current_user, login_required
+
+from policies.engine import PLATFORM
+from portal.errors import Forbidden, NotFound
+from portal.extensions import db_session, services
+from portal.models import Organization
+
+ACCESS = "trellis_access"
+
+
+def public(view: Callable) -> Callable:
+    setattr(view, ACCESS, "public")
+    return view
+
+
+def signed_in(view: Callable) -> Callable:
+    wrapped = login_required(view)
+    setattr(wrapped, ACCESS, "signed_in")
+    return wrapped
+
+
+def require(action: str, object_type: str, *, org_arg: str | None = None,
+            org_from: Callable[[dict[str, Any]], str] | None = None) -> Callable:
+    """Allow the view only when the policy allows ``action`` on ``object_type`` in the
+    organization named by the URL argument ``org_arg`` (or computed by ``org_from``), or in
+    the platform domain when neither is given."""
+
+    def decorate(view: Callable) -> Callable:
+        @wraps(view)
+        def checked(*args, **kwargs):
+            org = (kwargs[org_arg] if org_arg else org_from(kwargs) if org_from else PLATFORM)
+            authorize(action, object_type, org)
+            return view(*args, **kwargs)
+
+        wrapped = login_required(checked)
+        setattr(wrapped, ACCESS, f"require:{action}:{object_type}")
+        return wrapped
+
+    return decorate
+
+
+def authorize(action: str, object_type: str, org: str, obj: dict[str, Any] | None = None
+              ) -> None:
+    """Raise unless the signed-in user may act. Outside their organizations users get the
+    same 404 as for an organization that does not exist; members lacking a role get 403."""
+    engine = services().policy
+    subject, context = current_subject(), request_context(org)
+    decision = engine.decide(subject, org, {"type": object_type, **(obj or {})}, action,
+                             context)
+    if decision.allowed:
+        return
+    if org != PLATFORM and not engine.decide(subject, org, {"type": "organization"}, "read",
+                                             context).allowed:
+        raise NotFound()
+    raise Forbidden(detail=f"{action} {object_type} in {org}: {decision.reason} "
+                           f"{decision.rule or ''}")
+
+
+def current_subject() -> dict[str, Any]:
+    return {"id": str(current_user.id), "platform_operator": bool(current_user.is_operator)}
+
+
+def request_context(org: str) -> dict[str, Any]:
+    status = None
+    if org != PLATFORM:
+        found = db_session().query(Organization.status).filter_by(slug=org).scalar()
+        status = found.value if found is not None else None
+    return {"org_status": status, "assurance": session.get("assurance", 1)}

@@ -1,0 +1,23 @@
+"""Every route declares its access through the one permission check (portal/permissions.py)."""
+
+from portal.permissions import ACCESS
+
+FLASK_OWN = {"static"}
+
+
+def test_every_route_declares_who_may_reach_it(app):
+    undeclared = []
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint in FLASK_OWN:
+            continue
+        if getattr(app.view_functions[rule.endpoint], ACCESS, None) is None:
+            undeclared.append(f"{rule.rule} ({rule.endpoint})")
+    assert undeclared == [], "routes without @public, @signed_in or @require: " + \
+        ", ".join(undeclared)
+
+
+def test_public_routes_are_the_expected_ones(app):
+    public = sorted(rule.endpoint for rule in app.url_map.iter_rules()
+                    if getattr(app.view_functions.get(rule.endpoint), ACCESS, "") == "public")
+    assert public == ["auth.login", "auth.org_login", "branding.stylesheet", "health.healthz",
+                      "health.readyz", "sso.link", "sso.oidc_callback", "sso.start_chosen"]

@@ -131,6 +131,29 @@ class PolicyEngine:
             platform = cached.enforcer.get_model().model["g"]["g2"].rm.get_roles(user)
         return Explanation(decision, tuple(sorted(set(roles))), tuple(sorted(platform)))
 
+    def permissions(self, subject: Mapping[str, Any], org: str) -> list[dict[str, Any]]:
+        """What the subject may do in the organization: the allow rules reaching it through
+        its roles (a rule with a condition holds only when the condition does)."""
+        cached = self._enforcer(org)
+        if cached.enforcer is None:
+            return []
+        user = str(subject.get("id", ""))
+        with cached.lock:
+            rules = cached.enforcer.get_implicit_permissions_for_user(
+                user, org, filter_policy_dom=False)
+            rules += [rule for rule in cached.enforcer.get_policy() if rule[0] == "*"]
+        seen, result = set(), []
+        for _role, dom, obj, act, cond, effect in rules:
+            key = (obj, act, cond)
+            if effect == "allow" and dom in ("*", org) and key not in seen:
+                seen.add(key)
+                result.append({"object": obj, "action": act,
+                               "condition": None if cond == "True" else cond})
+        return sorted(result, key=lambda r: (r["object"], r["action"]))
+
+    def version(self, org: str) -> str:
+        return f"{self.files.fingerprint}:{self._enforcer(org).version}"
+
     # -- cache and reload -----------------------------------------------------------------
 
     def invalidate(self, org: str | None = None) -> None:

@@ -32,8 +32,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     _init_services(app)
     _init_extensions(app)
 
-    from portal.views import admin, auth, branding, health, home, sso
-    for blueprint in (auth.bp, home.bp, admin.bp, health.bp, branding.bp, sso.bp):
+    from portal.views import admin, api, auth, branding, health, home, sso
+    for blueprint in (auth.bp, home.bp, admin.bp, health.bp, branding.bp, sso.bp, api.bp):
         app.register_blueprint(blueprint)
     _limit_credential_endpoints(app)
     return app

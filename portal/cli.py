@@ -461,6 +461,26 @@ def keys_rotate() -> None:
     click.echo(f"re-encrypted {count} secret{'s' if count != 1 else ''} with the current key")
 
 
+@main.group("api-client")
+def api_client() -> None:
+    """Vendor apps calling the decision API with an API key."""
+
+
+@api_client.command("create")
+@click.argument("name")
+@click.option("--org", "orgs", multiple=True, required=True,
+              help="An organization the app may ask about (repeatable).")
+@with_appcontext
+def api_client_create(name: str, orgs: tuple[str, ...]) -> None:
+    """Create an API key; it is shown once and stored only as a hash."""
+    from portal.services import api_clients
+    with services().db.transaction() as session:
+        client, key = api_clients.create(session, cli_context(), name, list(orgs))
+        click.echo(f"created API client {client.id} ({client.name}) for "
+                   f"{', '.join(client.organizations)}")
+    click.echo(f"key (shown once): {key}")
+
+
 # --- policy -----------------------------------------------------------------------------
 
 @main.group()

@@ -21,12 +21,13 @@ class TrellisError(Exception):
 
     def __init__(self, message: str | None = None, *, code: str | None = None,
                  status: int | None = None, headers: dict[str, str] | None = None,
-                 detail: str = "") -> None:
+                 detail: str = "", extra: dict[str, Any] | None = None) -> None:
         self.message = message or self.message
         self.code = code or self.code
         self.status = status or self.status
         self.headers = headers or {}
         self.detail = detail  # for the log only
+        self.extra = extra or {}  # safe to show: added to problem+json bodies
         super().__init__(self.message)
 
 
@@ -61,6 +62,16 @@ class TooManyAttempts(TrellisError):
         super().__init__(message or f"Too many failed attempts. Try again in "
                          f"{describe_wait(self.retry_after)}.",
                          headers={"Retry-After": str(self.retry_after)})
+
+
+class InvalidRequest(TrellisError):
+    """A request body that does not have the expected shape; names the field."""
+
+    status = 422
+    code = "invalid_request"
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}", extra={"field": field})
 
 
 class Unavailable(TrellisError):
@@ -99,11 +110,13 @@ def register_error_handlers(app) -> None:
 
     from federation.errors import FederationError
 
-    def respond(status: int, code: str, message: str, headers: dict[str, str] | None = None):
+    def respond(status: int, code: str, message: str, headers: dict[str, str] | None = None,
+                extra: dict[str, Any] | None = None):
         reference = getattr(g, "request_id", "-")
         if _wants_json():
-            body: dict[str, Any] = {"type": f"urn:trellis:error:{code}", "title": message,
-                                    "status": status, "code": code, "reference": reference}
+            body: dict[str, Any] = {**(extra or {}), "type": f"urn:trellis:error:{code}",
+                                    "title": message, "status": status, "code": code,
+                                    "reference": reference}
             response = app.response_class(app.json.dumps(body), status=status,
                                           mimetype="application/problem+json")
         else:
@@ -125,7 +138,7 @@ def register_error_handlers(app) -> None:
     def trellis_error(error: TrellisError):
         level = logging.WARNING if error.status < 500 else logging.ERROR
         log.log(level, "%s %s: %s %s", error.status, error.code, error.message, error.detail)
-        return respond(error.status, error.code, error.message, error.headers)
+        return respond(error.status, error.code, error.message, error.headers, error.extra)
 
     @app.errorhandler(FederationError)
     def federation_error(error: FederationError):

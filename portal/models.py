@@ -267,3 +267,19 @@ class RoleGrant(Base):
     role: Mapped[str] = mapped_column(sa.String(64))
     source: Mapped[str] = mapped_column(sa.String(64), default="manual")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ApiClient(Base):
+    """A vendor app calling the APIs with an API key (until it is an OAuth client of Trellis).
+    Only the key's SHA-256 is stored; the key is shown once, when created."""
+
+    __tablename__ = "api_clients"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(200))
+    key_prefix: Mapped[str] = mapped_column(sa.String(16), index=True)
+    key_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    # Organization slugs this app may ask about.
+    organizations: Mapped[list[str]] = mapped_column(sa.JSON, default=list)
+    enabled: Mapped[bool] = mapped_column(default=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

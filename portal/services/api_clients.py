@@ -1,0 +1,56 @@
+"""API keys for vendor apps: created once, stored hashed, scoped to organizations."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from portal import audit
+from portal.errors import TrellisError, ValidationError
+from portal.models import ApiClient
+from portal.services import organizations
+
+PREFIX = "trk_"
+
+
+def create(session: Session, ctx: audit.Context, name: str, org_slugs: list[str]
+           ) -> tuple[ApiClient, str]:
+    """Return the client and its key; the key is never stored and cannot be shown again."""
+    name = (name or "").strip()
+    if not name or len(name) > 200:
+        raise ValidationError("An API client needs a name of at most 200 characters.",
+                              code="invalid_name")
+    slugs = sorted({organizations.get(session, slug).slug for slug in org_slugs})
+    key = PREFIX + secrets.token_urlsafe(32)
+    client = ApiClient(name=name, key_prefix=key[:12], key_hash=_digest(key),
+                       organizations=slugs)
+    session.add(client)
+    session.flush()
+    audit.record(session, ctx, "api_client.create", target=f"api_client:{client.id}",
+                 details={"name": name, "organizations": slugs})
+    return client, key
+
+
+def authenticate(session: Session, key: str | None) -> ApiClient:
+    if not key or not key.startswith(PREFIX):
+        raise Unauthenticated()
+    client = session.scalar(sa.select(ApiClient).where(ApiClient.key_hash == _digest(key)))
+    if client is None or not client.enabled:
+        raise Unauthenticated()
+    return client
+
+
+class Unauthenticated(TrellisError):
+    status = 401
+    code = "unauthenticated"
+    message = "A valid API key is required (Authorization: Bearer trk_...)."
+
+    def __init__(self) -> None:
+        super().__init__(headers={"WWW-Authenticate": 'Bearer realm="trellis"'})
+
+
+def _digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()

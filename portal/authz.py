@@ -1,11 +1,12 @@
 """Connects the policy engine to Trellis's database: grants from ``role_grants`` (and
 ``member`` for every active membership), platform roles from operator accounts,
 organization kinds, and a version per organization that changes with every grant,
-revocation or membership change, so every worker notices within the engine's version check
-interval."""
+revocation, membership, operator or kind change, so every worker notices within the engine's
+version check interval."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -30,7 +31,11 @@ VERSION = sa.select(
     sa.select(sa.func.coalesce(sa.func.max(Membership.updated_at), None)).join(Organization)
     .where(Organization.slug == sa.bindparam("slug")).scalar_subquery(),
     sa.select(sa.func.count(Membership.id)).join(Organization)
-    .where(Organization.slug == sa.bindparam("slug")).scalar_subquery())
+    .where(Organization.slug == sa.bindparam("slug")).scalar_subquery(),
+    sa.select(sa.func.coalesce(sa.func.sum(User.id), 0)).where(User.is_operator.is_(True))
+    .scalar_subquery(),
+    sa.select(Organization.kind).where(Organization.slug == sa.bindparam("slug"))
+    .scalar_subquery())
 KIND = sa.select(Organization.kind).where(Organization.slug == sa.bindparam("slug"))
 OPERATORS = sa.select(User.id).where(User.is_operator.is_(True))
 
@@ -54,9 +59,11 @@ def database_sources(db: Database) -> Sources:
         return kind.value if kind is not None else None
 
     def version(slug: str) -> int:
+        """The same number in every worker and after restarts, for the same data."""
         with db.engine.connect() as connection:
             row = connection.execute(VERSION, {"slug": slug}).one()
-        return hash(tuple(str(value) for value in row))
+        digest = hashlib.sha256("|".join(str(value) for value in row).encode()).digest()
+        return int.from_bytes(digest[:6], "big")
 
     return Sources(grants=grants, platform_roles=platform_roles, org_kind=org_kind,
                    version=version)

@@ -443,7 +443,7 @@ def keys() -> None:
     """Encryption keys for secrets at rest."""
 
 
-@keys.command("generate")
+@keys.command("generate", with_appcontext=False)
 def keys_generate() -> None:
     """Print a new key for TRELLIS_ENCRYPTION_KEYS."""
     from portal.crypto import generate_key

@@ -105,6 +105,7 @@ HTTP_MESSAGES: dict[int, tuple[str, str]] = {
 def register_error_handlers(app) -> None:
     from flask import g, render_template, request
     from flask_wtf.csrf import CSRFError
+    from redis.exceptions import RedisError
     from sqlalchemy.exc import DBAPIError, OperationalError
     from werkzeug.exceptions import HTTPException
 
@@ -163,8 +164,9 @@ def register_error_handlers(app) -> None:
 
     @app.errorhandler(OperationalError)
     @app.errorhandler(DBAPIError)
-    def database_error(error: Exception):
-        log.error("503 database_unavailable: %s", error, exc_info=error)
+    @app.errorhandler(RedisError)
+    def backend_unavailable(error: Exception):
+        log.error("503 backend_unavailable: %r", error, exc_info=error)
         return respond(503, "unavailable", HTTP_MESSAGES[503][1])
 
     @app.errorhandler(Exception)

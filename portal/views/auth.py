@@ -48,7 +48,7 @@ def unauthorized():
 @public
 def login():
     slug = request.args.get("org")
-    if slug and request.method == "GET":  # a vendor app pre-selects the organization
+    if slug and request.method in ("GET", "HEAD"):  # a vendor app pre-selects the organization
         return redirect(url_for("auth.org_login", slug=slug, next=request.args.get("next")))
     return _login_page(None)
 
@@ -66,7 +66,7 @@ def org_login(slug: str):
 def _login_page(org):
     use_branding(org)
     form = LoginForm()
-    if request.method == "GET":
+    if request.method in ("GET", "HEAD"):
         form.next.data = safe_next(request.args.get("next"), "")
         if current_user.is_authenticated:
             return redirect(safe_next(form.next.data))

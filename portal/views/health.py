@@ -34,6 +34,18 @@ def readyz():
         current_app.logger.error("readiness: database check failed: %s", exc)
         checks["database"] = "unreachable"
         checks["migrations"] = "unknown"
+    if current_app.config["REDIS_URL"]:
+        checks["redis"] = _redis_check(current_app.config["REDIS_URL"])
     failed = [name for name, result in checks.items() if result != "ok"]
     body = {"status": "fail" if failed else "ok", "failed": failed, "checks": checks}
     return jsonify(body), 503 if failed else 200
+
+
+def _redis_check(url: str) -> str:
+    import redis
+    try:
+        redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1).ping()
+    except redis.RedisError as exc:
+        current_app.logger.error("readiness: redis check failed: %s", exc)
+        return "unreachable"
+    return "ok"

@@ -178,9 +178,10 @@ def link():
 
 def _link_and_sign_in(connection: Connection, identity, password: str, offer: dict):
     s, ctx = services(), audit_context()
-    user, _ = auth.sign_in(s.db, ctx, s.passwords, s.throttle, identity.email, password,
-                           session_hours=current_app.config["SESSION_HOURS"])
+    user, proof_session = auth.sign_in(s.db, ctx, s.passwords, s.throttle, identity.email,
+                                       password, session_hours=current_app.config["SESSION_HOURS"])
     with s.db.transaction() as tx:
+        auth.end_session(tx, proof_session)  # the password only proved control
         row = tx.get(Connection, connection.id)
         provisioning.link(tx, ctx.acting_as(user.id, user.email), row, identity, user.id)
         plan = provisioning.plan(tx, row, identity)

@@ -106,3 +106,15 @@ def test_readyz_reports_pending_migrations(settings, tmp_path):
     assert body["checks"]["migrations"].startswith("database at empty, code expects")
     migrate.upgrade(url)
     assert client.get("/readyz").status_code == 200
+
+
+def test_redis_outage_is_a_503_and_readyz_names_it(settings, make_user):
+    app = create_app({**settings, "REDIS_URL": "redis://127.0.0.1:1/0"})
+    client = app.test_client()
+    assert client.head("/login").status_code == 200
+    from tests.conftest import sign_in
+    response = sign_in(client, "alice@acme.test")
+    assert response.status_code == 503
+    assert "temporarily unavailable" in response.get_data(as_text=True)
+    ready = client.get("/readyz").get_json()
+    assert ready["failed"] == ["redis"] and ready["checks"]["redis"] == "unreachable"

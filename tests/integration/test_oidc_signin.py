@@ -132,6 +132,11 @@ def test_existing_local_account_is_linked_only_with_its_password(client, app, tx
         "buyer", "member"}
     [linked] = audit_events(app, "federation.link")
     assert linked.actor == "lee@acme.test" and linked.details["proof"] == "password"
+    from portal.models import AuthSession
+    with tx() as session:  # only the session in use stays open
+        open_sessions = session.scalar(sa.select(sa.func.count()).select_from(AuthSession)
+                                       .where(AuthSession.revoked_at.is_(None)))
+    assert open_sessions == 1
     # From now on the company sign-in goes straight in.
     client.post("/logout", data={"csrf_token": csrf_token(client, "/")})
     again = federated_login(client, oidc_provider, "lee@acme.test")

@@ -54,3 +54,21 @@ def test_a_broken_policy_folder_stops_the_start(settings, tmp_path):
     (folder / "kinds" / "vendor.csv").write_text("p, member, *, x, read, True\n")
     with pytest.raises(ConfigError, match=r"TRELLIS_POLICY_DIR: kinds/vendor.csv:1: a p rule"):
         create_app({**settings, "POLICY_DIR": str(folder)})
+
+
+def test_policy_version_is_stable_across_processes(app, make_org, make_user, tx):
+    import subprocess
+    import sys
+
+    from portal.authz import database_sources
+    make_org("acme", "Acme")
+    make_user("alice@acme.test", org="acme")
+    here = database_sources(services_of(app).db).version("acme")
+    code = ("from portal.authz import database_sources; from portal.db import Database; "
+            f"print(database_sources(Database({app.config['DATABASE_URL']!r}))"
+            ".version('acme'))")
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           check=True).stdout.strip()
+    assert str(here) == other
+    make_user("ops@trellis.test", operator=True)
+    assert database_sources(services_of(app).db).version("acme") != here

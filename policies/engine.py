@@ -12,6 +12,7 @@ platform roles, organization kinds and policy versions through callables it is g
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import OrderedDict
@@ -23,11 +24,14 @@ from typing import Any
 import casbin
 from casbin import persist
 
+from policies.errors import PolicyError
 from policies.files import PolicyFiles, load_policy_files
 
 MODEL = Path(__file__).resolve().parent / "model.conf"
 VERSION_CHECK_SECONDS = 0.5  # another worker's change is seen within this (plus a request)
 PLATFORM = "_platform"  # the domain of platform-level decisions (operator pages and APIs)
+FILES_CHECK_SECONDS = 2.0  # edited policy files are picked up within this
+log = logging.getLogger("trellis.policy")
 
 
 class Attrs:
@@ -113,6 +117,9 @@ class PolicyEngine:
         self._lock = threading.Lock()
         self._cache: OrderedDict[str, _Cached] = OrderedDict()
         self.files: PolicyFiles = load_policy_files(self.folder)
+        self._stamp = _files_stamp(self.folder)
+        self._files_checked = clock()
+        self.reload_error: PolicyError | None = None  # the broken edit kept out, if any
 
     # -- decisions ------------------------------------------------------------------------
 
@@ -186,8 +193,27 @@ class PolicyEngine:
             self.files = files
             self._cache.clear()
 
+    def _reload_if_edited(self, now: float) -> None:
+        if now - self._files_checked < FILES_CHECK_SECONDS:
+            return
+        self._files_checked = now
+        stamp = _files_stamp(self.folder)
+        if stamp == self._stamp:
+            return
+        self._stamp = stamp
+        try:
+            self.reload_files()
+        except PolicyError as error:
+            self.reload_error = error
+            log.error("policy files changed but are broken; the last good policy stays in "
+                      "force: %s", error.detail)
+        else:
+            self.reload_error = None
+            log.info("policy files reloaded: %s", self.files.fingerprint)
+
     def _enforcer(self, org: str) -> _Cached:
         now = self.clock()
+        self._reload_if_edited(now)
         with self._lock:
             cached = self._cache.get(org)
             if cached is not None:
@@ -216,3 +242,17 @@ class PolicyEngine:
         enforcer = _CompilingOnceEnforcer(str(MODEL), _LinesAdapter(lines))
         enforcer.enable_auto_save(False)
         return enforcer
+
+
+def _files_stamp(folder: Path) -> tuple:
+    """Names, sizes and modification times of the policy files: cheap to compare."""
+    paths = [folder / "model.conf", folder / "platform.csv", *sorted(folder.glob("kinds/*.csv")),
+             *sorted(folder.glob("orgs/*.csv"))]
+    stamp = []
+    for path in paths:
+        try:
+            info = path.stat()
+        except OSError:
+            continue
+        stamp.append((str(path), info.st_size, info.st_mtime_ns))
+    return tuple(stamp)

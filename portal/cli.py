@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import click
+import sqlalchemy.exc
 from flask import current_app
 from flask.cli import FlaskGroup, with_appcontext
 
@@ -42,6 +43,10 @@ class TrellisGroup(FlaskGroup):
             _fail(f"configuration: {exc}")
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
+        except sqlalchemy.exc.OperationalError as exc:
+            first_line = str(exc.orig or exc).splitlines()[0]
+            _fail(f"the database could not be used ({first_line}); check DATABASE_URL, and "
+                  "run `trellis db upgrade` if its schema is behind")
         except BrokenPipeError:  # e.g. `trellis audit export | head`
             sys.stderr.close()
             sys.exit(0)
@@ -192,6 +197,106 @@ def org_show(slug: str) -> None:
             state = ("verified" if domain.verified
                      else f"unverified (token {domain.verification_token})")
             click.echo(f"domain:   {domain.name} {state}")
+
+
+@org.command("suspend")
+@click.argument("slug")
+@click.option("--reason", default="", help="Recorded in the audit trail.")
+def org_suspend(slug: str, reason: str) -> None:
+    """Suspend an organization: its policy denies everything to everyone but operators."""
+    _set_org_status(slug, "suspended", reason)
+
+
+@org.command("resume")
+@click.argument("slug")
+def org_resume(slug: str) -> None:
+    """Lift an organization's suspension."""
+    _set_org_status(slug, "active", "")
+
+
+def _set_org_status(slug: str, status: str, reason: str) -> None:
+    from portal.services import organizations
+    with services().db.transaction() as session:
+        changed = organizations.set_status(session, cli_context(), slug, status, reason)
+        click.echo(f"organization {changed.slug} is {changed.status.value}")
+    services().policy.invalidate(slug)
+
+
+@org.command("branding")
+@click.argument("slug")
+@click.option("--primary-color", help="Branding colour, e.g. #0b6e4f.")
+@click.option("--logo-url", help="https:// URL of the logo image.")
+@click.option("--footer-text", help="Text shown at the foot of every page.")
+def org_branding(slug, primary_color, logo_url, footer_text) -> None:
+    """Replace an organization's branding (options left out are cleared)."""
+    from portal.services import organizations
+    with services().db.transaction() as session:
+        changed = organizations.update_branding(session, cli_context(), slug, {
+            "primary_color": primary_color, "logo_url": logo_url, "footer_text": footer_text})
+        click.echo(f"branding of {changed.slug}: " + (", ".join(
+            f"{k}={v}" for k, v in sorted(changed.branding.items())) or "none"))
+
+
+@main.group()
+def role() -> None:
+    """Organization roles granted by hand (roles from an identity provider follow it)."""
+
+
+@role.command("grant")
+@click.argument("email")
+@click.argument("slug")
+@click.argument("role_name")
+def role_grant(email: str, slug: str, role_name: str) -> None:
+    """Grant ROLE_NAME in organization SLUG to the user EMAIL."""
+    from portal.services import organizations, roles, users
+    s = services()
+    with s.db.transaction() as session:
+        user = users.get_by_email(session, email)
+        org = organizations.get(session, slug)
+        changed = roles.grant_manually(session, cli_context(), user, org, role_name,
+                                       s.policy.files.roles() | {"member"})
+    s.policy.invalidate(slug)
+    click.echo(f"{user.email} {'now holds' if changed else 'already holds'} {role_name} "
+               f"in {org.slug}")
+
+
+@role.command("revoke")
+@click.argument("email")
+@click.argument("slug")
+@click.argument("role_name")
+def role_revoke(email: str, slug: str, role_name: str) -> None:
+    """Revoke a role granted by hand."""
+    from portal.services import organizations, roles, users
+    s = services()
+    with s.db.transaction() as session:
+        user = users.get_by_email(session, email)
+        org = organizations.get(session, slug)
+        changed = roles.revoke_manually(session, cli_context(), user, org, role_name)
+    s.policy.invalidate(slug)
+    if not changed:
+        raise TrellisError(f"{user.email} holds no hand-granted {role_name} in {org.slug}.",
+                           code="not_granted")
+    click.echo(f"revoked {role_name} from {user.email} in {org.slug}")
+
+
+@role.command("list")
+@click.argument("slug")
+def role_list(slug: str) -> None:
+    """List the role grants of an organization, with where each came from."""
+    import sqlalchemy as sa
+
+    from portal.models import RoleGrant, User
+    from portal.services import organizations
+    with services().db.sessions() as session:
+        org = organizations.get(session, slug)
+        rows = session.execute(sa.select(User.email, RoleGrant.role, RoleGrant.source)
+                               .join(User, User.id == RoleGrant.user_id)
+                               .where(RoleGrant.organization_id == org.id)
+                               .order_by(User.email, RoleGrant.role)).all()
+    if not rows:
+        click.echo("no role grants (every active member holds member)")
+    for email, role_name, source in rows:
+        click.echo(f"{email}\t{role_name}\t{source}")
 
 
 @main.group()
@@ -479,6 +584,30 @@ def api_client_create(name: str, orgs: tuple[str, ...]) -> None:
         click.echo(f"created API client {client.id} ({client.name}) for "
                    f"{', '.join(client.organizations)}")
     click.echo(f"key (shown once): {key}")
+
+
+@api_client.command("list")
+def api_client_list() -> None:
+    """List API clients (keys are never shown again)."""
+    from portal.services import api_clients
+    with services().db.sessions() as session:
+        rows = api_clients.list_all(session)
+        if not rows:
+            click.echo("no API clients")
+        for row in rows:
+            state = "enabled" if row.enabled else "disabled"
+            click.echo(f"{row.id}\t{row.key_prefix}…\t{state}\t{','.join(row.organizations)}"
+                       f"\t{row.name}")
+
+
+@api_client.command("disable")
+@click.argument("client_id", type=int)
+def api_client_disable(client_id: int) -> None:
+    """Disable an API client: its key stops working at once."""
+    from portal.services import api_clients
+    with services().db.transaction() as session:
+        api_clients.set_enabled(session, cli_context(), client_id, False)
+    click.echo(f"API client {client_id} disabled")
 
 
 # --- policy -----------------------------------------------------------------------------

@@ -65,6 +65,11 @@ def authorize(action: str, object_type: str, org: str, obj: dict[str, Any] | Non
                              context)
     if decision.allowed:
         return
+    if context["org_status"] == "suspended" and engine.decide(
+            subject, org, {"type": "organization"}, "read", {**context, "org_status": None}
+    ).allowed:
+        raise Forbidden("This organization is suspended. Contact the platform's operators.",
+                        code="org_suspended")
     if org != PLATFORM and not engine.decide(subject, org, {"type": "organization"}, "read",
                                              context).allowed:
         raise NotFound()

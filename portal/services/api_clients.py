@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from portal import audit
-from portal.errors import TrellisError, ValidationError
+from portal.errors import NotFound, TrellisError, ValidationError
 from portal.models import ApiClient
 from portal.services import organizations
 
@@ -32,6 +32,21 @@ def create(session: Session, ctx: audit.Context, name: str, org_slugs: list[str]
     audit.record(session, ctx, "api_client.create", target=f"api_client:{client.id}",
                  details={"name": name, "organizations": slugs})
     return client, key
+
+
+def list_all(session: Session) -> list[ApiClient]:
+    return list(session.scalars(sa.select(ApiClient).order_by(ApiClient.id)))
+
+
+def set_enabled(session: Session, ctx: audit.Context, client_id: int,
+                enabled: bool) -> ApiClient:
+    client = session.get(ApiClient, client_id)
+    if client is None:
+        raise NotFound(f"There is no API client {client_id}.", code="unknown_api_client")
+    client.enabled = enabled
+    audit.record(session, ctx, "api_client.enable" if enabled else "api_client.disable",
+                 target=f"api_client:{client.id}")
+    return client
 
 
 def authenticate(session: Session, key: str | None) -> ApiClient:

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 from portal import audit
 from portal.db import flush_or_conflict, utcnow
 from portal.errors import Conflict, NotFound, ValidationError
-from portal.models import Domain, Organization, OrgKind
+from portal.models import Domain, Organization, OrgKind, OrgStatus
 from portal.validation import clean_branding, normalize_domain, normalize_slug
 
 
@@ -45,6 +45,19 @@ def update_branding(session: Session, ctx: audit.Context, slug: str,
     before, org.branding = org.branding, clean_branding(branding)
     audit.record(session, ctx, "org.branding", target=f"org:{org.slug}",
                  organization_id=org.id, details={"before": before, "after": org.branding})
+    return org
+
+
+def set_status(session: Session, ctx: audit.Context, slug: str, status: str,
+               reason: str = "") -> Organization:
+    """Suspending an organization makes the platform policy deny everything in it (except to
+    platform operators); its members keep their accounts."""
+    org = get(session, slug)
+    new = OrgStatus(status)
+    if org.status != new:
+        org.status = new
+        audit.record(session, ctx, f"org.{'suspend' if new == OrgStatus.SUSPENDED else 'resume'}",
+                     target=f"org:{org.slug}", organization_id=org.id, reason=reason)
     return org
 
 

@@ -38,6 +38,10 @@ def readyz():
         checks["redis"] = _redis_check(current_app.config["REDIS_URL"])
     failed = [name for name, result in checks.items() if result != "ok"]
     body = {"status": "fail" if failed else "ok", "failed": failed, "checks": checks}
+    broken = services().policy.reload_error
+    if broken is not None:  # still serving with the last good policy: a warning, not a failure
+        body["warnings"] = [f"policy files are broken, last good policy in force: "
+                            f"{broken.detail}"]
     return jsonify(body), 503 if failed else 200
 
 

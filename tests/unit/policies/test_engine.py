@@ -141,3 +141,19 @@ def test_explain_names_the_rule_and_the_role_chain(folder):
     assert explanation.decision.allowed
     assert explanation.decision.rule[:4] == ("user_manager", "*", "member", "manage")
     assert {"org_owner", "user_manager", "member"} <= set(explanation.roles)
+
+
+def test_edited_files_are_picked_up_and_broken_edits_kept_out(folder):
+    import os
+    world, clock = World(), Clock()
+    engine = PolicyEngine(folder, world.sources(), clock=clock)
+    assert not allowed(engine, "alice", obj="report", action="export")
+    extra = folder / "orgs" / "acme.csv"
+    extra.write_text("p, user_manager, *, report, export, True, allow\n")
+    clock.now += 2.5
+    assert allowed(engine, "alice", obj="report", action="export")
+    extra.write_text("p, user_manager, *, report, export, True, allowed\n")
+    os.utime(extra, ns=(1, 10**18))
+    clock.now += 2.5
+    assert allowed(engine, "alice", obj="report", action="export")  # last good in force
+    assert engine.reload_error.detail.startswith("orgs/acme.csv:1: effect must be")

@@ -5,6 +5,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEB_PACKAGES := chromium xmlsec1
 DEB_STAMP := $(VENV)/.debs
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT := $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq
 
 .PHONY: run test lint bench clean setup
 
@@ -29,6 +31,7 @@ setup: $(STAMP) $(DEB_STAMP) $(NODE_PEERS)
 
 # Re-installs only when the package definition changes.
 $(STAMP): pyproject.toml
+	@python3 -c "import ensurepip, venv" 2>/dev/null || { $(APT) python3-venv; }
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
@@ -40,14 +43,13 @@ $(DEB_STAMP): Makefile
 	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
-	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	  $(APT) $$missing; \
 	fi
 	@mkdir -p $(VENV) && touch $@
 
 # Test peers from npm (a real OpenID Provider), pinned by their lockfile.
 $(NODE_PEERS): tests/peers/oidc/package-lock.json
+	@command -v node >/dev/null && command -v npm >/dev/null || { $(APT) nodejs npm; }
 	cd tests/peers/oidc && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 

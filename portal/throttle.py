@@ -16,7 +16,9 @@ from typing import Protocol
 
 from portal.errors import TooManyAttempts
 
-FAILURE_MEMORY_SECONDS = 900  # failures are forgotten this long after the last one or lockout
+# Failures are forgotten this long after the last failure plus the longest lockout, so a
+# lockout that has run out still escalates if the guessing goes on.
+FAILURE_MEMORY_SECONDS = 900
 
 
 class ThrottleStore(Protocol):

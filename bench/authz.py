@@ -11,7 +11,6 @@ PostgreSQL-backed load of the issue's full benchmark are not measured yet.
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import statistics
@@ -22,6 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import casbin
+from common import parse_args, percentile
 
 from policies import Attrs, PolicyEngine, Sources
 from policies.engine import MODEL, _LinesAdapter
@@ -60,15 +60,9 @@ def timed(fn, items) -> list[float]:
     return samples
 
 
-def pct(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
-
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="finish in well under a minute")
-    args = parser.parse_args()
+    args = parse_args(__doc__)
     orgs, users, count = (300, 20, 2000) if args.quick else (10000, 100, 20000)
     rng = random.Random(7)
     grants = generate(orgs, users, rng)
@@ -103,8 +97,8 @@ def main() -> int:
         Attrs(item[0]), item[1], Attrs(item[2]), item[3], Attrs(item[4]))), sample)
     agree = answers == [engine.decide(*item).allowed for item in sample]
 
-    w50, w99 = statistics.median(warm) * 1e6, pct(warm, 0.99) * 1e6
-    c50, c99 = statistics.median(cold) * 1e3, pct(cold, 0.99) * 1e3
+    w50, w99 = statistics.median(warm) * 1e6, percentile(warm, 0.99) * 1e6
+    c50, c99 = statistics.median(cold) * 1e3, percentile(cold, 0.99) * 1e3
     b50 = statistics.median(baseline) * 1e6
     print(f"{orgs} organizations x {users} users ({orgs * users} grants), {count} requests")
     print(f"{'measure':<46}{'p50':>12}{'p99':>12}{'vs engine':>12}")

@@ -11,7 +11,6 @@ in alternating rounds so machine noise hits both alike; medians over rounds are 
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import statistics
@@ -22,6 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from common import parse_args, percentile
 from werkzeug.test import EnvironBuilder
 
 from portal import audit, create_app, migrate
@@ -105,15 +105,9 @@ def home_latencies(app, count: int) -> list[float]:
     return samples
 
 
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
-
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="finish in well under a minute")
-    args = parser.parse_args()
+    args = parse_args(__doc__)
     rounds, per_round, home_count = (3, 15, 300) if args.quick else (7, 50, 2000)
 
     with tempfile.TemporaryDirectory() as folder:

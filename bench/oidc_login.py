@@ -12,7 +12,6 @@ run is a local password-less request (GET /healthz) through the same test client
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import statistics
@@ -22,6 +21,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from common import parse_args, percentile
 
 from portal import audit, create_app, migrate
 from portal.extensions import services
@@ -83,9 +84,7 @@ def baseline_cpu(app, count: int) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="finish in well under a minute")
-    args = parser.parse_args()
+    args = parse_args(__doc__)
     first_count, returning_count = (20, 40) if args.quick else (100, 300)
 
     with tempfile.TemporaryDirectory() as folder:
@@ -107,7 +106,7 @@ def main() -> int:
     def summary(samples):
         cpu = [c for c, _ in samples]
         wall = [w for _, w in samples]
-        return statistics.median(cpu) * 1000, sorted(cpu)[int(0.95 * len(cpu))] * 1000, \
+        return statistics.median(cpu) * 1000, percentile(cpu, 0.95) * 1000, \
             len(wall) / sum(wall)
 
     first_cpu, first_p95, first_rate = summary(first)

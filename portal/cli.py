@@ -248,14 +248,10 @@ def role() -> None:
 @click.argument("role_name")
 def role_grant(email: str, slug: str, role_name: str) -> None:
     """Grant ROLE_NAME in organization SLUG to the user EMAIL."""
-    from portal.services import organizations, roles, users
-    s = services()
-    with s.db.transaction() as session:
-        user = users.get_by_email(session, email)
-        org = organizations.get(session, slug)
-        changed = roles.grant_manually(session, cli_context(), user, org, role_name,
-                                       s.policy.files.roles() | {"member"})
-    s.policy.invalidate(slug)
+    from portal.services import roles
+    known = services().policy.files.roles() | {"member"}
+    user, org, changed = _change_role(email, slug, lambda session, user, org: roles.grant_manually(
+        session, cli_context(), user, org, role_name, known))
     click.echo(f"{user.email} {'now holds' if changed else 'already holds'} {role_name} "
                f"in {org.slug}")
 
@@ -266,17 +262,25 @@ def role_grant(email: str, slug: str, role_name: str) -> None:
 @click.argument("role_name")
 def role_revoke(email: str, slug: str, role_name: str) -> None:
     """Revoke a role granted by hand."""
-    from portal.services import organizations, roles, users
-    s = services()
-    with s.db.transaction() as session:
-        user = users.get_by_email(session, email)
-        org = organizations.get(session, slug)
-        changed = roles.revoke_manually(session, cli_context(), user, org, role_name)
-    s.policy.invalidate(slug)
+    from portal.services import roles
+    user, org, changed = _change_role(email, slug, lambda session, user, org: roles.revoke_manually(
+        session, cli_context(), user, org, role_name))
     if not changed:
         raise TrellisError(f"{user.email} holds no hand-granted {role_name} in {org.slug}.",
                            code="not_granted")
     click.echo(f"revoked {role_name} from {user.email} in {org.slug}")
+
+
+def _change_role(email: str, slug: str, change):
+    """Run one grant change in a transaction; the policy engine sees it at once."""
+    from portal.services import organizations, users
+    s = services()
+    with s.db.transaction() as session:
+        user = users.get_by_email(session, email)
+        org = organizations.get(session, slug)
+        changed = change(session, user, org)
+    s.policy.invalidate(slug)
+    return user, org, changed
 
 
 @role.command("list")

@@ -23,6 +23,8 @@ from typing import Any
 
 import casbin
 from casbin import persist
+from casbin.util import escape_assertion, key_match
+from casbin.util.expression import SimpleEval
 
 from policies.errors import PolicyError
 from policies.files import PolicyFiles, load_policy_files
@@ -85,23 +87,63 @@ class _LinesAdapter(persist.Adapter):
             persist.load_policy_line(", ".join(line), model)
 
 
-class _CompilingOnceEnforcer(casbin.Enforcer):
-    """pycasbin parses and compiles a new matcher for every policy row on every decision when
-    the matcher uses ``eval()`` (two thirds of a decision's time). The rules of one of these
-    enforcers never change — a change builds a new enforcer — so each distinct matcher text is
-    compiled once. Calls are serialized by the engine's per-organization lock."""
+class _Rules:
+    """Decides as the model's matcher does, without scanning every row.
 
-    def _get_expression(self, expr, functions=None):
-        cache = self.__dict__.setdefault("_compiled", {})
-        compiled = cache.get(expr)
-        if compiled is None:
-            compiled = cache[expr] = super()._get_expression(expr, functions)
-        return compiled
+    pycasbin evaluates every policy row for every request and substitutes each row's
+    condition into the matcher text first; an organization's rules never change once built
+    (a change builds a new set), so rows are indexed by action, conditions are compiled once,
+    and each user's inherited roles are cached. Same semantics — role (or ``*``), domain,
+    ``keyMatch`` on the object type, action, condition, deny overrides — which the
+    differential property test checks against a plain Casbin enforcer.
+    """
+
+    def __init__(self, enforcer: casbin.Enforcer, org: str) -> None:
+        self.enforcer = enforcer
+        self.org = org
+        self.by_action: dict[str, list[tuple[tuple[str, ...], Any]]] = {}
+        for row in enforcer.get_policy():
+            _sub, dom, _obj, act, cond, _eft = row
+            if dom not in ("*", org):
+                continue
+            self.by_action.setdefault(act, []).append((tuple(row), _compile(cond)))
+        self.g2 = enforcer.get_model().model["g"]["g2"].rm
+        self._roles: dict[str, frozenset[str]] = {}
+
+    def roles(self, user: str) -> frozenset[str]:
+        roles = self._roles.get(user)
+        if roles is None:
+            found = set(self.enforcer.get_implicit_roles_for_user(user, self.org))
+            found.update(self.g2.get_roles(user))
+            roles = self._roles[user] = frozenset(found | {"*"})
+        return roles
+
+    def decide(self, subject: Attrs, obj: Attrs, action: str, context: Attrs
+               ) -> tuple[bool, tuple[str, ...] | None]:
+        roles = self.roles(subject.id)
+        names = {"r_sub": subject, "r_obj": obj, "r_ctx": context, "r_dom": self.org,
+                 "r_act": action}
+        allowed_by = None
+        for row, condition in (*self.by_action.get(action, ()), *self.by_action.get("*", ())):
+            if row[0] not in roles or not key_match(obj.type or "", row[2]):
+                continue
+            if not condition.eval(names):
+                continue
+            if row[5] == "deny":
+                return False, row
+            allowed_by = allowed_by or row
+        return allowed_by is not None, allowed_by
+
+
+def _compile(condition: str):
+    expression = condition.replace("&&", " and ").replace("||", " or ")
+    return SimpleEval(escape_assertion(expression))
 
 
 @dataclass
 class _Cached:
-    enforcer: casbin.Enforcer
+    enforcer: casbin.Enforcer | None
+    rules: _Rules | None
     version: int
     checked: float
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -129,14 +171,13 @@ class PolicyEngine:
         version = f"{self.files.fingerprint}:{cached.version}"
         if cached.enforcer is None:
             return Decision(False, None, version, "unknown organization")
-        request = (Attrs(subject, id=str(subject.get("id", ""))), org, Attrs(obj), action,
-                   Attrs(context or {}))
         try:
-            with cached.lock:  # casbin's enforcer is not safe for concurrent use
-                allowed, explain = cached.enforcer.enforce_ex(*request)
+            with cached.lock:  # compiled conditions keep per-call state
+                allowed, rule = cached.rules.decide(
+                    Attrs(subject, id=str(subject.get("id", ""))), Attrs(obj), action,
+                    Attrs(context or {}))
         except Exception as exc:  # a condition that cannot be evaluated denies, visibly
             return Decision(False, None, version, f"condition error: {exc}")
-        rule = tuple(explain) if explain else None
         reason = "" if allowed else ("denied by rule" if rule else "no rule allows it")
         return Decision(bool(allowed), rule, version, reason)
 
@@ -224,7 +265,8 @@ class PolicyEngine:
         if cached is not None and cached.version == version:
             cached.checked = now
             return cached
-        fresh = _Cached(self._build(org), version, now)
+        enforcer = self._build(org)
+        fresh = _Cached(enforcer, _Rules(enforcer, org) if enforcer else None, version, now)
         with self._lock:
             self._cache[org] = fresh
             self._cache.move_to_end(org)
@@ -239,7 +281,7 @@ class PolicyEngine:
         lines = self.files.lines_for(org, kind)
         lines += [["g", user, role, org] for user, role in self.sources.grants(org)]
         lines += [["g2", user, role] for user, role in self.sources.platform_roles()]
-        enforcer = _CompilingOnceEnforcer(str(MODEL), _LinesAdapter(lines))
+        enforcer = casbin.Enforcer(str(MODEL), _LinesAdapter(lines))
         enforcer.enable_auto_save(False)
         return enforcer
 

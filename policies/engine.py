@@ -162,6 +162,7 @@ class PolicyEngine:
         self._stamp = _files_stamp(self.folder)
         self._files_checked = clock()
         self.reload_error: PolicyError | None = None  # the broken edit kept out, if any
+        self.source_error: Exception | None = None  # grants could not be checked, if so
 
     # -- decisions ------------------------------------------------------------------------
 
@@ -261,7 +262,17 @@ class PolicyEngine:
                 self._cache.move_to_end(org)
         if cached is not None and now - cached.checked < VERSION_CHECK_SECONDS:
             return cached
-        version = self.sources.version(org)
+        try:
+            version = self.sources.version(org)
+        except Exception as exc:  # e.g. the database went away: keep the last good policy
+            if cached is None:
+                raise
+            log.error("cannot check the policy version of %s, deciding with the last good "
+                      "policy: %s", org, exc)
+            self.source_error = exc
+            cached.checked = now
+            return cached
+        self.source_error = None
         if cached is not None and cached.version == version:
             cached.checked = now
             return cached

@@ -157,3 +157,19 @@ def test_edited_files_are_picked_up_and_broken_edits_kept_out(folder):
     clock.now += 2.5
     assert allowed(engine, "alice", obj="report", action="export")  # last good in force
     assert engine.reload_error.detail.startswith("orgs/acme.csv:1: effect must be")
+
+
+def test_cached_organizations_keep_deciding_when_the_database_is_down(folder):
+    world, clock = World(), Clock()
+    sources = world.sources()
+    engine = PolicyEngine(folder, sources, clock=clock)
+    assert allowed(engine, "alice")
+
+    def down(org):
+        raise ConnectionError("database unreachable")
+    sources.version = down
+    clock.now += 1
+    assert allowed(engine, "alice")  # the last good policy of a cached organization
+    assert isinstance(engine.source_error, ConnectionError)
+    with pytest.raises(ConnectionError):
+        engine.decide({"id": "alice"}, "globex", {"type": "member"}, "read")  # never loaded

@@ -128,6 +128,7 @@ def _limit_credential_endpoints(app: Flask) -> None:
 
     limiter = Limiter(get_remote_address, app=app, default_limits=[], swallow_errors=True,
                       key_prefix=app.config.get("RATELIMIT_KEY_PREFIX", "trellis"))
+    limiter.exempt(app.blueprints["api"])  # high-rate machine calls; keys are not guessable
     rate = app.config["LOGIN_RATE_LIMIT"]
     for endpoint in CREDENTIAL_ENDPOINTS:
         view = app.view_functions[endpoint]

@@ -607,7 +607,7 @@ def api_client_list() -> None:
 @api_client.command("disable")
 @click.argument("client_id", type=int)
 def api_client_disable(client_id: int) -> None:
-    """Disable an API client: its key stops working at once."""
+    """Disable an API client: its key stops working within 5 seconds."""
     from portal.services import api_clients
     with services().db.transaction() as session:
         api_clients.set_enabled(session, cli_context(), client_id, False)

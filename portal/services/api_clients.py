@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import threading
+import time
+from dataclasses import dataclass
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -49,13 +52,49 @@ def set_enabled(session: Session, ctx: audit.Context, client_id: int,
     return client
 
 
-def authenticate(session: Session, key: str | None) -> ApiClient:
+@dataclass(frozen=True)
+class Caller:
+    id: int
+    organizations: frozenset[str]
+
+
+class KeyCache:
+    """Recently authenticated keys, so the decision API does not look every call's key up:
+    a disabled key stops working within ``seconds``."""
+
+    def __init__(self, seconds: float = 5.0, size: int = 10_000) -> None:
+        self.seconds, self.size = seconds, size
+        self._entries: dict[str, tuple[float, Caller]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, digest: str) -> Caller | None:
+        entry = self._entries.get(digest)
+        return entry[1] if entry and entry[0] > time.monotonic() else None
+
+    def put(self, digest: str, caller: Caller) -> None:
+        with self._lock:
+            if len(self._entries) >= self.size:
+                self._entries.clear()
+            self._entries[digest] = (time.monotonic() + self.seconds, caller)
+
+
+BY_DIGEST = sa.select(ApiClient.id, ApiClient.organizations).where(
+    ApiClient.key_hash == sa.bindparam("digest"), ApiClient.enabled.is_(True))
+
+
+def authenticate(session: Session, key: str | None, cache: KeyCache | None = None) -> Caller:
     if not key or not key.startswith(PREFIX):
         raise Unauthenticated()
-    client = session.scalar(sa.select(ApiClient).where(ApiClient.key_hash == _digest(key)))
-    if client is None or not client.enabled:
-        raise Unauthenticated()
-    return client
+    digest = _digest(key)
+    caller = cache.get(digest) if cache else None
+    if caller is None:
+        row = session.execute(BY_DIGEST, {"digest": digest}).first()
+        if row is None:
+            raise Unauthenticated()
+        caller = Caller(row.id, frozenset(row.organizations or ()))
+        if cache:
+            cache.put(digest, caller)
+    return caller
 
 
 class Unauthenticated(TrellisError):

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
-from flask import Blueprint, g, jsonify, request
+from flask import Blueprint, current_app, g, jsonify, request
 
 from policies.engine import PolicyEngine
 from portal.errors import Forbidden, InvalidRequest
@@ -30,7 +30,7 @@ def api_key_required(view: Callable) -> Callable:
     def authenticated(*args, **kwargs):
         header = request.headers.get("Authorization", "")
         key = header[7:] if header.startswith("Bearer ") else None
-        g.api_client = api_clients.authenticate(db_session(), key)
+        g.api_client = api_clients.authenticate(db_session(), key, _key_cache())
         return view(*args, **kwargs)
 
     setattr(authenticated, ACCESS, "api_key")
@@ -75,6 +75,10 @@ def permissions(subject_id: str):
     rules = _engine().permissions({"id": subject_id}, org)
     return jsonify(subject=subject_id, organization=org, permissions=rules,
                    policy_version=_engine().version(org))
+
+
+def _key_cache() -> api_clients.KeyCache:
+    return current_app.extensions.setdefault("trellis_api_keys", api_clients.KeyCache())
 
 
 def _engine() -> PolicyEngine:

@@ -4,22 +4,15 @@ from __future__ import annotations
 
 import os
 import secrets
-import socket
-import subprocess
-import time
 from pathlib import Path
 from urllib.parse import urljoin
 
 import pytest
 import requests
 
+from tests.peers.process import Peer, free_port
+
 HERE = Path(__file__).resolve().parent / "oidc"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class OidcProviderPeer:
@@ -30,37 +23,15 @@ class OidcProviderPeer:
         self.port = free_port()
         self.issuer = f"http://127.0.0.1:{self.port}"
         self.token = secrets.token_hex(16)
-        self.log_path = folder / "oidc-provider.log"
         env = {**os.environ, "OP_PORT": str(self.port), "OP_ADMIN_TOKEN": self.token,
                "OP_INTERACTIVE": "1" if interactive else "0"}
-        self.log = self.log_path.open("w")
-        self.process = subprocess.Popen(["node", str(HERE / "op.mjs")], env=env, cwd=HERE,
-                                        stdout=self.log, stderr=subprocess.STDOUT)
-        self._wait_ready()
-
-    def _wait_ready(self, timeout: float = 15) -> None:
-        deadline = time.monotonic() + timeout
-        url = f"{self.issuer}/.well-known/openid-configuration"
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"oidc-provider exited: {self.log_path.read_text()}")
-            try:
-                if requests.get(url, timeout=1).status_code == 200:
-                    return
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"oidc-provider not ready in {timeout}s: {self.log_path.read_text()}")
+        discovery = f"{self.issuer}/.well-known/openid-configuration"
+        self.peer = Peer(["node", str(HERE / "op.mjs")], env=env, cwd=HERE,
+                         log_path=folder / "oidc-provider.log",
+                         ready=lambda: _answers(discovery))
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(5)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(5)
-        self.log.close()
+        self.peer.stop()
 
     def register_client(self, *redirect_uris: str) -> tuple[str, str]:
         """Dynamic client registration (RFC 7591): returns (client_id, client_secret)."""
@@ -109,3 +80,10 @@ def interactive_oidc_provider(tmp_path_factory):
     peer = OidcProviderPeer(tmp_path_factory.mktemp("oidc-provider-ui"), interactive=True)
     yield peer
     peer.stop()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=1).status_code == 200
+    except requests.ConnectionError:
+        return False

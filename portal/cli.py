@@ -96,6 +96,11 @@ def main() -> None:
     """Trellis partner portal and identity federation broker."""
 
 
+# Flask's --app, --env-file and --debug do not apply: the app and its settings come from
+# create_app() and the environment.
+main.params = [param for param in main.params if param.name not in ("app", "env_file", "debug")]
+
+
 def cli_context() -> audit.Context:
     try:
         who = getpass.getuser()

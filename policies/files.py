@@ -15,6 +15,9 @@ from pathlib import Path
 from policies.errors import PolicyError
 
 KINDS = ("partner", "vendor", "internal")
+SHIPPED_MODEL = Path(__file__).resolve().parent / "model.conf"
+MODEL_SECTIONS = {"request_definition": "r", "policy_definition": "p", "role_definition": "g",
+                  "policy_effect": "e", "matchers": "m"}
 EFFECTS = ("allow", "deny")
 CONDITION_ROOTS = {"r"}
 REQUEST_PARTS = {"sub", "obj", "ctx", "dom"}
@@ -26,6 +29,8 @@ class PolicyFiles:
     kinds: dict[str, list[list[str]]] = field(default_factory=dict)
     orgs: dict[str, list[list[str]]] = field(default_factory=dict)
     fingerprint: str = ""
+    # "platform.csv", "kinds/partner.csv", "orgs/acme.csv" -> the line number of each rule
+    line_numbers: dict[str, list[int]] = field(default_factory=dict)
 
     def lines_for(self, org: str, kind: str) -> list[list[str]]:
         """The rules of one organization: template domains (*) become the organization."""
@@ -44,22 +49,24 @@ def load_policy_files(folder: Path) -> PolicyFiles:
     folder = Path(folder)
     digest = hashlib.sha256()
     files = PolicyFiles()
+    _check_model(folder / "model.conf")
     platform = folder / "platform.csv"
     if not platform.exists():
         raise PolicyError("policy_missing", "The platform policy file is missing.",
                           f"{platform} not found")
-    files.platform = _read(platform, digest, allow_grants=False)
+    files.platform = _read(platform, digest, files.line_numbers, allow_grants=False)
     for kind in KINDS:
         path = folder / "kinds" / f"{kind}.csv"
-        files.kinds[kind] = _read(path, digest) if path.exists() else []
+        files.kinds[kind] = _read(path, digest, files.line_numbers) if path.exists() else []
     for path in sorted((folder / "orgs").glob("*.csv")):
-        files.orgs[path.stem] = _read(path, digest)
+        files.orgs[path.stem] = _read(path, digest, files.line_numbers)
     _check_role_links(files)
     files.fingerprint = digest.hexdigest()[:12]
     return files
 
 
-def _read(path: Path, digest, allow_grants: bool = True) -> list[list[str]]:
+def _read(path: Path, digest, line_numbers: dict[str, list[int]],
+          allow_grants: bool = True) -> list[list[str]]:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -72,7 +79,66 @@ def _read(path: Path, digest, allow_grants: bool = True) -> list[list[str]]:
             continue
         tokens = [token.strip() for token in line.split(",")]
         lines.append(_check_line(path, number, tokens, allow_grants))
+        line_numbers.setdefault(_label(path), []).append(number)
     return lines
+
+
+def read_model(path: Path) -> tuple[dict[str, tuple[int, str]], dict[str, int]]:
+    """``key -> (line, value)`` and ``section -> line`` of a Casbin model file, checked line
+    by line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _broken(path, 0, f"cannot be read: {exc}") from None
+    section, found, sections = None, {}, {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("["):
+            name = line[1:-1].strip() if line.endswith("]") else None
+            if name not in MODEL_SECTIONS:
+                raise _broken(path, number, f"unknown section {line!r} (expected one of "
+                              + ", ".join(f"[{n}]" for n in MODEL_SECTIONS) + ")")
+            if name in sections:
+                raise _broken(path, number, f"[{name}] appears twice")
+            section, sections[name] = name, number
+            continue
+        key, equals, value = line.partition("=")
+        key, value = key.strip(), " ".join(value.split())
+        if section is None:
+            raise _broken(path, number, "a definition before the first [section]")
+        if not equals or not key or not value:
+            raise _broken(path, number, "expected 'key = value'")
+        if not key.startswith(MODEL_SECTIONS[section]):
+            raise _broken(path, number, f"{key!r} does not belong in [{section}]")
+        if key in found:
+            raise _broken(path, number, f"{key!r} is defined twice")
+        found[key] = (number, value)
+    return found, sections
+
+
+def _check_model(path: Path) -> None:
+    """The model beside the policy files must be the one the engine implements (its fast
+    path decides as this matcher does): a malformed or different model is refused."""
+    if not path.exists():
+        return  # the shipped model is used
+    model, sections = read_model(path)
+    expected, _ = read_model(SHIPPED_MODEL)
+    section_of = {prefix: name for name, prefix in MODEL_SECTIONS.items()}
+    for key, (_, value) in expected.items():
+        if key not in model:
+            section = section_of[key[0]]
+            raise _broken(path, sections.get(section, 0),
+                          f"{key!r} is missing from [{section}]")
+        number, given = model[key]
+        if given != value:
+            raise _broken(path, number, f"{key} differs from the model the engine "
+                          f"implements ({value}); a new model needs a new engine")
+    for key, (number, _) in model.items():
+        if key not in expected:
+            raise _broken(path, number, f"{key!r} is not part of the model the engine "
+                          "implements")
 
 
 def _check_line(path: Path, number: int, tokens: list[str], allow_grants: bool) -> list[str]:
@@ -128,8 +194,12 @@ def _check_role_links(files: PolicyFiles) -> None:
                                   "no rule defines")
 
 
-def _broken(path: Path, number: int, reason: str) -> PolicyError:
-    where = f"{path.parent.name}/{path.name}" if path.parent.name in ("kinds", "orgs") \
+def _label(path: Path) -> str:
+    return f"{path.parent.name}/{path.name}" if path.parent.name in ("kinds", "orgs") \
         else path.name
+
+
+def _broken(path: Path, number: int, reason: str) -> PolicyError:
+    where = _label(path)
     return PolicyError("policy_invalid", "A policy file is broken; the previous policy stays "
                        "in force.", f"{where}:{number}: {reason}")

@@ -25,6 +25,7 @@ import casbin
 from casbin import persist
 from casbin.util import escape_assertion, key_match
 from casbin.util.expression import SimpleEval
+from casbin.util.log import disabled_logging
 
 from policies.errors import PolicyError
 from policies.files import PolicyFiles, load_policy_files
@@ -64,6 +65,12 @@ class Explanation:
     decision: Decision
     roles: tuple[str, ...]  # every role the subject holds in the organization, inherited too
     platform_roles: tuple[str, ...]
+    # How the subject reaches the deciding rule's role: (user, role, inherited role, ...);
+    # ("*",) for a rule that applies to everyone, () when no rule matched.
+    chain: tuple[str, ...] = ()
+    # How the subject reaches each of its roles, shortest first (``g`` inside the
+    # organization, ``g2`` for platform roles).
+    chains: tuple[tuple[str, ...], ...] = ()
 
 
 @dataclass
@@ -87,6 +94,11 @@ class _LinesAdapter(persist.Adapter):
             persist.load_policy_line(", ".join(line), model)
 
 
+# Casbin follows role links at most this deep (its role manager's default hierarchy level:
+# the user itself, then up to 9 links).
+MAX_ROLE_LINKS = 9
+
+
 class _Rules:
     """Decides as the model's matcher does, without scanning every row.
 
@@ -96,6 +108,11 @@ class _Rules:
     and each user's inherited roles are cached. Same semantics — role (or ``*``), domain,
     ``keyMatch`` on the object type, action, condition, deny overrides — which the
     differential property test checks against a plain Casbin enforcer.
+
+    Roles follow the matcher's ``g(r.sub.id, p.sub, r.dom) || g2(r.sub.id, p.sub)``: links
+    inside the organization and platform links are followed separately (a platform role
+    does not pick up an organization's inheritance, nor the other way round), a rule naming
+    the user itself applies to that user, and links are followed as deep as Casbin does.
     """
 
     def __init__(self, enforcer: casbin.Enforcer, org: str) -> None:
@@ -107,16 +124,22 @@ class _Rules:
             if dom not in ("*", org):
                 continue
             self.by_action.setdefault(act, []).append((tuple(row), _compile(cond)))
-        self.g2 = enforcer.get_model().model["g"]["g2"].rm
+        model = enforcer.get_model().model["g"]
+        self.links = _links(model["g"].policy, org)
+        self.platform_links = _links(model["g2"].policy, None)
         self._roles: dict[str, frozenset[str]] = {}
 
     def roles(self, user: str) -> frozenset[str]:
         roles = self._roles.get(user)
         if roles is None:
-            found = set(self.enforcer.get_implicit_roles_for_user(user, self.org))
-            found.update(self.g2.get_roles(user))
-            roles = self._roles[user] = frozenset(found | {"*"})
+            found = {*_reach(self.links, user), *_reach(self.platform_links, user), "*"}
+            roles = self._roles[user] = frozenset(found)
         return roles
+
+    def chains(self, user: str) -> tuple[dict[str, tuple[str, ...]], dict[str, tuple[str, ...]]]:
+        """The shortest path from the user to each role it holds: in the organization, and
+        on the platform."""
+        return _reach(self.links, user), _reach(self.platform_links, user)
 
     def decide(self, subject: Attrs, obj: Attrs, action: str, context: Attrs
                ) -> tuple[bool, tuple[str, ...] | None]:
@@ -135,6 +158,35 @@ class _Rules:
         return allowed_by is not None, allowed_by
 
 
+def _links(rows: Iterable[list[str]], org: str | None) -> dict[str, list[str]]:
+    """user or role -> the roles it is given directly (``g`` rows of this organization, or
+    every ``g2`` row)."""
+    links: dict[str, list[str]] = {}
+    for row in rows:
+        if org is not None and (len(row) < 3 or row[2] != org):
+            continue
+        links.setdefault(row[0], []).append(row[1])
+    return links
+
+
+def _reach(links: Mapping[str, list[str]], user: str) -> dict[str, tuple[str, ...]]:
+    """Breadth first from the user: every name it reaches within ``MAX_ROLE_LINKS`` links
+    (itself included), each with the shortest path to it."""
+    paths = {user: (user,)}
+    frontier = [user]
+    for _ in range(MAX_ROLE_LINKS):
+        following = []
+        for name in frontier:
+            for role in links.get(name, ()):
+                if role not in paths:
+                    paths[role] = (*paths[name], role)
+                    following.append(role)
+        if not following:
+            break
+        frontier = following
+    return paths
+
+
 def _compile(condition: str):
     expression = condition.replace("&&", " and ").replace("||", " or ")
     return SimpleEval(escape_assertion(expression))
@@ -150,25 +202,56 @@ class _Cached:
 
 
 class PolicyEngine:
+    """Decisions for every organization, one cached enforcer each.
+
+    ``folder`` holds the policy files; ``sources`` reads what lives in the database. A change
+    made in this process is in force at once through ``invalidate(org)``. Other workers learn
+    of it through ``sources.version(org)``, checked at most every ``version_check_seconds``
+    per cached organization, and — when ``redis_url`` is given — at once over Redis pub/sub
+    (``policies.notify``). Call ``close()`` to stop listening.
+    """
+
     def __init__(self, folder: Path, sources: Sources, *, cache_size: int = 2048,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 version_check_seconds: float = VERSION_CHECK_SECONDS,
+                 redis_url: str | None = None, redis_channel: str | None = None) -> None:
+        disabled_logging()  # else Casbin logs each new enforcer's rules and grants at INFO
         self.folder = Path(folder)
         self.sources = sources
         self.cache_size = cache_size
         self.clock = clock
+        self.version_check_seconds = version_check_seconds
         self._lock = threading.Lock()
         self._cache: OrderedDict[str, _Cached] = OrderedDict()
+        # Bumped by every invalidation, so that an enforcer built while its organization was
+        # invalidated is used once but never cached (it may hold the data before the change).
+        self._generations: dict[str, int] = {}
+        self._generation_all = 0
         self.files: PolicyFiles = load_policy_files(self.folder)
         self._stamp = _files_stamp(self.folder)
         self._files_checked = clock()
         self.reload_error: PolicyError | None = None  # the broken edit kept out, if any
         self.source_error: Exception | None = None  # grants could not be checked, if so
+        self.notifier = None
+        if redis_url:
+            from policies.notify import CHANNEL, RedisInvalidation
+            self.notifier = RedisInvalidation(redis_url, self._drop,
+                                              channel=redis_channel or CHANNEL)
+
+    def close(self) -> None:
+        """Stop listening for other workers' invalidations (if Redis was given)."""
+        if self.notifier is not None:
+            self.notifier.close()
+            self.notifier = None
 
     # -- decisions ------------------------------------------------------------------------
 
     def decide(self, subject: Mapping[str, Any], org: str, obj: Mapping[str, Any],
                action: str, context: Mapping[str, Any] | None = None) -> Decision:
-        cached = self._enforcer(org)
+        return self._decide(self._enforcer(org), subject, obj, action, context)
+
+    def _decide(self, cached: _Cached, subject: Mapping[str, Any], obj: Mapping[str, Any],
+                action: str, context: Mapping[str, Any] | None) -> Decision:
         version = f"{self.files.fingerprint}:{cached.version}"
         if cached.enforcer is None:
             return Decision(False, None, version, "unknown organization")
@@ -184,15 +267,23 @@ class PolicyEngine:
 
     def explain(self, subject: Mapping[str, Any], org: str, obj: Mapping[str, Any],
                 action: str, context: Mapping[str, Any] | None = None) -> Explanation:
-        decision = self.decide(subject, org, obj, action, context)
+        """The decision, the rule that made it, and how the subject came to hold the rule's
+        role: ``chain`` is (user, granted role, inherited role, ...)."""
         cached = self._enforcer(org)
-        user = str(subject.get("id", ""))
+        decision = self._decide(cached, subject, obj, action, context)
         if cached.enforcer is None:
             return Explanation(decision, (), ())
+        user = str(subject.get("id", ""))
         with cached.lock:
-            roles = cached.enforcer.get_implicit_roles_for_user(user, org)
-            platform = cached.enforcer.get_model().model["g"]["g2"].rm.get_roles(user)
-        return Explanation(decision, tuple(sorted(set(roles))), tuple(sorted(platform)))
+            in_org, on_platform = cached.rules.chains(user)
+        chain: tuple[str, ...] = ()
+        if decision.rule is not None:
+            role = decision.rule[0]
+            chain = ("*",) if role == "*" else in_org.get(role) or on_platform.get(role, ())
+        paths = sorted({path for path in (*in_org.values(), *on_platform.values())
+                        if len(path) > 1}, key=lambda path: (len(path), path))
+        return Explanation(decision, tuple(sorted(set(in_org) - {user})),
+                           tuple(sorted(set(on_platform) - {user})), chain, tuple(paths))
 
     def permissions(self, subject: Mapping[str, Any], org: str) -> list[dict[str, Any]]:
         """What the subject may do in the organization: the allow rules reaching it through
@@ -202,13 +293,12 @@ class PolicyEngine:
             return []
         user = str(subject.get("id", ""))
         with cached.lock:
-            rules = cached.enforcer.get_implicit_permissions_for_user(
-                user, org, filter_policy_dom=False)
-            rules += [rule for rule in cached.enforcer.get_policy() if rule[0] == "*"]
+            roles = cached.rules.roles(user)
+            rows = [row for rows in cached.rules.by_action.values() for row, _ in rows]
         seen, result = set(), []
-        for _role, dom, obj, act, cond, effect in rules:
+        for role, _dom, obj, act, cond, effect in rows:
             key = (obj, act, cond)
-            if effect == "allow" and dom in ("*", org) and key not in seen:
+            if effect == "allow" and role in roles and key not in seen:
                 seen.add(key)
                 result.append({"object": obj, "action": act,
                                "condition": None if cond == "True" else cond})
@@ -220,12 +310,23 @@ class PolicyEngine:
     # -- cache and reload -----------------------------------------------------------------
 
     def invalidate(self, org: str | None = None) -> None:
-        """Drop one organization's enforcer (or all): the next decision rebuilds it."""
+        """Drop one organization's enforcer (or all): the next decision rebuilds it. With
+        Redis, every other worker drops it too."""
+        self._drop(org)
+        if self.notifier is not None:
+            self.notifier.publish(org)
+
+    def _drop(self, org: str | None) -> None:
         with self._lock:
             if org is None:
                 self._cache.clear()
+                self._generation_all += 1
             else:
                 self._cache.pop(org, None)
+                self._generations[org] = self._generations.get(org, 0) + 1
+
+    def _generation(self, org: str) -> tuple[int, int]:
+        return self._generation_all, self._generations.get(org, 0)
 
     def reload_files(self) -> None:
         """Re-read the policy folder. A broken file raises ``PolicyError`` naming file, line
@@ -234,6 +335,7 @@ class PolicyEngine:
         with self._lock:
             self.files = files
             self._cache.clear()
+            self._generation_all += 1
 
     def _reload_if_edited(self, now: float) -> None:
         if now - self._files_checked < FILES_CHECK_SECONDS:
@@ -260,7 +362,7 @@ class PolicyEngine:
             cached = self._cache.get(org)
             if cached is not None:
                 self._cache.move_to_end(org)
-        if cached is not None and now - cached.checked < VERSION_CHECK_SECONDS:
+        if cached is not None and now - cached.checked < self.version_check_seconds:
             return cached
         try:
             version = self.sources.version(org)
@@ -276,9 +378,13 @@ class PolicyEngine:
         if cached is not None and cached.version == version:
             cached.checked = now
             return cached
+        with self._lock:
+            generation = self._generation(org)
         enforcer = self._build(org)
         fresh = _Cached(enforcer, _Rules(enforcer, org) if enforcer else None, version, now)
         with self._lock:
+            if self._generation(org) != generation:
+                return fresh  # invalidated while building: good for this call only
             self._cache[org] = fresh
             self._cache.move_to_end(org)
             while len(self._cache) > self.cache_size:

@@ -58,6 +58,27 @@ def fetch_json(url: str, *, method: str = "GET", what: str, data: dict | None = 
                ) -> dict[str, Any]:
     """GET or POST (form-encoded) and parse a JSON object; every failure is a
     ``FederationError``."""
+    raw = fetch_bytes(url, method=method, what=what, data=data, headers=headers, auth=auth,
+                      timeout=timeout, max_bytes=max_bytes, ok_statuses=ok_statuses)
+    try:
+        document = json.loads(raw)
+    except ValueError:
+        raise FederationError("idp_bad_response", "Your organization's identity provider "
+                              "sent an answer we could not read.",
+                              f"{what}: not JSON: {raw[:200]!r}", status=502) from None
+    if not isinstance(document, dict):
+        raise FederationError("idp_bad_response", "Your organization's identity provider "
+                              "sent an answer we could not read.",
+                              f"{what}: JSON is not an object", status=502)
+    return document
+
+
+def fetch_bytes(url: str, *, method: str = "GET", what: str, data: dict | None = None,
+                headers: dict[str, str] | None = None, auth: tuple[str, str] | None = None,
+                timeout: tuple[float, float] | None = None,
+                max_bytes: int = MAX_BYTES, ok_statuses: tuple[int, ...] = (200,)) -> bytes:
+    """GET or POST (form-encoded) with timeouts, no redirects and a size cap; every failure is
+    a ``FederationError``."""
     connect, read = timeout or (CONNECT_TIMEOUT, READ_TIMEOUT)
     headers = dict(headers or {})
     body = None
@@ -93,17 +114,7 @@ def fetch_json(url: str, *, method: str = "GET", what: str, data: dict | None = 
         raise FederationError("idp_bad_response", "Your organization's identity provider "
                               "answered with an error.",
                               f"{what}: HTTP {response.status}: {raw[:300]!r}", status=502)
-    try:
-        document = json.loads(raw)
-    except ValueError:
-        raise FederationError("idp_bad_response", "Your organization's identity provider "
-                              "sent an answer we could not read.",
-                              f"{what}: not JSON: {raw[:200]!r}", status=502) from None
-    if not isinstance(document, dict):
-        raise FederationError("idp_bad_response", "Your organization's identity provider "
-                              "sent an answer we could not read.",
-                              f"{what}: JSON is not an object", status=502)
-    return document
+    return raw
 
 
 def _read_capped(response: urllib3.BaseHTTPResponse, max_bytes: int, what: str) -> bytes:

@@ -32,8 +32,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     _init_services(app)
     _init_extensions(app)
 
-    from portal.views import admin, api, auth, branding, health, home, sso
-    for blueprint in (auth.bp, home.bp, admin.bp, health.bp, branding.bp, sso.bp, api.bp):
+    from portal.views import admin, api, auth, branding, health, home, saml, sso
+    for blueprint in (auth.bp, home.bp, admin.bp, health.bp, branding.bp, sso.bp, saml.bp,
+                      api.bp):
         app.register_blueprint(blueprint)
     _limit_credential_endpoints(app)
     return app
@@ -62,6 +63,7 @@ def _configure_flask(app: Flask) -> None:
 
 def _init_services(app: Flask) -> None:
     from federation.oidc import OidcAdapter
+    from federation.saml import SamlAdapter
     from portal.crypto import SecretBox
     from portal.db import Database
     from portal.extensions import Services, close_db_session
@@ -87,6 +89,7 @@ def _init_services(app: Flask) -> None:
                                max_seconds=config["LOCKOUT_MAX_SECONDS"]),
         secrets=SecretBox(config["ENCRYPTION_KEYS"]),
         oidc=OidcAdapter(discovery_ttl=config["OIDC_CACHE_SECONDS"]),
+        saml=SamlAdapter(),
         role_grants=DatabaseRoleGrants(),
         policy=_policy_engine(config["POLICY_DIR"], db),
     )
@@ -115,7 +118,7 @@ def _init_extensions(app: Flask) -> None:
 
 
 # Every endpoint that accepts a credential; later protocols add theirs here.
-CREDENTIAL_ENDPOINTS = ("auth.login", "auth.org_login", "sso.link")
+CREDENTIAL_ENDPOINTS = ("auth.login", "auth.org_login", "sso.link", "saml.acs")
 
 
 def _limit_credential_endpoints(app: Flask) -> None:

@@ -743,5 +743,9 @@ def serve(host: str, port: int) -> None:
                use_reloader=False)
 
 
+from portal.cli_saml import saml  # noqa: E402  (its commands need main's helpers)
+
+main.add_command(saml)
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -105,6 +105,13 @@ def _text(raw: str) -> str:
     return raw
 
 
+def _base_url(raw: str) -> str:
+    if raw and not re.match(r"^https?://[^/?#\s]+(/[^?#\s]*)?$", raw):
+        raise ValueError("must be an absolute http(s) URL without query, like "
+                         "https://partners.example.com")
+    return raw.rstrip("/")
+
+
 SETTINGS: tuple[Setting, ...] = (
     Setting("TRELLIS_ENV", "ENV", _choice(*ENVIRONMENTS), "development",
             "`development`, `production` or `test`. Production requires `SECRET_KEY`, "
@@ -133,6 +140,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("TRELLIS_TRUSTED_PROXIES", "TRUSTED_PROXIES", _int_range(0, 5), 0,
             "Number of reverse proxies in front of Trellis whose `X-Forwarded-*` headers are "
             "trusted (client IP, HTTPS). 0 trusts none."),
+    Setting("TRELLIS_BASE_URL", "BASE_URL", _base_url, "",
+            "The portal's public URL, e.g. `https://partners.example.com`. SAML entity IDs, "
+            "ACS and logout URLs are built from it (they must not change once partners have "
+            "registered them). Empty: taken from each request, for development."),
     Setting("TRELLIS_ARGON2_TIME_COST", "ARGON2_TIME_COST", _int_range(1, 20), 2,
             "argon2id iterations. Changing a parameter rehashes each password at its next "
             "sign-in."),

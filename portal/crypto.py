@@ -1,11 +1,17 @@
-"""Secrets at rest (client secrets, bind passwords): Fernet with key rotation."""
+"""Secrets at rest (client secrets, bind passwords, private keys): Fernet with key rotation;
+and the platform's own key pairs."""
 
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from cryptography import x509
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
 
 from portal.errors import TrellisError
 
@@ -39,3 +45,19 @@ class SecretBox:
 
 def generate_key() -> str:
     return Fernet.generate_key().decode()
+
+
+def self_signed_pair(common_name: str, days: int) -> tuple[str, str, datetime]:
+    """A new RSA-2048 key and a self-signed certificate for it, as PEM text (SAML trusts the
+    key in the certificate, not a CA), and the certificate's expiry."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = datetime.now(UTC)
+    not_after = now + timedelta(days=days)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(minutes=5)).not_valid_after(not_after)
+            .sign(key, hashes.SHA256()))
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption()).decode()
+    return cert.public_bytes(serialization.Encoding.PEM).decode(), key_pem, not_after

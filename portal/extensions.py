@@ -11,6 +11,7 @@ from flask_wtf.csrf import CSRFProtect
 from sqlalchemy.orm import Session
 
 from federation.oidc import OidcAdapter
+from federation.saml import SamlAdapter
 from policies import PolicyEngine
 from portal import audit
 from portal.crypto import SecretBox
@@ -29,6 +30,7 @@ class Services:
     throttle: LoginThrottle
     secrets: SecretBox
     oidc: OidcAdapter
+    saml: SamlAdapter
     role_grants: Any  # where provisioning syncs IdP-mapped roles
     policy: PolicyEngine
 

@@ -283,3 +283,27 @@ class ApiClient(Base):
     organizations: Mapped[list[str]] = mapped_column(sa.JSON, default=list)
     enabled: Mapped[bool] = mapped_column(default=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class KeyState(enum.StrEnum):
+    NEXT = "next"  # published so partners can add it; not used yet
+    ACTIVE = "active"  # signs; published
+    PREVIOUS = "previous"  # replaced, still published and still decrypts during the overlap
+    RETIRED = "retired"  # neither published nor used
+
+
+class SigningKey(Base):
+    """A platform key pair with a lifecycle, so partners can follow a rollover without an
+    outage. ``purpose`` is ``saml`` for the service provider's signing and decryption key."""
+
+    __tablename__ = "signing_keys"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    purpose: Mapped[str] = mapped_column(sa.String(16), index=True)
+    state: Mapped[KeyState] = mapped_column(_enum(KeyState, "key_state"))
+    certificate: Mapped[str] = mapped_column(sa.Text)  # PEM
+    sealed_private_key: Mapped[str] = mapped_column(sa.Text)
+    not_after: Mapped[datetime] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    activated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    retired_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

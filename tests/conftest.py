@@ -182,3 +182,4 @@ from tests.peers.oidc_provider import (  # noqa: E402, F401  (session-wide peers
     oidc_provider,
 )
 from tests.peers.rogue_op import rogue_provider  # noqa: E402, F401
+from tests.peers.saml_idp import saml_idp  # noqa: E402, F401

@@ -140,7 +140,13 @@ def logout():
     with services().db.transaction() as tx:
         auth.end_session(tx, session.get("sid"))
         audit.record(tx, ctx, "auth.logout", target=f"user:{current_user.email}")
+    saml_session = session.get("saml")
     logout_user()
     session.clear()
+    if saml_session:  # signed in through SAML: end the IdP's session as well
+        from portal.views.saml import logout_redirect
+        response = logout_redirect(saml_session)
+        if response is not None:
+            return response
     flash("You have signed out.", "info")
     return redirect(url_for("auth.login"))

@@ -34,6 +34,9 @@ MAX_PENDING = 5
 def start(connection: Connection, *, login_hint: str | None, next_url: str,
           test: bool = False):
     """Send the browser to the connection's identity provider."""
+    if connection.protocol == Protocol.SAML:
+        from portal.views import saml
+        return saml.begin(connection, login_hint=login_hint, next_url=next_url, test=test)
     if connection.protocol != Protocol.OIDC:
         raise NotFound("This sign-in method is not available yet.", code="unsupported")
     s = services()
@@ -99,20 +102,13 @@ def oidc_callback(connection_id: int):
                                   "used. Please start again.")
         identity = s.oidc.complete(_oidc_settings(connection), callback, pending)
     except FederationError as error:
-        _record_failure(connection, error, None, test=bool(pending and pending.get("test")))
+        record_failure(connection, error, None, test=bool(pending and pending.get("test")))
         if pending and pending.get("test"):
-            return _test_report(connection, error=error)
+            return test_report(connection, error=error)
         raise
     if pending.get("test"):
-        plan = provisioning.plan(db_session(), connection, identity)
-        with s.db.transaction() as tx:
-            audit.record(tx, ctx, "auth.test_login", target=f"connection:{connection.id}",
-                         organization_id=connection.organization_id,
-                         outcome="failure" if plan.refusal else "success",
-                         reason=plan.refusal.code if plan.refusal else "",
-                         details=plan.as_report())
-        return _test_report(connection, identity=identity, plan=plan)
-    return _finish(connection, identity, pending, ctx)
+        return test_sign_in(connection, identity)
+    return finish(connection, identity, pending, ctx)
 
 
 def _take_pending(state: str) -> dict[str, Any] | None:
@@ -122,7 +118,21 @@ def _take_pending(state: str) -> dict[str, Any] | None:
     return pending
 
 
-def _finish(connection: Connection, identity, pending: dict[str, Any], ctx):
+def test_sign_in(connection: Connection, identity):
+    """Test mode after the protocol checks passed: show the plan, provision nothing."""
+    plan = provisioning.plan(db_session(), connection, identity)
+    with services().db.transaction() as tx:
+        audit.record(tx, audit_context(), "auth.test_login",
+                     target=f"connection:{connection.id}",
+                     organization_id=connection.organization_id,
+                     outcome="failure" if plan.refusal else "success",
+                     reason=plan.refusal.code if plan.refusal else "", details=plan.as_report())
+    return test_report(connection, identity=identity, plan=plan)
+
+
+def finish(connection: Connection, identity, pending: dict[str, Any], ctx,
+           remember: dict[str, Any] | None = None):
+    """Provision and sign in; ``remember`` goes into the new session (SAML logout data)."""
     s = services()
     try:
         with s.db.transaction() as tx:
@@ -133,12 +143,13 @@ def _finish(connection: Connection, identity, pending: dict[str, Any], ctx):
             landing = safe_next(pending.get("next")) if pending.get("next") else \
                 _landing(tx, user.id)
     except FederationError as error:
-        _record_failure(connection, error, identity)
+        record_failure(connection, error, identity)
         if error.code == "account_exists":
             return _offer_link(connection, identity, pending)
         raise
     from portal.views.auth import begin_session
     begin_session(user, token)
+    session.update(remember or {})
     return redirect(landing)
 
 
@@ -200,7 +211,7 @@ def _landing(tx, user_id: int) -> str:
     return url_for("home.index")  # several organizations (or none): the home page picks
 
 
-def _record_failure(connection: Connection, error: FederationError, identity,
+def record_failure(connection: Connection, error: FederationError, identity,
                     test: bool = False) -> None:
     log.warning("federated sign-in failed: connection %s: %s (%s)", connection.id,
                 error.code, error.detail)
@@ -209,7 +220,7 @@ def _record_failure(connection: Connection, error: FederationError, identity,
                                     error, identity, test=test)
 
 
-def _test_report(connection: Connection, identity=None, plan=None, error=None):
+def test_report(connection: Connection, identity=None, plan=None, error=None):
     return render_template("sso/test_result.html", connection=connection, identity=identity,
                            report=plan.as_report() if plan else None,
                            refusal=plan.refusal if plan else None, error=error)

@@ -15,6 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 from flask import Blueprint, Response, current_app, flash, redirect, request, session, url_for
 from flask_login import logout_user
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from federation.errors import FederationError
 from federation.identity import RequestContext
@@ -82,9 +83,10 @@ def _refresh_metadata_if_due(connection: Connection) -> None:
 @public
 def acs(connection_id: int):
     connection = _saml_connection(connection_id)
-    s, ctx, form = services(), audit_context(), request.form.to_dict()
+    s, ctx = services(), audit_context()
     pending, pending_all = None, _read_pending()
     try:
+        form = _posted_form()
         settings = connection_settings(connection)
         request_id = s.saml.in_response_to(form)
         if request_id:
@@ -109,6 +111,15 @@ def acs(connection_id: int):
                          "session_index": identity.claims["session_index"]}}
     response = sso.finish(connection, identity, {"next": landing}, ctx, remember=remember)
     return _with_pending(response, pending_all)
+
+
+def _posted_form() -> dict[str, str]:
+    try:
+        return request.form.to_dict()
+    except RequestEntityTooLarge:
+        raise FederationError("request_too_large", "The sign-in message was too large.",
+                              f"the POST body exceeds {request.max_content_length} bytes",
+                              status=413) from None
 
 
 def _check_pending(pending: dict[str, Any] | None, connection: Connection,

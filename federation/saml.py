@@ -141,6 +141,17 @@ class SamlSettings:
         return tuple(self.attributes.get(name) or ()) or DEFAULT_ATTRIBUTES[name]
 
 
+@dataclass(frozen=True)
+class PostedResponse:
+    encoded: str
+    root: etree._Element
+    relay_state: str | None = None
+
+    @property
+    def in_response_to(self) -> str | None:
+        return self.root.get("InResponseTo")
+
+
 def fail(code: str, detail: str = "", message: str = USER_MESSAGE) -> FederationError:
     return FederationError(code, message, detail)
 
@@ -289,20 +300,22 @@ class SamlAdapter:
         return Redirect(url=url, pending_state={"state": request_id, "protocol": "saml",
                                                 "created": self.clock()})
 
-    def in_response_to(self, callback: dict[str, str]) -> str | None:
-        """The request a response answers (read before validation only to find the pending
-        sign-in; the value is checked again on the validated assertion)."""
-        return parse_xml(decode_post(callback.get("SAMLResponse")), "response").get(
-            "InResponseTo")
+    def read_response(self, callback: dict[str, str]) -> PostedResponse:
+        """Decode and parse a POSTed SAMLResponse (size, base64 and DTD checks). Its
+        ``in_response_to`` only finds the pending sign-in; ``complete`` validates it."""
+        encoded = callback.get("SAMLResponse") or ""
+        return PostedResponse(encoded, parse_xml(decode_post(encoded), "response"),
+                              callback.get("RelayState"))
 
-    def complete(self, settings: SamlSettings, callback: dict[str, str],
+    def complete(self, settings: SamlSettings, message: PostedResponse | dict[str, str],
                  pending: dict[str, Any] | None) -> ExternalIdentity:
         """Validate a POSTed SAMLResponse; ``pending`` is None for an unsolicited one."""
-        xml = decode_post(callback.get("SAMLResponse"))
-        root = parse_xml(xml, "response")
+        if not isinstance(message, PostedResponse):
+            message = self.read_response(message)
+        root = message.root
         precheck(root, settings.allow_sha1)
-        request_id = self._request_id(settings, root, pending, callback.get("RelayState"))
-        response = self._validate_with_library(settings, callback["SAMLResponse"], request_id)
+        request_id = self._request_id(settings, root, pending, message.relay_state)
+        response = self._validate_with_library(settings, message.encoded, request_id)
         assertion = _validated_assertion(response)
         _check_signed(response)
         self._check_strict(settings, response, assertion, request_id)

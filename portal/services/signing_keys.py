@@ -7,6 +7,7 @@ decrypting until an operator retires it, after every IdP has picked up the new m
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -32,16 +33,33 @@ class KeyPair:
 
 def published(session: Session, purpose: str) -> list[SigningKey]:
     """Keys that appear in metadata: active first, then previous, then next."""
-    order = {KeyState.ACTIVE: 0, KeyState.PREVIOUS: 1, KeyState.NEXT: 2}
     keys = session.scalars(sa.select(SigningKey).where(
         SigningKey.purpose == purpose, SigningKey.state != KeyState.RETIRED)).all()
-    return sorted(keys, key=lambda k: (order[k.state], -k.id))
+    return sorted(keys, key=lambda k: (STATE_ORDER[k.state], -k.id))
+
+
+_KEYS = SigningKey.__table__
+PUBLISHED_COLUMNS = (sa.select(_KEYS.c.id, _KEYS.c.state, _KEYS.c.certificate,
+                               _KEYS.c.sealed_private_key)
+                     .where(_KEYS.c.purpose == sa.bindparam("purpose"),
+                            _KEYS.c.state != KeyState.RETIRED.value))
+STATE_ORDER = {KeyState.ACTIVE: 0, KeyState.PREVIOUS: 1, KeyState.NEXT: 2}
 
 
 def key_pairs(session: Session, box: SecretBox, purpose: str) -> list[KeyPair]:
-    return [KeyPair(k.id, k.state, k.certificate,
-                    box.open(k.sealed_private_key)["private_key"])
-            for k in published(session, purpose)]
+    """Published keys with their private halves, active first (read on every SAML request,
+    hence plain columns and cached decryption)."""
+    rows = session.execute(PUBLISHED_COLUMNS, {"purpose": purpose}).all()
+    rows.sort(key=lambda r: (STATE_ORDER[KeyState(r.state)], -r.id))
+    return [KeyPair(r.id, KeyState(r.state), r.certificate,
+                    _private_key(box, r.sealed_private_key)) for r in rows]
+
+
+@functools.lru_cache(maxsize=64)
+def _private_key(box: SecretBox, sealed: str) -> str:
+    """Decrypting is the costly part of reading keys on every SAML request; a sealed value
+    never changes, so its plaintext can be kept."""
+    return box.open(sealed)["private_key"]
 
 
 def ensure_active(session: Session, ctx: audit.Context, box: SecretBox,

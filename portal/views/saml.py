@@ -88,15 +88,13 @@ def acs(connection_id: int):
     try:
         form = _posted_form()
         settings = connection_settings(connection)
-        request_id = s.saml.in_response_to(form)
+        message = s.saml.read_response(form)
+        request_id = message.in_response_to
         if request_id:
             pending = pending_all.pop(request_id, None)
             _check_pending(pending, connection, request_id)
-        identity = s.saml.complete(settings, form, pending)
-        if not replay.consume(s.db, "saml-assertion", replay_key(identity),
-                              replay_ttl(identity)):
-            raise FederationError("assertion_replayed", "This sign-in was already used. "
-                                  "Please start again.", "the assertion id was seen before")
+        identity = s.saml.complete(settings, message, pending)
+        _consume_once(request_id, identity)
     except FederationError as error:
         sso.record_failure(connection, error, None, test=bool(pending and pending.get("test")))
         if pending and pending.get("test"):
@@ -132,9 +130,20 @@ def _check_pending(pending: dict[str, Any] | None, connection: Connection,
     if time.time() - float(pending.get("created", 0)) > PENDING_MAX_AGE:
         raise FederationError("request_expired", "This sign-in took too long. Please start "
                               "again.", "the AuthnRequest is older than ten minutes")
-    if not replay.consume(services().db, "saml-request", request_id, PENDING_MAX_AGE * 2):
+
+
+def _consume_once(request_id: str | None, identity) -> None:
+    """The request is answered once and the assertion used once, ever (one transaction)."""
+    marks = [("saml-assertion", replay_key(identity), replay_ttl(identity))]
+    if request_id:
+        marks.insert(0, ("saml-request", request_id, PENDING_MAX_AGE * 2))
+    replayed = replay.consume_all(services().db, marks)
+    if replayed == "saml-request":
         raise FederationError("request_replayed", "This sign-in was already used. Please "
                               "start again.", f"request {request_id!r} was answered before")
+    if replayed:
+        raise FederationError("assertion_replayed", "This sign-in was already used. Please "
+                              "start again.", "the assertion id was seen before")
 
 
 def _relay_target(relay_state: str | None) -> str:

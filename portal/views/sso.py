@@ -21,7 +21,7 @@ from portal import audit
 from portal.errors import NotFound, TrellisError
 from portal.extensions import audit_context, db_session, services
 from portal.forms import LinkForm
-from portal.models import Connection, Protocol
+from portal.models import Connection, Protocol, User
 from portal.permissions import public, require
 from portal.security import safe_next
 from portal.services import auth, connections, replay, users
@@ -136,12 +136,16 @@ def finish(connection: Connection, identity, pending: dict[str, Any], ctx,
     s = services()
     try:
         with s.db.transaction() as tx:
-            row = tx.get(Connection, connection.id)
-            plan = provisioning.plan(tx, row, identity)
-            user = provisioning.apply(tx, ctx, row, plan, s.role_grants)
+            known = provisioning.sign_in_returning(tx, ctx, connection, identity)
+            if known is not None:
+                user = tx.get(User, known.user_id)
+            else:
+                row = tx.get(Connection, connection.id)
+                plan = provisioning.plan(tx, row, identity)
+                user = provisioning.apply(tx, ctx, row, plan, s.role_grants)
             token = auth.start_session(tx, user, ctx, current_app.config["SESSION_HOURS"])
             landing = safe_next(pending.get("next")) if pending.get("next") else \
-                _landing(tx, user.id)
+                _landing(tx, user.id, connection, known)
     except FederationError as error:
         record_failure(connection, error, identity)
         if error.code == "account_exists":
@@ -204,7 +208,9 @@ def _link_and_sign_in(connection: Connection, identity, password: str, offer: di
     return redirect(landing)
 
 
-def _landing(tx, user_id: int) -> str:
+def _landing(tx, user_id: int, connection: Connection | None = None, known=None) -> str:
+    if known is not None and known.organizations == 1 and connection.organization_id:
+        return url_for("home.organization", slug=connection.organization.slug)
     slugs = users.active_organization_slugs(tx, user_id, limit=2)
     if len(slugs) == 1:
         return url_for("home.organization", slug=slugs[0])

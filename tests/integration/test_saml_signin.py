@@ -276,3 +276,34 @@ def test_test_mode_shows_the_assertion_and_provisions_nothing(client, app, tx, s
     assert "alice-persistent-id" in page and "org_owner" in page
     with tx() as session:
         assert session.scalar(sa.select(sa.func.count()).select_from(FederatedIdentity)) == 0
+
+
+def test_unchanged_returning_sign_in_records_only_the_login(client, app, tx, saml_org, saml_idp):
+    saml_login(client, saml_org)
+    client.post("/logout", data={"csrf_token": csrf_token(client, "/o/partner/")})
+    with tx() as session:
+        first = session.scalar(sa.select(FederatedIdentity.last_login_at))
+    before = len(audit_events(app))
+    assert saml_login(client, saml_org).headers["Location"] == "/o/partner/"
+    new = [e.action for e in audit_events(app)[before:]]
+    assert new == ["auth.login"]
+    assert audit_events(app, "auth.login")[-1].details["method"] == "saml"
+    with tx() as session:
+        assert session.scalar(sa.select(FederatedIdentity.last_login_at)) > first
+        assert session.scalar(sa.select(User.last_login_at)) is not None
+
+
+def test_changed_groups_take_the_full_path_and_roles_follow(client, app, tx, saml_org,
+                                                           saml_idp):
+    saml_login(client, saml_org)
+    client.post("/logout", data={"csrf_token": csrf_token(client, "/o/partner/")})
+    from tests.integration.test_oidc_signin import roles
+    from tests.peers.saml_idp import USERS
+    USERS["alice"]["groups"], old = ["staff"], USERS["alice"]["groups"]
+    try:
+        saml_login(client, saml_org)
+    finally:
+        USERS["alice"]["groups"] = old
+    assert roles(tx, "alice@partner.example") == {"member", "buyer"}
+    assert audit_events(app, "federation.roles")[-1].details == {
+        "added": ["buyer"], "removed": ["org_owner"], "source": f"connection:{saml_org}"}

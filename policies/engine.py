@@ -304,6 +304,16 @@ class PolicyEngine:
                                "condition": None if cond == "True" else cond})
         return sorted(result, key=lambda r: (r["object"], r["action"]))
 
+    def held_roles(self, subject: Mapping[str, Any], org: str) -> frozenset[str]:
+        """Every role the subject holds in the organization or on the platform, inherited ones
+        included: a delegated admin may grant only roles among these."""
+        cached = self._enforcer(org)
+        if cached.enforcer is None:
+            return frozenset()
+        user = str(subject.get("id", ""))
+        with cached.lock:
+            return frozenset(cached.rules.roles(user) - {user, "*"})
+
     def version(self, org: str) -> str:
         return f"{self.files.fingerprint}:{self._enforcer(org).version}"
 

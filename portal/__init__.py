@@ -32,9 +32,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     _init_services(app)
     _init_extensions(app)
 
-    from portal.views import admin, api, auth, branding, health, home, saml, sso
-    for blueprint in (auth.bp, home.bp, admin.bp, health.bp, branding.bp, sso.bp, saml.bp,
-                      api.bp):
+    from portal.views import admin, api, auth, branding, health, home, org_admin, saml, sso
+    for blueprint in (auth.bp, home.bp, admin.bp, org_admin.bp, org_admin.invites, health.bp,
+                      branding.bp, sso.bp, saml.bp, api.bp):
         app.register_blueprint(blueprint)
     _limit_credential_endpoints(app)
     return app

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column, relationship
@@ -128,9 +128,13 @@ class Membership(Base):
         _enum(MembershipSource, "membership_source"), default=MembershipSource.MANUAL)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    # Bumped by every change: two admins editing one member cannot overwrite each other.
+    version: Mapped[int] = mapped_column(default=1, server_default="1")
 
     user: Mapped[User] = relationship(back_populates="memberships")
     organization: Mapped[Organization] = relationship()
+
+    __mapper_args__: ClassVar[dict[str, Any]] = {"version_id_col": version}
 
 
 class AuthSession(Base):
@@ -307,3 +311,25 @@ class SigningKey(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     activated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     retired_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Invitation(Base):
+    """An organization admin invited someone by email. The link carries a random token whose
+    hash is stored here; it works once, until it expires, and only for that email."""
+
+    __tablename__ = "invitations"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    organization_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
+    email: Mapped[str] = mapped_column(sa.String(320))  # normalized
+    role: Mapped[str] = mapped_column(sa.String(64), default="member")
+    token_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    invited_by_id: Mapped[int | None] = mapped_column(
+        sa.ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    accepted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    accepted_by_id: Mapped[int | None] = mapped_column(
+        sa.ForeignKey("users.id", ondelete="SET NULL"))
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

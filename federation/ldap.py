@@ -253,12 +253,12 @@ class LdapAdapter:
                         not connection.start_tls():
                     raise _fail("tls_failed", f"StartTLS refused by {url}: {connection.result}")
             except FederationError as error:
-                _close(connection)
+                close_quietly(connection)
                 errors.append(error)
                 self._mark(url, True)
                 continue
             except ldap_errors.LDAPException as exc:
-                _close(connection)
+                close_quietly(connection)
                 errors.append(transport_error(exc, url))
                 self._mark(url, True)
                 continue
@@ -274,11 +274,11 @@ class LdapAdapter:
         try:
             bound = connection.bind()
         except ldap_errors.LDAPException as exc:
-            _close(connection)
+            close_quietly(connection)
             raise transport_error(exc) from None
         if not bound:
             result = connection.result or {}
-            _close(connection)
+            close_quietly(connection)
             raise_for_bind(what, result)
         return connection
 
@@ -302,7 +302,7 @@ class LdapAdapter:
             self._bind_as(settings, dn, password)
             groups = self.groups_of(service, settings, dn)
         finally:
-            _close(service)
+            close_quietly(service)
         entry = map_entry(settings, dn, decode_raw(raw), groups)
         if entry.problem:
             raise FederationError("attribute_missing", "Your directory entry lacks something "
@@ -333,7 +333,7 @@ class LdapAdapter:
 
     def _bind_as(self, settings: LdapSettings, dn: str, password: str) -> None:
         user = self._open(settings, dn, password, "user")
-        _close(user)
+        close_quietly(user)
 
     def _search(self, connection: Connection, base: str, query: str,
                 attributes: list[str], size_limit: int = 0,
@@ -464,7 +464,7 @@ class LdapAdapter:
         except FederationError as error:
             report.error = error
         finally:
-            _close(service)
+            close_quietly(service)
         return report
 
 
@@ -490,7 +490,7 @@ def transport_error(exc: Exception, url: str = "") -> FederationError:
     return _fail("directory_unreachable", f"{type(exc).__name__}: {text[:300]}")
 
 
-def _close(connection: Connection) -> None:
+def close_quietly(connection: Connection) -> None:
     with contextlib.suppress(ldap_errors.LDAPException, OSError):
         connection.unbind()
 

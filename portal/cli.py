@@ -696,6 +696,47 @@ def ldap_test(connection_id: int, sample_login: str) -> None:
                    f"{', '.join(roles) or '-'}")
 
 
+@ldap.command("sync")
+@click.argument("connection_id", type=int)
+@click.option("--dry-run", is_flag=True, help="Report what would change; change nothing.")
+@click.option("--quiet", is_flag=True, help="No progress lines, only the summary.")
+@with_appcontext
+def ldap_sync(connection_id: int, dry_run: bool, quiet: bool) -> None:
+    """Sync a directory's users and groups into its organization.
+
+    Creates new users, updates names, emails and group roles, suspends users who are
+    disabled in or gone from the directory (never deletes; their sessions end). Safe to run
+    again at any time, and meant to be run on a schedule (cron or a systemd timer): a run
+    with no changes in the directory changes nothing. Exit code 1 when the run did not
+    finish (the pages already done stay done; running again goes on)."""
+    from portal.services import ldap_sync as sync
+    s = services()
+    with s.db.sessions() as session:
+        _ldap_connection(session, connection_id)
+
+    def progress(summary) -> None:
+        if not quiet:
+            click.echo(f"  {summary.entries:,} entries: {summary.created:,} created, "
+                       f"{summary.updated:,} updated, {summary.suspended:,} suspended, "
+                       f"{summary.unchanged:,} unchanged, {summary.errors:,} errors", err=True)
+
+    try:
+        summary = sync.run(s.db, cli_context(), s.ldap, s.secrets, connection_id,
+                           dry_run=dry_run, progress=progress)
+    except sync.SyncFailed as failed:
+        _fail(failed.message)
+    for dn, reason in summary.error_rows:
+        click.echo(f"error: {dn}: {reason}", err=True)
+    if summary.errors > len(summary.error_rows):
+        click.echo(f"error: … and {summary.errors - len(summary.error_rows):,} more",
+                   err=True)
+    prefix = "dry run, nothing changed: would have " if dry_run else ""
+    click.echo(f"{prefix}{summary.entries:,} entries in {summary.seconds:.1f} s: "
+               f"{summary.created:,} created, {summary.updated:,} updated, "
+               f"{summary.suspended:,} suspended, {summary.unchanged:,} unchanged, "
+               f"{summary.errors:,} errors")
+
+
 @main.group()
 def keys() -> None:
     """Encryption keys for secrets at rest."""

@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 
 from ldap3 import SIMPLE, SUBTREE, Connection, Server, Tls
 from ldap3.core import exceptions as ldap_errors
+from ldap3.utils.config import set_config_parameter
 from ldap3.utils.conv import escape_filter_chars
 from ldap3.utils.dn import parse_dn
 
@@ -69,6 +70,31 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 MAPPED_FIELDS = ("subject", "username", "email", "given_name", "family_name", "display_name")
+
+# Trellis reads only raw (bytes) values and matches attribute names without case itself, so
+# ldap3 need not build case-insensitive dicts nor decode every value a second time: on a
+# directory sync that work was a third of the time.
+set_config_parameter("CASE_INSENSITIVE_ATTRIBUTE_NAMES", False)
+
+
+def _as_is(value: bytes) -> bytes:
+    return value
+
+
+class _RawFormatter(dict):
+    """ldap3 ``formatter``: every attribute keeps its raw bytes (Trellis decodes them)."""
+
+    def __contains__(self, name: object) -> bool:
+        return True
+
+    def __getitem__(self, name: str):
+        return _as_is
+
+    def get(self, name, default=None):
+        return _as_is
+
+
+RAW = _RawFormatter(any=_as_is)  # not empty: ldap3 skips an empty (falsy) formatter
 
 # Active Directory puts a sub-code in the diagnostic message of a failed bind ("... data 775,").
 AD_SUBCODES: dict[str, tuple[str, str]] = {
@@ -216,7 +242,7 @@ class LdapAdapter:
                           sni=parts.hostname)
             port = parts.port or (636 if scheme == "ldaps" else 389)
             servers.append((url, Server(parts.hostname, port=port, use_ssl=scheme == "ldaps",
-                                        tls=tls, get_info="NO_INFO",
+                                        tls=tls, get_info="NO_INFO", formatter=RAW,
                                         connect_timeout=settings.connect_timeout)))
         return servers
 

@@ -19,6 +19,7 @@ from federation.ldap import (
 )
 from tests.peers.process import free_port
 from tests.peers.slapd import (
+    BULK_ENTRIES,
     GROUPS,
     PEOPLE,
     SERVICE_DN,
@@ -218,3 +219,23 @@ def test_active_directory_entry_mapping():
     assert entry.identity.subject == str(guid) == stable_id("objectGUID", [guid.bytes_le])
     assert entry.identity.email == "ann@example.test"
     assert entry.disabled  # 514 = NORMAL_ACCOUNT | ACCOUNTDISABLE
+
+
+def test_paged_reads_cover_a_large_directory(bulk_slapd):
+    """100,000 users read page by page (never one response), groups with 1,000 members."""
+    settings = LdapSettings(connection_id=1, urls=(bulk_slapd.url,), bind_dn=SERVICE_DN,
+                            bind_password=SERVICE_PASSWORD, user_base=PEOPLE,
+                            group_base=GROUPS, start_tls=False, allow_plain=True,
+                            page_size=1000)
+    adapter = LdapAdapter()
+    service = adapter.service_connection(settings)
+    try:
+        sizes = [len(page) for page in adapter.iter_users(service, settings)]
+        groups = sum(len(page) for page in adapter.iter_groups(service, settings))
+    finally:
+        service.unbind()
+    assert sum(sizes) == BULK_ENTRIES and max(sizes) == 1000
+    assert groups == 100
+    # u000001 is a direct member of g001, which g000 nests: it is in both
+    identity = adapter.authenticate(settings, "u000001", USER_PASSWORD)
+    assert identity.groups == ("g000", "g001")

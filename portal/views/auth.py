@@ -168,17 +168,19 @@ def _directory_sign_in(connection: Connection, form: LoginForm, org):
 def password_step(org, login_hint: str | None, next_url: str):
     """The password form for a directory sign-in chosen among several connections."""
     form = LoginForm(formdata=None, email=login_hint or "", next=safe_next(next_url, ""))
-    return _render(form, org, step="password")
+    action = url_for("auth.org_login", slug=org.slug) if org is not None else \
+        url_for("auth.login")
+    return _render(form, org, step="password", action=action)
 
 
 def _render(form: LoginForm, org, *, step: str = "email", error: str | None = None,
-            status: int = 200, headers: dict[str, str] | None = None):
+            status: int = 200, headers: dict[str, str] | None = None, action: str = ""):
     connections = []
     if step == "email":  # the organization's own, or the platform's social sign-ins
         connections = (discovery.connections_for_org(db_session(), org.id) if org is not None
                        else discovery.platform_connections(db_session()))
     page = render_template("auth/login.html", form=form, org=org, step=step, error=error,
-                           connections=connections)
+                           connections=connections, action=action)
     return page, status, headers or {}
 
 

@@ -215,3 +215,19 @@ def test_connection_test_page_and_cli(app, tx, ldap_org, make_user):
 def _script_info(app):
     from flask.cli import ScriptInfo
     return ScriptInfo(create_app=lambda: app)
+
+
+def test_directory_chosen_among_several_connections(client, app, tx, ldap_org):
+    with tx() as session:  # a second way in: the choice page appears
+        connections.create_oidc(session, CLI_CTX, services_of(app).secrets, org_slug="acme",
+                                name="Acme SSO", client_id="c", client_secret="s",
+                                issuer="https://idp.acme.test", enabled=True)
+    choice = post_login(client, "alice@acme.test")
+    assert "Choose how to sign in" in choice.get_data(as_text=True)
+    form = client.post(f"/sso/{ldap_org}/start", data={
+        "csrf_token": csrf_token(client), "login_hint": "alice@acme.test"})
+    text = form.get_data(as_text=True)
+    assert form.status_code == 200 and 'action="/o/acme/login"' in text
+    assert 'value="alice@acme.test"' in text
+    signed_in = post_login(client, "alice@acme.test", USER_PASSWORD, path="/o/acme/login")
+    assert signed_in.status_code == 302 and signed_in.headers["Location"] == "/o/acme/"

@@ -231,3 +231,25 @@ def test_directory_chosen_among_several_connections(client, app, tx, ldap_org):
     assert 'value="alice@acme.test"' in text
     signed_in = post_login(client, "alice@acme.test", USER_PASSWORD, path="/o/acme/login")
     assert signed_in.status_code == 302 and signed_in.headers["Location"] == "/o/acme/"
+
+
+def test_only_the_organizations_sso_managers_test_its_directory(app, tx, ldap_org, make_org,
+                                                                  make_user):
+    from tests.conftest import sign_in as password_sign_in
+    make_org("globex", "Globex")
+    # local accounts outside acme.test (whose passwords the directory checks)
+    manager = make_user("sm@partners.test", org="acme")
+    make_user("plain@partners.test", org="acme")
+    outsider = make_user("admin@globex.test", org="globex")
+    with tx() as session:
+        services_of(app).role_grants.grant(session, manager.id, 1, "sso_manager", "manual")
+        services_of(app).role_grants.grant(session, outsider.id, 2, "sso_manager", "manual")
+    services_of(app).policy.invalidate()
+    expected = {"sm@partners.test": 200, "plain@partners.test": 403, "admin@globex.test": 404}
+    for email, status in expected.items():
+        browser = app.test_client()
+        password_sign_in(browser, email)
+        response = browser.post(f"/sso/{ldap_org}/test",
+                                data={"csrf_token": csrf_token(browser, "/")})
+        assert response.status_code == status, email
+        assert ("Users found" in response.get_data(as_text=True)) == (status == 200)

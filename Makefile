@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-DEB_PACKAGES := chromium xmlsec1
+DEB_PACKAGES := chromium xmlsec1 slapd ldap-utils
 DEB_STAMP := $(VENV)/.debs
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT := $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq
@@ -37,12 +37,14 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
-# Debian packages the test suite drives (a real browser; xmlsec1 for SAML peers).
+# Debian packages the test suite drives (a real browser; xmlsec1 for SAML peers; OpenLDAP's
+# slapd, preseeded to create no directory or service of its own: the tests start their own).
 $(DEB_STAMP): Makefile
 	@missing=""; for p in $(DEB_PACKAGES); do \
 	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
+	  echo "slapd slapd/no_configuration boolean true" | $(SUDO) debconf-set-selections; \
 	  $(APT) $$missing; \
 	fi
 	@mkdir -p $(VENV) && touch $@

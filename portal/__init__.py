@@ -62,6 +62,7 @@ def _configure_flask(app: Flask) -> None:
 
 
 def _init_services(app: Flask) -> None:
+    from federation.ldap import LdapAdapter
     from federation.oidc import OidcAdapter
     from federation.saml import SamlAdapter
     from portal.crypto import SecretBox
@@ -90,6 +91,7 @@ def _init_services(app: Flask) -> None:
         secrets=SecretBox(config["ENCRYPTION_KEYS"]),
         oidc=OidcAdapter(discovery_ttl=config["OIDC_CACHE_SECONDS"]),
         saml=SamlAdapter(),
+        ldap=LdapAdapter(),
         role_grants=DatabaseRoleGrants(),
         policy=_policy_engine(config["POLICY_DIR"], db),
     )

@@ -486,6 +486,99 @@ def connection_create_oidc(org_slug, platform, name, preset, issuer, client_id,
         click.echo(f"created connection {created.id} ({created.name}), {state}")
 
 
+@connection.command("create-ldap")
+@click.argument("org_slug")
+@click.option("--name", required=True, help="Shown to operators (users see a password form).")
+@click.option("--directory", type=click.Choice(["openldap", "ad"]), default="openldap",
+              show_default=True, help="Defaults for filters, attributes and nested groups.")
+@click.option("--url", "urls", multiple=True, required=True,
+              help="ldaps://host[:port] or ldap://host[:port] (StartTLS); repeat for failover.")
+@click.option("--bind-dn", required=True, help="The service account that searches.")
+@click.option("--bind-password-stdin", is_flag=True, required=True,
+              help="Read the service account's password from standard input.")
+@click.option("--user-base", required=True, help="Base DN under which users are searched.")
+@click.option("--user-filter", default="", help="LDAP filter that selects user entries.")
+@click.option("--login-attribute", "login_attributes", multiple=True,
+              help="Attribute the typed name is matched against (repeatable).")
+@click.option("--group-base", default="", help="Base DN of groups (none: no groups).")
+@click.option("--group-filter", default="")
+@click.option("--nested-groups", type=click.Choice(["none", "recursive", "ad"]), default=None,
+              help="How nested groups are followed (default: recursive; ad for AD).")
+@click.option("--attribute", "attribute_map", multiple=True, metavar="FIELD=ATTRIBUTE",
+              help="Read FIELD (subject, username, email, given_name, family_name, "
+                   "display_name) from ATTRIBUTE (repeatable).")
+@click.option("--disabled-attribute", default="",
+              help="Entries holding one of --disabled-value in it count as disabled.")
+@click.option("--disabled-value", "disabled_values", multiple=True)
+@click.option("--ca-cert", type=click.File("r"), default=None,
+              help="PEM file of the CA that signed the directory's certificate.")
+@click.option("--no-starttls", is_flag=True, help="Do not use StartTLS on ldap:// URLs.")
+@click.option("--allow-plain", is_flag=True,
+              help="Allow plain LDAP without TLS (insecure: passwords cross the network).")
+@click.option("--connect-timeout", type=float, default=5, show_default=True)
+@click.option("--read-timeout", type=float, default=10, show_default=True)
+@click.option("--page-size", type=int, default=500, show_default=True)
+@click.option("--group-role", "group_roles", multiple=True, metavar="GROUP=ROLE",
+              help="Map a directory group (its cn) to an organization role (repeatable).")
+@click.option("--default-role", default="member", show_default=True)
+@click.option("--allow-any-domain", is_flag=True,
+              help="Accept emails outside the organization's verified domains.")
+@click.option("--no-jit", is_flag=True, help="Only users who already exist may sign in.")
+@click.option("--enable", is_flag=True, help="Enable now (default: after a test).")
+@with_appcontext
+def connection_create_ldap(org_slug, name, directory, urls, bind_dn, bind_password_stdin,
+                           user_base, user_filter, login_attributes, group_base, group_filter,
+                           nested_groups, attribute_map, disabled_attribute, disabled_values,
+                           ca_cert, no_starttls, allow_plain, connect_timeout, read_timeout,
+                           page_size, group_roles, default_role, allow_any_domain, no_jit,
+                           enable) -> None:
+    """Create an LDAP or Active Directory connection for ORG_SLUG."""
+    from federation.ldap import MAPPED_FIELDS
+    from portal.services import connections
+    attributes = _pairs(attribute_map, "--attribute", "FIELD=ATTRIBUTE")
+    unknown = set(attributes) - set(MAPPED_FIELDS)
+    if unknown:
+        raise TrellisError(f"--attribute cannot map {', '.join(sorted(unknown))}.",
+                           code="usage")
+    password = sys.stdin.readline().rstrip("\n")
+    s = services()
+    with s.db.transaction() as session:
+        created = connections.create_ldap(
+            session, cli_context(), s.secrets, org_slug=org_slug, name=name,
+            bind_password=password, directory=directory, enabled=enable,
+            jit_enabled=not no_jit, default_role=default_role,
+            allow_any_domain=allow_any_domain,
+            group_roles=_pairs(group_roles, "--group-role", "GROUP=ROLE"), urls=urls,
+            bind_dn=bind_dn, user_base=user_base, user_filter=user_filter,
+            login_attributes=login_attributes, group_base=group_base,
+            group_filter=group_filter, nested_groups=nested_groups, attributes=attributes,
+            disabled_attribute=disabled_attribute, disabled_values=disabled_values,
+            ca_cert_pem=ca_cert.read() if ca_cert else "", start_tls=not no_starttls,
+            allow_plain=allow_plain, connect_timeout=connect_timeout,
+            read_timeout=read_timeout, page_size=page_size)
+        state = "enabled" if created.enabled else "disabled until you enable it"
+        click.echo(f"created connection {created.id} ({created.name}), {state}")
+        if connections._insecure(created.settings):
+            click.echo("warning: plain LDAP without TLS: passwords cross the network "
+                       "readable by anyone on the path", err=True)
+
+
+@connection.command("set-bind-password")
+@click.argument("connection_id", type=int)
+@click.option("--bind-password-stdin", is_flag=True, required=True,
+              help="Read the new service-account password from standard input.")
+@with_appcontext
+def connection_set_bind_password(connection_id: int, bind_password_stdin: bool) -> None:
+    """Replace an LDAP connection's service-account password."""
+    from portal.services import connections
+    password = sys.stdin.readline().rstrip("\n")
+    s = services()
+    with s.db.transaction() as session:
+        row = connections.set_bind_password(session, cli_context(), s.secrets, connection_id,
+                                            password)
+        click.echo(f"connection {row.id}: bind password replaced")
+
+
 def _pairs(items: tuple[str, ...], option: str, shape: str) -> dict[str, str]:
     pairs = {}
     for item in items:
@@ -550,6 +643,98 @@ def _set_enabled(connection_id: int, enabled: bool) -> None:
     with services().db.transaction() as session:
         row = connections.set_enabled(session, cli_context(), connection_id, enabled)
         click.echo(f"connection {row.id} {'enabled' if enabled else 'disabled'}")
+
+
+@main.group()
+def ldap() -> None:
+    """LDAP and Active Directory connections: test and sync."""
+
+
+def _ldap_connection(session, connection_id: int):
+    from portal.models import Protocol
+    from portal.services import connections
+    row = connections.get(session, connection_id)
+    if row.protocol != Protocol.LDAP:
+        raise TrellisError(f"Connection {connection_id} is not an LDAP connection.",
+                           code="usage")
+    return row
+
+
+@ldap.command("test")
+@click.argument("connection_id", type=int)
+@click.option("--user", "sample_login", default="", help="Map this user as the sample.")
+@with_appcontext
+def ldap_test(connection_id: int, sample_login: str) -> None:
+    """Bind with the service account, count users and groups, map a sample user."""
+    from federation import provisioning
+    from portal.services import connections
+    s = services()
+    with s.db.sessions() as session:
+        row = _ldap_connection(session, connection_id)
+        settings = connections.ldap_settings(row, s.secrets)
+        report = s.ldap.test(settings, sample_login)
+        roles = sorted(provisioning.mapped_roles(row, report.sample)) if report.sample else []
+    with s.db.transaction() as session:
+        audit.record(session, cli_context(), "connection.test",
+                     target=f"connection:{connection_id}", organization_id=row.organization_id,
+                     outcome="success" if report.ok else "failure",
+                     reason=report.error.code if report.error else "",
+                     details={"users": report.users, "groups": report.groups,
+                              "sample": report.sample_dn})
+    for warning in report.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    if report.error is not None:
+        _fail(f"{report.error.code}: {report.error.detail or report.error.safe_message}")
+    click.echo(f"service bind ok on {report.server} (TLS: {report.tls})")
+    click.echo(f"users: {report.users:,}\tgroups: {report.groups:,}")
+    if report.sample is not None:
+        sample = report.sample
+        click.echo(f"sample: {report.sample_dn}")
+        click.echo(f"  id {sample.subject}, email {sample.email or '(missing)'}, "
+                   f"name {sample.display_name or '-'}")
+        click.echo(f"  groups: {', '.join(sample.groups) or '-'}; roles: "
+                   f"{', '.join(roles) or '-'}")
+
+
+@ldap.command("sync")
+@click.argument("connection_id", type=int)
+@click.option("--dry-run", is_flag=True, help="Report what would change; change nothing.")
+@click.option("--quiet", is_flag=True, help="No progress lines, only the summary.")
+@with_appcontext
+def ldap_sync(connection_id: int, dry_run: bool, quiet: bool) -> None:
+    """Sync a directory's users and groups into its organization.
+
+    Creates new users, updates names, emails and group roles, suspends users who are
+    disabled in or gone from the directory (never deletes; their sessions end). Safe to run
+    again at any time, and meant to be run on a schedule (cron or a systemd timer): a run
+    with no changes in the directory changes nothing. Exit code 1 when the run did not
+    finish (the pages already done stay done; running again goes on)."""
+    from portal.services import ldap_sync as sync
+    s = services()
+    with s.db.sessions() as session:
+        _ldap_connection(session, connection_id)
+
+    def progress(summary) -> None:
+        if not quiet:
+            click.echo(f"  {summary.entries:,} entries: {summary.created:,} created, "
+                       f"{summary.updated:,} updated, {summary.suspended:,} suspended, "
+                       f"{summary.unchanged:,} unchanged, {summary.errors:,} errors", err=True)
+
+    try:
+        summary = sync.run(s.db, cli_context(), s.ldap, s.secrets, connection_id,
+                           dry_run=dry_run, progress=progress)
+    except sync.SyncFailed as failed:
+        _fail(failed.message)
+    for dn, reason in summary.error_rows:
+        click.echo(f"error: {dn}: {reason}", err=True)
+    if summary.errors > len(summary.error_rows):
+        click.echo(f"error: … and {summary.errors - len(summary.error_rows):,} more",
+                   err=True)
+    prefix = "dry run, nothing changed: would have " if dry_run else ""
+    click.echo(f"{prefix}{summary.entries:,} entries in {summary.seconds:.1f} s: "
+               f"{summary.created:,} created, {summary.updated:,} updated, "
+               f"{summary.suspended:,} suspended, {summary.unchanged:,} unchanged, "
+               f"{summary.errors:,} errors")
 
 
 @main.group()

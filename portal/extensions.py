@@ -10,6 +10,7 @@ from flask_login import LoginManager
 from flask_wtf.csrf import CSRFProtect
 from sqlalchemy.orm import Session
 
+from federation.ldap import LdapAdapter
 from federation.oidc import OidcAdapter
 from federation.saml import SamlAdapter
 from policies import PolicyEngine
@@ -31,6 +32,7 @@ class Services:
     secrets: SecretBox
     oidc: OidcAdapter
     saml: SamlAdapter
+    ldap: LdapAdapter
     role_grants: Any  # where provisioning syncs IdP-mapped roles
     policy: PolicyEngine
 

@@ -8,6 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from federation.ldap import PRESETS, LdapSettings
 from federation.oidc import ASYMMETRIC, OidcSettings
 from portal import audit
 from portal.crypto import SecretBox
@@ -140,3 +141,137 @@ def rotate_secrets(session: Session, ctx: audit.Context, box: SecretBox) -> int:
             count += 1
     audit.record(session, ctx, "keys.rotate", details={"secrets_reencrypted": count})
     return count
+
+
+# --- LDAP / Active Directory ---------------------------------------------------------------
+
+LDAP_SETTING_KEYS = {"directory", "urls", "bind_dn", "user_base", "user_filter",
+                     "login_attributes", "group_base", "group_filter", "group_member_attribute",
+                     "group_name_attribute", "nested_groups", "attributes", "disabled_attribute",
+                     "disabled_values", "start_tls", "allow_plain", "ca_cert_pem",
+                     "connect_timeout", "read_timeout", "page_size", "emails_verified"}
+LDAP_LIST_KEYS = {"urls", "login_attributes", "disabled_values"}
+
+
+def create_ldap(session: Session, ctx: audit.Context, box: SecretBox, *, org_slug: str,
+                name: str, bind_password: str, directory: str = "openldap",
+                enabled: bool = False, jit_enabled: bool = True, default_role: str = "member",
+                allow_any_domain: bool = False, group_roles: dict[str, str] | None = None,
+                **settings: Any) -> Connection:
+    """An organization's directory. The service account's password is sealed at rest;
+    everything else is plain settings (shown in the audit trail)."""
+    if directory not in PRESETS:
+        raise ValidationError(f"Unknown directory kind {directory!r}; choose one of "
+                              f"{', '.join(PRESETS)}.", code="invalid_connection")
+    values = {**_ldap_defaults(directory), **{k: v for k, v in settings.items()
+                                              if k in LDAP_SETTING_KEYS and
+                                              v not in (None, "", (), [], {})}}
+    values["directory"] = directory
+    values["attributes"] = {**PRESETS[directory]["attributes"],
+                            **(settings.get("attributes") or {})}
+    for key in LDAP_LIST_KEYS:
+        if key in values:
+            values[key] = list(values[key])
+    _validate_ldap(values, bind_password)
+    org = organizations.get(session, org_slug)
+    connection = Connection(organization_id=org.id, protocol=Protocol.LDAP,
+                            name=name.strip()[:200], enabled=enabled, jit_enabled=jit_enabled,
+                            default_role=default_role, allow_any_domain=allow_any_domain,
+                            settings=values, group_roles=dict(group_roles or {}),
+                            sealed_secrets=box.seal({"bind_password": bind_password}))
+    session.add(connection)
+    session.flush()
+    audit.record(session, ctx, "connection.create", target=f"connection:{connection.id}",
+                 organization_id=connection.organization_id,
+                 details={"protocol": "ldap", "name": connection.name,
+                          "settings": {k: v for k, v in values.items() if k != "ca_cert_pem"},
+                          "insecure": _insecure(values), "group_roles": connection.group_roles,
+                          "enabled": enabled})
+    return connection
+
+
+def _ldap_defaults(directory: str) -> dict[str, Any]:
+    preset = PRESETS[directory]
+    return {"user_filter": preset["user_filter"],
+            "login_attributes": list(preset["login_attributes"]),
+            "group_filter": preset["group_filter"],
+            "group_member_attribute": preset["group_member_attribute"],
+            "nested_groups": preset["nested_groups"], "start_tls": True, "allow_plain": False,
+            "connect_timeout": 5, "read_timeout": 10, "page_size": 500}
+
+
+def _insecure(values: dict[str, Any]) -> bool:
+    return any(url.lower().startswith("ldap://") for url in values.get("urls", ())) and \
+        not values.get("start_tls", True)
+
+
+def _validate_ldap(values: dict[str, Any], bind_password: str) -> None:
+    def bad(message: str) -> ValidationError:
+        return ValidationError(message, code="invalid_connection")
+    urls = values.get("urls") or []
+    if not urls:
+        raise bad("An LDAP connection needs at least one server URL (ldaps://host or "
+                  "ldap://host with StartTLS).")
+    for url in urls:
+        if not url.lower().startswith(("ldap://", "ldaps://")) or len(url) > 300:
+            raise bad(f"{url!r} is not an ldap:// or ldaps:// URL.")
+    if _insecure(values) and not values.get("allow_plain"):
+        raise bad("Plain LDAP sends passwords readable by anyone on the network: use ldaps:// "
+                  "or StartTLS, or allow plain LDAP explicitly.")
+    if not values.get("bind_dn") or not bind_password:
+        raise bad("An LDAP connection needs the service account's DN and password.")
+    if not values.get("user_base"):
+        raise bad("An LDAP connection needs the base DN under which users are searched.")
+    for key in ("user_filter", "group_filter"):
+        text = values.get(key, "")
+        if text and not (text.startswith("(") and text.endswith(")")):
+            raise bad(f"The {key.replace('_', ' ')} must be an LDAP filter in parentheses.")
+    if values.get("nested_groups") not in ("none", "recursive", "ad"):
+        raise bad("Nested groups must be none, recursive or ad.")
+    for key in ("connect_timeout", "read_timeout"):
+        if not 0 < float(values.get(key, 1)) <= 120:
+            raise bad(f"The {key.replace('_', ' ')} must be between 0 and 120 seconds.")
+    if not 1 <= int(values.get("page_size", 500)) <= 5000:
+        raise bad("The page size must be between 1 and 5000.")
+    if not values.get("attributes", {}).get("subject"):
+        raise bad("Map the stable id attribute (entryUUID or objectGUID).")
+
+
+def ldap_settings(connection: Connection, box: SecretBox) -> LdapSettings:
+    values = dict(connection.settings)
+    directory = values.get("directory", "openldap")
+    preset = PRESETS.get(directory, PRESETS["openldap"])
+    return LdapSettings(
+        connection_id=connection.id, urls=tuple(values.get("urls") or ()),
+        bind_dn=values.get("bind_dn", ""),
+        bind_password=box.open(connection.sealed_secrets).get("bind_password", ""),
+        user_base=values.get("user_base", ""),
+        user_filter=values.get("user_filter") or preset["user_filter"],
+        login_attributes=tuple(values.get("login_attributes") or preset["login_attributes"]),
+        group_base=values.get("group_base", ""),
+        group_filter=values.get("group_filter") or preset["group_filter"],
+        group_member_attribute=values.get("group_member_attribute") or "member",
+        group_name_attribute=values.get("group_name_attribute") or "cn",
+        nested_groups=values.get("nested_groups") or preset["nested_groups"],
+        attributes={**preset["attributes"], **(values.get("attributes") or {})},
+        disabled_attribute=values.get("disabled_attribute", ""),
+        disabled_values=tuple(values.get("disabled_values") or ()),
+        start_tls=bool(values.get("start_tls", True)),
+        allow_plain=bool(values.get("allow_plain", False)),
+        ca_cert_pem=values.get("ca_cert_pem", ""),
+        connect_timeout=float(values.get("connect_timeout", 5)),
+        read_timeout=float(values.get("read_timeout", 10)),
+        page_size=int(values.get("page_size", 500)),
+        emails_verified=bool(values.get("emails_verified", True)), directory=directory)
+
+
+def set_bind_password(session: Session, ctx: audit.Context, box: SecretBox,
+                      connection_id: int, password: str) -> Connection:
+    if not password:
+        raise ValidationError("The bind password cannot be empty.", code="invalid_connection")
+    connection = get(session, connection_id)
+    connection.sealed_secrets = box.seal({**box.open(connection.sealed_secrets),
+                                          "bind_password": password})
+    audit.record(session, ctx, "connection.secret", target=f"connection:{connection.id}",
+                 organization_id=connection.organization_id)
+    return connection

@@ -16,13 +16,15 @@ from flask import (
 from flask_login import current_user, login_user, logout_user
 
 from federation import discovery
+from federation.errors import FederationError
 from portal import audit
 from portal.errors import NotFound, TooManyAttempts, TrellisError
 from portal.extensions import audit_context, db_session, login_manager, services
 from portal.forms import LoginForm
+from portal.models import Connection, Protocol
 from portal.permissions import public, signed_in
 from portal.security import safe_next
-from portal.services import auth, organizations
+from portal.services import auth, directory, organizations
 from portal.views import use_branding
 
 bp = Blueprint("auth", __name__)
@@ -88,6 +90,10 @@ def _discover(form: LoginForm, org):
     found = discovery.connections_for_email(db_session(), email)
     if org is not None and found and found[0].organization_id != org.id:
         found = []
+    if len(found) == 1 and found[0].protocol == Protocol.LDAP:
+        return _render(form, org, step="password")  # the directory checks the password
+    if not found and _directory_for(email, org) is not None:
+        return _render(form, org, step="password")  # a directory username on the org's page
     if len(found) == 1:
         return start(found[0], login_hint=email, next_url=form.next.data or "")
     if len(found) > 1:
@@ -96,7 +102,28 @@ def _discover(form: LoginForm, org):
     return _render(form, org, step="password")
 
 
+def _directory_for(identifier: str, org) -> Connection | None:
+    """The LDAP connection that checks this identifier's password, if any: the one of the
+    organization owning the email's verified domain, or on an organization's own sign-in
+    page the organization's directory for a plain username. Decided again on every POST,
+    never taken from the form."""
+    identifier = (identifier or "").strip().lower()
+    if "@" in identifier:
+        found = discovery.connections_for_email(db_session(), identifier)
+        if org is not None and found and found[0].organization_id != org.id:
+            found = []
+    elif org is not None:
+        found = discovery.connections_for_org(db_session(), org.id)
+    else:
+        found = []
+    directories = [c for c in found if c.protocol == Protocol.LDAP]
+    return directories[0] if directories else None
+
+
 def _password_sign_in(form: LoginForm, org):
+    directory_connection = _directory_for(form.email.data, org)
+    if directory_connection is not None:
+        return _directory_sign_in(directory_connection, form, org)
     s = services()
     try:
         user, token = auth.sign_in(s.db, audit_context(), s.passwords, s.throttle,
@@ -111,14 +138,49 @@ def _password_sign_in(form: LoginForm, org):
     return redirect(safe_next(form.next.data))
 
 
+def _directory_sign_in(connection: Connection, form: LoginForm, org):
+    s, ctx = services(), audit_context()
+    try:
+        user, token, _identity = directory.sign_in(
+            s.db, ctx, s.throttle, s.ldap, s.secrets, s.role_grants, connection.id,
+            form.email.data or "", form.password.data or "",
+            session_hours=current_app.config["SESSION_HOURS"])
+    except (auth.InvalidCredentials, TooManyAttempts) as exc:
+        return _render(form, org, step="password", error=exc.message, status=exc.status,
+                       headers=exc.headers)
+    except FederationError as error:
+        identity = getattr(error, "identity", None)
+        if error.code == "account_exists" and identity is not None:
+            from portal.views.sso import offer_link
+            return offer_link(connection, identity, {"next": form.next.data or ""})
+        if error.status in (401, 403, 409):  # about this account: say it on the form
+            return _render(form, org, step="password", error=error.safe_message,
+                           status=error.status)
+        raise  # the directory is down or misconfigured: the error page with a reference
+    begin_session(user, token)
+    if form.next.data:
+        return redirect(safe_next(form.next.data))
+    from portal.views.sso import landing
+    with s.db.sessions() as session:
+        return redirect(landing(session, user.id))
+
+
+def password_step(org, login_hint: str | None, next_url: str):
+    """The password form for a directory sign-in chosen among several connections."""
+    form = LoginForm(formdata=None, email=login_hint or "", next=safe_next(next_url, ""))
+    action = url_for("auth.org_login", slug=org.slug) if org is not None else \
+        url_for("auth.login")
+    return _render(form, org, step="password", action=action)
+
+
 def _render(form: LoginForm, org, *, step: str = "email", error: str | None = None,
-            status: int = 200, headers: dict[str, str] | None = None):
+            status: int = 200, headers: dict[str, str] | None = None, action: str = ""):
     connections = []
     if step == "email":  # the organization's own, or the platform's social sign-ins
         connections = (discovery.connections_for_org(db_session(), org.id) if org is not None
                        else discovery.platform_connections(db_session()))
     page = render_template("auth/login.html", form=form, org=org, step=step, error=error,
-                           connections=connections)
+                           connections=connections, action=action)
     return page, status, headers or {}
 
 

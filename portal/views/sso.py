@@ -33,10 +33,14 @@ MAX_PENDING = 5
 
 def start(connection: Connection, *, login_hint: str | None, next_url: str,
           test: bool = False):
-    """Send the browser to the connection's identity provider."""
+    """Send the browser to the connection's identity provider (or, for a directory, to
+    the password form: the directory checks the password)."""
     if connection.protocol == Protocol.SAML:
         from portal.views import saml
         return saml.begin(connection, login_hint=login_hint, next_url=next_url, test=test)
+    if connection.protocol == Protocol.LDAP and not test:
+        from portal.views.auth import password_step
+        return password_step(connection.organization, login_hint, next_url)
     if connection.protocol != Protocol.OIDC:
         raise NotFound("This sign-in method is not available yet.", code="unsupported")
     s = services()
@@ -80,8 +84,29 @@ def _connection_org(kwargs: dict[str, Any]) -> str:
 def start_test(connection_id: int):
     """Test mode: run a sign-in that provisions nothing and shows what would happen."""
     connection = db_session().get(Connection, connection_id)
+    if connection.protocol == Protocol.LDAP:
+        return _directory_test(connection, request.form.get("login_hint") or "")
     return start(connection, login_hint=request.form.get("login_hint") or None, next_url="",
                  test=True)
+
+
+def _directory_test(connection: Connection, sample_login: str):
+    """Bind with the service account, count users and groups, map a sample entry (the one
+    named in the form, else the first): nothing is provisioned."""
+    s = services()
+    report = s.ldap.test(connections.ldap_settings(connection, s.secrets), sample_login)
+    roles = sorted(provisioning.mapped_roles(connection, report.sample)) if report.sample \
+        else []
+    with s.db.transaction() as tx:
+        audit.record(tx, audit_context(), "connection.test",
+                     target=f"connection:{connection.id}",
+                     organization_id=connection.organization_id,
+                     outcome="success" if report.ok else "failure",
+                     reason=report.error.code if report.error else "",
+                     details={"users": report.users, "groups": report.groups,
+                              "sample": report.sample_dn})
+    return render_template("sso/ldap_test.html", connection=connection, report=report,
+                           roles=roles)
 
 
 @bp.get("/oidc/<int:connection_id>/callback")
@@ -144,20 +169,20 @@ def finish(connection: Connection, identity, pending: dict[str, Any], ctx,
                 plan = provisioning.plan(tx, row, identity)
                 user = provisioning.apply(tx, ctx, row, plan, s.role_grants)
             token = auth.start_session(tx, user, ctx, current_app.config["SESSION_HOURS"])
-            landing = safe_next(pending.get("next")) if pending.get("next") else \
-                _landing(tx, user.id, connection, known)
+            landing_url = safe_next(pending.get("next")) if pending.get("next") else \
+                landing(tx, user.id, connection, known)
     except FederationError as error:
         record_failure(connection, error, identity)
         if error.code == "account_exists":
-            return _offer_link(connection, identity, pending)
+            return offer_link(connection, identity, pending)
         raise
     from portal.views.auth import begin_session
     begin_session(user, token)
     session.update(remember or {})
-    return redirect(landing)
+    return redirect(landing_url)
 
 
-def _offer_link(connection: Connection, identity, pending: dict[str, Any]):
+def offer_link(connection: Connection, identity, pending: dict[str, Any]):
     """The email belongs to an existing account: its owner may link by proving control."""
     session["sso_link"] = services().secrets.seal({
         "identity": identity_to_dict(identity), "connection_id": connection.id,
@@ -202,13 +227,14 @@ def _link_and_sign_in(connection: Connection, identity, password: str, offer: di
         plan = provisioning.plan(tx, row, identity)
         user = provisioning.apply(tx, ctx, row, plan, s.role_grants)
         token = auth.start_session(tx, user, ctx, current_app.config["SESSION_HOURS"])
-        landing = safe_next(offer.get("next")) if offer.get("next") else _landing(tx, user.id)
+        landing_url = safe_next(offer.get("next")) if offer.get("next") else \
+            landing(tx, user.id)
     from portal.views.auth import begin_session
     begin_session(user, token)  # replaces the password sign-in's session as well
-    return redirect(landing)
+    return redirect(landing_url)
 
 
-def _landing(tx, user_id: int, connection: Connection | None = None, known=None) -> str:
+def landing(tx, user_id: int, connection: Connection | None = None, known=None) -> str:
     if known is not None and known.organizations == 1 and connection.organization_id:
         return url_for("home.organization", slug=connection.organization.slug)
     slugs = users.active_organization_slugs(tx, user_id, limit=2)

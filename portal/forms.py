@@ -4,14 +4,18 @@ from __future__ import annotations
 
 from flask_wtf import FlaskForm
 from wtforms import EmailField, HiddenField, PasswordField
-from wtforms.validators import DataRequired, Length, Optional
+from wtforms.validators import DataRequired, Length, Optional, Regexp
+
+# NUL and other control characters are never part of an address (and PostgreSQL refuses NUL).
+NO_CONTROL_CHARACTERS = r"^[^\x00-\x1f\x7f]*$"
 
 
 class LoginForm(FlaskForm):
     """Identifier first: the email decides whether the user goes to their organization's
     identity provider or is asked for a password here."""
 
-    email = EmailField("Work email", validators=[DataRequired(), Length(max=320)],
+    email = EmailField("Work email", validators=[DataRequired(), Length(max=320),
+                                                 Regexp(NO_CONTROL_CHARACTERS)],
                        render_kw={"autocomplete": "username"})
     password = PasswordField("Password", validators=[Optional(), Length(max=1024)],
                              render_kw={"autocomplete": "current-password"})

@@ -16,7 +16,8 @@ LOGO_URL = re.compile(r"^(https://[A-Za-z0-9.-]+(:\d+)?|/static)/[A-Za-z0-9._~/%
 def normalize_email(raw: str) -> str:
     email = unicodedata.normalize("NFKC", raw or "").strip().lower()
     local, _, domain = email.rpartition("@")
-    if not local or len(email) > 320 or any(ch.isspace() for ch in email):
+    if not local or len(email) > 320 or not all(ch.isprintable() and not ch.isspace()
+                                                 for ch in email):
         raise ValidationError("Enter a valid email address.", code="invalid_email")
     try:
         normalize_domain(domain)

@@ -34,8 +34,8 @@ def sign_in(db: Database, ctx: audit.Context, passwords: Passwords, throttle: Lo
     a guesser could learn from. Every outcome is audited."""
     try:
         email = normalize_email(email)
-    except TrellisError:
-        email = (email or "").strip().lower()[:320]
+    except TrellisError:  # still throttled and audited, without characters a database refuses
+        email = "".join(ch for ch in (email or "") if ch.isprintable()).strip().lower()[:320]
     throttle.check(email, ctx.ip)
     with db.transaction() as session:
         user = session.scalar(USER_BY_EMAIL, {"email": email})

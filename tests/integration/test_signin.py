@@ -151,3 +151,12 @@ def test_org_sign_in_page_is_branded_and_unknown_orgs_are_not_confirmed(client, 
     assert css == ":root { --brand: #0b6e4f; }\n"
     missing = client.get("/o/nobody/login")
     assert missing.status_code == 404 and "nobody" not in missing.get_data(as_text=True)
+
+
+def test_control_characters_in_the_email_get_the_ordinary_refusal(client, app, make_user):
+    make_user("alice@acme.test")
+    for raw in ("alice@acme.test\x00", "alice\x07@acme.test"):
+        response = sign_in(client, raw, "wrong password")
+        assert response.status_code == 400, response.status_code
+        assert "Enter your work email address" in response.get_data(as_text=True)
+    assert sign_in(client, "alice@acme.test").status_code == 302

@@ -21,7 +21,7 @@ def index():
     current = memberships[0].organization if len(memberships) == 1 else None
     use_branding(current)
     return render_template("home/index.html", memberships=memberships, current=current,
-                           apps=[])
+                           apps=[], admin_sections=_admin_sections(current))
 
 
 @bp.get("/o/<slug>/")
@@ -33,4 +33,11 @@ def organization(slug: str):
         raise NotFound()  # the same answer whether the org exists or not
     use_branding(match[0].organization)
     return render_template("home/index.html", memberships=memberships,
-                           current=match[0].organization, apps=[])
+                           current=match[0].organization, apps=[],
+                           admin_sections=_admin_sections(match[0].organization))
+
+
+def _admin_sections(org) -> list[tuple[str, str]]:
+    """The organization's admin pages this user may open (none for plain members)."""
+    from portal.views.org_admin import allowed_sections
+    return allowed_sections(org) if org is not None else []

@@ -38,7 +38,7 @@ def _known_roles(org: Organization) -> list[str]:
     return members.assignable_roles(services().policy.files, org)
 
 
-def _allowed_sections(org: Organization) -> list[tuple[str, str]]:
+def allowed_sections(org: Organization) -> list[tuple[str, str]]:
     engine, subject = services().policy, current_subject()
     return [(endpoint, label) for endpoint, label, action, kind in SECTIONS
             if engine.decide(subject, org.slug, {"type": kind}, action,
@@ -46,7 +46,7 @@ def _allowed_sections(org: Organization) -> list[tuple[str, str]]:
 
 
 def _render(template: str, org: Organization, **values):
-    return render_template(template, org=org, sections=_allowed_sections(org), **values)
+    return render_template(template, org=org, sections=allowed_sections(org), **values)
 
 
 def _version() -> int | None:

@@ -1,0 +1,82 @@
+"""An organization's owner administers members and invitations in Chromium, and an invited
+person joins through the link."""
+
+import re
+
+import pytest
+from playwright.sync_api import expect
+
+from tests.conftest import CLI_CTX, PASSWORD
+from tests.e2e.conftest import PHONE, screenshot
+from tests.e2e.test_signin_browser import sign_in
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def acme_with_owner(make_org, make_user, tx):
+    from portal.services import organizations, roles, users
+    make_org("acme", "Acme Supplies", branding={"primary_color": "#0b6e4f"})
+    make_user("alice@acme.test", org="acme", display_name="Alice Acme")
+    for name in ("Max Mustermann", "Mia Miller", "Noah Nguyen"):
+        make_user(f"{name.split()[0].lower()}@acme.test", org="acme", display_name=name)
+    with tx() as session:
+        roles.grant_manually(session, CLI_CTX, users.get_by_email(session, "alice@acme.test"),
+                             organizations.get(session, "acme"), "org_owner",
+                             {"org_owner", "member"})
+
+
+def test_owner_manages_members_and_invites(browsing, live, acme_with_owner, make_user):
+    page = browsing.page()
+    sign_in(page, live.url)
+    page.get_by_role("link", name="Administer Acme Supplies").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Members of Acme Supplies")
+    expect(page.get_by_text("4 members")).to_be_visible()
+    screenshot(page, "orgadmin-members.png")
+
+    page.get_by_label("Search").fill("mia")
+    page.get_by_role("button", name="Filter").click()
+    expect(page.get_by_text("1 member match")).to_be_visible()
+    page.get_by_role("link", name="mia@acme.test").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Mia Miller")
+    grantable = page.get_by_label("Grant role").locator("option").all_inner_texts()
+    assert "buyer" not in grantable  # the owner does not hold it, so cannot grant it
+    page.get_by_label("Grant role").select_option("auditor")
+    page.get_by_role("button", name="Grant", exact=True).click()
+    expect(page.get_by_text("Role auditor granted.")).to_be_visible()
+    expect(page.get_by_text("auditor — granted by an admin")).to_be_visible()
+    screenshot(page, "orgadmin-member.png")
+    page.get_by_role("button", name="Suspend").click()
+    expect(page.get_by_text("Member suspended; their sessions have ended.")).to_be_visible()
+
+    page.get_by_role("link", name="Invitations").click()
+    page.get_by_label("Work email").fill("nina@acme.test")
+    page.get_by_label("Role").select_option("user_manager")
+    page.get_by_role("button", name="Create invitation").click()
+    link = page.get_by_role("textbox", name="Invitation link").input_value()
+    assert re.fullmatch(rf"{re.escape(live.url)}/invite/[\w-]{{40,}}", link), link
+    expect(page.get_by_role("cell", name="nina@acme.test")).to_be_visible()
+    screenshot(page, "orgadmin-invitations.png")
+
+    make_user("nina@acme.test", org=None, display_name="Nina Novak")
+    invitee = browsing.page()
+    invitee.goto(link)
+    expect(invitee).to_have_url(re.compile(r"/login"))
+    invitee.get_by_label("Work email").fill("nina@acme.test")
+    invitee.get_by_label("Password").fill(PASSWORD)
+    invitee.get_by_role("button", name="Continue").click()
+    expect(invitee.get_by_role("heading", level=1)).to_have_text("Join Acme Supplies")
+    screenshot(invitee, "invitation-accept.png")
+    invitee.get_by_role("button", name="Accept and join").click()
+    expect(invitee.get_by_text("Welcome to Acme Supplies.")).to_be_visible()
+    expect(invitee.get_by_role("link", name="Administer Acme Supplies")).to_be_visible()
+
+
+def test_members_page_at_phone_width(browsing, live, acme_with_owner):
+    page = browsing.page(viewport=PHONE)
+    sign_in(page, live.url)
+    page.goto(f"{live.url}/o/acme/admin/users")
+    expect(page.get_by_role("heading", level=1)).to_be_visible()
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= PHONE["width"], f"the page scrolls sideways ({width}px)"
+    screenshot(page, "orgadmin-members-phone.png")

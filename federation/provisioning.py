@@ -72,18 +72,21 @@ def role_source(connection: Connection) -> str:
     return f"connection:{connection.id}"
 
 
-def plan(session: Session, connection: Connection, identity: ExternalIdentity) -> Plan:
+def plan(session: Session, connection: Connection, identity: ExternalIdentity,
+         test: bool = False) -> Plan:
+    """``test``: a test-mode sign-in of a connection that is not enabled yet is planned as if
+    it were, so the admin sees what enabling it would do."""
     result = Plan(identity=identity, role_source=role_source(connection))
     try:
-        _decide(session, connection, identity, result)
+        _decide(session, connection, identity, result, test)
     except FederationError as refusal:
         result.refusal = refusal
     return result
 
 
 def _decide(session: Session, connection: Connection, identity: ExternalIdentity,
-            result: Plan) -> None:
-    if not connection.enabled:
+            result: Plan, test: bool = False) -> None:
+    if not connection.enabled and not test:
         raise _refuse("connection_disabled", "Single sign-on for your organization is "
                       "switched off. Contact your administrator.")
     link = session.scalar(sa.select(FederatedIdentity).where(

@@ -3,6 +3,7 @@ the plain settings a protocol adapter takes."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import sqlalchemy as sa
@@ -12,7 +13,7 @@ from federation.ldap import PRESETS, LdapSettings
 from federation.oidc import ASYMMETRIC, OidcSettings
 from portal import audit
 from portal.crypto import SecretBox
-from portal.errors import NotFound, ValidationError
+from portal.errors import Conflict, NotFound, ValidationError
 from portal.models import Connection, Protocol
 from portal.services import organizations
 
@@ -87,9 +88,24 @@ def get(session: Session, connection_id: int) -> Connection:
     return connection
 
 
+def mark_tested(connection: Connection) -> None:
+    """A test sign-in succeeded with the connection as it is now."""
+    connection.settings = {**connection.settings, "tested_at": time.time()}
+
+
+def mark_changed(connection: Connection) -> None:
+    """The configuration changed: the last test no longer speaks for it."""
+    connection.settings = {k: v for k, v in connection.settings.items() if k != "tested_at"}
+
+
 def set_enabled(session: Session, ctx: audit.Context, connection_id: int,
-                enabled: bool) -> Connection:
+                enabled: bool, require_test: bool = False) -> Connection:
+    """``require_test``: organization admins may enable only a connection whose current
+    configuration passed a test sign-in (operators may enable directly)."""
     connection = get(session, connection_id)
+    if enabled and require_test and not connection.settings.get("tested_at"):
+        raise Conflict("Run a successful test sign-in with this configuration before "
+                       "enabling it.", code="untested_connection")
     connection.enabled = enabled
     audit.record(session, ctx, "connection.enable" if enabled else "connection.disable",
                  target=f"connection:{connection.id}",
@@ -106,6 +122,7 @@ def set_client_secret(session: Session, ctx: audit.Context, box: SecretBox,
     connection = get(session, connection_id)
     connection.sealed_secrets = box.seal({**box.open(connection.sealed_secrets),
                                           "client_secret": client_secret})
+    mark_changed(connection)
     audit.record(session, ctx, "connection.secret", target=f"connection:{connection.id}",
                  organization_id=connection.organization_id)
     return connection

@@ -256,8 +256,7 @@ def grant(session: Session, ctx: audit.Context, org: Organization, actor: Actor,
           role: str, known_roles: list[str], version: int | None = None) -> bool:
     _not_self(actor, user_id, "change the roles of")
     if role not in known_roles:
-        raise ValidationError(f"This organization has no role {role!r}.", code="unknown_role",
-                              field="role")
+        raise ValidationError(f"This organization has no role {role!r}.", code="unknown_role")
     if not actor.may_grant(role):
         raise Forbidden(f"You can only grant roles you hold yourself; you do not hold "
                         f"{role!r}.", code="escalation")
@@ -312,8 +311,7 @@ def invite(session: Session, ctx: audit.Context, org: Organization, actor: Actor
     """Create an invitation; returns it and the token for the link (shown or mailed once)."""
     address = normalize_email(email)
     if role not in known_roles:
-        raise ValidationError(f"This organization has no role {role!r}.", code="unknown_role",
-                              field="role")
+        raise ValidationError(f"This organization has no role {role!r}.", code="unknown_role")
     if not actor.may_grant(role):
         raise Forbidden(f"You can only invite to roles you hold yourself; you do not hold "
                         f"{role!r}.", code="escalation")

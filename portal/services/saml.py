@@ -18,7 +18,7 @@ from portal import audit
 from portal.crypto import SecretBox
 from portal.errors import ValidationError
 from portal.models import Connection, KeyState, Protocol
-from portal.services import organizations, signing_keys
+from portal.services import connections, organizations, signing_keys
 
 METADATA_MAX_BYTES = 1024 * 1024
 OPTION_KEYS = {"name_id_format", "sign_requests", "want_encrypted", "allow_sha1", "clock_skew",
@@ -87,7 +87,7 @@ def _options(options: dict[str, Any]) -> dict[str, Any]:
     skew = values.get("clock_skew")
     if skew is not None and not 0 <= int(skew) <= MAX_CLOCK_SKEW:
         raise ValidationError(f"The clock skew must be between 0 and {MAX_CLOCK_SKEW} seconds.",
-                              code="invalid_connection", field="clock_skew")
+                              code="invalid_connection")
     for key in ("idp_initiated_targets", "requested_authn_context"):
         if key in values:
             values[key] = list(values[key])
@@ -103,8 +103,7 @@ def _parse(xml: bytes, entity_id: str, signing_cert: str | None) -> IdpMetadata:
     try:
         return parse_idp_metadata(xml, entity_id or None, signing_cert or None)
     except FederationError as error:
-        raise ValidationError(error.safe_message, code="metadata_invalid",
-                              field="metadata") from None
+        raise ValidationError(error.safe_message, code="metadata_invalid") from None
 
 
 def _manual(entity_id: str, sso_url: str, slo_url: str, certs: tuple[str, ...]) -> IdpMetadata:
@@ -122,8 +121,7 @@ def _check_cert(text: str) -> None:
     try:
         check_certificate(text.strip())
     except FederationError as error:
-        raise ValidationError(error.safe_message, code="invalid_certificate",
-                              field="certificate") from None
+        raise ValidationError(error.safe_message, code="invalid_certificate") from None
 
 
 def _cert_body(text: str) -> str:
@@ -213,6 +211,22 @@ def set_options(session: Session, ctx: audit.Context, connection: Connection,
     """Change SAML options (IdP-initiated sign-in, SHA-1, encryption, mapping, ...)."""
     values = _options(options)
     connection.settings = {**connection.settings, **values}
+    connections.mark_changed(connection)
     audit.record(session, ctx, "connection.update", target=f"connection:{connection.id}",
                  organization_id=connection.organization_id, details={"options": values})
+    return connection
+
+
+def replace_metadata(session: Session, ctx: audit.Context, connection: Connection,
+                     xml: bytes) -> Connection:
+    """New IdP metadata uploaded by an admin (e.g. with the IdP's next certificate beside the
+    current one, for a rollover without an outage)."""
+    values = dict(connection.settings)
+    metadata = _parse(xml, values["idp_entity_id"], values.get("metadata_signing_cert"))
+    connection.settings = {**values, **_idp_fields(metadata)}
+    connections.mark_changed(connection)
+    audit.record(session, ctx, "connection.metadata_upload",
+                 target=f"connection:{connection.id}",
+                 organization_id=connection.organization_id,
+                 details={"certificates": len(metadata.signing_certs)})
     return connection

@@ -5,13 +5,19 @@ so another organization's ids answer 404."""
 
 from __future__ import annotations
 
-from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+import sqlalchemy as sa
+from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user
 
+from federation.errors import FederationError
+from portal import audit
+from portal.errors import Forbidden, NotFound, ValidationError
 from portal.extensions import audit_context, db_session, services
-from portal.models import Organization, User
+from portal.models import Connection, Organization, Protocol, User
 from portal.permissions import current_subject, require, signed_in
+from portal.services import connections as connections_service
 from portal.services import members, organizations
+from portal.services import saml as saml_connections
 from portal.views import use_branding
 
 bp = Blueprint("orgadmin", __name__, url_prefix="/o/<slug>/admin")
@@ -20,6 +26,7 @@ invites = Blueprint("invites", __name__)
 SECTIONS = (  # (endpoint, label, action, object type): the nav shows what the admin may use
     ("orgadmin.users", "Members", "read", "member"),
     ("orgadmin.invitations", "Invitations", "manage", "invitation"),
+    ("orgadmin.connections", "Single sign-on", "read", "connection"),
 )
 
 
@@ -199,3 +206,173 @@ def accept(token: str):
         flash(f"Welcome to {org.name}.", "info")
         return redirect(url_for("home.organization", slug=slug))
     return render_template("orgadmin/accept.html", org=org, invitation=invitation)
+
+
+# -- single sign-on setup ----------------------------------------------------------------
+
+def _connection(org: Organization, connection_id: int) -> Connection:
+    """A connection of this organization; any other id is "not found"."""
+    found = db_session().get(Connection, connection_id)
+    if found is None or found.organization_id != org.id:
+        raise NotFound("There is no such connection.", code="unknown_connection")
+    return found
+
+
+def _group_roles(org: Organization, text: str) -> dict[str, str]:
+    """``group = role`` lines; only roles this organization defines and the admin holds."""
+    mapping, actor, known = {}, _actor(org), _known_roles(org)
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        group, sep, role = (part.strip() for part in line.rpartition("="))
+        if not sep or not group or not role:
+            raise ValidationError(f"Line {number}: write it as group = role.",
+                                  code="invalid_mapping")
+        if role not in known:
+            raise ValidationError(f"Line {number}: this organization has no role {role!r}.",
+                                  code="unknown_role")
+        if not actor.may_grant(role):
+            raise Forbidden(f"Line {number}: you can only map groups to roles you hold "
+                            f"yourself; you do not hold {role!r}.", code="escalation")
+        mapping[group] = role
+    return mapping
+
+
+@bp.get("/connections")
+@require("read", "connection", org_arg="slug")
+def connections(slug: str):
+    org = _org(slug)
+    rows = db_session().scalars(sa.select(Connection).where(
+        Connection.organization_id == org.id).order_by(Connection.id)).all()
+    return _render("orgadmin/connections.html", org, rows=rows)
+
+
+@bp.route("/connections/new", methods=["GET", "POST"])
+@require("manage", "connection", org_arg="slug")
+def new_connection(slug: str):
+    org = _org(slug)
+    if request.method == "GET":
+        return _render("orgadmin/connection_new.html", org, form={}, error=None)
+    form = request.form
+    try:
+        connection_id = _create_connection(org, form, request.files.get("metadata_file"))
+    except (ValidationError, FederationError) as error:
+        return _render("orgadmin/connection_new.html", org, form=form,
+                       error=getattr(error, "safe_message", None) or error.message), 400
+    flash("Connection created, switched off. Give your identity provider the values below, "
+          "run a test sign-in, then enable it.", "info")
+    return redirect(url_for("orgadmin.connection", slug=slug, connection_id=connection_id))
+
+
+def _create_connection(org: Organization, form, upload) -> int:
+    s, ctx = services(), audit_context()
+    name = form.get("name", "").strip() or f"{org.name} single sign-on"
+    mapping = _group_roles(org, form.get("group_roles", ""))
+    loopback = current_app.config["ENV"] != "production"
+    with s.db.transaction() as tx:
+        if form.get("protocol") == "saml":
+            xml = upload.read(saml_connections.METADATA_MAX_BYTES + 1) if upload else None
+            if xml is not None and not xml:
+                xml = None
+            row = saml_connections.create(
+                tx, ctx, s.secrets, org_slug=org.slug, name=name,
+                metadata_url=form.get("metadata_url", "").strip(), metadata_xml=xml,
+                group_roles=mapping, allow_insecure_loopback=loopback)
+        elif form.get("protocol") == "oidc":
+            row = connections_service.create_oidc(
+                tx, ctx, s.secrets, org_slug=org.slug, name=name,
+                client_id=form.get("client_id", "").strip(),
+                client_secret=form.get("client_secret", ""),
+                issuer=form.get("issuer", "").strip(), group_roles=mapping,
+                scopes=("openid", "email", "profile"),
+                group_claim=form.get("group_claim", "").strip())
+        else:
+            raise ValidationError("Choose SAML or OpenID Connect.", code="invalid_protocol")
+        return row.id
+
+
+@bp.get("/connections/<int:connection_id>")
+@require("read", "connection", org_arg="slug")
+def connection(slug: str, connection_id: int):
+    org = _org(slug)
+    row = _connection(org, connection_id)
+    if row.protocol == Protocol.SAML:
+        from portal.views.saml import base_url
+        give = saml_connections.endpoints(base_url(), row.id)
+    else:
+        give = {"redirect_uri": url_for("sso.oidc_callback", connection_id=row.id,
+                                        _external=True)}
+    return _render("orgadmin/connection.html", org, row=row, give=give,
+                   mapping="\n".join(f"{g} = {r}" for g, r in row.group_roles.items()))
+
+
+def _change_connection(slug: str, connection_id: int, change, done: str):
+    org = _org(slug)
+    _connection(org, connection_id)
+    with services().db.transaction() as tx:
+        change(tx, audit_context(), tx.get(Connection, connection_id))
+    flash(done, "info")
+    return redirect(url_for("orgadmin.connection", slug=slug, connection_id=connection_id))
+
+
+@bp.post("/connections/<int:connection_id>/enable")
+@require("manage", "connection", org_arg="slug")
+def enable_connection(slug: str, connection_id: int):
+    return _change_connection(slug, connection_id, lambda tx, ctx, row: (
+        connections_service.set_enabled(tx, ctx, row.id, True, require_test=True)),
+        "Single sign-on is on: your users now sign in through your identity provider.")
+
+
+@bp.post("/connections/<int:connection_id>/disable")
+@require("manage", "connection", org_arg="slug")
+def disable_connection(slug: str, connection_id: int):
+    return _change_connection(slug, connection_id, lambda tx, ctx, row: (
+        connections_service.set_enabled(tx, ctx, row.id, False)), "Single sign-on is off.")
+
+
+@bp.post("/connections/<int:connection_id>/mapping")
+@require("manage", "connection", org_arg="slug")
+def connection_mapping(slug: str, connection_id: int):
+    mapping = _group_roles(_org(slug), request.form.get("group_roles", ""))
+
+    def change(tx, ctx, row):
+        row.group_roles = mapping
+        connections_service.mark_changed(row)
+        audit.record(tx, ctx, "connection.update", target=f"connection:{row.id}",
+                     organization_id=row.organization_id, details={"group_roles": mapping})
+    return _change_connection(slug, connection_id, change, "Group mapping saved.")
+
+
+@bp.post("/connections/<int:connection_id>/secret")
+@require("manage", "connection", org_arg="slug")
+def connection_secret(slug: str, connection_id: int):
+    secret = request.form.get("client_secret", "")
+    return _change_connection(slug, connection_id, lambda tx, ctx, row: (
+        connections_service.set_client_secret(tx, ctx, services().secrets, row.id, secret)),
+        "Client secret replaced. Run a test sign-in, then delete the old secret at your "
+        "identity provider.")
+
+
+@bp.post("/connections/<int:connection_id>/metadata")
+@require("manage", "connection", org_arg="slug")
+def connection_metadata(slug: str, connection_id: int):
+    upload = request.files.get("metadata_file")
+    xml = upload.read(saml_connections.METADATA_MAX_BYTES + 1) if upload else b""
+
+    if xml:
+        return _change_connection(slug, connection_id, lambda tx, ctx, row: (
+            saml_connections.replace_metadata(tx, ctx, row, xml)),
+            "Identity provider metadata updated; every signing certificate in it is accepted.")
+    org = _org(slug)
+    _connection(org, connection_id)
+    with services().db.transaction() as tx:
+        row = tx.get(Connection, connection_id)
+        ok = saml_connections.refresh_metadata(tx, audit_context(), row)
+        error = row.settings["metadata"]["error"]
+    if ok:
+        flash("Identity provider metadata fetched again; every signing certificate in it is "
+              "accepted.", "info")
+    else:
+        flash(f"The metadata could not be fetched ({error}); the last good copy stays in "
+              "use.", "error")
+    return redirect(url_for("orgadmin.connection", slug=slug, connection_id=connection_id))

@@ -145,8 +145,10 @@ def _take_pending(state: str) -> dict[str, Any] | None:
 
 def test_sign_in(connection: Connection, identity):
     """Test mode after the protocol checks passed: show the plan, provision nothing."""
-    plan = provisioning.plan(db_session(), connection, identity)
+    plan = provisioning.plan(db_session(), connection, identity, test=True)
     with services().db.transaction() as tx:
+        if plan.refusal is None:  # enabling is allowed once a test sign-in has succeeded
+            connections.mark_tested(tx.get(Connection, connection.id))
         audit.record(tx, audit_context(), "auth.test_login",
                      target=f"connection:{connection.id}",
                      organization_id=connection.organization_id,

@@ -9,6 +9,7 @@ from datetime import timedelta
 import pytest
 import sqlalchemy as sa
 
+from portal.crypto import self_signed_pair
 from portal.db import utcnow
 from portal.models import (
     AuditEvent,
@@ -19,6 +20,7 @@ from portal.models import (
     User,
 )
 from portal.services import roles, users
+from portal.services import saml as saml_connections
 from tests.conftest import CLI_CTX, PASSWORD, audit_events, csrf_token, services_of, sign_in
 
 KNOWN = {"org_owner", "user_manager", "sso_manager", "auditor", "member", "buyer"}
@@ -256,15 +258,28 @@ def foreign_values(tx, ids):
                                        members.Actor(ids["bob@globex.test"],
                                                      frozenset(KNOWN)),
                                        "someone@globex.test", "member", sorted(KNOWN))
+        connection = saml_connections.create(
+            session, CLI_CTX, services_of_session_box(), org_slug="globex",
+            name="Globex SSO", idp_entity_id="https://idp.globex.test/",
+            idp_sso_url="https://idp.globex.test/sso", idp_certs=(GLOBEX_CERT,))
         return {"slug": "acme", "user_id": ids["carol@globex.test"],
-                "invitation_id": invitation.id}
+                "invitation_id": invitation.id, "connection_id": connection.id}
+
+
+GLOBEX_CERT = self_signed_pair("idp.globex.test", 30)[0]
+
+
+def services_of_session_box():
+    from flask import current_app
+    return current_app.extensions["trellis"].secrets
 
 
 def test_every_admin_route_refuses_another_organizations_ids(app, tx, two_orgs):
     """Signed in as Acme's owner, every admin route is tried with Globex's ids (in the path,
     and in the body for POSTs): the answer is 403/404, nothing of Globex leaks, nothing
     changes. A new route whose arguments this test cannot fill fails it."""
-    values = foreign_values(tx, two_orgs)
+    with app.app_context():
+        values = foreign_values(tx, two_orgs)
     client = as_user(app, "alice@acme.test")
     before = _globex_state(tx)
     events = len(audit_events(app))
@@ -277,7 +292,8 @@ def test_every_admin_route_refuses_another_organizations_ids(app, tx, two_orgs):
         for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
             response = client.open(path, method=method, data={
                 "csrf_token": csrf_token(client, "/"), "role": "member",
-                "user_id": values["user_id"], "email": "x@globex.test"})
+                "user_id": values["user_id"], "email": "x@globex.test",
+                "group_roles": "g = member", "client_secret": "stolen"})
             assert response.status_code in (403, 404), (method, path, response.status_code)
             body = response.get_data(as_text=True)
             assert "carol" not in body and "globex" not in body.lower(), (method, path)
@@ -333,3 +349,14 @@ def test_services_reject_foreign_ids_without_the_pages(app, tx, two_orgs):
             with pytest.raises(NotFound):
                 call()
     assert services_of(app) is not None and PASSWORD
+
+
+def test_unknown_role_and_bad_invitation_email_are_plain_errors(app, tx, two_orgs):
+    alice = as_user(app, "alice@acme.test")
+    unknown = post(alice, f"/o/acme/admin/users/{two_orgs['max@acme.test']}/roles",
+                   role="wizard")
+    assert unknown.status_code == 400 and "has no role" in unknown.get_data(as_text=True)
+    bad = post(alice, "/o/acme/admin/invitations", email="not an email\x00", role="member")
+    assert bad.status_code == 400 and "valid email" in bad.get_data(as_text=True)
+    member = post(alice, "/o/acme/admin/invitations", email="max@acme.test", role="member")
+    assert member.status_code == 409 and "already a member" in member.get_data(as_text=True)

@@ -80,3 +80,44 @@ def test_members_page_at_phone_width(browsing, live, acme_with_owner):
     width = page.evaluate("document.documentElement.scrollWidth")
     assert width <= PHONE["width"], f"the page scrolls sideways ({width}px)"
     screenshot(page, "orgadmin-members-phone.png")
+
+
+def test_sso_manager_sets_up_saml_in_the_browser(browsing, live, make_org, make_user, tx,
+                                                  saml_idp):
+    import requests
+
+    from portal.services import organizations, roles, users
+    make_org("partner", "Partner Co")
+    make_user("sam@partner.example", org="partner", display_name="Sam Setup")
+    with tx() as session:
+        organizations.add_domain(session, CLI_CTX, "partner", "partner.example")
+        organizations.verify_domain_manually(session, CLI_CTX, "partner.example")
+        roles.grant_manually(session, CLI_CTX, users.get_by_email(session, "sam@partner.example"),
+                             organizations.get(session, "partner"), "sso_manager",
+                             {"sso_manager"})
+    page = browsing.page()
+    sign_in(page, live.url, email="sam@partner.example")
+    page.get_by_role("link", name="Administer Partner Co").click()
+    page.get_by_role("link", name="Single sign-on").first.click()
+    page.get_by_role("link", name="Add a connection").click()
+    page.get_by_label("Name (shown on the sign-in button)").fill("Partner SSO")
+    page.get_by_label("Metadata URL (HTTPS; Trellis refreshes it)").fill(saml_idp.entity_id)
+    page.get_by_label("Groups to roles, one per line").fill("staff = member")
+    screenshot(page, "orgadmin-sso-new.png")
+    page.get_by_role("button", name="Create (switched off)").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Partner SSO")
+    acs = page.locator("dd code").nth(1).inner_text()
+    assert acs.startswith(live.url) and acs.endswith("/acs")
+    expect(page.get_by_role("button", name="Switch on")).to_be_disabled()
+    metadata = page.locator("dd code").first.inner_text()
+    saml_idp.trust_sp(requests.get(metadata, timeout=10).text)
+    screenshot(page, "orgadmin-sso-connection.png")
+    connection_url = page.url
+    page.get_by_label("Email to test with").fill("alice@partner.example")
+    page.get_by_role("button", name="Run a test sign-in").click()
+    expect(page.get_by_role("heading", name="A real sign-in would succeed")).to_be_visible()
+    screenshot(page, "orgadmin-sso-test.png")
+    page.goto(connection_url)
+    expect(page.get_by_text("The current settings passed a test.")).to_be_visible()
+    page.get_by_role("button", name="Switch on").click()
+    expect(page.get_by_text("Single sign-on is on")).to_be_visible()

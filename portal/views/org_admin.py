@@ -6,7 +6,18 @@ so another organization's ids answer 404."""
 from __future__ import annotations
 
 import sqlalchemy as sa
-from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    current_app,
+    flash,
+    redirect,
+    render_template,
+    request,
+    stream_with_context,
+    url_for,
+)
 from flask_login import current_user
 
 from federation.errors import FederationError
@@ -16,7 +27,7 @@ from portal.extensions import audit_context, db_session, services
 from portal.models import Connection, Organization, Protocol, User
 from portal.permissions import current_subject, require, signed_in
 from portal.services import connections as connections_service
-from portal.services import members, organizations
+from portal.services import member_import, members, organizations
 from portal.services import saml as saml_connections
 from portal.views import use_branding
 
@@ -134,6 +145,46 @@ def roles(slug: str, user_id: int):
             tx, ctx, org, actor, user_id, role, version), f"Role {role} revoked.")
     return _change(slug, user_id, lambda tx, ctx, org, actor: members.grant(
         tx, ctx, org, actor, user_id, role, known, version), f"Role {role} granted.")
+
+
+# -- bulk: CSV import and export ---------------------------------------------------------
+
+IMPORT_MAX_BYTES = 20 * 1024 * 1024
+
+
+@bp.route("/users/import", methods=["GET", "POST"])
+@require("manage", "member", org_arg="slug")
+def import_members(slug: str):
+    """Dry run first (nothing written, every row's problem listed), then the import."""
+    org = _org(slug)
+    if request.method == "GET":
+        return _render("orgadmin/import.html", org, report=None, dry_run=True)
+    upload = request.files.get("file")
+    data = upload.read(IMPORT_MAX_BYTES + 1) if upload else b""
+    if not data:
+        raise ValidationError("Choose a CSV file to import.", code="csv_missing")
+    dry_run = request.form.get("dry_run") == "1"
+    rows, report = member_import.validate(db_session(), org, _actor(org), _known_roles(org),
+                                          data)
+    if not dry_run:
+        ctx = audit_context()
+        member_import.run(services().db, ctx, org.id, rows, report)
+    return _render("orgadmin/import.html", org, report=report, dry_run=dry_run)
+
+
+@bp.get("/users/export.csv")
+@require("read", "member", org_arg="slug")
+def export_members(slug: str):
+    org = _org(slug)
+    session = services().db.sessions()
+
+    def lines():
+        try:
+            yield from member_import.export_rows(session, org)
+        finally:
+            session.close()
+    return Response(stream_with_context(lines()), mimetype="text/csv", headers={
+        "Content-Disposition": f'attachment; filename="{org.slug}-members.csv"'})
 
 
 # -- invitations -------------------------------------------------------------------------

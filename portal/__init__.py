@@ -32,9 +32,21 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     _init_services(app)
     _init_extensions(app)
 
-    from portal.views import admin, api, auth, branding, health, home, org_admin, saml, sso
+    from portal import openapi
+    from portal.views import (
+        admin,
+        admin_api,
+        api,
+        auth,
+        branding,
+        health,
+        home,
+        org_admin,
+        saml,
+        sso,
+    )
     for blueprint in (auth.bp, home.bp, admin.bp, org_admin.bp, org_admin.invites, health.bp,
-                      branding.bp, sso.bp, saml.bp, api.bp):
+                      branding.bp, sso.bp, saml.bp, api.bp, admin_api.bp, openapi.bp):
         app.register_blueprint(blueprint)
     _limit_credential_endpoints(app)
     return app
@@ -134,6 +146,7 @@ def _limit_credential_endpoints(app: Flask) -> None:
     limiter = Limiter(get_remote_address, app=app, default_limits=[], swallow_errors=True,
                       key_prefix=app.config.get("RATELIMIT_KEY_PREFIX", "trellis"))
     limiter.exempt(app.blueprints["api"])  # high-rate machine calls; keys are not guessable
+    limiter.exempt(app.blueprints["openapi"])
     rate = app.config["LOGIN_RATE_LIMIT"]
     for endpoint in CREDENTIAL_ENDPOINTS:
         view = app.view_functions[endpoint]

@@ -55,12 +55,13 @@ def require(action: str, object_type: str, *, org_arg: str | None = None,
     return decorate
 
 
-def authorize(action: str, object_type: str, org: str, obj: dict[str, Any] | None = None
-              ) -> None:
-    """Raise unless the signed-in user may act. Outside their organizations users get the
-    same 404 as for an organization that does not exist; members lacking a role get 403."""
+def authorize(action: str, object_type: str, org: str, obj: dict[str, Any] | None = None,
+              subject: dict[str, Any] | None = None) -> None:
+    """Raise unless the signed-in user (or ``subject``, for API tokens acting for their
+    creator) may act. Outside their organizations users get the same 404 as for an
+    organization that does not exist; members lacking a role get 403."""
     engine = services().policy
-    subject, context = current_subject(), request_context(org)
+    subject, context = subject or current_subject(), request_context(org)
     decision = engine.decide(subject, org, {"type": object_type, **(obj or {})}, action,
                              context)
     if decision.allowed:

@@ -27,7 +27,7 @@ from portal.extensions import audit_context, db_session, services
 from portal.models import Connection, Organization, Protocol, User
 from portal.permissions import current_subject, require, signed_in
 from portal.services import connections as connections_service
-from portal.services import member_import, members, organizations
+from portal.services import member_import, members, org_tokens, organizations
 from portal.services import saml as saml_connections
 from portal.views import use_branding
 
@@ -38,6 +38,7 @@ SECTIONS = (  # (endpoint, label, action, object type): the nav shows what the a
     ("orgadmin.users", "Members", "read", "member"),
     ("orgadmin.invitations", "Invitations", "manage", "invitation"),
     ("orgadmin.connections", "Single sign-on", "read", "connection"),
+    ("orgadmin.tokens", "API tokens", "manage", "organization"),
 )
 
 
@@ -427,3 +428,38 @@ def connection_metadata(slug: str, connection_id: int):
         flash(f"The metadata could not be fetched ({error}); the last good copy stays in "
               "use.", "error")
     return redirect(url_for("orgadmin.connection", slug=slug, connection_id=connection_id))
+
+
+# -- admin API tokens --------------------------------------------------------------------
+
+@bp.get("/tokens")
+@require("manage", "organization", org_arg="slug")
+def tokens(slug: str):
+    org = _org(slug)
+    return _render("orgadmin/tokens.html", org, rows=org_tokens.list_tokens(db_session(), org),
+                   scopes=org_tokens.SCOPES, secret=None)
+
+
+@bp.post("/tokens")
+@require("manage", "organization", org_arg="slug")
+def create_token(slug: str):
+    org = _org(slug)
+    days = request.form.get("days", "90")
+    with services().db.transaction() as tx:
+        _, secret = org_tokens.create(tx, audit_context(), tx.get(Organization, org.id),
+                                      current_user.id, request.form.get("name", ""),
+                                      request.form.getlist("scopes"),
+                                      int(days) if days.isdigit() else 0)
+    flash("Token created. Copy it now: it is shown only once.", "info")
+    return _render("orgadmin/tokens.html", org, rows=org_tokens.list_tokens(db_session(), org),
+                   scopes=org_tokens.SCOPES, secret=secret)
+
+
+@bp.post("/tokens/<int:token_id>/revoke")
+@require("manage", "organization", org_arg="slug")
+def revoke_token(slug: str, token_id: int):
+    org = _org(slug)
+    with services().db.transaction() as tx:
+        org_tokens.revoke(tx, audit_context(), tx.get(Organization, org.id), token_id)
+    flash("Token revoked.", "info")
+    return redirect(url_for("orgadmin.tokens", slug=slug))

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 from portal.models import Membership, Organization, RoleGrant, User
 from tests.conftest import csrf_token
-from tests.integration.test_org_admin import as_user, held, two_orgs  # noqa: F401
+from tests.integration.test_org_admin import as_user, held
 
 
 def upload(client, data: bytes, dry_run: bool):
@@ -38,7 +38,7 @@ GOOD_AND_BAD = (b"email,name,role\n"
                 b"new4@acme.test,Too high,org_owner\n")
 
 
-def test_dry_run_reports_every_problem_and_writes_nothing(app, tx, two_orgs):  # noqa: F811
+def test_dry_run_reports_every_problem_and_writes_nothing(app, tx, two_orgs):
     uma = as_user(app, "uma@acme.test")
     before = acme_members(tx)
     page = upload(uma, GOOD_AND_BAD, dry_run=True).get_data(as_text=True)
@@ -50,7 +50,7 @@ def test_dry_run_reports_every_problem_and_writes_nothing(app, tx, two_orgs):  #
     assert acme_members(tx) == before
 
 
-def test_import_adds_valid_rows_and_keeps_accounts_elsewhere(app, tx, two_orgs):  # noqa: F811
+def test_import_adds_valid_rows_and_keeps_accounts_elsewhere(app, tx, two_orgs):
     uma = as_user(app, "uma@acme.test")
     page = upload(uma, GOOD_AND_BAD, dry_run=False).get_data(as_text=True)
     assert "Import finished" in page and "3 (2 new accounts)" in page
@@ -69,7 +69,7 @@ def users_id(tx, email):
         return session.scalar(sa.select(User.id).where(User.email == email))
 
 
-def test_bad_files_are_refused_with_a_reason(app, tx, two_orgs):  # noqa: F811
+def test_bad_files_are_refused_with_a_reason(app, tx, two_orgs):
     uma = as_user(app, "uma@acme.test")
     wrong = upload(uma, b"mail,fullname\nx@acme.test,X\n", dry_run=True)
     assert wrong.status_code == 400 and "must name the columns" in wrong.get_data(as_text=True)
@@ -80,7 +80,7 @@ def test_bad_files_are_refused_with_a_reason(app, tx, two_orgs):  # noqa: F811
     assert huge.status_code == 413
 
 
-def test_a_large_file_imports_in_batches(app, tx, two_orgs):  # noqa: F811
+def test_a_large_file_imports_in_batches(app, tx, two_orgs):
     rows = "".join(f"bulk{i:05d}@acme.test,Bulk {i}\n" for i in range(2500))
     uma = as_user(app, "uma@acme.test")
     page = upload(uma, f"email,name\n{rows}".encode(), dry_run=False).get_data(as_text=True)
@@ -88,7 +88,7 @@ def test_a_large_file_imports_in_batches(app, tx, two_orgs):  # noqa: F811
     assert len(acme_members(tx)) == 5 + 2500
 
 
-def test_export_lists_only_this_organization(app, tx, two_orgs):  # noqa: F811
+def test_export_lists_only_this_organization(app, tx, two_orgs):
     with tx() as session:
         session.execute(sa.update(User).where(User.email == "mia@acme.test")
                         .values(display_name="=HYPERLINK(\"http://evil\")"))

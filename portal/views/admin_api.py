@@ -1,0 +1,396 @@
+"""The admin REST API: what an organization's admins do in the pages, for scripts and tools,
+under ``/api/v1/orgs/<slug>/``. Described by the OpenAPI 3.1 document at
+``/api/v1/openapi.json`` (built in ``portal.openapi`` from the same ``OPERATIONS`` table the
+routes are registered from, so the two cannot drift apart).
+
+Callers authenticate with an organization API token (``Authorization: Bearer trt_...``, made by
+an owner, scoped, expiring; it acts for its creator and never beyond the creator's current
+rights) or with an admin's browser session plus the ``X-CSRFToken`` header on changes. Every
+call then passes the same policy check and the same organization-scoped services as the pages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import wraps
+from typing import Any
+
+from flask import Blueprint, g, jsonify, request
+from flask_login import current_user
+from flask_wtf.csrf import CSRFError, validate_csrf
+from wtforms import ValidationError as CsrfInvalid
+
+from portal.db import utcnow
+from portal.errors import InvalidRequest, NotFound, TrellisError
+from portal.extensions import audit_context, csrf, db_session, services
+from portal.models import Connection, Organization, User
+from portal.permissions import ACCESS, authorize
+from portal.services import connections as connections_service
+from portal.services import members, org_tokens, organizations
+
+bp = Blueprint("adminapi", __name__, url_prefix="/api/v1/orgs/<slug>")
+csrf.exempt(bp)  # checked below for session callers; token callers send no cookie
+
+
+class Unauthorized(TrellisError):
+    status = 401
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One API operation: route, what it needs, and how it is described."""
+
+    method: str
+    path: str
+    name: str
+    summary: str
+    scope: str
+    action: str
+    object_type: str
+    body: dict[str, Any] | None = None
+    response: str = "Ok"
+
+
+OPERATIONS: list[Operation] = []
+
+
+def operation(method: str, path: str, summary: str, scope: str, action: str,
+              object_type: str, body: dict[str, Any] | None = None,
+              response: str = "Ok") -> Callable:
+    """Register a route and its OpenAPI description from one place."""
+
+    def decorate(view: Callable) -> Callable:
+        op = Operation(method, path, view.__name__, summary, scope, action, object_type, body,
+                       response)
+        OPERATIONS.append(op)
+
+        @wraps(view)
+        def guarded(slug: str, **kwargs):
+            subject = _authenticate(slug, op)
+            authorize(action, object_type, slug, subject=subject)
+            org = organizations.get(db_session(), slug)
+            return view(org, **kwargs)
+
+        setattr(guarded, ACCESS, f"require:{action}:{object_type}")
+        bp.add_url_rule(path, view.__name__, guarded, methods=[method])
+        return guarded
+    return decorate
+
+
+def _authenticate(slug: str, op: Operation) -> dict[str, Any]:
+    header = request.headers.get("Authorization", "")
+    if header.startswith("Bearer "):
+        token = org_tokens.authenticate(db_session(), header[7:].strip())
+        if token is None:
+            raise Unauthorized("The API token is unknown, expired or revoked.",
+                               code="invalid_token")
+        org = db_session().get(Organization, token.organization_id)
+        if org.slug != slug:
+            raise NotFound()  # a token never reveals other organizations
+        if op.scope not in token.scopes:
+            raise TrellisError(f"This token lacks the scope {op.scope}.", code="scope_missing",
+                               status=403)
+        creator = db_session().get(User, token.created_by_id)
+        if creator is None or not creator.is_active:
+            raise Unauthorized("The token's creator can no longer act.", code="invalid_token")
+        _mark_used(token.id)
+        g.api_actor = creator
+        return {"id": str(creator.id), "platform_operator": bool(creator.is_operator)}
+    if not current_user.is_authenticated:
+        raise Unauthorized("Send an organization API token (Authorization: Bearer ...) or "
+                           "sign in.", code="unauthenticated")
+    if request.method not in ("GET", "HEAD"):
+        try:
+            validate_csrf(request.headers.get("X-CSRFToken", ""))
+        except (CsrfInvalid, CSRFError):
+            raise TrellisError("Send the page's CSRF token in the X-CSRFToken header.",
+                               code="csrf_failed", status=400) from None
+    g.api_actor = current_user._get_current_object()
+    return {"id": str(current_user.id), "platform_operator": bool(current_user.is_operator)}
+
+
+def _mark_used(token_id: int) -> None:
+    from portal.models import OrgApiToken
+    with services().db.transaction() as tx:
+        tx.query(OrgApiToken).filter_by(id=token_id).update({"last_used_at": utcnow()})
+
+
+def _actor(org: Organization) -> members.Actor:
+    user = g.api_actor
+    subject = {"id": str(user.id), "platform_operator": bool(user.is_operator)}
+    return members.Actor(user.id, services().policy.held_roles(subject, org.slug),
+                         bool(user.is_operator))
+
+
+def _known(org: Organization) -> list[str]:
+    return members.assignable_roles(services().policy.files, org)
+
+
+def _body() -> dict[str, Any]:
+    data = request.get_json(silent=True)
+    if not isinstance(data, dict):
+        raise InvalidRequest("body", "send a JSON object")
+    return data
+
+
+def _string(data: dict[str, Any], key: str) -> str:
+    value = data.get(key)
+    if not isinstance(value, str) or not value:
+        raise InvalidRequest(key, "must be a non-empty string")
+    return value
+
+
+def _member_json(row: members.MemberRow) -> dict[str, Any]:
+    return {"user_id": row.user_id, "email": row.email, "name": row.display_name,
+            "status": row.status, "added_by": row.source, "roles": list(row.roles),
+            "last_sign_in": row.last_login_at.isoformat() if row.last_login_at else None}
+
+
+def _detail_json(org: Organization, user_id: int) -> dict[str, Any]:
+    info = members.detail(db_session(), org, user_id)
+    m = info["membership"]
+    return {"user_id": user_id, "email": info["user"].email, "name": info["user"].display_name,
+            "status": m.status.value, "added_by": m.source.value, "version": m.version,
+            "roles": [{"role": role, "source": source} for role, source in info["grants"]]}
+
+
+def _ctx():
+    """Audited as the person the call acts for (a token's creator, or the signed-in admin)."""
+    return audit_context().acting_as(g.api_actor.id, g.api_actor.email)
+
+
+def _change(org: Organization, change) -> None:
+    with services().db.transaction() as tx:
+        change(tx, _ctx(), tx.get(Organization, org.id), _actor(org))
+
+
+# -- members -----------------------------------------------------------------------------
+
+MEMBER = {"type": "object", "required": ["user_id", "email", "status", "roles"], "properties": {
+    "user_id": {"type": "integer"}, "email": {"type": "string"}, "name": {"type": "string"},
+    "status": {"enum": ["active", "suspended"]}, "added_by": {"type": "string"},
+    "roles": {"type": "array", "items": {"type": "string"}},
+    "last_sign_in": {"type": ["string", "null"]}}}
+MEMBER_PAGE = {"type": "object", "required": ["members", "total", "next_after"], "properties": {
+    "members": {"type": "array", "items": MEMBER}, "total": {"type": "integer"},
+    "next_after": {"type": ["string", "null"]}}}
+MEMBER_DETAIL = {"type": "object", "required": ["user_id", "email", "status", "version",
+                                                "roles"], "properties": {
+    "user_id": {"type": "integer"}, "email": {"type": "string"}, "name": {"type": "string"},
+    "status": {"enum": ["active", "suspended"]}, "added_by": {"type": "string"},
+    "version": {"type": "integer"},
+    "roles": {"type": "array", "items": {"type": "object", "properties": {
+        "role": {"type": "string"}, "source": {"type": "string"}}}}}}
+VERSION = {"type": "object", "properties": {"version": {"type": "integer"}}}
+ROLE = {"type": "object", "required": ["role"], "properties": {
+    "role": {"type": "string"}, "version": {"type": "integer"}}}
+
+
+@operation("GET", "/members", "List members (search, filters, keyset pages).",
+           "members:read", "read", "member", response="MemberPage")
+def list_members(org: Organization):
+    args = request.args
+    page = members.list_members(db_session(), org, query=args.get("q", "")[:200],
+                                status=args.get("status", ""), role=args.get("role", ""),
+                                after=args.get("after") or None,
+                                limit=min(_int_arg("limit", members.PAGE_SIZE), 500))
+    return jsonify({"members": [_member_json(r) for r in page.rows], "total": page.total,
+                    "next_after": page.next_after})
+
+
+def _int_arg(name: str, default: int) -> int:
+    raw = request.args.get(name, "")
+    if not raw:
+        return default
+    if not raw.isdigit() or int(raw) < 1:
+        raise InvalidRequest(name, "must be a positive integer")
+    return int(raw)
+
+
+@operation("GET", "/members/<int:user_id>", "One member of this organization.",
+           "members:read", "read", "member", response="MemberDetail")
+def get_member(org: Organization, user_id: int):
+    return jsonify(_detail_json(org, user_id))
+
+
+def _version(data: dict[str, Any]) -> int | None:
+    version = data.get("version")
+    if version is not None and (not isinstance(version, int) or isinstance(version, bool)):
+        raise InvalidRequest("version", "must be an integer")
+    return version
+
+
+@operation("POST", "/members/<int:user_id>/suspend", "Suspend a member; their sessions end.",
+           "members:write", "manage", "member", body=VERSION, response="MemberDetail")
+def suspend_member(org: Organization, user_id: int):
+    version = _version(request.get_json(silent=True) or {})
+    _change(org, lambda tx, ctx, o, actor: members.suspend(tx, ctx, o, actor, user_id, version))
+    return jsonify(_detail_json(org, user_id))
+
+
+@operation("POST", "/members/<int:user_id>/resume", "Resume a suspended member.",
+           "members:write", "manage", "member", body=VERSION, response="MemberDetail")
+def resume_member(org: Organization, user_id: int):
+    version = _version(request.get_json(silent=True) or {})
+    _change(org, lambda tx, ctx, o, actor: members.resume(tx, ctx, o, actor, user_id, version))
+    return jsonify(_detail_json(org, user_id))
+
+
+@operation("DELETE", "/members/<int:user_id>", "Remove a member from this organization.",
+           "members:write", "manage", "member", response="Ok")
+def remove_member(org: Organization, user_id: int):
+    _change(org, lambda tx, ctx, o, actor: members.remove(tx, ctx, o, actor, user_id))
+    return jsonify({"ok": True})
+
+
+@operation("POST", "/members/<int:user_id>/roles", "Grant a role (only roles you hold).",
+           "members:write", "grant", "role", body=ROLE, response="MemberDetail")
+def grant_role(org: Organization, user_id: int):
+    data = _body()
+    role, version, known = _string(data, "role"), _version(data), _known(org)
+    _change(org, lambda tx, ctx, o, actor: members.grant(tx, ctx, o, actor, user_id, role,
+                                                         known, version))
+    return jsonify(_detail_json(org, user_id))
+
+
+@operation("DELETE", "/members/<int:user_id>/roles/<role>", "Revoke a role granted by hand.",
+           "members:write", "grant", "role", response="MemberDetail")
+def revoke_role(org: Organization, user_id: int, role: str):
+    _change(org, lambda tx, ctx, o, actor: members.revoke(tx, ctx, o, actor, user_id, role))
+    return jsonify(_detail_json(org, user_id))
+
+
+# -- invitations -------------------------------------------------------------------------
+
+INVITATION = {"type": "object", "required": ["id", "email", "role", "expires_at"],
+              "properties": {"id": {"type": "integer"}, "email": {"type": "string"},
+                             "role": {"type": "string"}, "expires_at": {"type": "string"},
+                             "link": {"type": "string"}}}
+NEW_INVITATION = {"type": "object", "required": ["email"], "properties": {
+    "email": {"type": "string"}, "role": {"type": "string"}}}
+
+
+def _invitation_json(invitation, link: str | None = None) -> dict[str, Any]:
+    data = {"id": invitation.id, "email": invitation.email, "role": invitation.role,
+            "expires_at": invitation.expires_at.isoformat()}
+    if link:
+        data["link"] = link
+    return data
+
+
+def _link(token: str) -> str:
+    from flask import url_for
+    return url_for("invites.accept", token=token, _external=True)
+
+
+@operation("GET", "/invitations", "Invitations waiting to be accepted.",
+           "invitations:write", "manage", "invitation", response="InvitationList")
+def list_invitations(org: Organization):
+    return jsonify({"invitations": [_invitation_json(i)
+                                    for i in members.pending_invitations(db_session(), org)]})
+
+
+@operation("POST", "/invitations", "Invite someone; the answer carries the link, once.",
+           "invitations:write", "manage", "invitation", body=NEW_INVITATION,
+           response="Invitation")
+def create_invitation(org: Organization):
+    data = _body()
+    email, role = _string(data, "email"), data.get("role", "member")
+    if not isinstance(role, str):
+        raise InvalidRequest("role", "must be a string")
+    known = _known(org)
+    with services().db.transaction() as tx:
+        invitation, token = members.invite(tx, _ctx(), tx.get(Organization, org.id),
+                                           _actor(org), email, role, known)
+        result = _invitation_json(invitation, _link(token))
+    return jsonify(result), 201
+
+
+@operation("POST", "/invitations/<int:invitation_id>/resend",
+           "A new link and expiry for an invitation; the old link stops working.",
+           "invitations:write", "manage", "invitation", response="Invitation")
+def resend_invitation(org: Organization, invitation_id: int):
+    with services().db.transaction() as tx:
+        invitation, token = members.resend(tx, _ctx(), tx.get(Organization, org.id),
+                                           invitation_id)
+        result = _invitation_json(invitation, _link(token))
+    return jsonify(result)
+
+
+@operation("DELETE", "/invitations/<int:invitation_id>", "Revoke an invitation.",
+           "invitations:write", "manage", "invitation", response="Ok")
+def revoke_invitation(org: Organization, invitation_id: int):
+    with services().db.transaction() as tx:
+        members.revoke_invitation(tx, _ctx(), tx.get(Organization, org.id),
+                                  invitation_id)
+    return jsonify({"ok": True})
+
+
+# -- connections -------------------------------------------------------------------------
+
+CONNECTION = {"type": "object", "required": ["id", "name", "protocol", "enabled"],
+              "properties": {"id": {"type": "integer"}, "name": {"type": "string"},
+                             "protocol": {"enum": ["oidc", "saml", "ldap"]},
+                             "enabled": {"type": "boolean"}, "tested": {"type": "boolean"},
+                             "group_roles": {"type": "object",
+                                             "additionalProperties": {"type": "string"}}}}
+
+
+def _connection_json(row: Connection) -> dict[str, Any]:
+    return {"id": row.id, "name": row.name, "protocol": row.protocol.value,
+            "enabled": row.enabled, "tested": bool(row.settings.get("tested_at")),
+            "group_roles": dict(row.group_roles or {})}
+
+
+def _connection(org: Organization, connection_id: int) -> Connection:
+    row = db_session().get(Connection, connection_id)
+    if row is None or row.organization_id != org.id:
+        raise NotFound("There is no such connection.", code="unknown_connection")
+    return row
+
+
+@operation("GET", "/connections", "This organization's single sign-on connections.",
+           "connections:read", "read", "connection", response="ConnectionList")
+def list_connections(org: Organization):
+    import sqlalchemy as sa
+    rows = db_session().scalars(sa.select(Connection).where(
+        Connection.organization_id == org.id).order_by(Connection.id))
+    return jsonify({"connections": [_connection_json(r) for r in rows]})
+
+
+@operation("GET", "/connections/<int:connection_id>", "One connection.",
+           "connections:read", "read", "connection", response="Connection")
+def get_connection(org: Organization, connection_id: int):
+    return jsonify(_connection_json(_connection(org, connection_id)))
+
+
+def _set_enabled(org: Organization, connection_id: int, enabled: bool):
+    _connection(org, connection_id)
+    with services().db.transaction() as tx:
+        connections_service.set_enabled(tx, _ctx(), connection_id, enabled,
+                                        require_test=True)
+    db_session().expire_all()
+    return jsonify(_connection_json(_connection(org, connection_id)))
+
+
+@operation("POST", "/connections/<int:connection_id>/enable",
+           "Switch on (only after a passing test sign-in of the current settings).",
+           "connections:write", "manage", "connection", response="Connection")
+def enable_connection(org: Organization, connection_id: int):
+    return _set_enabled(org, connection_id, True)
+
+
+@operation("POST", "/connections/<int:connection_id>/disable", "Switch off.",
+           "connections:write", "manage", "connection", response="Connection")
+def disable_connection(org: Organization, connection_id: int):
+    return _set_enabled(org, connection_id, False)
+
+
+SCHEMAS = {"Ok": {"type": "object", "properties": {"ok": {"type": "boolean"}}},
+           "MemberPage": MEMBER_PAGE, "MemberDetail": MEMBER_DETAIL, "Invitation": INVITATION,
+           "InvitationList": {"type": "object", "required": ["invitations"], "properties": {
+               "invitations": {"type": "array", "items": INVITATION}}},
+           "Connection": CONNECTION,
+           "ConnectionList": {"type": "object", "required": ["connections"], "properties": {
+               "connections": {"type": "array", "items": CONNECTION}}}}

@@ -134,6 +134,15 @@ def _body() -> dict[str, Any]:
     return data
 
 
+def _optional_body() -> dict[str, Any]:
+    data = request.get_json(silent=True)
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise InvalidRequest("body", "send a JSON object or nothing")
+    return data
+
+
 def _string(data: dict[str, Any], key: str) -> str:
     value = data.get(key)
     if not isinstance(value, str) or not value:
@@ -224,7 +233,7 @@ def _version(data: dict[str, Any]) -> int | None:
 @operation("POST", "/members/<int:user_id>/suspend", "Suspend a member; their sessions end.",
            "members:write", "manage", "member", body=VERSION, response="MemberDetail")
 def suspend_member(org: Organization, user_id: int):
-    version = _version(request.get_json(silent=True) or {})
+    version = _version(_optional_body())
     _change(org, lambda tx, ctx, o, actor: members.suspend(tx, ctx, o, actor, user_id, version))
     return jsonify(_detail_json(org, user_id))
 
@@ -232,7 +241,7 @@ def suspend_member(org: Organization, user_id: int):
 @operation("POST", "/members/<int:user_id>/resume", "Resume a suspended member.",
            "members:write", "manage", "member", body=VERSION, response="MemberDetail")
 def resume_member(org: Organization, user_id: int):
-    version = _version(request.get_json(silent=True) or {})
+    version = _version(_optional_body())
     _change(org, lambda tx, ctx, o, actor: members.resume(tx, ctx, o, actor, user_id, version))
     return jsonify(_detail_json(org, user_id))
 

@@ -16,6 +16,7 @@ from portal.models import (
     Invitation,
     Membership,
     MembershipSource,
+    OrgApiToken,
     RoleGrant,
     User,
 )
@@ -262,8 +263,12 @@ def foreign_values(tx, ids):
             session, CLI_CTX, services_of_session_box(), org_slug="globex",
             name="Globex SSO", idp_entity_id="https://idp.globex.test/",
             idp_sso_url="https://idp.globex.test/sso", idp_certs=(GLOBEX_CERT,))
+        from portal.services import org_tokens
+        token, _ = org_tokens.create(session, CLI_CTX, org, ids["bob@globex.test"], "Globex",
+                                     ["members:read"], 30)
         return {"slug": "acme", "user_id": ids["carol@globex.test"],
-                "invitation_id": invitation.id, "connection_id": connection.id}
+                "invitation_id": invitation.id, "connection_id": connection.id,
+                "token_id": token.id}
 
 
 GLOBEX_CERT = self_signed_pair("idp.globex.test", 30)[0]
@@ -329,6 +334,8 @@ def _globex_state(tx):
             sorted(session.execute(sa.select(Invitation.id, Invitation.token_hash,
                                              Invitation.revoked_at)
                                    .where(Invitation.organization_id == globex)).all()),
+            sorted(session.execute(sa.select(OrgApiToken.id, OrgApiToken.revoked_at)
+                                   .where(OrgApiToken.organization_id == globex)).all()),
             session.scalar(sa.select(sa.func.count()).select_from(AuditEvent).where(
                 AuditEvent.organization_id == globex)))
 

@@ -20,5 +20,6 @@ def test_public_routes_are_the_expected_ones(app):
     public = sorted(rule.endpoint for rule in app.url_map.iter_rules()
                     if getattr(app.view_functions.get(rule.endpoint), ACCESS, "") == "public")
     assert public == ["auth.login", "auth.org_login", "branding.stylesheet", "health.healthz",
-                      "health.readyz", "saml.acs", "saml.metadata", "saml.sls", "sso.link",
-                      "sso.oidc_callback", "sso.start_chosen"]
+                      "health.readyz", "openapi.docs", "openapi.openapi_json", "saml.acs",
+                      "saml.metadata", "saml.sls", "sso.link", "sso.oidc_callback",
+                      "sso.start_chosen"]

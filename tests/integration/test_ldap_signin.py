@@ -108,9 +108,12 @@ def test_empty_password_never_signs_in(client, tx, ldap_org):
 
 
 def test_filter_metacharacters_and_unknown_users(client, tx, ldap_org):
-    for name in ("*", "al*", "*)(uid=*", "al\\2aice", "alice\x00"):
+    for name in ("*", "al*", "*)(uid=*", "al\\2aice"):
         response = post_login(client, name, USER_PASSWORD, path="/o/acme/login")
         assert response.status_code == 401, name
+    # A control character never reaches the directory: the form refuses it.
+    assert post_login(client, "alice\x00", USER_PASSWORD, path="/o/acme/login"
+                      ).status_code == 400
     assert post_login(client, "nobody@acme.test", USER_PASSWORD).status_code == 401
     with tx() as session:
         assert session.scalar(sa.select(sa.func.count()).select_from(User)) == 0

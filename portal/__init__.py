@@ -20,6 +20,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app = Flask(__name__, template_folder=str(ROOT / "templates"),
                 instance_path=settings["INSTANCE_PATH"])
     app.config.update(settings)
+    from portal.security import DatabaseId
+    app.url_map.converters["int"] = DatabaseId
     _configure_flask(app)
 
     from portal import logs

@@ -48,7 +48,8 @@ def _operation(op) -> dict[str, Any]:
                    "schema": {"type": "string"}}]
     for converter, name in CONVERTER.findall(op.path):
         parameters.append({"name": name, "in": "path", "required": True,
-                           "schema": {"type": "integer", "minimum": 1}
+                           "schema": {"type": "integer", "minimum": 1,
+                                      "maximum": 2**31 - 1}
                            if converter == "int" else {"type": "string"}})
     if op.name == "list_members":
         parameters += [{"name": n, "in": "query", "required": False, "schema": s} for n, s in (

@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 
 from flask import Flask, current_app, g, request
 from flask_login import current_user
+from werkzeug.routing import IntegerConverter
 
 log = logging.getLogger("trellis.request")
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
@@ -79,3 +80,12 @@ def safe_next(target: str | None, default: str = "/") -> str:
     if target.startswith("//") or target.startswith("/\\"):
         return default
     return target
+
+
+class DatabaseId(IntegerConverter):
+    """``<int:...>`` in every route: a row id, 1 to 2**31 - 1. A larger number in a URL is an
+    ordinary 404, not a database error (PostgreSQL integers stop there)."""
+
+    def __init__(self, map, fixed_digits: int = 0, min: int = 1,
+                 max: int = 2**31 - 1, signed: bool = False) -> None:
+        super().__init__(map, fixed_digits=fixed_digits, min=min, max=max, signed=signed)

@@ -99,12 +99,16 @@ def list_members(session: Session, org: Organization, *, query: str = "", status
     if status in {s.value for s in MembershipStatus}:
         where.append(Membership.status == MembershipStatus(status))
     if role:
-        where.append(sa.exists().where(RoleGrant.user_id == User.id,
+        where.append(sa.exists().where(RoleGrant.user_id == Membership.user_id,
                                        RoleGrant.organization_id == org.id,
                                        RoleGrant.role == role))
     base = sa.select(User, Membership).join(Membership, Membership.user_id == User.id).where(
         *where)
-    total = session.scalar(sa.select(sa.func.count()).select_from(base.subquery()))
+    if query:
+        total = session.scalar(sa.select(sa.func.count()).select_from(base.subquery()))
+    else:  # no search: count memberships alone (an index-only scan, no join to users)
+        total = session.scalar(sa.select(sa.func.count()).select_from(Membership).where(
+            *where))
     if after:
         base = base.where(User.email > after)
     found = session.execute(base.order_by(User.email).limit(limit + 1)).all()

@@ -121,3 +121,42 @@ def test_sso_manager_sets_up_saml_in_the_browser(browsing, live, make_org, make_
     expect(page.get_by_text("The current settings passed a test.")).to_be_visible()
     page.get_by_role("button", name="Switch on").click()
     expect(page.get_by_text("Single sign-on is on")).to_be_visible()
+
+
+def test_csv_import_dry_run_then_import(browsing, live, acme_with_owner, tmp_path):
+    people = tmp_path / "people.csv"
+    people.write_text("email,name,role\nnew.one@acme.test,New One,\nnot-an-email,Nobody,\n"
+                      "max@acme.test,Already here,\nnew.two@acme.test,New Two,auditor\n")
+    page = browsing.page()
+    sign_in(page, live.url)
+    page.goto(f"{live.url}/o/acme/admin/users")
+    page.get_by_role("link", name="Import from CSV").click()
+    page.get_by_label("CSV file (up to 20 MB)").set_input_files(str(people))
+    page.get_by_role("button", name="Check").click()
+    expect(page.get_by_role("heading", name="Dry run: nothing was written")).to_be_visible()
+    expect(page.get_by_role("cell", name="not a valid email address")).to_be_visible()
+    expect(page.get_by_role("cell", name="is already a member")).to_be_visible()
+    screenshot(page, "orgadmin-import-dry-run.png")
+    page.get_by_label("CSV file (up to 20 MB)").set_input_files(str(people))
+    page.get_by_label("Dry run: only check the file").uncheck()
+    page.get_by_role("button", name="Check").click()
+    expect(page.get_by_role("heading", name="Import finished")).to_be_visible()
+    expect(page.get_by_text("2 (2 new accounts)")).to_be_visible()
+    page.goto(f"{live.url}/o/acme/admin/users?q=new")
+    expect(page.get_by_text("2 members match")).to_be_visible()
+
+
+def test_owner_creates_an_api_token(browsing, live, acme_with_owner):
+    page = browsing.page()
+    sign_in(page, live.url)
+    page.goto(f"{live.url}/o/acme/admin/tokens")
+    page.get_by_label("Name").fill("HR system")
+    page.get_by_label("members:read").check()
+    page.get_by_role("button", name="Create token").click()
+    secret = page.get_by_role("textbox", name="Token").input_value()
+    assert secret.startswith("trt_")
+    expect(page.get_by_role("cell", name="HR system")).to_be_visible()
+    screenshot(page, "orgadmin-tokens.png")
+    page.goto(f"{live.url}/api/v1/docs")
+    expect(page.get_by_role("heading", name="GET /api/v1/orgs/{slug}/members")).to_be_visible()
+    screenshot(page, "api-docs.png")

@@ -44,12 +44,16 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         health,
         home,
         org_admin,
+        provider,
         saml,
         sso,
     )
     for blueprint in (auth.bp, home.bp, admin.bp, org_admin.bp, org_admin.invites, health.bp,
-                      branding.bp, sso.bp, saml.bp, api.bp, admin_api.bp, openapi.bp):
+                      branding.bp, sso.bp, saml.bp, api.bp, admin_api.bp, openapi.bp,
+                      provider.bp):
         app.register_blueprint(blueprint)
+    from portal import oauth
+    oauth.init_app(app)
     _limit_credential_endpoints(app)
     return app
 
@@ -135,6 +139,9 @@ def _init_extensions(app: Flask) -> None:
 
 # Every endpoint that accepts a credential; later protocols add theirs here.
 CREDENTIAL_ENDPOINTS = ("auth.login", "auth.org_login", "sso.link", "saml.acs")
+# The provider's machine endpoints take app credentials at a machine's pace.
+APP_CREDENTIAL_ENDPOINTS = ("provider.token", "provider.introspect", "provider.revoke",
+                            "provider.device_authorization")
 
 
 def _limit_credential_endpoints(app: Flask) -> None:
@@ -153,4 +160,8 @@ def _limit_credential_endpoints(app: Flask) -> None:
     for endpoint in CREDENTIAL_ENDPOINTS:
         view = app.view_functions[endpoint]
         app.view_functions[endpoint] = limiter.limit(rate, methods=["POST"])(view)
+    for endpoint in APP_CREDENTIAL_ENDPOINTS:
+        view = app.view_functions[endpoint]
+        app.view_functions[endpoint] = limiter.limit(app.config["OAUTH_RATE_LIMIT"],
+                                                     methods=["POST"])(view)
     app.extensions["trellis_limiter"] = limiter

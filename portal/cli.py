@@ -760,6 +760,11 @@ def keys_rotate() -> None:
     click.echo(f"re-encrypted {count} secret{'s' if count != 1 else ''} with the current key")
 
 
+from portal.cli_apps import register as _register_apps  # noqa: E402
+
+_register_apps(main, keys, lambda: cli_context())
+
+
 @main.group("api-client")
 def api_client() -> None:
     """Vendor apps calling the decision API with an API key."""

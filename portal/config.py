@@ -161,6 +161,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Longest lockout."),
     Setting("TRELLIS_LOGIN_RATE_LIMIT", "LOGIN_RATE_LIMIT", _rate, "30/minute",
             "Request rate limit per client IP on every credential endpoint, failed or not."),
+    Setting("TRELLIS_OAUTH_RATE_LIMIT", "OAUTH_RATE_LIMIT", _rate, "6000/minute",
+            "Request rate limit per client IP on the provider's token, introspection, revocation "
+            "and device endpoints (apps call them at a machine's pace)."),
     Setting("TRELLIS_MAX_REQUEST_KIB", "MAX_REQUEST_KIB", _int_range(16, 65536), 1024,
             "Largest request body accepted; larger bodies get a 413 page."),
     Setting("TRELLIS_OIDC_CACHE_SECONDS", "OIDC_CACHE_SECONDS", _int_range(0, 86400), 3600,

@@ -353,3 +353,146 @@ class OrgApiToken(Base):
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class ClientType(enum.StrEnum):
+    CONFIDENTIAL = "confidential"  # a server that keeps a secret or a private key
+    PUBLIC = "public"  # a browser or mobile app: no secret, PKCE alone binds the code
+
+
+class OAuthApp(Base):
+    """A vendor app that signs its users in through Trellis (an OAuth client).
+
+    Only the secret's SHA-256 is stored (the secret is shown once); ``jwks`` holds the public
+    keys of an app that authenticates with ``private_key_jwt``. ``organizations`` lists the
+    slugs of the organizations whose members may use the app."""
+
+    __tablename__ = "oauth_apps"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    client_id: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    name: Mapped[str] = mapped_column(sa.String(200))
+    logo_url: Mapped[str] = mapped_column(sa.String(500), default="")
+    client_type: Mapped[ClientType] = mapped_column(_enum(ClientType, "client_type"))
+    auth_method: Mapped[str] = mapped_column(sa.String(32))
+    secret_prefix: Mapped[str] = mapped_column(sa.String(16), default="")
+    secret_hash: Mapped[str | None] = mapped_column(sa.String(64))
+    jwks: Mapped[dict[str, Any]] = mapped_column(sa.JSON, default=dict)
+    redirect_uris: Mapped[list[str]] = mapped_column(sa.JSON, default=list)
+    post_logout_redirect_uris: Mapped[list[str]] = mapped_column(sa.JSON, default=list)
+    backchannel_logout_uri: Mapped[str] = mapped_column(sa.String(500), default="")
+    grant_types: Mapped[list[str]] = mapped_column(sa.JSON, default=list)
+    scopes: Mapped[list[str]] = mapped_column(sa.JSON, default=list)
+    organizations: Mapped[list[str]] = mapped_column(sa.JSON, default=list)
+    access_token_seconds: Mapped[int] = mapped_column(default=600)
+    refresh_token_seconds: Mapped[int] = mapped_column(default=30 * 86400)
+    consent_required: Mapped[bool] = mapped_column(default=True)
+    enabled: Mapped[bool] = mapped_column(default=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class OAuthCode(Base):
+    """An authorization code, stored as its SHA-256. ``used_at`` makes it single use: the
+    redemption that sets it wins, and a later attempt revokes what the first one issued."""
+
+    __tablename__ = "oauth_codes"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    code_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    app_id: Mapped[int] = mapped_column(sa.ForeignKey("oauth_apps.id", ondelete="CASCADE"),
+                                        index=True)
+    user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"),
+                                         index=True)
+    organization_id: Mapped[int | None] = mapped_column(
+        sa.ForeignKey("organizations.id", ondelete="CASCADE"))
+    auth_session_id: Mapped[int | None] = mapped_column(
+        sa.ForeignKey("auth_sessions.id", ondelete="SET NULL"))
+    redirect_uri: Mapped[str] = mapped_column(sa.Text)
+    scope: Mapped[str] = mapped_column(sa.String(500), default="")
+    nonce: Mapped[str] = mapped_column(sa.String(255), default="")
+    code_challenge: Mapped[str] = mapped_column(sa.String(128))
+    auth_time: Mapped[datetime] = mapped_column(UTCDateTime)
+    acr: Mapped[str] = mapped_column(sa.String(64), default="")
+    amr: Mapped[list[str]] = mapped_column(sa.JSON, default=list)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class OAuthToken(Base):
+    """One issued access token (a JWT, found by its ``jti``) and its refresh token (stored
+    as a SHA-256). Tokens refreshed from one another share a ``family``: reusing a rotated
+    refresh token revokes the whole family."""
+
+    __tablename__ = "oauth_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    jti: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    app_id: Mapped[int] = mapped_column(sa.ForeignKey("oauth_apps.id", ondelete="CASCADE"),
+                                        index=True)
+    user_id: Mapped[int | None] = mapped_column(
+        sa.ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    organization_id: Mapped[int | None] = mapped_column(
+        sa.ForeignKey("organizations.id", ondelete="CASCADE"))
+    auth_session_id: Mapped[int | None] = mapped_column(
+        sa.ForeignKey("auth_sessions.id", ondelete="SET NULL"), index=True)
+    code_id: Mapped[int | None] = mapped_column(
+        sa.ForeignKey("oauth_codes.id", ondelete="SET NULL"), index=True)
+    family: Mapped[str] = mapped_column(sa.String(64), index=True)
+    grant_type: Mapped[str] = mapped_column(sa.String(64))
+    scope: Mapped[str] = mapped_column(sa.String(500), default="")
+    refresh_hash: Mapped[str | None] = mapped_column(sa.String(64), unique=True)
+    auth_time: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    acr: Mapped[str] = mapped_column(sa.String(64), default="")
+    amr: Mapped[list[str]] = mapped_column(sa.JSON, default=list)
+    access_expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    refresh_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    rotated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class OAuthConsent(Base):
+    """What a user has allowed an app: the scopes, remembered until the user revokes them."""
+
+    __tablename__ = "oauth_consents"
+    __table_args__ = (sa.UniqueConstraint("user_id", "app_id", name="uq_oauth_consents_user_app"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"))
+    app_id: Mapped[int] = mapped_column(sa.ForeignKey("oauth_apps.id", ondelete="CASCADE"),
+                                        index=True)
+    scopes: Mapped[list[str]] = mapped_column(sa.JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class DeviceStatus(enum.StrEnum):
+    PENDING = "pending"
+    APPROVED = "approved"
+    DENIED = "denied"
+    USED = "used"
+
+
+class OAuthDeviceCode(Base):
+    """A device authorization (RFC 8628): the device polls with ``device_code`` (stored as a
+    SHA-256) while the user approves ``user_code`` on the device page."""
+
+    __tablename__ = "oauth_device_codes"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    device_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    user_code: Mapped[str] = mapped_column(sa.String(16), unique=True)
+    app_id: Mapped[int] = mapped_column(sa.ForeignKey("oauth_apps.id", ondelete="CASCADE"),
+                                        index=True)
+    scope: Mapped[str] = mapped_column(sa.String(500), default="")
+    status: Mapped[DeviceStatus] = mapped_column(_enum(DeviceStatus, "device_status"),
+                                                 default=DeviceStatus.PENDING)
+    user_id: Mapped[int | None] = mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"))
+    organization_id: Mapped[int | None] = mapped_column(
+        sa.ForeignKey("organizations.id", ondelete="CASCADE"))
+    interval: Mapped[int] = mapped_column(default=5)
+    last_poll_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -100,7 +100,8 @@ def authenticate(session: Session, key: str | None, cache: KeyCache | None = Non
 class Unauthenticated(TrellisError):
     status = 401
     code = "unauthenticated"
-    message = "A valid API key is required (Authorization: Bearer trk_...)."
+    message = ("A valid API key or access token is required (Authorization: Bearer trk_... "
+               "or a token with the authz scope).")
 
     def __init__(self) -> None:
         super().__init__(headers={"WWW-Authenticate": 'Bearer realm="trellis"'})

@@ -1,6 +1,7 @@
 """The decision API for vendor apps: may this user do this here?
 
-Apps authenticate with an API key (``Authorization: Bearer trk_...``) and may only ask about
+Apps authenticate with an API key (``Authorization: Bearer trk_...``) or an access token with
+the ``authz`` scope from Trellis's token endpoint (client credentials), and may only ask about
 the organizations they were granted. Every answer carries the policy version it was made
 with, so an app can tell when its cached decisions are stale.
 """
@@ -30,7 +31,13 @@ def api_key_required(view: Callable) -> Callable:
     def authenticated(*args, **kwargs):
         header = request.headers.get("Authorization", "")
         key = header[7:] if header.startswith("Bearer ") else None
-        g.api_client = api_clients.authenticate(db_session(), key, _key_cache())
+        if key and not key.startswith(api_clients.PREFIX):  # an access token from Trellis
+            from portal.oauth import api_caller
+            g.api_client = api_caller(key)
+            if g.api_client is None:
+                raise api_clients.Unauthenticated()
+        else:
+            g.api_client = api_clients.authenticate(db_session(), key, _key_cache())
         return view(*args, **kwargs)
 
     setattr(authenticated, ACCESS, "api_key")

@@ -13,11 +13,10 @@ from flask import (
     session,
     url_for,
 )
-from flask_login import current_user, login_user, logout_user
+from flask_login import current_user, login_user
 
 from federation import discovery
 from federation.errors import FederationError
-from portal import audit
 from portal.errors import NotFound, TooManyAttempts, TrellisError
 from portal.extensions import audit_context, db_session, login_manager, services
 from portal.forms import LoginForm
@@ -70,7 +69,7 @@ def _login_page(org):
     form = LoginForm()
     if request.method in ("GET", "HEAD"):
         form.next.data = safe_next(request.args.get("next"), "")
-        if current_user.is_authenticated:
+        if current_user.is_authenticated and not session.get("force_login"):
             return redirect(safe_next(form.next.data))
         return _render(form, org)
     if not form.validate_on_submit():
@@ -184,13 +183,18 @@ def _render(form: LoginForm, org, *, step: str = "email", error: str | None = No
     return page, status, headers or {}
 
 
-def begin_session(user, token: str, assurance: int = 1) -> None:
+def begin_session(user, token: str, assurance: int = 1, amr: tuple[str, ...] = ("pwd",)
+                  ) -> None:
     """A fresh session at every sign-in: nothing planted before it survives. ``assurance``
-    is 1 for a password, 2 when a second factor was used (policies may require it)."""
+    is 1 for a password, 2 when a second factor was used (policies may require it);
+    ``auth_time`` and ``amr`` go into the ID tokens apps receive."""
+    import time
     session.clear()
     session.permanent = True
     session["sid"] = token
     session["assurance"] = assurance
+    session["auth_time"] = int(time.time())
+    session["amr"] = list(amr)
     login_user(user)
 
 
@@ -198,13 +202,9 @@ def begin_session(user, token: str, assurance: int = 1) -> None:
 @signed_in
 def logout():
     # CSRFProtect has already checked the token of this POST.
-    ctx = audit_context()
-    with services().db.transaction() as tx:
-        auth.end_session(tx, session.get("sid"))
-        audit.record(tx, ctx, "auth.logout", target=f"user:{current_user.email}")
+    from portal.views.provider import sign_out
     saml_session = session.get("saml")
-    logout_user()
-    session.clear()
+    sign_out()  # also revokes apps' tokens from this session and tells apps that listen
     if saml_session:  # signed in through SAML: end the IdP's session as well
         from portal.views.saml import logout_redirect
         response = logout_redirect(saml_session)

@@ -179,7 +179,7 @@ def finish(connection: Connection, identity, pending: dict[str, Any], ctx,
             return offer_link(connection, identity, pending)
         raise
     from portal.views.auth import begin_session
-    begin_session(user, token)
+    begin_session(user, token, amr=("fed",))
     session.update(remember or {})
     return redirect(landing_url)
 
@@ -232,7 +232,7 @@ def _link_and_sign_in(connection: Connection, identity, password: str, offer: di
         landing_url = safe_next(offer.get("next")) if offer.get("next") else \
             landing(tx, user.id)
     from portal.views.auth import begin_session
-    begin_session(user, token)  # replaces the password sign-in's session as well
+    begin_session(user, token, amr=("fed",))  # replaces the password sign-in session too
     return redirect(landing_url)
 
 

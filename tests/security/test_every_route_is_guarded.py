@@ -20,6 +20,9 @@ def test_public_routes_are_the_expected_ones(app):
     public = sorted(rule.endpoint for rule in app.url_map.iter_rules()
                     if getattr(app.view_functions.get(rule.endpoint), ACCESS, "") == "public")
     assert public == ["auth.login", "auth.org_login", "branding.stylesheet", "health.healthz",
-                      "health.readyz", "openapi.docs", "openapi.openapi_json", "saml.acs",
+                      "health.readyz", "openapi.docs", "openapi.openapi_json",
+                      "provider.authorize", "provider.device_authorization",
+                      "provider.discovery", "provider.end_session", "provider.introspect",
+                      "provider.jwks", "provider.revoke", "provider.token", "saml.acs",
                       "saml.metadata", "saml.sls", "sso.link", "sso.oidc_callback",
                       "sso.start_chosen"]

@@ -1,0 +1,334 @@
+"""What the OpenID Provider stores: authorization codes, tokens, consents, device codes.
+
+Every one-time credential is consumed with a single conditional UPDATE, so of two concurrent
+redemptions exactly one wins; a second use of a code or of a rotated refresh token is treated
+as theft and revokes everything issued from it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from portal import audit
+from portal.db import Database, utcnow
+from portal.models import (
+    AuthSession,
+    Domain,
+    Membership,
+    MembershipStatus,
+    OAuthApp,
+    OAuthCode,
+    OAuthConsent,
+    OAuthToken,
+    Organization,
+    OrgStatus,
+    RoleGrant,
+    User,
+    UserStatus,
+)
+
+CODE_SECONDS = 60
+
+
+def digest(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+def sid_for(token_hash: str) -> str:
+    """The ``sid`` claim: names the Trellis session without revealing its lookup key."""
+    return digest("sid:" + token_hash)[:32]
+
+
+@dataclass(frozen=True)
+class OrgRef:
+    id: int
+    slug: str
+    name: str
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who a token is about and how they signed in; travels from the authorization request
+    through the code or refresh token to the token generator."""
+
+    user_id: int
+    email: str
+    name: str
+    email_verified: bool
+    org: OrgRef | None
+    roles: tuple[str, ...]
+    auth_session_id: int | None
+    sid: str
+    auth_time: datetime
+    acr: str
+    amr: tuple[str, ...]
+    nonce: str = ""
+    code_id: int | None = None
+    family: str = field(default_factory=lambda: secrets.token_hex(16))
+
+    def get_user_id(self) -> str:  # Authlib asks for it
+        return str(self.user_id)
+
+
+# --- organizations and roles --------------------------------------------------------------
+
+def eligible_orgs(session: Session, user_id: int, app: OAuthApp) -> list[OrgRef]:
+    """The user's active organizations that the app is offered to."""
+    rows = session.execute(
+        sa.select(Organization.id, Organization.slug, Organization.name)
+        .join(Membership, Membership.organization_id == Organization.id)
+        .where(Membership.user_id == user_id, Membership.status == MembershipStatus.ACTIVE,
+               Organization.status == OrgStatus.ACTIVE,
+               Organization.slug.in_(app.organizations or []))
+        .order_by(Organization.name)).all()
+    return [OrgRef(*row) for row in rows]
+
+
+def roles_in(session: Session, user_id: int, org_id: int) -> tuple[str, ...]:
+    granted = session.scalars(sa.select(RoleGrant.role).where(
+        RoleGrant.user_id == user_id, RoleGrant.organization_id == org_id)).all()
+    return tuple(sorted({"member", *granted}))
+
+
+def email_verified(session: Session, email: str) -> bool:
+    """An address counts as verified when its domain is a verified organization domain."""
+    domain = email.rpartition("@")[2]
+    return bool(session.scalar(sa.select(Domain.id).where(Domain.name == domain,
+                                                          Domain.verified.is_(True))))
+
+
+def principal(session: Session, user: User, org: OrgRef | None, token_hash: str,
+              auth_time: datetime, acr: str, amr: tuple[str, ...]) -> Principal:
+    auth_session_id = session.scalar(sa.select(AuthSession.id).where(
+        AuthSession.token_hash == token_hash))
+    return Principal(user_id=user.id, email=user.email, name=user.display_name,
+                     email_verified=email_verified(session, user.email), org=org,
+                     roles=roles_in(session, user.id, org.id) if org else (),
+                     auth_session_id=auth_session_id, sid=sid_for(token_hash),
+                     auth_time=auth_time, acr=acr, amr=amr)
+
+
+def still_allowed(session: Session, user_id: int, org_id: int | None,
+                  auth_session_id: int | None = None, check_session: bool = False) -> bool:
+    """A suspended user, a lost membership or a suspended organization stops tokens at once;
+    with ``check_session``, so does signing out of the Trellis session they came from."""
+    status = session.scalar(sa.select(User.status).where(User.id == user_id))
+    if status != UserStatus.ACTIVE:
+        return False
+    if org_id is not None:
+        ok = session.scalar(
+            sa.select(Membership.id).join(Organization,
+                                          Organization.id == Membership.organization_id)
+            .where(Membership.user_id == user_id, Membership.organization_id == org_id,
+                   Membership.status == MembershipStatus.ACTIVE,
+                   Organization.status == OrgStatus.ACTIVE))
+        if ok is None:
+            return False
+    if check_session and auth_session_id is not None:
+        row = session.get(AuthSession, auth_session_id)
+        if row is None or row.revoked_at is not None:
+            return False
+    return True
+
+
+def refresh_principal(session: Session, token: OAuthToken) -> Principal | None:
+    """Rebuild who a refresh token is about, with today's roles."""
+    user = session.get(User, token.user_id) if token.user_id else None
+    if user is None or not still_allowed(session, user.id, token.organization_id):
+        return None
+    org = None
+    if token.organization_id is not None:
+        row = session.get(Organization, token.organization_id)
+        org = OrgRef(row.id, row.slug, row.name)
+    session_row = session.get(AuthSession, token.auth_session_id) if token.auth_session_id \
+        else None
+    return Principal(user_id=user.id, email=user.email, name=user.display_name,
+                     email_verified=email_verified(session, user.email), org=org,
+                     roles=roles_in(session, user.id, org.id) if org else (),
+                     auth_session_id=token.auth_session_id,
+                     sid=sid_for(session_row.token_hash) if session_row else "",
+                     auth_time=token.auth_time or token.created_at, acr=token.acr,
+                     amr=tuple(token.amr or ()), family=token.family)
+
+
+# --- authorization codes ------------------------------------------------------------------
+
+def save_code(session: Session, app_id: int, who: Principal, code: str, redirect_uri: str,
+              scope: str, nonce: str, challenge: str) -> None:
+    session.add(OAuthCode(
+        code_hash=digest(code), app_id=app_id, user_id=who.user_id,
+        organization_id=who.org.id if who.org else None,
+        auth_session_id=who.auth_session_id, redirect_uri=redirect_uri, scope=scope,
+        nonce=nonce or "", code_challenge=challenge, auth_time=who.auth_time, acr=who.acr,
+        amr=list(who.amr), expires_at=utcnow() + timedelta(seconds=CODE_SECONDS)))
+
+
+def consume_code(db: Database, ctx: audit.Context, code: str, app_id: int) -> OAuthCode | None:
+    """The code if this call is its first redemption by its own app, before it expired.
+    A second redemption revokes every token the first one issued."""
+    now = utcnow()
+    with db.transaction() as session:
+        row = session.scalar(sa.select(OAuthCode).where(OAuthCode.code_hash == digest(code)))
+        if row is None or row.app_id != app_id:
+            return None
+        won = session.execute(
+            sa.update(OAuthCode).where(OAuthCode.id == row.id, OAuthCode.used_at.is_(None))
+            .values(used_at=now)).rowcount == 1
+        if not won:
+            revoked = _revoke(session, OAuthToken.code_id == row.id)
+            audit.record(session, ctx, "oauth.code_reuse", outcome="failure",
+                         target=f"code:{row.id}", reason="code_reused",
+                         details={"revoked_tokens": revoked})
+            return None
+        if row.expires_at <= now:
+            return None
+        session.expunge(row)
+        return row
+
+
+# --- tokens -------------------------------------------------------------------------------
+
+def save_token(session: Session, *, app: OAuthApp, jti: str, who: Principal | None,
+               grant_type: str, scope: str, access_expires_at: datetime,
+               refresh_token: str | None) -> OAuthToken:
+    token = OAuthToken(
+        jti=jti, app_id=app.id, user_id=who.user_id if who else None,
+        organization_id=who.org.id if who and who.org else None,
+        auth_session_id=who.auth_session_id if who else None,
+        code_id=who.code_id if who else None,
+        family=who.family if who else secrets.token_hex(16), grant_type=grant_type,
+        scope=scope, auth_time=who.auth_time if who else None, acr=who.acr if who else "",
+        amr=list(who.amr) if who else [], access_expires_at=access_expires_at,
+        refresh_hash=digest(refresh_token) if refresh_token else None,
+        refresh_expires_at=(utcnow() + timedelta(seconds=app.refresh_token_seconds)
+                            if refresh_token else None))
+    session.add(token)
+    return token
+
+
+def consume_refresh(db: Database, ctx: audit.Context, refresh_token: str, app_id: int
+                    ) -> OAuthToken | None:
+    """Rotation: a refresh token works once. Presenting one that was already rotated means
+    two parties hold it, so the whole family is revoked."""
+    now = utcnow()
+    with db.transaction() as session:
+        row = session.scalar(sa.select(OAuthToken).where(
+            OAuthToken.refresh_hash == digest(refresh_token)))
+        if row is None or row.app_id != app_id:
+            return None
+        if row.revoked_at is not None:
+            return None
+        won = session.execute(
+            sa.update(OAuthToken).where(OAuthToken.id == row.id, OAuthToken.rotated_at.is_(None),
+                                        OAuthToken.revoked_at.is_(None))
+            .values(rotated_at=now)).rowcount == 1
+        if not won:
+            revoked = _revoke(session, OAuthToken.family == row.family)
+            audit.record(session, ctx, "oauth.refresh_reuse", outcome="failure",
+                         target=f"token_family:{row.family}", reason="refresh_token_reused",
+                         details={"revoked_tokens": revoked})
+            return None
+        if row.refresh_expires_at is None or row.refresh_expires_at <= now:
+            return None
+        session.expunge(row)
+        return row
+
+
+def find_token(session: Session, *, jti: str | None = None, refresh_token: str | None = None
+               ) -> OAuthToken | None:
+    if jti:
+        return session.scalar(sa.select(OAuthToken).where(OAuthToken.jti == jti))
+    if refresh_token:
+        return session.scalar(sa.select(OAuthToken).where(
+            OAuthToken.refresh_hash == digest(refresh_token)))
+    return None
+
+
+def token_active(session: Session, token: OAuthToken, refresh: bool = False) -> bool:
+    now = utcnow()
+    if token.revoked_at is not None:
+        return False
+    if refresh:
+        if token.rotated_at is not None or not token.refresh_expires_at or \
+                token.refresh_expires_at <= now:
+            return False
+    elif token.access_expires_at <= now:
+        return False
+    if token.user_id is not None and not still_allowed(
+            session, token.user_id, token.organization_id, token.auth_session_id,
+            check_session=not refresh):
+        return False
+    app_enabled = session.scalar(sa.select(OAuthApp.enabled).where(OAuthApp.id == token.app_id))
+    return bool(app_enabled)
+
+
+def revoke_family(db: Database, ctx: audit.Context, token_id: int) -> int:
+    """RFC 7009: revoking a token revokes the grant it belongs to."""
+    with db.transaction() as session:
+        family = session.scalar(sa.select(OAuthToken.family).where(OAuthToken.id == token_id))
+        count = _revoke(session, OAuthToken.family == family)
+        audit.record(session, ctx, "oauth.revoke", target=f"token_family:{family}",
+                     details={"revoked_tokens": count})
+        return count
+
+
+def revoke_for_session(session: Session, auth_session_id: int) -> list[int]:
+    """Signing out of Trellis revokes the tokens apps got from that session; returns the ids
+    of the apps concerned (for back-channel logout)."""
+    app_ids = session.scalars(sa.select(OAuthToken.app_id).distinct().where(
+        OAuthToken.auth_session_id == auth_session_id)).all()
+    _revoke(session, OAuthToken.auth_session_id == auth_session_id)
+    return list(app_ids)
+
+
+def _revoke(session: Session, condition) -> int:
+    return session.execute(sa.update(OAuthToken).where(condition, OAuthToken.revoked_at.is_(None))
+                           .values(revoked_at=utcnow())).rowcount
+
+
+# --- consent ------------------------------------------------------------------------------
+
+def has_consent(session: Session, user_id: int, app_id: int, scopes: set[str]) -> bool:
+    granted = session.scalar(sa.select(OAuthConsent.scopes).where(
+        OAuthConsent.user_id == user_id, OAuthConsent.app_id == app_id))
+    return granted is not None and scopes <= set(granted)
+
+
+def remember_consent(session: Session, ctx: audit.Context, user_id: int, app: OAuthApp,
+                     scopes: set[str]) -> None:
+    row = session.scalar(sa.select(OAuthConsent).where(
+        OAuthConsent.user_id == user_id, OAuthConsent.app_id == app.id))
+    if row is None:
+        row = OAuthConsent(user_id=user_id, app_id=app.id, scopes=[])
+        session.add(row)
+    row.scopes = sorted(set(row.scopes or ()) | scopes)
+    audit.record(session, ctx, "oauth.consent", target=f"app:{app.client_id}",
+                 details={"scopes": row.scopes})
+
+
+def consents(session: Session, user_id: int) -> list[tuple[OAuthConsent, OAuthApp]]:
+    return list(session.execute(
+        sa.select(OAuthConsent, OAuthApp).join(OAuthApp, OAuthApp.id == OAuthConsent.app_id)
+        .where(OAuthConsent.user_id == user_id).order_by(OAuthApp.name)).tuples())
+
+
+def withdraw_consent(session: Session, ctx: audit.Context, user_id: int, client_id: str
+                     ) -> bool:
+    """The user takes an app's access back: the consent and every token the app holds for
+    them go."""
+    app = session.scalar(sa.select(OAuthApp).where(OAuthApp.client_id == client_id))
+    if app is None:
+        return False
+    deleted = session.execute(sa.delete(OAuthConsent).where(
+        OAuthConsent.user_id == user_id, OAuthConsent.app_id == app.id)).rowcount
+    _revoke(session, sa.and_(OAuthToken.user_id == user_id, OAuthToken.app_id == app.id))
+    if deleted:
+        audit.record(session, ctx, "oauth.consent_withdraw", target=f"app:{app.client_id}")
+    return bool(deleted)
+

@@ -1,0 +1,435 @@
+"""Trellis as the OpenID Provider of vendor apps: discovery, keys, authorization with
+consent and organization choice, tokens, userinfo, introspection, revocation, device
+authorization and logout.
+
+Machine endpoints answer in the OAuth error format; the browser endpoints never redirect to a
+URI that is not registered for the app (such errors are shown on Trellis)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+from urllib.parse import urlencode
+
+from authlib.common.urls import add_params_to_uri
+from authlib.oauth2.rfc6749.errors import OAuth2Error
+from flask import (
+    Blueprint,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
+from flask_login import current_user, logout_user
+
+from portal import audit, oauth
+from portal.errors import TrellisError
+from portal.extensions import audit_context, csrf, db_session, services
+from portal.models import Organization
+from portal.permissions import ACCESS, public, signed_in
+from portal.services import apps, backchannel, device, provider
+from portal.services import auth as auth_service
+from portal.views import use_branding
+
+bp = Blueprint("provider", __name__)
+PROMPTS = {"none", "login", "consent", "select_account"}
+
+
+def bearer(view):
+    """Declared for the route walk: the view checks an access token itself."""
+    setattr(view, ACCESS, "bearer")
+    return view
+
+
+# --- discovery and keys -------------------------------------------------------------------
+
+@bp.get("/.well-known/openid-configuration")
+@public
+def discovery():
+    base = oauth.issuer()
+    return jsonify({
+        "issuer": base,
+        "authorization_endpoint": base + "/oauth/authorize",
+        "token_endpoint": base + "/oauth/token",
+        "userinfo_endpoint": base + "/oauth/userinfo",
+        "jwks_uri": base + "/oauth/jwks",
+        "introspection_endpoint": base + "/oauth/introspect",
+        "revocation_endpoint": base + "/oauth/revoke",
+        "end_session_endpoint": base + "/oauth/logout",
+        "device_authorization_endpoint": base + "/oauth/device_authorization",
+        "response_types_supported": ["code"],
+        "response_modes_supported": ["query"],
+        "grant_types_supported": list(apps.GRANT_TYPES),
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": ["RS256"],
+        "token_endpoint_auth_methods_supported": oauth.ALL_METHODS,
+        "token_endpoint_auth_signing_alg_values_supported": ["RS256", "ES256"],
+        "introspection_endpoint_auth_methods_supported": oauth.CONFIDENTIAL_METHODS,
+        "revocation_endpoint_auth_methods_supported": oauth.ALL_METHODS,
+        "code_challenge_methods_supported": ["S256"],
+        "scopes_supported": list(apps.SCOPES),
+        "claims_supported": ["sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "acr",
+                             "amr", "sid", "azp", "at_hash", "name", "email",
+                             "email_verified", "org", "roles"],
+        "prompt_values_supported": sorted(PROMPTS),
+        "request_parameter_supported": False,
+        "request_uri_parameter_supported": False,
+        "authorization_response_iss_parameter_supported": True,
+        "backchannel_logout_supported": True,
+        "backchannel_logout_session_supported": True,
+    })
+
+
+@bp.get("/oauth/jwks")
+@public
+def jwks():
+    response = jsonify(oauth.key_ring().jwks())
+    response.headers["Cache-Control"] = "public, max-age=300"
+    return response
+
+
+# --- authorization ------------------------------------------------------------------------
+
+@bp.route("/oauth/authorize", methods=["GET", "POST"])
+@public
+def authorize():
+    server = oauth.server()
+    try:
+        grant = server.get_consent_grant(end_user=None)
+    except OAuth2Error as error:
+        return _authorization_error(error)
+    client: oauth.AppClient = grant.request.client
+    redirect_uri = grant.redirect_uri
+    state = request.values.get("state")
+    try:
+        _check_extra_parameters()
+    except OAuth2Error as error:
+        return _to_client(redirect_uri, error.error, error.description, state)
+    prompts = set(request.values.get("prompt", "").split())
+
+    if not current_user.is_authenticated or _must_reauthenticate(prompts):
+        if "none" in prompts:
+            return _to_client(redirect_uri, "login_required", "Sign-in is required.", state)
+        return _send_to_login(prompts)
+
+    orgs = provider.eligible_orgs(db_session(), current_user.id, client.app)
+    wanted = request.values.get("org")
+    if wanted:
+        orgs = [o for o in orgs if o.slug == wanted]
+    if not orgs:
+        _audit_denied(client, "organization_not_offered")
+        return _to_client(redirect_uri, "access_denied",
+                          "This app is not offered to your organization.", state)
+    scopes = set((grant.request.scope or "").split())
+    needs_consent = client.app.consent_required and (
+        "consent" in prompts or not provider.has_consent(db_session(), current_user.id,
+                                                         client.app.id, scopes))
+    choose = len(orgs) > 1 and ("select_account" in prompts or not wanted)
+
+    if request.method == "POST":
+        return _decide(grant, client, orgs, scopes, redirect_uri, state)
+    if "none" in prompts and (needs_consent or choose):
+        return _to_client(redirect_uri, "consent_required" if needs_consent
+                          else "account_selection_required", "The user must decide.", state)
+    if needs_consent or choose:
+        return _consent_page(client, orgs, scopes)
+    return _issue_code(grant, orgs[0])
+
+
+def _decide(grant, client, orgs, scopes, redirect_uri, state):
+    """The consent form was sent (CSRFProtect has checked its token)."""
+    if request.form.get("decision") != "allow":
+        _audit_denied(client, "user_denied")
+        return _to_client(redirect_uri, "access_denied", "The user declined.", state)
+    chosen = request.form.get("org_choice") or (orgs[0].slug if len(orgs) == 1 else "")
+    org = next((o for o in orgs if o.slug == chosen), None)
+    if org is None:
+        return _consent_page(client, orgs, scopes, error="Choose an organization.",
+                             status=400)
+    if client.app.consent_required:
+        with services().db.transaction() as tx:
+            provider.remember_consent(tx, audit_context(), current_user.id, client.app,
+                                      scopes)
+    return _issue_code(grant, org)
+
+
+def _issue_code(grant, org: provider.OrgRef):
+    token_hash = provider.digest(session.get("sid", ""))
+    who = provider.principal(
+        db_session(), current_user, org, token_hash,
+        auth_time=_auth_time(), acr=f"urn:trellis:loa:{session.get('assurance', 1)}",
+        amr=tuple(session.get("amr") or ("pwd",)))
+    return oauth.server().create_authorization_response(grant_user=who, grant=grant)
+
+
+def _auth_time():
+    from datetime import UTC, datetime
+    return datetime.fromtimestamp(session.get("auth_time") or time.time(), UTC)
+
+
+def _must_reauthenticate(prompts: set[str]) -> bool:
+    """``prompt=login`` and an exceeded ``max_age`` send the user back to sign in."""
+    auth_time = session.get("auth_time", 0)
+    if "login" in prompts:
+        return True
+    max_age = request.values.get("max_age")
+    if max_age is not None:
+        try:
+            return time.time() - auth_time > max(0, int(max_age))
+        except ValueError:
+            return True
+    return False
+
+
+def _send_to_login(prompts: set[str]):
+    """Back to this request once signed in, without ``prompt=login`` (which would loop);
+    a fresh sign-in then satisfies ``max_age`` too. The app may pre-select the
+    organization, whose branded sign-in page is then shown."""
+    args = {k: v for k, v in request.args.items(multi=True) if k != "prompt"}
+    if prompts - {"login"}:
+        args["prompt"] = " ".join(sorted(prompts - {"login"}))
+    if "max_age" in args:
+        args.pop("max_age")
+    next_url = url_for("provider.authorize") + "?" + urlencode(args)
+    if current_user.is_authenticated:
+        session["force_login"] = True
+    slug = request.args.get("org")
+    if slug:
+        return redirect(url_for("auth.org_login", slug=slug, next=next_url))
+    return redirect(url_for("auth.login", next=next_url))
+
+
+def _check_extra_parameters() -> None:
+    """Request objects are not supported (OpenID Connect Core 6: say so, do not ignore)."""
+    from authlib.oauth2.rfc6749.errors import InvalidRequestError
+    if "request" in request.values:
+        error = InvalidRequestError("Request objects are not supported.")
+        error.error = "request_not_supported"
+        raise error
+    if "request_uri" in request.values:
+        error = InvalidRequestError("request_uri is not supported.")
+        error.error = "request_uri_not_supported"
+        raise error
+    prompts = set(request.values.get("prompt", "").split())
+    if prompts - PROMPTS or ("none" in prompts and len(prompts) > 1):
+        raise InvalidRequestError("Unsupported prompt value.")
+    if len(request.values.get("nonce", "")) > 255:
+        raise InvalidRequestError("nonce is too long.")
+
+
+def _to_client(redirect_uri: str, error: str, description: str, state: str | None):
+    params = [("error", error), ("error_description", description)]
+    if state:
+        params.append(("state", state))
+    params.append(("iss", oauth.issuer()))
+    return redirect(add_params_to_uri(redirect_uri, params), 302)
+
+
+def _authorization_error(error: OAuth2Error):
+    """Errors before the redirect URI is known good are shown here, never redirected."""
+    if error.redirect_uri:
+        return _to_client(error.redirect_uri, error.error, error.description or "",
+                          request.values.get("state"))
+    message = {"invalid_client": "This app is not registered with Trellis.",
+               "invalid_request": "The app's sign-in request is not valid."}.get(
+        error.error, "The app's sign-in request is not valid.")
+    raise TrellisError(message, code=f"oauth_{error.error}", status=400,
+                       detail=error.description or "")
+
+
+def _audit_denied(client, reason: str) -> None:
+    with services().db.transaction() as tx:
+        audit.record(tx, audit_context(), "oauth.authorize", outcome="failure",
+                     target=f"app:{client.client_id}", reason=reason)
+
+
+def _consent_page(client, orgs, scopes, error: str | None = None, status: int = 200):
+    brand = db_session().get(Organization, orgs[0].id) if len(orgs) == 1 else None
+    use_branding(brand)
+    shown = [(s, apps.SCOPES[s]) for s in sorted(scopes) if s in apps.SCOPES]
+    return render_template("provider/consent.html", app=client.app, orgs=orgs, scopes=shown,
+                           error=error, action=request.full_path), status
+
+
+# --- token endpoints ----------------------------------------------------------------------
+
+@bp.post("/oauth/token")
+@public
+def token():
+    if request.args:
+        return _oauth_error("invalid_request", "Send parameters in the body, not the URL.")
+    return oauth.server().create_token_response()
+
+
+@bp.post("/oauth/introspect")
+@public
+def introspect():
+    return oauth.server().create_endpoint_response("introspection")
+
+
+@bp.post("/oauth/revoke")
+@public
+def revoke():
+    return oauth.server().create_endpoint_response("revocation")
+
+
+@bp.post("/oauth/device_authorization")
+@public
+def device_authorization():
+    return oauth.server().create_endpoint_response("device_authorization")
+
+
+for _view in (token, introspect, revoke, device_authorization):
+    csrf.exempt(_view)
+
+
+def _oauth_error(error: str, description: str, status: int = 400):
+    response = jsonify(error=error, error_description=description)
+    response.status_code = status
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.route("/oauth/userinfo", methods=["GET", "POST"])
+@bearer
+def userinfo():
+    header = request.headers.get("Authorization", "")
+    token_value = header[7:] if header.startswith("Bearer ") else ""
+    record = oauth.lookup(token_value, "access_token") if token_value else None
+    if record is None or record.is_revoked() or record.row.user_id is None:
+        response = _oauth_error("invalid_token", "The access token is not valid.", 401)
+        response.headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
+        return response
+    row = record.row
+    scopes = set(row.scope.split())
+    if "openid" not in scopes:
+        response = _oauth_error("insufficient_scope", "The openid scope is required.", 403)
+        response.headers["WWW-Authenticate"] = 'Bearer error="insufficient_scope"'
+        return response
+    who = provider.refresh_principal(db_session(), row)
+    claims: dict[str, Any] = {"sub": str(row.user_id)}
+    if who:
+        claims.update(oauth.scope_claims(who, scopes))
+    return jsonify(claims)
+
+
+csrf.exempt(userinfo)
+
+
+# --- logout -------------------------------------------------------------------------------
+
+@bp.route("/oauth/logout", methods=["GET", "POST"])
+@public
+def end_session():
+    """RP-initiated logout: with a valid ``id_token_hint`` the session ends at once; without
+    one the user confirms (a bare link must not sign anyone out)."""
+    hint = request.values.get("id_token_hint", "")
+    claims = oauth.verify(hint, None) if hint else None
+    if hint and claims is None:
+        # An expired hint is still acceptable evidence; only a forged one is refused.
+        claims = _expired_hint(hint)
+        if claims is None:
+            raise TrellisError("The logout request is not valid.", code="invalid_logout",
+                               status=400)
+    client_id = request.values.get("client_id") or (claims or {}).get("aud")
+    client = oauth.query_client(client_id) if isinstance(client_id, str) else None
+    if claims and client and claims.get("aud") != client.client_id:
+        raise TrellisError("The logout request is not valid.", code="invalid_logout", status=400)
+    target = request.values.get("post_logout_redirect_uri")
+    if target and not (client and claims and target in client.app.post_logout_redirect_uris):
+        target = None  # only registered URIs, and only with an ID token as evidence
+    if claims is None and request.method != "POST":
+        return render_template("provider/logout.html", client=client,
+                               values=request.values)
+    if current_user.is_authenticated and (
+            claims is None or claims.get("sub") == str(current_user.id)):
+        sign_out()
+    if target:
+        state = request.values.get("state")
+        return redirect(add_params_to_uri(target, [("state", state)] if state else []))
+    return render_template("provider/logged_out.html")
+
+
+def _expired_hint(hint: str) -> dict[str, Any] | None:
+    from joserfc import jwt
+    from joserfc.errors import JoseError
+    try:
+        decoded = jwt.decode(hint, oauth.key_ring().public, algorithms=["RS256"])
+    except (JoseError, ValueError):
+        return None
+    claims = dict(decoded.claims)
+    return claims if claims.get("iss") == oauth.issuer() else None
+
+
+def sign_out() -> None:
+    """End the Trellis session, revoke what apps got from it, tell apps that listen."""
+    ctx = audit_context()
+    sid_token = session.get("sid")
+    notify: list[tuple[Any, str, int]] = []
+    with services().db.transaction() as tx:
+        auth_service.end_session(tx, sid_token)
+        if sid_token:
+            notify = backchannel.revoke_and_collect(tx, provider.digest(sid_token))
+        audit.record(tx, ctx, "auth.logout", target=f"user:{current_user.email}")
+    logout_user()
+    session.clear()
+    backchannel.notify(notify, issuer=oauth.issuer(), sign=oauth.sign)
+
+
+# --- device authorization: the user's page --------------------------------------------------
+
+@bp.route("/device", methods=["GET", "POST"])
+@signed_in
+def device_page():
+    from portal.errors import InvalidRequest
+    code = request.values.get("user_code", "")
+    if request.method == "GET" and not code:
+        return render_template("provider/device.html", step="code")
+    try:
+        row, app = device.pending(db_session(), code)
+    except InvalidRequest as exc:
+        return render_template("provider/device.html", step="code", error=exc.message,
+                               code=code), 400
+    orgs = provider.eligible_orgs(db_session(), current_user.id, app)
+    if not orgs:
+        return render_template("provider/device.html", step="code", code=code,
+                               error="This app is not offered to your organization."), 403
+    if request.method == "GET" or "decision" not in request.form:
+        return render_template("provider/device.html", step="confirm", app=app, orgs=orgs,
+                               code=row.user_code,
+                               scopes=[(s, apps.SCOPES.get(s, s)) for s in row.scope.split()])
+    approve = request.form.get("decision") == "allow"
+    org = next((o for o in orgs if o.slug == request.form.get("org_choice")),
+               orgs[0] if len(orgs) == 1 else None)
+    if approve and org is None:
+        return render_template("provider/device.html", step="confirm", app=app, orgs=orgs,
+                               code=row.user_code, error="Choose an organization.",
+                               scopes=[(s, apps.SCOPES.get(s, s)) for s in row.scope.split()]
+                               ), 400
+    with services().db.transaction() as tx:
+        device.decide(tx, audit_context(), row.id, current_user.id,
+                      org.id if org else None, approve)
+    return render_template("provider/device.html", step="done", approved=approve, app=app)
+
+
+# --- the user's connected apps --------------------------------------------------------------
+
+@bp.get("/account/apps")
+@signed_in
+def connected_apps():
+    return render_template("provider/apps.html",
+                           consents=provider.consents(db_session(), current_user.id),
+                           scopes=apps.SCOPES)
+
+
+@bp.post("/account/apps/<client_id>/revoke")
+@signed_in
+def withdraw(client_id: str):
+    with services().db.transaction() as tx:
+        provider.withdraw_consent(tx, audit_context(), current_user.id, client_id)
+    from flask import flash
+    flash("The app's access was removed.", "info")
+    return redirect(url_for("provider.connected_apps"))
+

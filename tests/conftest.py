@@ -177,6 +177,7 @@ def redis_url() -> str:
     return url
 
 
+from tests.integration.provider_helpers import op  # noqa: E402, F401  (provider on loopback)
 from tests.peers.oidc_provider import (  # noqa: E402, F401  (session-wide peers)
     interactive_oidc_provider,
     oidc_provider,

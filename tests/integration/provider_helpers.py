@@ -7,11 +7,13 @@ import re
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
+import pytest
 import requests
 from authlib.common.security import generate_token
 from authlib.integrations.requests_client import OAuth2Session
 
 from tests.conftest import CLI_CTX, PASSWORD, services_of
+from tests.e2e.conftest import LiveServer
 
 REDIRECT = "http://127.0.0.1:9/callback"
 CSRF = re.compile(r'name="csrf_token"[^>]*?value="([^"]+)"')
@@ -42,7 +44,7 @@ def verify_domain(app, slug: str, domain: str) -> None:
 
 def browser_login(base: str, email: str, password: str = PASSWORD) -> requests.Session:
     """A user agent signed in to Trellis with a password (no redirects followed)."""
-    s = requests.Session()
+    s = _Http()
     page = s.get(base + "/login")
     token = CSRF.search(page.text).group(1)
     answer = s.post(base + "/login", data={"email": email, "password": password,
@@ -105,3 +107,29 @@ def full_login(base: str, registered: RegisteredApp, email: str = "alice@acme.te
     token = client.fetch_token(base + "/oauth/token", code=params_back["code"],
                                code_verifier=verifier)
     return client, token, nonce, browser
+
+
+class _Http(requests.Session):
+    """Plain HTTP calls with a deadline, so a hung server fails a test in seconds."""
+
+    def request(self, *args, **kwargs):
+        kwargs.setdefault("timeout", 10)
+        return super().request(*args, **kwargs)
+
+
+http = _Http()
+
+
+@pytest.fixture
+def op(app, make_org, make_user):
+    """Trellis on a loopback port with Acme (alice, verified domain) and Globex (bob)."""
+    make_org("acme", "Acme Supplies")
+    make_org("globex", "Globex Logistics", kind="vendor")
+    verify_domain(app, "acme", "acme.test")
+    make_user("alice@acme.test", org="acme", display_name="Alice Adams")
+    make_user("bob@globex.test", org="globex")
+    server = LiveServer(app)
+    yield server.url
+    server.stop()
+
+

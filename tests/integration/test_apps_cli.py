@@ -4,11 +4,11 @@ import json
 import re
 
 import pytest
-import requests
 import sqlalchemy as sa
 
 from portal.models import OAuthApp, SigningKey
 from tests.conftest import services_of
+from tests.integration.provider_helpers import http
 from tests.integration.test_cli import trellis  # noqa: F401  (fixture)
 
 
@@ -76,12 +76,12 @@ def test_signing_key_rotation_publishes_before_use_and_keeps_the_old_key(trellis
     from tests.e2e.conftest import LiveServer
     server = LiveServer(app)
     try:
-        before = requests.get(server.url + "/oauth/jwks").json()["keys"]
+        before = http.get(server.url + "/oauth/jwks").json()["keys"]
         assert len(before) == 2  # active and next, from the first request
         out = trellis("keys", "rotate-signing").output
         assert "signing with key" in out
         app.extensions["trellis_oidc_keys"].clear()
-        after = requests.get(server.url + "/oauth/jwks").json()["keys"]
+        after = http.get(server.url + "/oauth/jwks").json()["keys"]
         kids_before = {k["kid"] for k in before}
         kids_after = {k["kid"] for k in after}
         assert kids_before <= kids_after and len(after) == 3  # old kept, a new next published

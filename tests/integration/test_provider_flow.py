@@ -4,40 +4,25 @@ rotation, client credentials, introspection and revocation."""
 
 from __future__ import annotations
 
-import pytest
-import requests
 from joserfc import jwt
 from joserfc.jwk import KeySet
 
-from tests.e2e.conftest import LiveServer
 from tests.integration.provider_helpers import (
     browser_login,
     callback_params,
     consent,
     full_login,
+    http,
     register,
     rp,
     start,
-    verify_domain,
 )
-
-
-@pytest.fixture
-def op(app, make_org, make_user):
-    make_org("acme", "Acme Supplies")
-    make_org("globex", "Globex Logistics", kind="vendor")
-    verify_domain(app, "acme", "acme.test")
-    make_user("alice@acme.test", org="acme", display_name="Alice Adams")
-    make_user("bob@globex.test", org="globex")
-    server = LiveServer(app)
-    yield server.url
-    server.stop()
 
 
 def validate_id_token(base: str, id_token: str, client_id: str, nonce: str) -> dict:
     """What a careful relying party does: pinned algorithm, issuer, audience, nonce."""
-    config = requests.get(base + "/.well-known/openid-configuration").json()
-    keys = KeySet.import_key_set(requests.get(config["jwks_uri"]).json())
+    config = http.get(base + "/.well-known/openid-configuration").json()
+    keys = KeySet.import_key_set(http.get(config["jwks_uri"]).json())
     decoded = jwt.decode(id_token, keys, algorithms=["RS256"])
     jwt.JWTClaimsRegistry(iss={"essential": True, "value": base},
                           aud={"essential": True, "value": client_id},
@@ -62,7 +47,7 @@ def test_code_flow_with_pkce_gives_a_valid_id_token_with_org_and_roles(app, op):
 
 
 def test_discovery_advertises_only_what_is_enforced(op):
-    config = requests.get(op + "/.well-known/openid-configuration").json()
+    config = http.get(op + "/.well-known/openid-configuration").json()
     assert config["issuer"] == op
     assert config["code_challenge_methods_supported"] == ["S256"]
     assert config["response_types_supported"] == ["code"]
@@ -77,14 +62,14 @@ def test_refresh_rotates_and_reuse_revokes_the_family(app, op):
     second = client.refresh_token(op + "/oauth/token", refresh_token=first_refresh)
     assert second["refresh_token"] != first_refresh
     # The old refresh token is replayed: refused, and the newest tokens die with it.
-    replay = requests.post(op + "/oauth/token", auth=(registered.client_id, registered.secret),
+    replay = http.post(op + "/oauth/token", auth=(registered.client_id, registered.secret),
                            data={"grant_type": "refresh_token", "refresh_token": first_refresh})
     assert replay.status_code == 400 and replay.json()["error"] == "invalid_grant"
-    again = requests.post(op + "/oauth/token", auth=(registered.client_id, registered.secret),
+    again = http.post(op + "/oauth/token", auth=(registered.client_id, registered.secret),
                           data={"grant_type": "refresh_token",
                                 "refresh_token": second["refresh_token"]})
     assert again.json()["error"] == "invalid_grant"
-    introspected = requests.post(op + "/oauth/introspect",
+    introspected = http.post(op + "/oauth/introspect",
                                  auth=(registered.client_id, registered.secret),
                                  data={"token": second["access_token"]}).json()
     assert introspected == {"active": False}
@@ -97,12 +82,12 @@ def test_a_reused_code_is_refused_and_revokes_what_it_issued(app, op):
     response, verifier, _, _ = start(op, client, browser)
     code = callback_params(consent(op, browser, response))["code"]
     token = client.fetch_token(op + "/oauth/token", code=code, code_verifier=verifier)
-    reuse = requests.post(op + "/oauth/token", auth=(registered.client_id, registered.secret),
+    reuse = http.post(op + "/oauth/token", auth=(registered.client_id, registered.secret),
                           data={"grant_type": "authorization_code", "code": code,
                                 "redirect_uri": client.redirect_uri,
                                 "code_verifier": verifier})
     assert reuse.status_code == 400 and reuse.json()["error"] == "invalid_grant"
-    info = requests.get(op + "/oauth/userinfo",
+    info = http.get(op + "/oauth/userinfo",
                         headers={"Authorization": f"Bearer {token['access_token']}"})
     assert info.status_code == 401
 
@@ -110,18 +95,18 @@ def test_a_reused_code_is_refused_and_revokes_what_it_issued(app, op):
 def test_client_credentials_token_calls_the_decision_api(app, op):
     registered = register(app, name="Backend", redirect_uris=[],
                           grant_types=["client_credentials"], scopes=["authz"])
-    token = requests.post(op + "/oauth/token", auth=(registered.client_id, registered.secret),
+    token = http.post(op + "/oauth/token", auth=(registered.client_id, registered.secret),
                           data={"grant_type": "client_credentials", "scope": "authz"}).json()
     assert "refresh_token" not in token and "id_token" not in token
     headers = {"Authorization": f"Bearer {token['access_token']}"}
     check = {"subject": "1", "organization": "acme", "object": "organization",
              "action": "read"}
-    assert requests.post(op + "/api/v1/authz/check", json=check, headers=headers
+    assert http.post(op + "/api/v1/authz/check", json=check, headers=headers
                          ).status_code == 200
-    other = requests.post(op + "/api/v1/authz/check", headers=headers,
+    other = http.post(op + "/api/v1/authz/check", headers=headers,
                           json={**check, "organization": "globex"})
     assert other.status_code == 403
-    requests.post(op + "/oauth/revoke", auth=(registered.client_id, registered.secret),
+    http.post(op + "/oauth/revoke", auth=(registered.client_id, registered.secret),
                   data={"token": token["access_token"]})
-    assert requests.post(op + "/api/v1/authz/check", json=check, headers=headers
+    assert http.post(op + "/api/v1/authz/check", json=check, headers=headers
                          ).status_code == 401

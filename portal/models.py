@@ -417,6 +417,7 @@ class OAuthCode(Base):
     amr: Mapped[list[str]] = mapped_column(sa.JSON, default=list)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
     used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    reused_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

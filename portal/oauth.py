@@ -288,18 +288,20 @@ class RefreshGrant(grants.RefreshTokenGrant):
             return None
         row = provider.consume_refresh(services().db, audit_context(), refresh_token,
                                        self.request.client.app.id)
-        return RefreshRecord(row) if row else None
+        who = provider.refresh_principal(db_session(), row) if row else None
+        # A suspended user or a lost membership: invalid_grant, like any dead token.
+        return RefreshRecord(row, who) if who else None
 
     def authenticate_user(self, refresh_token) -> Principal | None:
-        return provider.refresh_principal(db_session(), refresh_token.row)
+        return refresh_token.who
 
     def revoke_old_credential(self, refresh_token) -> None:
         """Rotated already, when it was looked up."""
 
 
 class RefreshRecord:
-    def __init__(self, row) -> None:
-        self.row = row
+    def __init__(self, row, who: Principal) -> None:
+        self.row, self.who = row, who
 
     def check_client(self, client: AppClient) -> bool:
         return self.row.app_id == client.app.id

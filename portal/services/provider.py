@@ -181,6 +181,10 @@ def consume_code(db: Database, ctx: audit.Context, code: str, app_id: int) -> OA
             sa.update(OAuthCode).where(OAuthCode.id == row.id, OAuthCode.used_at.is_(None))
             .values(used_at=now)).rowcount == 1
         if not won:
+            # Mark first (this takes the code row's lock), so a winner still saving its
+            # tokens sees the mark and stores them revoked; then revoke what is saved.
+            session.execute(sa.update(OAuthCode).where(OAuthCode.id == row.id)
+                            .values(reused_at=now))
             revoked = _revoke(session, OAuthToken.code_id == row.id)
             audit.record(session, ctx, "oauth.code_reuse", outcome="failure",
                          target=f"code:{row.id}", reason="code_reused",
@@ -208,6 +212,13 @@ def save_token(session: Session, *, app: OAuthApp, jti: str, who: Principal | No
         refresh_hash=digest(refresh_token) if refresh_token else None,
         refresh_expires_at=(utcnow() + timedelta(seconds=app.refresh_token_seconds)
                             if refresh_token else None))
+    if token.code_id is not None:
+        # Locks the code row: either a second redemption already marked it (the new tokens
+        # are born revoked) or it waits for this transaction and revokes them itself.
+        reused = session.scalar(sa.select(OAuthCode.reused_at).where(
+            OAuthCode.id == token.code_id).with_for_update())
+        if reused is not None:
+            token.revoked_at = utcnow()
     session.add(token)
     return token
 

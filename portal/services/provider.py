@@ -326,7 +326,7 @@ def remember_consent(session: Session, ctx: audit.Context, user_id: int, app: OA
 def consents(session: Session, user_id: int) -> list[tuple[OAuthConsent, OAuthApp]]:
     return list(session.execute(
         sa.select(OAuthConsent, OAuthApp).join(OAuthApp, OAuthApp.id == OAuthConsent.app_id)
-        .where(OAuthConsent.user_id == user_id).order_by(OAuthApp.name)).tuples())
+        .where(OAuthConsent.user_id == user_id).order_by(OAuthApp.name)).all())
 
 
 def withdraw_consent(session: Session, ctx: audit.Context, user_id: int, client_id: str

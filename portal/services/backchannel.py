@@ -10,8 +10,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import requests
 import sqlalchemy as sa
+import urllib3
 from sqlalchemy.orm import Session
 
 from portal.models import AuthSession, OAuthApp
@@ -55,16 +55,19 @@ def notify(notices: list[Notice], issuer: str, sign: Callable[[dict, str], str])
     """POST each logout token; an app that does not answer in time is logged, not retried
     (its tokens are revoked already, so introspection tells it the truth)."""
     delivered = 0
+    if not notices:
+        return 0
+    http = urllib3.PoolManager(timeout=urllib3.Timeout(total=TIMEOUT_SECONDS), retries=False)
     for notice in notices:
         body = {"logout_token": sign(logout_token(notice, issuer), "logout+jwt")}
         try:
-            response = requests.post(notice.uri, data=body, timeout=TIMEOUT_SECONDS,
-                                     allow_redirects=False)
-            delivered += response.status_code == 200
-            if response.status_code != 200:
+            response = http.request("POST", notice.uri, fields=body, encode_multipart=False,
+                                    redirect=False)
+            delivered += response.status == 200
+            if response.status != 200:
                 log.warning("back-channel logout to %s answered %s", notice.client_id,
-                            response.status_code)
-        except requests.RequestException as exc:
+                            response.status)
+        except urllib3.exceptions.HTTPError as exc:
             log.warning("back-channel logout to %s failed: %s", notice.client_id,
                         type(exc).__name__)
     return delivered

@@ -248,7 +248,7 @@ def _audit_denied(client, reason: str) -> None:
 def _consent_page(client, orgs, scopes, error: str | None = None, status: int = 200):
     brand = db_session().get(Organization, orgs[0].id) if len(orgs) == 1 else None
     use_branding(brand)
-    shown = [(s, apps.SCOPES[s]) for s in sorted(scopes) if s in apps.SCOPES]
+    shown = [(name, text) for name, text in apps.SCOPES.items() if name in scopes]
     return render_template("provider/consent.html", app=client.app, orgs=orgs, scopes=shown,
                            error=error, action=request.full_path), status
 
@@ -399,19 +399,23 @@ def device_page():
     if request.method == "GET" or "decision" not in request.form:
         return render_template("provider/device.html", step="confirm", app=app, orgs=orgs,
                                code=row.user_code,
-                               scopes=[(s, apps.SCOPES.get(s, s)) for s in row.scope.split()])
+                               scopes=_scope_texts(row.scope))
     approve = request.form.get("decision") == "allow"
     org = next((o for o in orgs if o.slug == request.form.get("org_choice")),
                orgs[0] if len(orgs) == 1 else None)
     if approve and org is None:
         return render_template("provider/device.html", step="confirm", app=app, orgs=orgs,
                                code=row.user_code, error="Choose an organization.",
-                               scopes=[(s, apps.SCOPES.get(s, s)) for s in row.scope.split()]
-                               ), 400
+                               scopes=_scope_texts(row.scope)), 400
     with services().db.transaction() as tx:
         device.decide(tx, audit_context(), row.id, current_user.id,
                       org.id if org else None, approve)
     return render_template("provider/device.html", step="done", approved=approve, app=app)
+
+
+def _scope_texts(scope: str) -> list[tuple[str, str]]:
+    asked = set(scope.split())
+    return [(name, text) for name, text in apps.SCOPES.items() if name in asked]
 
 
 # --- the user's connected apps --------------------------------------------------------------

@@ -1,0 +1,105 @@
+"""A vendor app signs a user in through Trellis in a real browser: the example app under
+examples/vendor-app (Authlib's Flask client), Trellis's sign-in, the branded consent page,
+back in the app with the organization and roles, then RP-initiated logout."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import secrets
+import socket
+import threading
+
+import pytest
+from werkzeug.serving import make_server
+
+from portal.config import ROOT
+from tests.conftest import PASSWORD
+from tests.e2e.conftest import PHONE, screenshot
+from tests.integration.provider_helpers import register, verify_domain
+
+pytestmark = pytest.mark.e2e
+
+
+def load_vendor_app():
+    spec = importlib.util.spec_from_file_location(
+        "vendor_app", ROOT / "examples" / "vendor-app" / "app.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def vendor(app, live, make_org, make_user):
+    make_org("acme", "Acme Supplies", branding={"primary_color": "#0b6e4f",
+                                                "footer_text": "Acme Supplies partner desk"})
+    verify_domain(app, "acme", "acme.test")
+    make_user("alice@acme.test", org="acme", display_name="Alice Adams")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    base = f"http://127.0.0.1:{port}"
+    registered = register(app, name="Supplier Portal", redirect_uris=[base + "/callback"],
+                          post_logout_redirect_uris=[base + "/"])
+    vendor_app = load_vendor_app().create_app(live.url, registered.client_id,
+                                              registered.secret, secrets.token_hex(16))
+    server = make_server("127.0.0.1", port, vendor_app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                              daemon=True)
+    thread.start()
+    yield base
+    server.shutdown()
+    server.server_close()
+
+
+def sign_in_at_trellis(page) -> None:
+    page.get_by_label("Work email").fill("alice@acme.test")
+    page.get_by_role("button", name="Continue").click()
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+
+
+def test_vendor_app_sign_in_with_consent_and_logout(page, live, vendor):
+    page.goto(vendor + "/")
+    page.get_by_role("link", name="Sign in with Trellis").click()
+    page.wait_for_url(re.compile(re.escape(live.url) + "/login"))
+    sign_in_at_trellis(page)
+    page.wait_for_url(re.compile(re.escape(live.url) + "/oauth/authorize"))
+    heading = page.get_by_role("heading", name="Supplier Portal wants to sign you in")
+    assert heading.is_visible()
+    assert page.get_by_text("For Acme Supplies").is_visible()
+    assert page.get_by_text("Acme Supplies partner desk").is_visible()  # the org's branding
+    assert page.get_by_text("Your roles in that organization").is_visible()
+    screenshot(page, "provider-consent.png")
+    page.get_by_role("button", name="Allow").click()
+    page.wait_for_url(vendor + "/")
+    assert page.locator("#who").inner_text() == \
+        "Signed in as alice@acme.test for Acme Supplies"
+    assert page.locator("#roles").inner_text() == "Roles: member"
+    screenshot(page, "provider-vendor-app-signed-in.png")
+
+    page.get_by_role("link", name="Sign out").click()
+    page.wait_for_url(vendor + "/")
+    assert page.get_by_role("link", name="Sign in with Trellis").is_visible()
+    page.goto(live.url + "/")
+    page.wait_for_url(re.compile(re.escape(live.url) + "/login"))  # Trellis session ended too
+
+
+def test_consent_page_keyboard_and_phone(browsing, live, vendor):
+    page = browsing.page(viewport=PHONE)
+    page.goto(vendor + "/login")
+    sign_in_at_trellis(page)
+    page.wait_for_url(re.compile(re.escape(live.url) + "/oauth/authorize"))
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= PHONE["width"]  # nothing overflows sideways
+    screenshot(page, "provider-consent-phone.png")
+    allow = page.get_by_role("button", name="Allow")
+    for _ in range(30):
+        page.keyboard.press("Tab")
+        if allow.evaluate("b => b === document.activeElement"):
+            break
+    else:
+        pytest.fail("Allow is not reachable with the keyboard")
+    page.keyboard.press("Enter")
+    page.wait_for_url(vendor + "/")
+    assert "alice@acme.test" in page.locator("#who").inner_text()

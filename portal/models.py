@@ -415,6 +415,8 @@ class OAuthCode(Base):
     auth_time: Mapped[datetime] = mapped_column(UTCDateTime)
     acr: Mapped[str] = mapped_column(sa.String(64), default="")
     amr: Mapped[list[str]] = mapped_column(sa.JSON, default=list)
+    # The user's claims when they authorized (email, name, organization, roles, sid).
+    claims: Mapped[dict[str, Any]] = mapped_column(sa.JSON, default=dict)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
     used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     reused_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

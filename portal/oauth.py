@@ -53,7 +53,7 @@ def key_ring() -> provider_keys.KeyRing:
         s = services()
         cache = current_app.extensions.setdefault(
             "trellis_oidc_keys", provider_keys.KeyCache(s.db, s.secrets))
-    return cache.get(audit_context())
+    return cache.get(audit_context)
 
 
 class AppClient(ClientMixin):
@@ -95,17 +95,32 @@ class AppClient(ClientMixin):
         return {"post_logout_redirect_uris": self.app.post_logout_redirect_uris}
 
 
+CLIENT_CACHE_SECONDS = 5.0
+
+
 def query_client(client_id: str) -> AppClient | None:
+    """Registered apps, cached for a few seconds per worker (token endpoints are hot): a
+    disabled app or a rotated secret takes effect within ``CLIENT_CACHE_SECONDS``, and a
+    disabled app's tokens stop at once because every token check reads its app."""
     if not isinstance(client_id, str) or len(client_id) > 64:
         return None
+    cache: dict = current_app.extensions.setdefault("trellis_oauth_clients", {})
+    hit = cache.get(client_id)
+    now = time.monotonic()
+    if hit is not None and hit[0] > now:
+        return hit[1]
     session = db_session()
     from sqlalchemy import select
     app = session.scalar(select(OAuthApp).where(OAuthApp.client_id == client_id,
                                                 OAuthApp.enabled.is_(True)))
-    if app is None:
-        return None
-    session.expunge(app)
-    return AppClient(app)
+    client = None
+    if app is not None:
+        session.expunge(app)
+        client = AppClient(app)
+    if len(cache) > 10_000:
+        cache.clear()
+    cache[client_id] = (now + CLIENT_CACHE_SECONDS, client)
+    return client
 
 
 # --- tokens -------------------------------------------------------------------------------
@@ -195,7 +210,9 @@ def save_token(token: dict[str, Any], req) -> None:
     from datetime import UTC, datetime
     with services().db.transaction() as session:
         provider.save_token(
-            session, app=req.client.app, jti=issued["jti"], who=req.user,
+            session, app_id=req.client.app.id,
+            refresh_seconds=req.client.app.refresh_token_seconds, jti=issued["jti"],
+            who=req.user,
             grant_type=req.payload.grant_type or "", scope=token.get("scope", ""),
             access_expires_at=datetime.fromtimestamp(issued["exp"], UTC),
             refresh_token=token.get("refresh_token"))
@@ -239,31 +256,14 @@ class CodeGrant(grants.AuthorizationCodeGrant):
     def query_authorization_code(self, code: str, client: AppClient):
         if not isinstance(code, str) or len(code) > 200:
             return None
-        row = provider.consume_code(services().db, audit_context(), code, client.app.id)
+        row = provider.consume_code(services().db, audit_context, code, client.app.id)
         return CodeRecord(row) if row else None
 
     def delete_authorization_code(self, authorization_code) -> None:
         """Consumed already, when it was looked up."""
 
     def authenticate_user(self, authorization_code) -> Principal | None:
-        row = authorization_code.row
-        session = db_session()
-        if not provider.still_allowed(session, row.user_id, row.organization_id):
-            return None
-        from portal.models import AuthSession, Organization, User
-        user = session.get(User, row.user_id)
-        org = session.get(Organization, row.organization_id) if row.organization_id else None
-        auth_session = session.get(AuthSession, row.auth_session_id) \
-            if row.auth_session_id else None
-        return Principal(
-            user_id=user.id, email=user.email, name=user.display_name,
-            email_verified=provider.email_verified(session, user.email),
-            org=provider.OrgRef(org.id, org.slug, org.name) if org else None,
-            roles=provider.roles_in(session, user.id, org.id) if org else (),
-            auth_session_id=row.auth_session_id,
-            sid=provider.sid_for(auth_session.token_hash) if auth_session else "",
-            auth_time=row.auth_time, acr=row.acr, amr=tuple(row.amr or ()), nonce=row.nonce,
-            code_id=row.id)
+        return provider.code_principal(db_session(), authorization_code.row)
 
 
 class CodeRecord:
@@ -286,7 +286,7 @@ class RefreshGrant(grants.RefreshTokenGrant):
     def authenticate_refresh_token(self, refresh_token: str):
         if not isinstance(refresh_token, str) or len(refresh_token) > 200:
             return None
-        row = provider.consume_refresh(services().db, audit_context(), refresh_token,
+        row = provider.consume_refresh(services().db, audit_context, refresh_token,
                                        self.request.client.app.id)
         who = provider.refresh_principal(db_session(), row) if row else None
         # A suspended user or a lost membership: invalid_grant, like any dead token.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -117,24 +118,19 @@ def principal(session: Session, user: User, org: OrgRef | None, token_hash: str,
 def still_allowed(session: Session, user_id: int, org_id: int | None,
                   auth_session_id: int | None = None, check_session: bool = False) -> bool:
     """A suspended user, a lost membership or a suspended organization stops tokens at once;
-    with ``check_session``, so does signing out of the Trellis session they came from."""
-    status = session.scalar(sa.select(User.status).where(User.id == user_id))
-    if status != UserStatus.ACTIVE:
-        return False
+    with ``check_session``, so does signing out of the Trellis session they came from.
+    One query: this runs on every token request, introspection and userinfo call."""
+    query = sa.select(User.id).where(User.id == user_id, User.status == UserStatus.ACTIVE)
     if org_id is not None:
-        ok = session.scalar(
-            sa.select(Membership.id).join(Organization,
-                                          Organization.id == Membership.organization_id)
-            .where(Membership.user_id == user_id, Membership.organization_id == org_id,
-                   Membership.status == MembershipStatus.ACTIVE,
-                   Organization.status == OrgStatus.ACTIVE))
-        if ok is None:
-            return False
+        query = query.where(sa.exists().where(
+            Membership.user_id == user_id, Membership.organization_id == org_id,
+            Membership.status == MembershipStatus.ACTIVE,
+            Organization.id == Membership.organization_id,
+            Organization.status == OrgStatus.ACTIVE))
     if check_session and auth_session_id is not None:
-        row = session.get(AuthSession, auth_session_id)
-        if row is None or row.revoked_at is not None:
-            return False
-    return True
+        query = query.where(sa.exists().where(AuthSession.id == auth_session_id,
+                                              AuthSession.revoked_at.is_(None)))
+    return session.scalar(query) is not None
 
 
 def refresh_principal(session: Session, token: OAuthToken) -> Principal | None:
@@ -159,72 +155,108 @@ def refresh_principal(session: Session, token: OAuthToken) -> Principal | None:
 
 # --- authorization codes ------------------------------------------------------------------
 
+INSERT_CODE = sa.insert(OAuthCode.__table__)
+
+
 def save_code(session: Session, app_id: int, who: Principal, code: str, redirect_uri: str,
               scope: str, nonce: str, challenge: str) -> None:
-    session.add(OAuthCode(
-        code_hash=digest(code), app_id=app_id, user_id=who.user_id,
-        organization_id=who.org.id if who.org else None,
-        auth_session_id=who.auth_session_id, redirect_uri=redirect_uri, scope=scope,
-        nonce=nonce or "", code_challenge=challenge, auth_time=who.auth_time, acr=who.acr,
-        amr=list(who.amr), expires_at=utcnow() + timedelta(seconds=CODE_SECONDS)))
+    now = utcnow()
+    session.execute(INSERT_CODE, {
+        "code_hash": digest(code), "app_id": app_id, "user_id": who.user_id,
+        "organization_id": who.org.id if who.org else None,
+        "auth_session_id": who.auth_session_id, "redirect_uri": redirect_uri, "scope": scope,
+        "nonce": nonce or "", "code_challenge": challenge, "auth_time": who.auth_time,
+        "acr": who.acr, "amr": list(who.amr), "claims": snapshot(who),
+        "expires_at": now + timedelta(seconds=CODE_SECONDS), "used_at": None,
+        "reused_at": None, "created_at": now})
 
 
-def consume_code(db: Database, ctx: audit.Context, code: str, app_id: int) -> OAuthCode | None:
+def snapshot(who: Principal) -> dict:
+    """What the code's tokens will say about the user, taken when the user authorized (a
+    code lives a minute; whether the user may still sign in is checked at redemption)."""
+    return {"email": who.email, "name": who.name, "email_verified": who.email_verified,
+            "org": [who.org.id, who.org.slug, who.org.name] if who.org else None,
+            "roles": list(who.roles), "sid": who.sid}
+
+
+def code_principal(session: Session, row: OAuthCode) -> Principal | None:
+    if not still_allowed(session, row.user_id, row.organization_id):
+        return None
+    claims = row.claims or {}
+    org = OrgRef(*claims["org"]) if claims.get("org") else None
+    return Principal(user_id=row.user_id, email=claims.get("email", ""),
+                     name=claims.get("name", ""),
+                     email_verified=bool(claims.get("email_verified")), org=org,
+                     roles=tuple(claims.get("roles") or ()),
+                     auth_session_id=row.auth_session_id, sid=claims.get("sid", ""),
+                     auth_time=row.auth_time, acr=row.acr, amr=tuple(row.amr or ()),
+                     nonce=row.nonce, code_id=row.id)
+
+
+def consume_code(db: Database, ctx: Callable[[], audit.Context], code: str, app_id: int
+                 ) -> OAuthCode | None:
     """The code if this call is its first redemption by its own app, before it expired.
     A second redemption revokes every token the first one issued."""
     now = utcnow()
+    code_hash = digest(code)
     with db.transaction() as session:
-        row = session.scalar(sa.select(OAuthCode).where(OAuthCode.code_hash == digest(code)))
+        row = session.scalar(
+            sa.update(OAuthCode).where(OAuthCode.code_hash == code_hash,
+                                       OAuthCode.app_id == app_id, OAuthCode.used_at.is_(None))
+            .values(used_at=now).returning(OAuthCode),
+            execution_options={"synchronize_session": False})
+        if row is not None:
+            if row.expires_at <= now:
+                return None
+            session.expunge(row)
+            return row
+        row = session.scalar(sa.select(OAuthCode).where(OAuthCode.code_hash == code_hash))
         if row is None or row.app_id != app_id:
-            return None
-        won = session.execute(
-            sa.update(OAuthCode).where(OAuthCode.id == row.id, OAuthCode.used_at.is_(None))
-            .values(used_at=now)).rowcount == 1
-        if not won:
-            # Mark first (this takes the code row's lock), so a winner still saving its
-            # tokens sees the mark and stores them revoked; then revoke what is saved.
-            session.execute(sa.update(OAuthCode).where(OAuthCode.id == row.id)
-                            .values(reused_at=now))
-            revoked = _revoke(session, OAuthToken.code_id == row.id)
-            audit.record(session, ctx, "oauth.code_reuse", outcome="failure",
-                         target=f"code:{row.id}", reason="code_reused",
-                         details={"revoked_tokens": revoked})
-            return None
-        if row.expires_at <= now:
-            return None
-        session.expunge(row)
-        return row
+            return None  # unknown, or another app's code: it is not burnt by this attempt
+        # Mark first (this takes the code row's lock), so a winner still saving its tokens
+        # sees the mark and stores them revoked; then revoke what is saved.
+        session.execute(sa.update(OAuthCode).where(OAuthCode.id == row.id)
+                        .values(reused_at=now))
+        revoked = _revoke(session, OAuthToken.code_id == row.id)
+        audit.record(session, ctx(), "oauth.code_reuse", outcome="failure",
+                     target=f"code:{row.id}", reason="code_reused",
+                     details={"revoked_tokens": revoked})
+        return None
 
 
 # --- tokens -------------------------------------------------------------------------------
 
-def save_token(session: Session, *, app: OAuthApp, jti: str, who: Principal | None,
-               grant_type: str, scope: str, access_expires_at: datetime,
-               refresh_token: str | None) -> OAuthToken:
-    token = OAuthToken(
-        jti=jti, app_id=app.id, user_id=who.user_id if who else None,
-        organization_id=who.org.id if who and who.org else None,
-        auth_session_id=who.auth_session_id if who else None,
-        code_id=who.code_id if who else None,
-        family=who.family if who else secrets.token_hex(16), grant_type=grant_type,
-        scope=scope, auth_time=who.auth_time if who else None, acr=who.acr if who else "",
-        amr=list(who.amr) if who else [], access_expires_at=access_expires_at,
-        refresh_hash=digest(refresh_token) if refresh_token else None,
-        refresh_expires_at=(utcnow() + timedelta(seconds=app.refresh_token_seconds)
-                            if refresh_token else None))
-    if token.code_id is not None:
+INSERT_TOKEN = sa.insert(OAuthToken.__table__)
+
+
+def save_token(session: Session, *, app_id: int, refresh_seconds: int, jti: str,
+               who: Principal | None, grant_type: str, scope: str,
+               access_expires_at: datetime, refresh_token: str | None) -> None:
+    now = utcnow()
+    revoked_at = None
+    if who is not None and who.code_id is not None:
         # Locks the code row: either a second redemption already marked it (the new tokens
         # are born revoked) or it waits for this transaction and revokes them itself.
         reused = session.scalar(sa.select(OAuthCode.reused_at).where(
-            OAuthCode.id == token.code_id).with_for_update())
+            OAuthCode.id == who.code_id).with_for_update())
         if reused is not None:
-            token.revoked_at = utcnow()
-    session.add(token)
-    return token
+            revoked_at = now
+    session.execute(INSERT_TOKEN, {
+        "jti": jti, "app_id": app_id, "user_id": who.user_id if who else None,
+        "organization_id": who.org.id if who and who.org else None,
+        "auth_session_id": who.auth_session_id if who else None,
+        "code_id": who.code_id if who else None,
+        "family": who.family if who else secrets.token_hex(16), "grant_type": grant_type,
+        "scope": scope, "refresh_hash": digest(refresh_token) if refresh_token else None,
+        "auth_time": who.auth_time if who else None, "acr": who.acr if who else "",
+        "amr": list(who.amr) if who else [], "access_expires_at": access_expires_at,
+        "refresh_expires_at": (now + timedelta(seconds=refresh_seconds)
+                               if refresh_token else None),
+        "rotated_at": None, "revoked_at": revoked_at, "created_at": now})
 
 
-def consume_refresh(db: Database, ctx: audit.Context, refresh_token: str, app_id: int
-                    ) -> OAuthToken | None:
+def consume_refresh(db: Database, ctx: Callable[[], audit.Context], refresh_token: str,
+                    app_id: int) -> OAuthToken | None:
     """Rotation: a refresh token works once. Presenting one that was already rotated means
     two parties hold it, so the whole family is revoked."""
     now = utcnow()
@@ -241,7 +273,7 @@ def consume_refresh(db: Database, ctx: audit.Context, refresh_token: str, app_id
             .values(rotated_at=now)).rowcount == 1
         if not won:
             revoked = _revoke(session, OAuthToken.family == row.family)
-            audit.record(session, ctx, "oauth.refresh_reuse", outcome="failure",
+            audit.record(session, ctx(), "oauth.refresh_reuse", outcome="failure",
                          target=f"token_family:{row.family}", reason="refresh_token_reused",
                          details={"revoked_tokens": revoked})
             return None

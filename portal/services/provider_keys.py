@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -125,7 +126,8 @@ class KeyCache:
         self._ring: KeyRing | None = None
         self._lock = threading.Lock()
 
-    def get(self, ctx: audit.Context | None = None) -> KeyRing:
+    def get(self, ctx: Callable[[], audit.Context] | None = None) -> KeyRing:
+        """``ctx`` builds the audit context, only when keys have to be generated."""
         ring = self._ring
         if ring is not None and time.monotonic() - ring.loaded_at < self.seconds:
             return ring
@@ -133,7 +135,8 @@ class KeyCache:
             with self.db.transaction() as session:
                 ring = load(session, self.box)
                 if ring is None:
-                    ensure_keys(session, ctx or audit.Context(actor="system"), self.box)
+                    ensure_keys(session, ctx() if ctx else audit.Context(actor="system"),
+                                self.box)
                     session.flush()
                     ring = load(session, self.box)
             self._ring = ring

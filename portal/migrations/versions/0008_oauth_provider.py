@@ -94,6 +94,7 @@ def upgrade() -> None:
     sa.Column('auth_time', sa.DateTime(timezone=True), nullable=False),
     sa.Column('acr', sa.String(length=64), nullable=False),
     sa.Column('amr', sa.JSON(), nullable=False),
+    sa.Column('claims', sa.JSON(), nullable=False),
     sa.Column('expires_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('used_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('reused_at', sa.DateTime(timezone=True), nullable=True),

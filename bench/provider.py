@@ -1,0 +1,177 @@
+"""Trellis as an OpenID Provider: client-credentials grants, full code-flow logins and token
+introspections per second, through one gunicorn worker on loopback (one core; the load runs
+on the other core with stdlib keep-alive connections).
+
+A code-flow login here is what an app's sign-in costs Trellis once the user already has a
+Trellis session and the app is pre-approved: the authorization request (answered with a
+code), then the token request with PKCE (ID token and JWT access token signed RS256, refresh
+token stored). Baseline in the same run: GET /healthz over the same kind of connection.
+
+    .venv/bin/python bench/provider.py [--quick]
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import http.client
+import json
+import re
+import secrets
+import sys
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from common import parse_args
+from sqlalchemy.orm import Session
+
+from portal import audit, migrate
+from portal.db import create_engine
+from portal.passwords import Passwords
+from portal.services import apps, organizations, users
+from tests.peers.gunicorn_server import GunicornServer
+
+GOALS = {"client_credentials_per_s": 500, "code_flow_logins_per_s": 150}
+REDIRECT = "http://127.0.0.1:9/callback"
+PASSWORD = "bench password 1"
+
+
+def seed(url: str) -> tuple[tuple[str, str], tuple[str, str]]:
+    engine = create_engine(url)
+    ctx = audit.Context(actor="bench")
+    with Session(engine) as session, session.begin():
+        organizations.create(session, ctx, slug="acme", name="Acme", kind="partner")
+        users.create(session, ctx, Passwords(1, 8192, 1), email="alice@acme.test",
+                     password=PASSWORD, display_name="Alice", org_slug="acme")
+        backend, backend_secret = apps.create(session, ctx, apps.AppSpec(
+            name="Backend", grant_types=["client_credentials"], scopes=["authz"],
+            organizations=["acme"]))
+        web, web_secret = apps.create(session, ctx, apps.AppSpec(
+            name="Web", redirect_uris=[REDIRECT], organizations=["acme"],
+            consent_required=False))
+        ids = (backend.client_id, backend_secret), (web.client_id, web_secret)
+    engine.dispose()
+    return ids
+
+
+class Conn:
+    """One keep-alive connection with a cookie jar of one cookie."""
+
+    def __init__(self, base: str) -> None:
+        parts = urlsplit(base)
+        self.http = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+        self.cookie = ""
+
+    def call(self, method: str, path: str, body: dict | None = None,
+             headers: dict | None = None) -> tuple[int, dict, bytes]:
+        headers = dict(headers or {})
+        data = None
+        if body is not None:
+            data = urlencode(body)
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+        if self.cookie:
+            headers["Cookie"] = self.cookie
+        self.http.request(method, path, data, headers)
+        response = self.http.getresponse()
+        payload = response.read()
+        found = response.getheader("Set-Cookie")
+        if found:
+            self.cookie = found.split(";", 1)[0]
+        return response.status, dict(response.getheaders()), payload
+
+
+def basic(client_id: str, secret: str) -> dict[str, str]:
+    token = base64.b64encode(f"{client_id}:{secret}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
+def sign_in(conn: Conn) -> None:
+    _, _, page = conn.call("GET", "/login")
+    csrf = re.search(rb'name="csrf_token"[^>]*?value="([^"]+)"', page).group(1).decode()
+    status, _, _ = conn.call("POST", "/login", {"email": "alice@acme.test",
+                                                 "password": PASSWORD, "csrf_token": csrf})
+    assert status == 302, "bench sign-in failed"
+
+
+def code_flow_login(conn: Conn, backend: Conn, client_id: str, secret: str) -> dict:
+    """The browser (``conn``, with the Trellis session cookie) gets a code; the app's
+    backend (``backend``, no cookie) redeems it."""
+    verifier = secrets.token_urlsafe(48)
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()
+                                         ).rstrip(b"=").decode()
+    query = urlencode({"response_type": "code", "client_id": client_id,
+                       "redirect_uri": REDIRECT, "scope": "openid email org roles",
+                       "state": "s", "nonce": "n", "code_challenge": challenge,
+                       "code_challenge_method": "S256"})
+    status, headers, _ = conn.call("GET", "/oauth/authorize?" + query)
+    assert status == 302, status
+    code = parse_qs(urlsplit(headers["Location"]).query)["code"][0]
+    status, _, body = backend.call("POST", "/oauth/token", {
+        "grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT,
+        "code_verifier": verifier}, basic(client_id, secret))
+    assert status == 200, body
+    return json.loads(body)
+
+
+def rate(seconds: float, step) -> float:
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        step()
+        done += 1
+    return done / (time.perf_counter() - start)
+
+
+def main() -> int:
+    args = parse_args(__doc__)
+    seconds = 3.0 if args.quick else 10.0
+    with tempfile.TemporaryDirectory() as folder:
+        url = f"sqlite:///{folder}/bench.db"
+        migrate.upgrade(url)
+        (backend_id, backend_secret), (web_id, web_secret) = seed(url)
+        server = GunicornServer(Path(folder), {
+            "DATABASE_URL": url, "TRELLIS_ENV": "test", "TRELLIS_INSTANCE_PATH": folder,
+            "SECRET_KEY": "b" * 48, "TRELLIS_LOG_LEVEL": "WARNING",
+            "TRELLIS_ARGON2_TIME_COST": "1", "TRELLIS_ARGON2_MEMORY_KIB": "8192",
+            "TRELLIS_OAUTH_RATE_LIMIT": "1000000/minute"}, workers=1, threads=2)
+        try:
+            conn = Conn(server.url)
+            sign_in(conn)
+            app_backend = Conn(server.url)
+            tokens = code_flow_login(conn, app_backend, web_id, web_secret)  # warms caches
+            cc_body = {"grant_type": "client_credentials", "scope": "authz"}
+            cc_auth = basic(backend_id, backend_secret)
+            machine = Conn(server.url)
+            healthz = rate(seconds / 2, lambda: machine.call("GET", "/healthz"))
+            cc = rate(seconds, lambda: machine.call("POST", "/oauth/token", cc_body, cc_auth))
+            logins = rate(seconds, lambda: code_flow_login(conn, app_backend, web_id,
+                                                           web_secret))
+            introspect_body = {"token": tokens["access_token"]}
+            web_auth = basic(web_id, web_secret)
+            introspections = rate(seconds, lambda: machine.call(
+                "POST", "/oauth/introspect", introspect_body, web_auth))
+        finally:
+            server.stop()
+
+    print(f"one gunicorn worker (gthread, 2 threads), SQLite, {seconds:.0f} s per measure")
+    print(f"{'measure':<44}{'value':>14}{'vs /healthz':>14}")
+    rows = [("GET /healthz (baseline)", healthz), ("client-credentials grants", cc),
+            ("code-flow logins (authorize + token)", logins),
+            ("token introspections", introspections)]
+    for name, value in rows:
+        print(f"{name:<44}{value:>10.0f} /s{value / healthz:>14.2f}")
+    figures = {"healthz_per_s": round(healthz), "client_credentials_per_s": round(cc),
+               "code_flow_logins_per_s": round(logins),
+               "introspections_per_s": round(introspections), "quick": args.quick}
+    goals_met = (cc >= GOALS["client_credentials_per_s"]
+                 and logins >= GOALS["code_flow_logins_per_s"])
+    print(json.dumps({"benchmark": "provider", "figures": figures, "goals": GOALS,
+                      "goals_met": goals_met}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

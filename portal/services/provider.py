@@ -179,7 +179,7 @@ def snapshot(who: Principal) -> dict:
             "roles": list(who.roles), "sid": who.sid}
 
 
-def code_principal(session: Session, row: OAuthCode) -> Principal | None:
+def code_principal(session: Session, row: sa.Row) -> Principal | None:
     if not still_allowed(session, row.user_id, row.organization_id):
         return None
     claims = row.claims or {}
@@ -194,22 +194,19 @@ def code_principal(session: Session, row: OAuthCode) -> Principal | None:
 
 
 def consume_code(db: Database, ctx: Callable[[], audit.Context], code: str, app_id: int
-                 ) -> OAuthCode | None:
+                 ) -> sa.Row | None:
     """The code if this call is its first redemption by its own app, before it expired.
     A second redemption revokes every token the first one issued."""
     now = utcnow()
     code_hash = digest(code)
     with db.transaction() as session:
-        row = session.scalar(
-            sa.update(OAuthCode).where(OAuthCode.code_hash == code_hash,
-                                       OAuthCode.app_id == app_id, OAuthCode.used_at.is_(None))
-            .values(used_at=now).returning(OAuthCode),
-            execution_options={"synchronize_session": False})
-        if row is not None:
-            if row.expires_at <= now:
-                return None
-            session.expunge(row)
-            return row
+        codes = OAuthCode.__table__
+        row = session.execute(
+            sa.update(codes).where(codes.c.code_hash == code_hash, codes.c.app_id == app_id,
+                                   codes.c.used_at.is_(None))
+            .values(used_at=now).returning(*codes.c)).first()
+        if row is not None:  # a plain row: building an ORM object here costs more
+            return row if row.expires_at > now else None
         row = session.scalar(sa.select(OAuthCode).where(OAuthCode.code_hash == code_hash))
         if row is None or row.app_id != app_id:
             return None  # unknown, or another app's code: it is not burnt by this attempt

@@ -292,3 +292,30 @@ def test_tokens_signed_before_a_rotation_still_verify_after_it(app, op):
     _, fresh, _, _ = full_login(op, registered)
     new_kid = jwt.decode(fresh["id_token"], keys, algorithms=["RS256"]).header["kid"]
     assert new_kid != jwt.decode(token["id_token"], keys, algorithms=["RS256"]).header["kid"]
+
+
+@pytest.mark.parametrize("change", ["org_suspended", "membership_suspended", "app_disabled"])
+def test_tokens_stop_when_the_org_membership_or_app_goes(app, op, change):
+    from portal.models import Membership, MembershipStatus
+    from portal.services import apps, organizations
+    registered = register(app)
+    client, token, _, _ = full_login(op, registered)
+    with services_of(app).db.transaction() as session:
+        if change == "org_suspended":
+            organizations.set_status(session, CLI_CTX, "acme", "suspended")
+        elif change == "membership_suspended":
+            session.execute(sa.update(Membership).values(status=MembershipStatus.SUSPENDED))
+        else:
+            apps.set_enabled(session, CLI_CTX, registered.client_id, False)
+    if change == "app_disabled":  # the app itself can no longer ask; the owner of the token
+        app.extensions["trellis_oauth_clients"].clear()  # ... learns it from userinfo
+    else:
+        answer = http.post(op + "/oauth/introspect",
+                           auth=(registered.client_id, registered.secret),
+                           data={"token": token["access_token"]})
+        assert answer.json() == {"active": False}
+        refresh = http.post(op + "/oauth/token", auth=(registered.client_id, registered.secret),
+                            data={"grant_type": "refresh_token",
+                                  "refresh_token": token["refresh_token"]})
+        assert refresh.json()["error"] == "invalid_grant"
+    assert client.get(op + "/oauth/userinfo").status_code == 401

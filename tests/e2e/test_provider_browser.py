@@ -103,3 +103,58 @@ def test_consent_page_keyboard_and_phone(browsing, live, vendor):
     page.keyboard.press("Enter")
     page.wait_for_url(vendor + "/")
     assert "alice@acme.test" in page.locator("#who").inner_text()
+
+
+def test_broker_path_through_the_partners_identity_provider(browsing, app, live, make_org,
+                                                           tx, interactive_oidc_provider):
+    """The app sends the user to Trellis, home-realm discovery sends them on to their
+    company's OpenID Provider, Trellis provisions them just in time and hands the app a code:
+    the app never talks to the partner's provider."""
+    from portal.services import connections
+    from tests.conftest import CLI_CTX, services_of
+    peer = interactive_oidc_provider
+    make_org("acme", "Acme Supplies")
+    verify_domain(app, "acme", "acme.test")
+    with tx() as session:
+        row = connections.create_oidc(
+            session, CLI_CTX, services_of(app).secrets, org_slug="acme", name="Acme SSO",
+            client_id="pending", client_secret="pending", issuer=peer.issuer, enabled=True,
+            scopes=("openid", "email", "profile"))
+        client_id, secret = peer.register_client(f"{live.url}/sso/oidc/{row.id}/callback")
+        row.settings = {**row.settings, "client_id": client_id}
+        row.sealed_secrets = services_of(app).secrets.seal({"client_secret": secret})
+    peer.put_account("grace@acme.test", name="Grace Hopper")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    base = f"http://127.0.0.1:{port}"
+    registered = register(app, name="Supplier Portal", redirect_uris=[base + "/callback"])
+    vendor_app = load_vendor_app().create_app(live.url, registered.client_id,
+                                              registered.secret, secrets.token_hex(16))
+    server = make_server("127.0.0.1", port, vendor_app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                              daemon=True)
+    thread.start()
+    try:
+        page = browsing.page()
+        page.goto(base + "/login")
+        page.get_by_label("Work email").fill("grace@acme.test")
+        page.get_by_role("button", name="Continue").click()
+        page.wait_for_url(re.compile(re.escape(peer.issuer)))
+        page.fill("input[name=login]", "grace@acme.test")
+        page.fill("input[name=password]", "anything")
+        page.click("button[type=submit]")
+        page.wait_for_load_state()
+        if page.url.startswith(peer.issuer):  # the partner provider's own consent page
+            page.click("button[type=submit]")
+        page.wait_for_url(re.compile(re.escape(live.url) + "/oauth/authorize"))
+        assert page.get_by_role("heading", name="Supplier Portal wants to sign you in"
+                                ).is_visible()
+        page.get_by_role("button", name="Allow").click()
+        page.wait_for_url(base + "/")
+        assert page.locator("#who").inner_text() == \
+            "Signed in as grace@acme.test for Acme Supplies"
+        screenshot(page, "provider-broker-path.png")
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -49,11 +49,12 @@ $(DEB_STAMP): Makefile
 	fi
 	@mkdir -p $(VENV) && touch $@
 
-# Test peers from npm (a real OpenID Provider), pinned by their lockfile.
-$(NODE_PEERS): tests/peers/oidc/package-lock.json
+# Test peers from npm (a real OpenID Provider, a real relying party), pinned by lockfiles.
+$(NODE_PEERS): tests/peers/oidc/package-lock.json tests/peers/rp/package-lock.json
 	@command -v node >/dev/null && command -v npm >/dev/null || { $(APT) nodejs npm; }
 	cd tests/peers/oidc && npm ci --no-audit --no-fund --loglevel=error
+	cd tests/peers/rp && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
 clean:
-	rm -rf $(VENV) instance test-output tests/peers/oidc/node_modules
+	rm -rf $(VENV) instance test-output tests/peers/oidc/node_modules tests/peers/rp/node_modules

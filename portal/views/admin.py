@@ -34,3 +34,26 @@ def organizations():
 def connections():
     rows = db_session().scalars(sa.select(Connection).order_by(Connection.id)).all()
     return render_template("admin/connections.html", rows=rows)
+
+
+@bp.get("/apps")
+@require("read", "app")
+def apps_page():
+    from portal.services import apps
+    return render_template("admin/apps.html", rows=apps.list_all(db_session()))
+
+
+@bp.post("/apps/<client_id>/enabled")
+@require("update", "app")
+def app_enabled(client_id: str):
+    """Stop or resume an app from the page; the form's CSRF token was checked already."""
+    from flask import flash, redirect, request, url_for
+
+    from portal.extensions import audit_context, services
+    from portal.services import apps
+    enable = request.form.get("enabled") == "1"
+    with services().db.transaction() as tx:
+        app = apps.set_enabled(tx, audit_context(), client_id, enable)
+        name = app.name
+    flash(f"{name} is {'enabled' if enable else 'disabled'}.", "info")
+    return redirect(url_for("admin.apps_page"))

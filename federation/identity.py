@@ -42,6 +42,9 @@ class RequestContext:
 
     redirect_uri: str
     login_hint: str | None = None
+    # The user must authenticate again at the identity provider, even with a session there
+    # (an app asked Trellis for prompt=login or an exceeded max_age).
+    force_authn: bool = False
 
 
 @dataclass(frozen=True)

@@ -95,6 +95,8 @@ class OidcAdapter:
             params["nonce"] = nonce
         if request.login_hint:
             params["login_hint"] = request.login_hint
+        if request.force_authn:
+            params["prompt"] = "login"
         pending = {"state": state, "nonce": nonce, "code_verifier": verifier,
                    "issuer": meta.get("issuer", ""), "connection_id": connection.connection_id,
                    "redirect_uri": request.redirect_uri, "created": self.clock()}

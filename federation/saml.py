@@ -295,7 +295,8 @@ class SamlAdapter:
         """An AuthnRequest over the Redirect binding; the request id is the pending state."""
         auth = OneLogin_Saml2_Auth(request_data(settings.acs_url), self.library(settings))
         relay = secrets.token_urlsafe(16)
-        url = auth.login(return_to=relay, name_id_value_req=context.login_hint or None)
+        url = auth.login(return_to=relay, name_id_value_req=context.login_hint or None,
+                         force_authn=context.force_authn)
         request_id = auth.get_last_request_id()
         return Redirect(url=url, pending_state={"state": request_id, "protocol": "saml",
                                                 "created": self.clock()})

@@ -109,10 +109,11 @@ def authorize():
         return _to_client(redirect_uri, error.error, error.description, state)
     prompts = set(request.values.get("prompt", "").split())
 
-    if not current_user.is_authenticated or _must_reauthenticate(prompts):
+    reauthenticate = _must_reauthenticate(prompts)
+    if not current_user.is_authenticated or reauthenticate:
         if "none" in prompts:
             return _to_client(redirect_uri, "login_required", "Sign-in is required.", state)
-        return _send_to_login(prompts)
+        return _send_to_login(prompts, force=reauthenticate)
 
     orgs = provider.eligible_orgs(db_session(), current_user.id, client.app)
     wanted = request.values.get("org")
@@ -170,20 +171,25 @@ def _auth_time():
 
 
 def _must_reauthenticate(prompts: set[str]) -> bool:
-    """``prompt=login`` and an exceeded ``max_age`` send the user back to sign in."""
-    auth_time = session.get("auth_time", 0)
+    """``prompt=login``, ``max_age=0`` and a Trellis sign-in older than ``max_age`` send the
+    user back to sign in, and on to the partner's identity provider with a demand to
+    authenticate again. (Without a Trellis session the ordinary sign-in follows anyway.)"""
     if "login" in prompts:
         return True
     max_age = request.values.get("max_age")
-    if max_age is not None:
-        try:
-            return time.time() - auth_time > max(0, int(max_age))
-        except ValueError:
-            return True
-    return False
+    if max_age is None:
+        return False
+    try:
+        limit = max(0, int(max_age))
+    except ValueError:
+        return True
+    if limit == 0:
+        return True
+    return current_user.is_authenticated and \
+        time.time() - session.get("auth_time", 0) > limit
 
 
-def _send_to_login(prompts: set[str]):
+def _send_to_login(prompts: set[str], force: bool):
     """Back to this request once signed in, without ``prompt=login`` (which would loop);
     a fresh sign-in then satisfies ``max_age`` too. The app may pre-select the
     organization, whose branded sign-in page is then shown."""
@@ -193,7 +199,10 @@ def _send_to_login(prompts: set[str]):
     if "max_age" in args:
         args.pop("max_age")
     next_url = url_for("provider.authorize") + "?" + urlencode(args)
-    if current_user.is_authenticated:
+    # The sign-in page shows its form even to a signed-in user, and the partner's identity
+    # provider is asked to authenticate again (prompt=login / ForceAuthn); signing in
+    # clears the flag with the rest of the session.
+    if force:
         session["force_login"] = True
     slug = request.args.get("org")
     if slug:

@@ -57,8 +57,9 @@ def _saml_connection(connection_id: int) -> Connection:
 def begin(connection: Connection, *, login_hint: str | None, next_url: str, test: bool):
     """Send the browser to the IdP with an AuthnRequest (called by ``sso.start``)."""
     _refresh_metadata_if_due(connection)
-    outcome = services().saml.begin(connection_settings(connection),
-                                    RequestContext(redirect_uri="", login_hint=login_hint))
+    outcome = services().saml.begin(connection_settings(connection), RequestContext(
+        redirect_uri="", login_hint=login_hint,
+        force_authn=bool(session.get("force_login")) and not test))
     pending = _read_pending()
     pending[outcome.pending_state["state"]] = {
         **outcome.pending_state, "connection_id": connection.id,

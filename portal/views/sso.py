@@ -46,8 +46,9 @@ def start(connection: Connection, *, login_hint: str | None, next_url: str,
     s = services()
     settings = _oidc_settings(connection)
     callback = url_for("sso.oidc_callback", connection_id=connection.id, _external=True)
-    outcome = s.oidc.begin(settings, RequestContext(redirect_uri=callback,
-                                                    login_hint=login_hint))
+    outcome = s.oidc.begin(settings, RequestContext(
+        redirect_uri=callback, login_hint=login_hint,
+        force_authn=bool(session.get("force_login")) and not test))
     pending = {**outcome.pending_state, "next": safe_next(next_url, ""), "test": test}
     stored = dict(session.get("sso_pending", {}))
     stored[pending["state"]] = pending

@@ -319,3 +319,22 @@ def test_tokens_stop_when_the_org_membership_or_app_goes(app, op, change):
                                   "refresh_token": token["refresh_token"]})
         assert refresh.json()["error"] == "invalid_grant"
     assert client.get(op + "/oauth/userinfo").status_code == 401
+
+
+def test_token_endpoint_is_rate_limited_per_ip(settings, make_org):
+    from portal import create_app
+    from tests.e2e.conftest import LiveServer
+    limited = create_app({**settings, "OAUTH_RATE_LIMIT": "3/minute"})
+    make_org("acme", "Acme Supplies")
+    registered = register(limited, name="Backend", redirect_uris=[],
+                          grant_types=["client_credentials"], scopes=["authz"])
+    server = LiveServer(limited)
+    try:
+        answers = [http.post(server.url + "/oauth/token",
+                             auth=(registered.client_id, "trs_wrong-guess"),
+                             data={"grant_type": "client_credentials"}).status_code
+                   for _ in range(4)]
+    finally:
+        server.stop()
+        services_of(limited).db.dispose()
+    assert answers == [401, 401, 401, 429]

@@ -104,14 +104,17 @@ def email_verified(session: Session, email: str) -> bool:
                                                           Domain.verified.is_(True))))
 
 
+def auth_session_id(session: Session, token_hash: str) -> int | None:
+    return session.scalar(sa.select(AuthSession.id).where(AuthSession.token_hash == token_hash))
+
+
 def principal(session: Session, user: User, org: OrgRef | None, token_hash: str,
-              auth_time: datetime, acr: str, amr: tuple[str, ...]) -> Principal:
-    auth_session_id = session.scalar(sa.select(AuthSession.id).where(
-        AuthSession.token_hash == token_hash))
+              auth_time: datetime, acr: str, amr: tuple[str, ...],
+              session_id: int | None) -> Principal:
     return Principal(user_id=user.id, email=user.email, name=user.display_name,
                      email_verified=email_verified(session, user.email), org=org,
                      roles=roles_in(session, user.id, org.id) if org else (),
-                     auth_session_id=auth_session_id, sid=sid_for(token_hash),
+                     auth_session_id=session_id, sid=sid_for(token_hash),
                      auth_time=auth_time, acr=acr, amr=amr)
 
 

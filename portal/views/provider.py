@@ -158,10 +158,15 @@ def _decide(grant, client, orgs, scopes, redirect_uri, state):
 
 def _issue_code(grant, org: provider.OrgRef):
     token_hash = provider.digest(session.get("sid", ""))
+    # The Trellis session's row id, looked up once per session (a new sign-in clears it).
+    session_id = session.get("auth_session_id")
+    if session_id is None:
+        session_id = session["auth_session_id"] = provider.auth_session_id(db_session(),
+                                                                           token_hash)
     who = provider.principal(
         db_session(), current_user, org, token_hash,
         auth_time=_auth_time(), acr=f"urn:trellis:loa:{session.get('assurance', 1)}",
-        amr=tuple(session.get("amr") or ("pwd",)))
+        amr=tuple(session.get("amr") or ("pwd",)), session_id=session_id)
     return oauth.server().create_authorization_response(grant_user=who, grant=grant)
 
 

@@ -710,6 +710,7 @@ def ldap_sync(connection_id: int, dry_run: bool, quiet: bool) -> None:
     with no changes in the directory changes nothing. Exit code 1 when the run did not
     finish (the pages already done stay done; running again goes on)."""
     from portal.services import ldap_sync as sync
+    from portal.services import locks
     s = services()
     with s.db.sessions() as session:
         _ldap_connection(session, connection_id)
@@ -723,7 +724,7 @@ def ldap_sync(connection_id: int, dry_run: bool, quiet: bool) -> None:
     try:
         summary = sync.run(s.db, cli_context(), s.ldap, s.secrets, connection_id,
                            dry_run=dry_run, progress=progress)
-    except sync.SyncFailed as failed:
+    except (sync.SyncFailed, locks.Busy) as failed:
         _fail(failed.message)
     for dn, reason in summary.error_rows:
         click.echo(f"error: {dn}: {reason}", err=True)

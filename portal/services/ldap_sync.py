@@ -51,6 +51,7 @@ from portal.models import (
     User,
     UserStatus,
 )
+from portal.services import locks
 
 MAX_ERROR_ROWS = 200
 
@@ -175,7 +176,20 @@ def run(db: Database, ctx: audit.Context, adapter: LdapAdapter, box: SecretBox,
         connection_id: int, *, dry_run: bool = False,
         progress: Callable[[SyncSummary], None] | None = None) -> SyncSummary:
     """One sync run. Returns its summary; a run the directory broke off is recorded as
-    failed (the pages already done stay done) and raises ``SyncFailed``."""
+    failed (the pages already done stay done) and raises ``SyncFailed``. A run that would
+    write while another one of the same connection is writing raises ``locks.Busy``
+    (a scheduled run can outlast its interval); dry runs write nothing and need no lock."""
+    if dry_run:
+        return _run(db, ctx, adapter, box, connection_id, dry_run, progress)
+    with locks.exclusive(db, f"ldap-sync:{connection_id}",
+                         f"A sync of connection {connection_id} is already running; this "
+                         "one did not start. Wait for it to finish."):
+        return _run(db, ctx, adapter, box, connection_id, dry_run, progress)
+
+
+def _run(db: Database, ctx: audit.Context, adapter: LdapAdapter, box: SecretBox,
+         connection_id: int, dry_run: bool,
+         progress: Callable[[SyncSummary], None] | None) -> SyncSummary:
     started = time.monotonic()
     summary = SyncSummary(dry_run=dry_run)
     with db.sessions() as session:

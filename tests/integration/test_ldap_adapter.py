@@ -25,6 +25,7 @@ from tests.peers.slapd import (
     SERVICE_DN,
     SERVICE_PASSWORD,
     USER_PASSWORD,
+    start_seeded,
 )
 
 
@@ -135,6 +136,19 @@ def test_untrusted_certificate_is_refused_on_starttls_and_ldaps(slapd):
                         USER_PASSWORD)
         assert error.code == "tls_untrusted", url
         assert "could not be reached" in error.safe_message
+
+
+def test_a_certificate_for_another_host_name_is_refused(tmp_path):
+    """Signed by the trusted CA, but issued to another name than the one in the URL."""
+    other = start_seeded(tmp_path / "slapd", tls=True, tls_host="directory.partner.example")
+    try:
+        for url in (other.url, other.ldaps_url):
+            error = refused(settings_for(other, urls=(url,)), "alice", USER_PASSWORD)
+            assert error.code == "tls_untrusted", url
+            assert "directory.partner.example" in error.detail  # the name it was issued to
+            assert "could not be reached" in error.safe_message
+    finally:
+        other.stop()
 
 
 def test_plain_ldap_only_when_explicitly_allowed(slapd):

@@ -10,7 +10,7 @@ from flask.cli import ScriptInfo
 
 from portal import audit
 from portal.models import AuthSession, Connection, Membership, RoleGrant, User, UserStatus
-from portal.services import auth, ldap_sync, organizations, users
+from portal.services import auth, ldap_sync, locks, organizations, users
 from tests.conftest import CLI_CTX, audit_events, services_of
 from tests.integration.test_ldap_signin import add_ldap, post_login
 from tests.peers.process import free_port
@@ -197,3 +197,32 @@ def test_sync_command(app, tx, synced_org):
             User.email == "alice@acme.test")) == UserStatus.ACTIVE
     wrong = runner.invoke(main, ["ldap", "sync", "999"], obj=info)
     assert wrong.exit_code == 1 and "no such connection" in wrong.output
+
+
+def test_a_second_run_while_one_is_writing_does_not_start(app, tx, synced_org):
+    """A scheduled sync can outlast its interval: the overlapping run stops at once."""
+    import threading
+    paused, go_on, outcome = threading.Event(), threading.Event(), {}
+
+    def slow_progress(_summary):
+        paused.set()
+        go_on.wait(30)
+
+    def first_run():
+        s = services_of(app)
+        outcome["first"] = ldap_sync.run(s.db, CLI_CTX, s.ldap, s.secrets, synced_org,
+                                         progress=slow_progress)
+    worker = threading.Thread(target=first_run)
+    worker.start()
+    try:
+        assert paused.wait(30), "the first run never reached its first page"
+        with pytest.raises(locks.Busy) as busy:
+            sync(app, synced_org)
+        assert "already running" in busy.value.message
+        assert sync(app, synced_org, dry_run=True).complete  # reading is harmless
+    finally:
+        go_on.set()
+        worker.join(60)
+    assert outcome["first"].complete and outcome["first"].created == 4
+    again = sync(app, synced_org)  # the lock was let go
+    assert again.complete and again.created == 0

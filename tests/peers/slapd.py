@@ -200,13 +200,13 @@ class Slapd:
     """One slapd. ``url`` is plain ldap:// (StartTLS when ``tls``); ``ldaps_url`` with tls."""
 
     def __init__(self, folder: Path, *, tls: bool = False, ldif: str | None = None,
-                 ldif_file: Path | None = None) -> None:
+                 ldif_file: Path | None = None, tls_host: str = "127.0.0.1") -> None:
         if not Path(SLAPD).exists():
             pytest.fail(MISSING)
         self.folder = folder
         (folder / "data").mkdir(parents=True)
         (folder / "slapd.d").mkdir()
-        self.tls = make_tls(folder) if tls else None
+        self.tls = make_tls(folder, tls_host) if tls else None
         self.port = free_port()
         self.url = f"ldap://127.0.0.1:{self.port}"
         self.ldaps_port = free_port() if tls else None
@@ -322,8 +322,8 @@ def generated_ldif(count: int, groups: int = 100, domain: str = "bulk.test") -> 
         yield group_ldif(f"g{g:03d}", members)
 
 
-def start_seeded(folder: Path, tls: bool = False) -> Slapd:
-    return Slapd(folder, tls=tls, ldif=base_ldif() + "\n" + seed_ldif())
+def start_seeded(folder: Path, tls: bool = False, tls_host: str = "127.0.0.1") -> Slapd:
+    return Slapd(folder, tls=tls, ldif=base_ldif() + "\n" + seed_ldif(), tls_host=tls_host)
 
 
 @pytest.fixture(scope="session")

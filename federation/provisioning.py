@@ -89,6 +89,7 @@ def _decide(session: Session, connection: Connection, identity: ExternalIdentity
     if not connection.enabled and not test:
         raise _refuse("connection_disabled", "Single sign-on for your organization is "
                       "switched off. Contact your administrator.")
+    _check_allowed_domain(connection, identity)
     link = session.scalar(sa.select(FederatedIdentity).where(
         FederatedIdentity.connection_id == connection.id,
         FederatedIdentity.subject == identity.subject))
@@ -102,6 +103,26 @@ def _decide(session: Session, connection: Connection, identity: ExternalIdentity
     if connection.organization_id is not None:
         _plan_membership(session, connection, result)
         result.roles = mapped_roles(connection, identity)
+
+
+def allowed_domains(connection: Connection) -> frozenset[str]:
+    """Email domains this connection may sign in (empty: no list, the usual domain rules).
+
+    A partner whose IdP also serves a sister company, or a social sign-in meant for one
+    company only, narrows the connection to the domains it is trusted for; the list applies
+    at every sign-in, so narrowing it shuts out returning users of other domains too."""
+    return frozenset(connection.settings.get("allowed_domains") or ())
+
+
+def _domain_allowed(connection: Connection, email: str | None) -> bool:
+    allowed = allowed_domains(connection)
+    return not allowed or (bool(email) and email.rpartition("@")[2] in allowed)
+
+
+def _check_allowed_domain(connection: Connection, identity: ExternalIdentity) -> None:
+    if not _domain_allowed(connection, identity.email):
+        raise _refuse("domain_not_allowed", "Your email domain may not sign in through this "
+                      "identity provider. Contact your administrator.")
 
 
 def _check_user_may_sign_in(user: User | None) -> None:
@@ -296,7 +317,7 @@ def sign_in_returning(session: Session, ctx: audit.Context, connection: Connecti
     writes and audit event as ``apply``). For anything else it returns None without writing,
     and the caller takes ``plan``/``apply``, which decide it."""
     org_id = connection.organization_id
-    if not connection.enabled:
+    if not connection.enabled or not _domain_allowed(connection, identity.email):
         return None
     row = session.execute(RETURNING_ROW, {"org_id": org_id, "connection_id": connection.id,
                                           "subject": identity.subject}).first()

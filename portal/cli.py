@@ -605,6 +605,20 @@ def connection_set_secret(connection_id: int, client_secret_stdin: bool) -> None
         click.echo(f"connection {row.id}: client secret replaced")
 
 
+@connection.command("set-domains")
+@click.argument("connection_id", type=int)
+@click.argument("domains", nargs=-1)
+@with_appcontext
+def connection_set_domains(connection_id: int, domains: tuple[str, ...]) -> None:
+    """Let only these email DOMAINS sign in through a connection (none: lift the limit)."""
+    from portal.services import connections
+    with services().db.transaction() as session:
+        row = connections.get(session, connection_id)
+        names = connections.set_allowed_domains(session, cli_context(), row, list(domains))
+        click.echo(f"connection {row.id}: "
+                   + (f"allowed domains {', '.join(names)}" if names else "any domain"))
+
+
 @connection.command("list")
 @with_appcontext
 def connection_list() -> None:

@@ -16,6 +16,7 @@ from portal.crypto import SecretBox
 from portal.errors import Conflict, NotFound, ValidationError
 from portal.models import Connection, Protocol
 from portal.services import organizations
+from portal.validation import normalize_domain
 
 OIDC_PRESETS: dict[str, dict[str, Any]] = {
     "oidc": {},
@@ -96,6 +97,25 @@ def mark_tested(connection: Connection) -> None:
 def mark_changed(connection: Connection) -> None:
     """The configuration changed: the last test no longer speaks for it."""
     connection.settings = {k: v for k, v in connection.settings.items() if k != "tested_at"}
+
+
+MAX_ALLOWED_DOMAINS = 50
+
+
+def set_allowed_domains(session: Session, ctx: audit.Context, connection: Connection,
+                        domains: list[str]) -> list[str]:
+    """Narrow the connection to these email domains (an empty list lifts the limit)."""
+    names = sorted({normalize_domain(name) for name in domains if name.strip()})
+    if len(names) > MAX_ALLOWED_DOMAINS:
+        raise ValidationError(f"At most {MAX_ALLOWED_DOMAINS} allowed domains.",
+                              code="too_many_domains")
+    before = connection.settings.get("allowed_domains") or []
+    connection.settings = {**connection.settings, "allowed_domains": names}
+    mark_changed(connection)
+    audit.record(session, ctx, "connection.update", target=f"connection:{connection.id}",
+                 organization_id=connection.organization_id,
+                 details={"allowed_domains": [before, names]})
+    return names
 
 
 def set_enabled(session: Session, ctx: audit.Context, connection_id: int,

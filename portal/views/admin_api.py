@@ -343,13 +343,18 @@ CONNECTION = {"type": "object", "required": ["id", "name", "protocol", "enabled"
                              "protocol": {"enum": ["oidc", "saml", "ldap"]},
                              "enabled": {"type": "boolean"}, "tested": {"type": "boolean"},
                              "group_roles": {"type": "object",
-                                             "additionalProperties": {"type": "string"}}}}
+                                             "additionalProperties": {"type": "string"}},
+                             "allowed_domains": {"type": "array",
+                                                 "items": {"type": "string"}}}}
+DOMAINS = {"type": "object", "required": ["allowed_domains"],
+           "properties": {"allowed_domains": {"type": "array", "items": {"type": "string"}}}}
 
 
 def _connection_json(row: Connection) -> dict[str, Any]:
     return {"id": row.id, "name": row.name, "protocol": row.protocol.value,
             "enabled": row.enabled, "tested": bool(row.settings.get("tested_at")),
-            "group_roles": dict(row.group_roles or {})}
+            "group_roles": dict(row.group_roles or {}),
+            "allowed_domains": list(row.settings.get("allowed_domains") or [])}
 
 
 def _connection(org: Organization, connection_id: int) -> Connection:
@@ -394,6 +399,21 @@ def enable_connection(org: Organization, connection_id: int):
            "connections:write", "manage", "connection", response="Connection")
 def disable_connection(org: Organization, connection_id: int):
     return _set_enabled(org, connection_id, False)
+
+
+@operation("PUT", "/connections/<int:connection_id>/allowed-domains",
+           "Let only these email domains sign in through the connection (empty: any).",
+           "connections:write", "manage", "connection", body=DOMAINS, response="Connection")
+def set_allowed_domains(org: Organization, connection_id: int):
+    _connection(org, connection_id)
+    domains = _body().get("allowed_domains")
+    if not isinstance(domains, list) or not all(isinstance(d, str) for d in domains):
+        raise InvalidRequest("allowed_domains", "send a list of domain names")
+    with services().db.transaction() as tx:
+        connections_service.set_allowed_domains(tx, _ctx(), tx.get(Connection, connection_id),
+                                                domains)
+    db_session().expire_all()
+    return jsonify(_connection_json(_connection(org, connection_id)))
 
 
 SCHEMAS = {"Ok": {"type": "object", "properties": {"ok": {"type": "boolean"}}},

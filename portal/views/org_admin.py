@@ -395,6 +395,15 @@ def connection_mapping(slug: str, connection_id: int):
     return _change_connection(slug, connection_id, change, "Group mapping saved.")
 
 
+@bp.post("/connections/<int:connection_id>/domains")
+@require("manage", "connection", org_arg="slug")
+def connection_domains(slug: str, connection_id: int):
+    domains = request.form.get("allowed_domains", "").replace(",", " ").split()
+    return _change_connection(slug, connection_id, lambda tx, ctx, row: (
+        connections_service.set_allowed_domains(tx, ctx, row, domains)),
+        "Allowed domains saved." if domains else "Any email domain may sign in.")
+
+
 @bp.post("/connections/<int:connection_id>/secret")
 @require("manage", "connection", org_arg="slug")
 def connection_secret(slug: str, connection_id: int):

@@ -164,6 +164,26 @@ def test_answers_match_the_document(app, tx, two_orgs):
         check(response, path, method)
 
 
+def test_connection_allowed_domains_over_the_api(app, tx, two_orgs, oidc_provider):
+    from portal.services import connections
+    from tests.conftest import services_of
+    with tx() as session:
+        row = connections.create_oidc(session, CLI_CTX, services_of(app).secrets,
+                                      org_slug="acme", name="Acme SSO", client_id="c",
+                                      client_secret="s", issuer=oidc_provider.issuer)
+        connection_id = row.id
+    client, auth = app.test_client(), token_for(tx, "alice@acme.test")
+    url = f"/api/v1/orgs/acme/connections/{connection_id}/allowed-domains"
+    done = client.put(url, headers=auth, json={"allowed_domains": ["acme.test"]})
+    assert done.status_code == 200 and done.get_json()["allowed_domains"] == ["acme.test"]
+    wrong = client.put(url, headers=auth, json={"allowed_domains": "acme.test"})
+    assert wrong.status_code == 422 and wrong.get_json()["field"] == "allowed_domains"
+    read_only = token_for(tx, "alice@acme.test", scopes=["connections:read"])
+    assert client.put(url, headers=read_only, json={"allowed_domains": []}).status_code == 403
+    assert client.get(f"/api/v1/orgs/acme/connections/{connection_id}",
+                      headers=auth).get_json()["allowed_domains"] == ["acme.test"]
+
+
 @pytest.fixture
 def fuzz_target(app, tx, two_orgs):
     return spec(app), app.test_client(), token_for(tx, "alice@acme.test")

@@ -111,6 +111,43 @@ def test_email_outside_the_organizations_domains_is_refused(client, app, tx, oid
     assert (failure.outcome, failure.reason) == ("failure", "domain_not_verified")
 
 
+def test_allowed_domains_shut_out_first_and_returning_sign_ins(client, app, tx, oidc_org,
+                                                              oidc_provider):
+    with tx() as session:
+        organizations.add_domain(session, CLI_CTX, "acme", "acme-eu.test")
+        organizations.verify_domain_manually(session, CLI_CTX, "acme-eu.test")
+    oidc_provider.put_account("ola@acme-eu.test")
+    assert federated_login(client, oidc_provider, "ola@acme-eu.test").status_code == 302
+    client.post("/logout", data={"csrf_token": csrf_token(client, "/")})
+    with tx() as session:
+        connections.set_allowed_domains(session, CLI_CTX, session.get(Connection, oidc_org),
+                                        ["ACME.test", "acme.test"])
+        assert session.get(Connection, oidc_org).settings["allowed_domains"] == ["acme.test"]
+    oidc_provider.put_account("new@acme-eu.test")
+    for email in ("ola@acme-eu.test", "new@acme-eu.test"):
+        response = federated_login(app.test_client(), oidc_provider, email)
+        assert response.status_code == 403
+        assert "may not sign in through this identity provider" in response.get_data(
+            as_text=True)
+        failure = audit_events(app, "auth.login")[-1]
+        assert (failure.outcome, failure.reason) == ("failure", "domain_not_allowed")
+    assert count(tx, User) == 1
+    oidc_provider.put_account("kai@acme.test")
+    assert federated_login(app.test_client(), oidc_provider, "kai@acme.test").headers[
+        "Location"] == "/o/acme/"
+
+
+def test_allowed_domains_reject_bad_names_and_too_long_lists(tx, oidc_org):
+    from portal.errors import ValidationError
+    with tx() as session:
+        row = session.get(Connection, oidc_org)
+        with pytest.raises(ValidationError, match="not a valid domain"):
+            connections.set_allowed_domains(session, CLI_CTX, row, ["acme.test", "not a name"])
+        with pytest.raises(ValidationError, match="At most 50"):
+            connections.set_allowed_domains(session, CLI_CTX, row,
+                                            [f"d{i}.test" for i in range(51)])
+
+
 def test_existing_local_account_is_linked_only_with_its_password(client, app, tx, oidc_org,
                                                                  oidc_provider, make_user):
     make_user("lee@acme.test", display_name="Lee")

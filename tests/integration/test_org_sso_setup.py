@@ -101,6 +101,24 @@ def test_oidc_connection_and_secret_rotation(app, tx, partner, oidc_provider):
     assert audit_events(app, "connection.secret")[-1].organization_id is not None
 
 
+def test_sso_manager_narrows_the_connection_to_domains(app, tx, partner, oidc_provider):
+    sam = as_user(app, "sam@partner.example")
+    path = post(sam, "/o/partner/admin/connections/new", protocol="oidc", name="OIDC",
+                issuer=oidc_provider.issuer, client_id="abc",
+                client_secret="s1").headers["Location"]
+    bad = post(sam, f"{path}/domains", allowed_domains="partner.example not_a_domain")
+    assert bad.status_code == 400 and "is not a valid domain name" in bad.get_data(
+        as_text=True)
+    saved = post(sam, f"{path}/domains", allowed_domains="Partner.Example, eu.partner.example")
+    assert saved.status_code == 302
+    assert 'value="eu.partner.example partner.example"' in sam.get(path).get_data(as_text=True)
+    event = audit_events(app, "connection.update")[-1]
+    assert event.details["allowed_domains"] == [[], ["eu.partner.example", "partner.example"]]
+    assert post(sam, f"{path}/domains", allowed_domains="").status_code == 302
+    with tx() as session:
+        assert session.scalar(sa.select(Connection)).settings["allowed_domains"] == []
+
+
 def test_members_without_the_role_cannot_see_sso(app, tx, partner, make_user):
     make_user("pat@partner.example", org="partner")
     pat = as_user(app, "pat@partner.example")

@@ -28,12 +28,13 @@ from casbin.util.expression import SimpleEval
 from casbin.util.log import disabled_logging
 
 from policies.errors import PolicyError
-from policies.files import PolicyFiles, load_policy_files
+from policies.files import PolicyFiles, load_policy_files, parse_org_policy
 
 MODEL = Path(__file__).resolve().parent / "model.conf"
 VERSION_CHECK_SECONDS = 0.5  # another worker's change is seen within this (plus a request)
 PLATFORM = "_platform"  # the domain of platform-level decisions (operator pages and APIs)
 FILES_CHECK_SECONDS = 2.0  # edited policy files are picked up within this
+FILES = "!files"  # the invalidation message "the policy files were reloaded"
 log = logging.getLogger("trellis.policy")
 
 
@@ -81,6 +82,8 @@ class Sources:
     platform_roles: Callable[[], Iterable[tuple[str, str]]]  # (user id, platform role)
     org_kind: Callable[[str], str | None]  # org -> partner/vendor/internal, None if unknown
     version: Callable[[str], int] = field(default=lambda org: 0)  # bumps on grant changes
+    # org -> the organization's uploaded policy text, None when it has none
+    org_policy: Callable[[str], str | None] = field(default=lambda org: None)
 
 
 class _LinesAdapter(persist.Adapter):
@@ -231,11 +234,14 @@ class PolicyEngine:
         self._stamp = _files_stamp(self.folder)
         self._files_checked = clock()
         self.reload_error: PolicyError | None = None  # the broken edit kept out, if any
+        # Uploaded organization policies: the last text that loaded, and what is broken now.
+        self._org_good: dict[str, tuple[str, list[list[str]]]] = {}
+        self.org_errors: dict[str, PolicyError] = {}
         self.source_error: Exception | None = None  # grants could not be checked, if so
         self.notifier = None
         if redis_url:
             from policies.notify import CHANNEL, RedisInvalidation
-            self.notifier = RedisInvalidation(redis_url, self._drop,
+            self.notifier = RedisInvalidation(redis_url, self._remote,
                                               channel=redis_channel or CHANNEL)
 
     def close(self) -> None:
@@ -335,6 +341,14 @@ class PolicyEngine:
                 self._cache.pop(org, None)
                 self._generations[org] = self._generations.get(org, 0) + 1
 
+    def _remote(self, org: str | None) -> None:
+        """Another worker changed something: an organization, everything, or the files."""
+        if org == FILES:
+            self._files_checked = float("-inf")  # the next decision re-reads edited files
+            self._reload_if_edited(self.clock())
+        else:
+            self._drop(org)
+
     def _generation(self, org: str) -> tuple[int, int]:
         return self._generation_all, self._generations.get(org, 0)
 
@@ -344,8 +358,11 @@ class PolicyEngine:
         files = load_policy_files(self.folder)
         with self._lock:
             self.files = files
+            self._stamp = _files_stamp(self.folder)
             self._cache.clear()
             self._generation_all += 1
+        if self.notifier is not None:
+            self.notifier.publish(FILES)
 
     def _reload_if_edited(self, now: float) -> None:
         if now - self._files_checked < FILES_CHECK_SECONDS:
@@ -401,11 +418,34 @@ class PolicyEngine:
                 self._cache.popitem(last=False)
         return fresh
 
+    def _uploaded_rules(self, org: str) -> list[list[str]]:
+        """The organization's uploaded rules. Uploads are checked before they are stored, but
+        the files they are checked against may change since: a text that no longer loads is
+        reported (``org_errors``, ``/readyz``) and the last good rules of it stay in force."""
+        text = self.sources.org_policy(org)
+        if not text:
+            self._org_good.pop(org, None)
+            self.org_errors.pop(org, None)
+            return []
+        good = self._org_good.get(org)
+        if good is not None and good[0] == text:
+            return good[1]
+        try:
+            rules = parse_org_policy(self.files, org, text)
+        except PolicyError as error:
+            self.org_errors[org] = error
+            log.error("the uploaded policy of %s is broken; its last good rules stay in "
+                      "force: %s", org, error.detail)
+            return good[1] if good is not None else []
+        self._org_good[org] = (text, rules)
+        self.org_errors.pop(org, None)
+        return rules
+
     def _build(self, org: str) -> casbin.Enforcer | None:
         kind = self.sources.org_kind(org)
         if kind is None:
             return None
-        lines = self.files.lines_for(org, kind)
+        lines = self.files.lines_for(org, kind, self._uploaded_rules(org))
         lines += [["g", user, role, org] for user, role in self.sources.grants(org)]
         lines += [["g2", user, role] for user, role in self.sources.platform_roles()]
         enforcer = casbin.Enforcer(str(MODEL), _LinesAdapter(lines))

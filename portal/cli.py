@@ -876,6 +876,52 @@ def policy_test(tables: tuple[str, ...]) -> None:
         sys.exit(1)
 
 
+@policy.command("upload")
+@click.argument("slug")
+@click.argument("file", type=click.File("r", encoding="utf-8"))
+@with_appcontext
+def policy_upload(slug: str, file) -> None:
+    """Make FILE (rules as in orgs/<slug>.csv) the uploaded policy of organization SLUG.
+
+    A broken file is refused with file, line and reason; the policy in force stays."""
+    from portal.services import org_policies
+    text = file.read()
+    s, ctx = services(), cli_context()
+    try:
+        with s.db.transaction() as session:
+            _, warnings = org_policies.upload(session, ctx, s.policy.files, slug, text)
+    except org_policies.PolicyRefused as refused:
+        with s.db.transaction() as session:
+            org_policies.record_refusal(session, ctx, slug, text, refused.where)
+        raise
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
+    click.echo(f"policy of {slug} uploaded; in force in every worker within a second")
+
+
+@policy.command("remove")
+@click.argument("slug")
+@with_appcontext
+def policy_remove(slug: str) -> None:
+    """Remove organization SLUG's uploaded policy (orgs/<slug>.csv in the folder stays)."""
+    from portal.services import org_policies
+    with services().db.transaction() as session:
+        org_policies.remove(session, cli_context(), slug)
+    click.echo(f"uploaded policy of {slug} removed")
+
+
+@policy.command("reload")
+@with_appcontext
+def policy_reload() -> None:
+    """Check the policy folder and tell every worker to re-read it now (with REDIS_URL;
+    without, workers re-read edited files within two seconds)."""
+    engine = services().policy
+    engine.reload_files()
+    reached = "every worker told" if engine.notifier is not None else \
+        "workers re-read it within two seconds (no REDIS_URL)"
+    click.echo(f"policy {engine.files.fingerprint} loads cleanly; {reached}")
+
+
 # --- audit ------------------------------------------------------------------------------
 
 @main.group("audit")

@@ -803,6 +803,7 @@ def api_client_create(name: str, orgs: tuple[str, ...]) -> None:
 @api_client.command("list")
 def api_client_list() -> None:
     """List API clients (keys are never shown again)."""
+    from portal.db import utcnow
     from portal.services import api_clients
     with services().db.sessions() as session:
         rows = api_clients.list_all(session)
@@ -810,6 +811,8 @@ def api_client_list() -> None:
             click.echo("no API clients")
         for row in rows:
             state = "enabled" if row.enabled else "disabled"
+            if row.previous_key_expires_at and row.previous_key_expires_at > utcnow():
+                state += f" (previous key until {row.previous_key_expires_at:%Y-%m-%d %H:%M})"
             click.echo(f"{row.id}\t{row.key_prefix}…\t{state}\t{','.join(row.organizations)}"
                        f"\t{row.name}")
 
@@ -822,6 +825,35 @@ def api_client_disable(client_id: int) -> None:
     with services().db.transaction() as session:
         api_clients.set_enabled(session, cli_context(), client_id, False)
     click.echo(f"API client {client_id} disabled")
+
+
+@api_client.command("rotate")
+@click.argument("client_id", type=int)
+@click.option("--grace-hours", type=float, default=24.0, show_default=True,
+              help="How long the current key keeps working (0: it stops at once).")
+def api_client_rotate(client_id: int, grace_hours: float) -> None:
+    """Give an API client a new key; the old one works for the grace period, then stops."""
+    from datetime import timedelta
+
+    from portal.services import api_clients
+    with services().db.transaction() as session:
+        client, key = api_clients.rotate(session, cli_context(), client_id,
+                                         timedelta(hours=grace_hours))
+        until = client.previous_key_expires_at
+    click.echo(f"new key for API client {client_id} (shown once): {key}")
+    click.echo(f"the previous key works until {until:%Y-%m-%d %H:%M:%S} UTC" if until else
+               "the previous key stopped working (within 5 seconds)")
+
+
+@api_client.command("revoke-previous")
+@click.argument("client_id", type=int)
+def api_client_revoke_previous(client_id: int) -> None:
+    """End a rotation's grace period now: only the newest key works."""
+    from portal.services import api_clients
+    with services().db.transaction() as session:
+        api_clients.revoke_previous(session, cli_context(), client_id)
+    click.echo(f"the previous key of API client {client_id} stopped working (within 5 "
+               "seconds)")
 
 
 # --- policy -----------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 import pytest
 
 from portal.services import api_clients
-from tests.conftest import CLI_CTX, services_of
+from tests.conftest import CLI_CTX, audit_events, services_of
 
 
 @pytest.fixture
@@ -129,3 +129,52 @@ def test_api_client_cli_shows_the_key_once(app, tx, make_org, monkeypatch, setti
     assert app.test_client().post("/api/v1/authz/check", headers={
         "Authorization": f"Bearer {key}"}, json={"subject": "1", "organization": "acme",
                                                  "object": "x", "action": "r"}).status_code == 200
+
+
+def test_a_rotated_key_works_with_the_old_one_until_the_grace_period_ends(app, client, world):
+    """The app rolls out its new key while the old one still works; then the old one stops
+    (the operator ends the grace period, or it runs out)."""
+    import datetime as dt
+    import re
+
+    import sqlalchemy as sa
+
+    from portal.cli import main
+    from portal.models import ApiClient
+    body = {"subject": world["alice"], "organization": "acme", "object": "organization",
+            "action": "read"}
+    runner = app.test_cli_runner()
+    result = runner.invoke(main, ["api-client", "rotate", "1", "--grace-hours", "1"])
+    assert result.exit_code == 0, result.output
+    new_key = re.search(r"(trk_\S+)", result.output).group(1)
+    assert "previous key works until" in result.output
+    app.extensions["trellis_api_keys"] = api_clients.KeyCache()  # no 5 s wait in the test
+    for key in (world["key"], new_key):
+        assert call(client, key, "/authz/check", body).status_code == 200
+    listed = runner.invoke(main, ["api-client", "list"]).output
+    assert "previous key until" in listed and new_key[:12] in listed
+
+    # The grace period runs out: the old key stops, the new one goes on.
+    with services_of(app).db.transaction() as session:
+        session.execute(sa.update(ApiClient).values(
+            previous_key_expires_at=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)))
+    app.extensions["trellis_api_keys"] = api_clients.KeyCache()
+    assert call(client, world["key"], "/authz/check", body).status_code == 401
+    assert call(client, new_key, "/authz/check", body).status_code == 200
+
+    # Rotating again with an explicit early revocation: only the newest key works.
+    newest = re.search(r"(trk_\S+)", runner.invoke(
+        main, ["api-client", "rotate", "1"]).output).group(1)
+    app.extensions["trellis_api_keys"] = api_clients.KeyCache()
+    assert call(client, new_key, "/authz/check", body).status_code == 200
+    assert runner.invoke(main, ["api-client", "revoke-previous", "1"]).exit_code == 0
+    app.extensions["trellis_api_keys"] = api_clients.KeyCache()
+    assert call(client, new_key, "/authz/check", body).status_code == 401
+    assert call(client, newest, "/authz/check", body).status_code == 200
+    again = runner.invoke(main, ["api-client", "revoke-previous", "1"])
+    assert again.exit_code == 1 and "no previous key" in again.output
+    bad = runner.invoke(main, ["api-client", "rotate", "1", "--grace-hours", "-1"])
+    assert bad.exit_code == 1 and "grace period" in bad.output
+    actions = [e.action for e in audit_events(app) if e.action.startswith("api_client.")]
+    assert actions[-3:] == ["api_client.rotate", "api_client.rotate",
+                            "api_client.revoke_previous"]

@@ -72,6 +72,18 @@ class Explanation:
     # How the subject reaches each of its roles, shortest first (``g`` inside the
     # organization, ``g2`` for platform roles).
     chains: tuple[tuple[str, ...], ...] = ()
+    # Every rule that matched the request, deciding or not (an allow a deny overrode, or a
+    # second allow), each with where it is written and the subject's path to its role.
+    matched: tuple[MatchedRule, ...] = ()
+    where: str = ""  # file:line of the deciding rule ("uploaded policy" for an upload)
+
+
+@dataclass(frozen=True)
+class MatchedRule:
+    rule: tuple[str, ...]
+    where: str
+    chain: tuple[str, ...]
+    decided: bool
 
 
 @dataclass
@@ -143,6 +155,24 @@ class _Rules:
         """The shortest path from the user to each role it holds: in the organization, and
         on the platform."""
         return _reach(self.links, user), _reach(self.platform_links, user)
+
+    def matching(self, subject: Attrs, obj: Attrs, action: str, context: Attrs
+                 ) -> list[tuple[str, ...]]:
+        """Every rule that matches the request, in policy order (for explanations)."""
+        roles = self.roles(subject.id)
+        names = {"r_sub": subject, "r_obj": obj, "r_ctx": context, "r_dom": self.org,
+                 "r_act": action}
+        found = []
+        for row, condition in (*self.by_action.get(action, ()), *self.by_action.get("*", ())):
+            if row[0] not in roles or not key_match(obj.type or "", row[2]):
+                continue
+            try:
+                holds = condition.eval(names)
+            except Exception:  # shown by the decision's own reason
+                holds = False
+            if holds:
+                found.append(row)
+        return found
 
     def decide(self, subject: Attrs, obj: Attrs, action: str, context: Attrs
                ) -> tuple[bool, tuple[str, ...] | None]:
@@ -282,14 +312,32 @@ class PolicyEngine:
         user = str(subject.get("id", ""))
         with cached.lock:
             in_org, on_platform = cached.rules.chains(user)
-        chain: tuple[str, ...] = ()
-        if decision.rule is not None:
-            role = decision.rule[0]
-            chain = ("*",) if role == "*" else in_org.get(role) or on_platform.get(role, ())
+            matching = cached.rules.matching(
+                Attrs(subject, id=user), Attrs(obj), action, Attrs(context or {}))
+
+        def chain_to(role: str) -> tuple[str, ...]:
+            return ("*",) if role == "*" else in_org.get(role) or on_platform.get(role, ())
+
+        matched = tuple(MatchedRule(tuple(row), self.where(org, row), chain_to(row[0]),
+                                    tuple(row) == decision.rule) for row in matching)
+        chain = chain_to(decision.rule[0]) if decision.rule is not None else ()
         paths = sorted({path for path in (*in_org.values(), *on_platform.values())
                         if len(path) > 1}, key=lambda path: (len(path), path))
         return Explanation(decision, tuple(sorted(set(in_org) - {user})),
-                           tuple(sorted(set(on_platform) - {user})), chain, tuple(paths))
+                           tuple(sorted(set(on_platform) - {user})), chain, tuple(paths),
+                           matched, self.where(org, decision.rule) if decision.rule else "")
+
+    def where(self, org: str, rule: tuple[str, ...] | list[str]) -> str:
+        """``file:line`` of a rule, or "uploaded policy of <org>" for an uploaded one."""
+        found = self.files.locate(rule)
+        if found:
+            return found
+        uploaded = self._org_good.get(org)
+        if uploaded is not None:
+            for number, line in _numbered_rules(uploaded[0]):
+                if tuple(line[1:]) == tuple(rule):
+                    return f"uploaded policy of {org}, line {number}"
+        return ""
 
     def permissions(self, subject: Mapping[str, Any], org: str) -> list[dict[str, Any]]:
         """What the subject may do in the organization: the allow rules reaching it through
@@ -451,6 +499,12 @@ class PolicyEngine:
         enforcer = casbin.Enforcer(str(MODEL), _LinesAdapter(lines))
         enforcer.enable_auto_save(False)
         return enforcer
+
+
+def _numbered_rules(text: str) -> list[tuple[int, list[str]]]:
+    return [(number, [token.strip() for token in raw.strip().split(",")])
+            for number, raw in enumerate(text.splitlines(), start=1)
+            if raw.strip() and not raw.strip().startswith("#")]
 
 
 def _files_stamp(folder: Path) -> tuple:

@@ -41,6 +41,23 @@ class PolicyFiles:
         return [[*line[:3], org] if line[0] == "g" and line[3] == "*" else list(line)
                 for line in lines]
 
+    def locate(self, rule: tuple[str, ...] | list[str]) -> str:
+        """Where a policy row (``sub, dom, obj, act, cond, eft``) is written: the first
+        ``file:line`` holding it, or "" when no file does (an uploaded policy)."""
+        index = self.__dict__.get("_where")
+        if index is None:
+            index = {}
+            groups = [("platform.csv", self.platform),
+                      *((f"kinds/{k}.csv", lines) for k, lines in self.kinds.items()),
+                      *((f"orgs/{o}.csv", lines) for o, lines in self.orgs.items())]
+            for label, lines in groups:
+                numbers = self.line_numbers.get(label, [0] * len(lines))
+                for number, line in zip(numbers, lines, strict=False):
+                    if line[0] == "p":
+                        index.setdefault(tuple(line[1:]), f"{label}:{number}")
+            self.__dict__["_where"] = index
+        return index.get(tuple(rule), "")
+
     def roles(self) -> set[str]:
         """Every role some rule gives permissions to."""
         groups = [self.platform, *self.kinds.values(), *self.orgs.values()]

@@ -112,6 +112,56 @@ def redis_channel(redis_url: str) -> str:
     return f"{CHANNEL}:{path}"
 
 
+def explanation_dict(explanation) -> dict:
+    """An ``Explanation`` as plain data, for the API, the CLI and the simulation page."""
+    decision = explanation.decision
+    return {"allowed": decision.allowed,
+            "matched_rule": list(decision.rule) if decision.rule else None,
+            "rule_source": explanation.where or None,
+            "reason": decision.reason or None, "policy_version": decision.version,
+            "roles": list(explanation.roles), "platform_roles": list(explanation.platform_roles),
+            "chain": list(explanation.chain),
+            "chains": [list(path) for path in explanation.chains],
+            "matched_rules": [{"rule": list(m.rule), "effect": m.rule[5],
+                               "source": m.where or None, "chain": list(m.chain),
+                               "decided": m.decided} for m in explanation.matched]}
+
+
+def describe(explanation) -> list[str]:
+    """An explanation as lines a person reads: the decision, the deciding rule with where it
+    is written and how the subject holds its role, then the other rules that matched."""
+    decision = explanation.decision
+    lines = [f"{'ALLOW' if decision.allowed else 'DENY'}"
+             + (f" ({decision.reason})" if decision.reason else "")]
+    if decision.rule:
+        lines.append(f"  decided by: {', '.join(decision.rule)}"
+                     + (f"  [{explanation.where}]" if explanation.where else ""))
+        lines.append(f"  role chain: {_chain_text(explanation.chain)}")
+    for match in explanation.matched:
+        if match.decided:
+            continue
+        note = "overridden by the deny" if not decision.allowed and \
+            match.rule[5] == "allow" else "also matched"
+        lines.append(f"  {note}: {', '.join(match.rule)}"
+                     + (f"  [{match.where}]" if match.where else "")
+                     + f"  via {_chain_text(match.chain)}")
+    lines.append("  roles held: " + (", ".join(explanation.roles) or "none")
+                 + (f"; platform: {', '.join(explanation.platform_roles)}"
+                    if explanation.platform_roles else ""))
+    for path in explanation.chains:
+        lines.append(f"    {_chain_text(path)}")
+    lines.append(f"  policy version: {decision.version}")
+    return lines
+
+
+def _chain_text(chain) -> str:
+    if not chain:
+        return "none"
+    if tuple(chain) == ("*",):
+        return "everyone (*)"
+    return " -> ".join(chain)
+
+
 # -- invalidation on commit ------------------------------------------------------------------
 
 CHANGES = "trellis_policy_changes"  # session.info key: organization ids, slugs, or ALL

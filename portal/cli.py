@@ -908,6 +908,45 @@ def policy_test(tables: tuple[str, ...]) -> None:
         sys.exit(1)
 
 
+@policy.command("explain")
+@click.argument("who")
+@click.argument("slug")
+@click.argument("object_type")
+@click.argument("action")
+@click.option("--object", "object_attrs", multiple=True, metavar="NAME=VALUE",
+              help="An attribute of the object, e.g. amount=900 (repeatable).")
+@click.option("--subject", "subject_attrs", multiple=True, metavar="NAME=VALUE",
+              help="An extra attribute of the subject (repeatable).")
+@click.option("--context", "context_attrs", multiple=True, metavar="NAME=VALUE",
+              help="A context attribute, e.g. assurance=2 (repeatable; org_status and "
+                   "assurance=1 are filled in as the portal does).")
+@click.option("--json", "as_json", is_flag=True, help="Print the explanation as JSON.")
+@with_appcontext
+def policy_explain(who, slug, object_type, action, object_attrs, subject_attrs,
+                   context_attrs, as_json) -> None:
+    """Decide and explain: may WHO (email or user id) do ACTION on OBJECT_TYPE in SLUG?
+
+    Prints the deciding rule with its file and line, the role chain that gives the subject
+    that rule's role, and every other rule that matched (an allow a deny overrode)."""
+    import json
+
+    from portal.authz import describe, explanation_dict
+    from portal.services import simulation
+    with services().db.sessions() as session:
+        _, subject = simulation.subject(session, who)
+        org = simulation.organization(session, slug)
+        ctx = {**simulation.context(org),
+               **simulation.attributes(context_attrs, "context")}
+    subject.update(simulation.attributes(subject_attrs, "subject"))
+    obj = {**simulation.attributes(object_attrs, "object"), "type": object_type}
+    explanation = services().policy.explain(subject, slug, obj, action, ctx)
+    if as_json:
+        click.echo(json.dumps(explanation_dict(explanation), indent=2))
+    else:
+        for line in describe(explanation):
+            click.echo(line)
+
+
 @policy.command("upload")
 @click.argument("slug")
 @click.argument("file", type=click.File("r", encoding="utf-8"))

@@ -16,6 +16,7 @@ from typing import Any
 from flask import Blueprint, current_app, g, jsonify, request
 
 from policies.engine import PolicyEngine
+from portal.authz import explanation_dict
 from portal.errors import Forbidden, InvalidRequest
 from portal.extensions import csrf, db_session, services
 from portal.permissions import ACCESS
@@ -66,9 +67,8 @@ def batch():
 @api_key_required
 def explain():
     item = _check_request(_body(), "")
-    explanation = _engine().explain(*item)
-    answer = _answer(explanation.decision)
-    answer.update(roles=list(explanation.roles), platform_roles=list(explanation.platform_roles))
+    answer = explanation_dict(_engine().explain(*item))
+    answer["decision_id"] = secrets.token_hex(8)
     return jsonify(answer)
 
 

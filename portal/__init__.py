@@ -85,6 +85,7 @@ def _init_services(app: Flask) -> None:
     from federation.saml import SamlAdapter
     from portal.crypto import SecretBox
     from portal.db import Database
+    from portal.decision_log import DecisionLog
     from portal.extensions import Services, close_db_session
     from portal.passwords import Passwords
     from portal.services.roles import DatabaseRoleGrants
@@ -113,6 +114,7 @@ def _init_services(app: Flask) -> None:
         role_grants=DatabaseRoleGrants(),
         policy=_policy_engine(config["POLICY_DIR"], db, config["REDIS_URL"],
                               config.get("POLICY_CHANNEL")),
+        decisions=DecisionLog(db, config["DECISION_LOG_SAMPLE"], config["DECISION_LOG_DENIES"]),
     )
     app.teardown_appcontext(close_db_session)
 

@@ -947,6 +947,37 @@ def policy_explain(who, slug, object_type, action, object_attrs, subject_attrs,
             click.echo(line)
 
 
+@policy.command("decisions")
+@click.option("--org", "slug", help="Only this organization's decisions.")
+@click.option("--denied", is_flag=True, help="Only denied decisions.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10000))
+@with_appcontext
+def policy_decisions(slug: str | None, denied: bool, limit: int) -> None:
+    """The latest sampled decisions of the decision API (see TRELLIS_DECISION_LOG_SAMPLE)."""
+    import sqlalchemy as sa
+
+    from portal.decision_log import ACTION
+    from portal.models import AuditEvent
+    from portal.services import organizations
+    with services().db.sessions() as session:
+        query = sa.select(AuditEvent).where(AuditEvent.action == ACTION)
+        if slug:
+            query = query.where(AuditEvent.organization_id ==
+                                organizations.get(session, slug).id)
+        if denied:
+            query = query.where(AuditEvent.outcome == "failure")
+        events = list(session.scalars(query.order_by(AuditEvent.seq.desc()).limit(limit)))
+    if not events:
+        click.echo("no sampled decisions")
+    for event in reversed(events):
+        d = event.details
+        rule = ", ".join(d["rule"]) if d.get("rule") else d.get("reason") or ""
+        click.echo(f"{event.occurred_at:%Y-%m-%d %H:%M:%S} {d['decision_id']} "
+                   f"{'allow' if d['allowed'] else 'deny '} {d['org']} "
+                   f"subject={d['subject'].get('id')} {d['action']} "
+                   f"{d['object'].get('type')} ({rule}) by {d.get('caller')}")
+
+
 @policy.command("upload")
 @click.argument("slug")
 @click.argument("file", type=click.File("r", encoding="utf-8"))

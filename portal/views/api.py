@@ -133,7 +133,18 @@ def _check_org(org: str) -> None:
 
 
 def _decide(item: tuple) -> dict[str, Any]:
-    return _answer(_engine().decide(*item))
+    decision = _engine().decide(*item)
+    answer = _answer(decision)
+    decisions = services().decisions
+    if decisions.enabled and decisions.wants(decision.allowed):
+        decisions.add(answer["decision_id"], *item, decision, _caller_name())
+    return answer
+
+
+def _caller_name() -> str:
+    """API keys have positive ids, OAuth apps (client credentials) negative ones."""
+    caller_id = g.api_client.id
+    return f"api_client:{caller_id}" if caller_id > 0 else f"oauth_app:{-caller_id}"
 
 
 def _answer(decision) -> dict[str, Any]:

@@ -978,6 +978,78 @@ def policy_decisions(slug: str | None, denied: bool, limit: int) -> None:
                    f"{d['object'].get('type')} ({rule}) by {d.get('caller')}")
 
 
+@policy.command("diff")
+@click.argument("candidate", type=click.Path(exists=True, path_type=Path))
+@click.option("--as", "replaces", metavar="RELPATH",
+              help="The file CANDIDATE replaces, e.g. kinds/partner.csv (default: guessed "
+                   "from its name).")
+@click.option("--org", "slugs", multiple=True, help="Sample this organization (repeatable; "
+              "default: a random sample).")
+@click.option("--orgs", "org_count", default=20, show_default=True,
+              type=click.IntRange(0, 10000), help="How many organizations to sample.")
+@click.option("--subjects", "subject_count", default=10, show_default=True,
+              type=click.IntRange(1, 1000), help="How many members of each to sample.")
+@click.option("--show", default=50, show_default=True, type=click.IntRange(0, 100000),
+              help="How many changed decisions to print.")
+@with_appcontext
+def policy_diff(candidate: Path, replaces, slugs, org_count, subject_count, show) -> None:
+    """Which decisions change if CANDIDATE (a policy folder, or one file) replaced the
+    policy in force: the decision tables' cases and a sample of real members, objects and
+    actions. Exits 1 when some decision changes (like diff)."""
+    from policies.diff import candidate_folder, compare, compare_tables, sample_requests
+    from policies.files import load_policy_files
+    from portal.authz import database_sources
+    current = Path(current_app.config["POLICY_DIR"])
+    with candidate_folder(current, candidate, replaces) as folder:
+        before, after = load_policy_files(current), load_policy_files(folder)
+        tables = sorted((current / "tests").glob("*.yaml"))
+        counted, changes = compare_tables(current, folder, tables)
+        subjects, statuses = _sample_subjects(list(slugs), org_count, subject_count)
+        requests = sample_requests([before, after], subjects, statuses)
+        sampled, found = compare(current, folder, database_sources(services().db), requests)
+        changes += found
+    for change in changes[:show]:
+        click.echo(change.describe())
+    if len(changes) > show:
+        click.echo(f"... and {len(changes) - show} more")
+    click.echo(f"policy {before.fingerprint} -> {after.fingerprint}: {len(changes)} of "
+               f"{counted + sampled} decisions change ({counted} table cases, {sampled} "
+               f"sampled requests over {len({org for _, org in subjects})} organizations)")
+    if changes:
+        sys.exit(1)
+
+
+def _sample_subjects(slugs: list[str], org_count: int, subject_count: int
+                     ) -> tuple[list[tuple[dict, str]], dict[str, str]]:
+    """Members of a sample of organizations (plus one operator), as the portal sees them."""
+    import random
+
+    import sqlalchemy as sa
+
+    from portal.models import Membership, Organization, User
+    from portal.services import organizations
+    with services().db.sessions() as session:
+        if slugs:
+            orgs = [organizations.get(session, slug) for slug in slugs]
+        else:
+            ids = list(session.scalars(sa.select(Organization.id)))
+            chosen = random.sample(ids, min(org_count, len(ids)))
+            orgs = list(session.scalars(sa.select(Organization).where(
+                Organization.id.in_(chosen)))) if chosen else []
+        operator = session.scalar(sa.select(User.id).where(User.is_operator.is_(True))
+                                  .limit(1))
+        subjects, statuses = [], {}
+        for org in orgs:
+            statuses[org.slug] = org.status.value
+            members = list(session.scalars(sa.select(Membership.user_id).where(
+                Membership.organization_id == org.id)))
+            for user_id in random.sample(members, min(subject_count, len(members))):
+                subjects.append(({"id": str(user_id), "platform_operator": False}, org.slug))
+            if operator is not None:
+                subjects.append(({"id": str(operator), "platform_operator": True}, org.slug))
+    return subjects, statuses
+
+
 @policy.command("upload")
 @click.argument("slug")
 @click.argument("file", type=click.File("r", encoding="utf-8"))

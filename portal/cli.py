@@ -866,27 +866,46 @@ def policy() -> None:
 @policy.command("lint")
 @with_appcontext
 def policy_lint() -> None:
-    """Check the policy files, and the database's grants and organizations against them."""
+    """Check the policy files and the uploaded organization policies: rules that can never
+    decide, rules and files naming organizations that do not exist, granted roles no rule
+    gives anything. Exits 1 when there is a problem."""
     import sqlalchemy as sa
 
-    from policies.files import load_policy_files
-    from portal.models import Organization, RoleGrant
+    from policies.files import PolicyFiles, load_policy_files, parse_org_policy
+    from policies.lint import lint
+    from portal.models import Organization, OrgPolicy, RoleGrant
     files = load_policy_files(Path(current_app.config["POLICY_DIR"]))
-    problems = []
     with services().db.sessions() as session:
         granted = set(session.scalars(sa.select(RoleGrant.role).distinct()))
-        slugs = set(session.scalars(sa.select(Organization.slug)))
-    defined = files.roles() | {"member"}
-    problems += [f"role {role!r} is granted in the database but no rule gives it anything"
-                 for role in sorted(granted - defined)]
-    problems += [f"orgs/{slug}.csv: there is no organization {slug!r}"
-                 for slug in sorted(set(files.orgs) - slugs)]
+        kinds = {slug: kind.value for slug, kind in session.execute(
+            sa.select(Organization.slug, Organization.kind))}
+        uploads = list(session.execute(sa.select(Organization.slug, OrgPolicy.text).join(
+            OrgPolicy, OrgPolicy.organization_id == Organization.id)))
+    problems = []
+    orgs, numbers = dict(files.orgs), dict(files.line_numbers)
+    for slug, text in uploads:
+        try:
+            rules = parse_org_policy(files, slug, text)
+        except PolicyError as error:
+            problems.append(f"uploaded policy of {slug}: {error.detail}")
+            continue
+        label = f"orgs/{slug}.csv"
+        numbers[label] = [*numbers.get(label, []), *(
+            n for n, raw in enumerate(text.splitlines(), start=1)
+            if raw.strip() and not raw.strip().startswith("#"))]
+        orgs[slug] = [*orgs.get(slug, []), *rules]
+    merged = PolicyFiles(platform=files.platform, kinds=files.kinds, orgs=orgs,
+                         fingerprint=files.fingerprint, line_numbers=numbers)
+    problems += [str(problem) for problem in lint(
+        merged, organizations=kinds, granted_roles=granted | {"platform_operator"})]
     for problem in problems:
         click.echo(f"warning: {problem}", err=True)
     if problems:
         sys.exit(1)
+    defined = files.roles() | {"member"}
     click.echo(f"policy {files.fingerprint}: {len(defined)} roles, "
-               f"{len(files.orgs)} organization files, no problems")
+               f"{len(files.orgs)} organization files, {len(uploads)} uploaded organization "
+               "policies, no problems")
 
 
 @policy.command("test")

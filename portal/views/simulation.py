@@ -59,6 +59,11 @@ def _simulate(values: dict[str, str], members_of: Organization | None) -> dict[s
     explanation = services().policy.explain(subject, slug, obj, values["action"].strip(),
                                             context)
     result = explanation_dict(explanation)
+    # People read emails, not ids: the chains start with the user's email.
+    for chain in (result["chain"], *result["chains"],
+                  *(match["chain"] for match in result["matched_rules"])):
+        if chain and chain[0] == subject["id"]:
+            chain[0] = user.email
     result.update(user=user.email, org=slug, object=obj, context=context,
                   action=values["action"].strip())
     return result

@@ -337,6 +337,27 @@ class ApiClient(Base):
     organizations: Mapped[list[str]] = mapped_column(sa.JSON, default=list)
     enabled: Mapped[bool] = mapped_column(default=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # During a rotation the replaced key keeps working until ``previous_key_expires_at``, so
+    # the app can roll its new key out without an outage.
+    previous_key_hash: Mapped[str | None] = mapped_column(sa.String(64), unique=True)
+    previous_key_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    rotated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class OrgPolicy(Base):
+    """An organization's own policy rules uploaded by an operator (the same format as
+    ``orgs/<slug>.csv`` in the policy folder, whose rules apply as well). Only text that
+    loaded cleanly is stored; every upload and removal is in the audit trail."""
+
+    __tablename__ = "org_policies"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    organization_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("organizations.id", ondelete="CASCADE"), unique=True)
+    text: Mapped[str] = mapped_column(sa.Text)
+    sha256: Mapped[str] = mapped_column(sa.String(64))
+    uploaded_by: Mapped[str] = mapped_column(sa.String(320), default="")
+    uploaded_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class KeyState(enum.StrEnum):

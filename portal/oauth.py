@@ -317,8 +317,9 @@ class ClientCredentials(grants.ClientCredentialsGrant):
 
     def validate_token_request(self):
         super().validate_token_request()
-        if set((self.request.payload.scope or "").split()) - {"authz"}:
-            raise InvalidScopeError("client_credentials tokens carry only the authz scope.")
+        if set((self.request.payload.scope or "").split()) - set(apps.BACKEND_SCOPES):
+            raise InvalidScopeError("client_credentials tokens carry only the authz and "
+                                    "apps:manage scopes.")
 
 
 class PrivateKeyJWT(JWTBearerClientAssertion):
@@ -506,3 +507,18 @@ def api_caller(token: str):
         return None
     app = session.get(OAuthApp, row.app_id)
     return Caller(-app.id, frozenset(app.organizations or ()))
+
+
+def scoped_app(token: str, scope: str) -> str | None:
+    """The client id of an app calling with a live client-credentials access token that
+    carries ``scope``; a token issued to a user never qualifies."""
+    claims = verify(token, ACCESS_TOKEN_TYPE)
+    if not claims or claims.get("aud") != issuer() or \
+            scope not in str(claims.get("scope", "")).split():
+        return None
+    session = db_session()
+    row = provider.find_token(session, jti=claims.get("jti"))
+    if row is None or row.user_id is not None or not provider.token_active(session, row):
+        return None
+    app = session.get(OAuthApp, row.app_id)
+    return app.client_id if app else None

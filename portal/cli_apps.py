@@ -129,12 +129,16 @@ def register(main: click.Group, keys: click.Group, cli_context) -> None:
     @keys.command("rotate-signing")
     @click.option("--force", is_flag=True,
                   help="Rotate even while the previous key still verifies live tokens.")
-    def keys_rotate_signing(force: bool) -> None:
+    @click.option("--alg", type=click.Choice(["RS256", "ES256"]),
+                  help="Rotate only this ring (default: both).")
+    def keys_rotate_signing(force: bool, alg: str | None) -> None:
         """Start signing tokens with the published next key and publish a new next key; the
         replaced key stays in the JWKS until its tokens have expired."""
         from portal.services import provider_keys
         s = services()
         with s.db.transaction() as session:
-            result = provider_keys.rotate(session, cli_context(), s.secrets, force=force)
-        click.echo(f"signing with key {result['active']}; key {result['previous']} stays "
-                   f"published until its tokens expire; next key {result['next']} published")
+            done = provider_keys.rotate(session, cli_context(), s.secrets, force=force, alg=alg)
+        for name, result in done.items():
+            click.echo(f"{name}: signing with key {result['active']}; key "
+                       f"{result['previous']} stays published until its tokens expire; next "
+                       f"key {result['next']} published")

@@ -188,3 +188,32 @@ def test_broker_path_through_the_partners_identity_provider(browsing, app, live,
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_operator_registers_an_app_in_the_page(page, live, app, make_org, make_user):
+    make_org("acme", "Acme Supplies")
+    make_user("ops@trellis.test", operator=True)
+    page.goto(live.url + "/login")
+    page.get_by_label("Work email").fill("ops@trellis.test")
+    page.get_by_role("button", name="Continue").click()
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    page.goto(live.url + "/admin/apps")
+    page.get_by_role("link", name="Register an app").click()
+    page.get_by_label("Name (shown on the consent page").fill("Ticketing")
+    page.get_by_label("Redirect URIs, one per line", exact=False).first.fill("https://tickets.example/callback")
+    page.get_by_label("Organizations offered the app").fill("acme")
+    page.get_by_label("ID token signature").select_option("ES256")
+    page.get_by_label("Initiate-login URI").fill("https://tickets.example/login")
+    screenshot(page, "admin-app-register.png")
+    page.get_by_role("button", name="Register").click()
+    assert page.get_by_role("heading", name="Ticketing is registered").is_visible()
+    secret = page.locator("code.secret").inner_text()
+    assert secret.startswith("trs_")
+    screenshot(page, "admin-app-secret-once.png")
+    page.get_by_role("link", name="Settings of Ticketing").click()
+    assert secret not in page.content()
+    page.get_by_label("The old secret keeps working for").select_option("3600")
+    page.get_by_role("button", name="Make a new secret").click()
+    assert page.get_by_role("heading", name="Ticketing has a new secret").is_visible()
+    assert page.locator("code.secret").inner_text() != secret

@@ -15,7 +15,9 @@ from authlib.common.urls import add_params_to_uri
 from authlib.oauth2.rfc6749.errors import OAuth2Error
 from flask import (
     Blueprint,
+    current_app,
     jsonify,
+    make_response,
     redirect,
     render_template,
     request,
@@ -27,9 +29,10 @@ from flask_login import current_user, logout_user
 from portal import audit, oauth
 from portal.errors import TrellisError
 from portal.extensions import audit_context, csrf, db_session, services
+from portal.models import OAuthApp as OAuthAppModel
 from portal.models import Organization
 from portal.permissions import ACCESS, public, signed_in
-from portal.services import apps, backchannel, device, provider
+from portal.services import apps, backchannel, device, provider, provider_keys
 from portal.services import auth as auth_service
 from portal.views import use_branding
 
@@ -62,8 +65,8 @@ def discovery():
         "response_types_supported": ["code"],
         "response_modes_supported": ["query"],
         "grant_types_supported": list(apps.GRANT_TYPES),
-        "subject_types_supported": ["public"],
-        "id_token_signing_alg_values_supported": ["RS256"],
+        "subject_types_supported": list(apps.SUBJECT_TYPES),
+        "id_token_signing_alg_values_supported": list(provider_keys.ALGORITHMS),
         "token_endpoint_auth_methods_supported": oauth.ALL_METHODS,
         "token_endpoint_auth_signing_alg_values_supported": ["RS256", "ES256"],
         "introspection_endpoint_auth_methods_supported": oauth.CONFIDENTIAL_METHODS,
@@ -79,6 +82,8 @@ def discovery():
         "authorization_response_iss_parameter_supported": True,
         "backchannel_logout_supported": True,
         "backchannel_logout_session_supported": True,
+        "frontchannel_logout_supported": True,
+        "frontchannel_logout_session_supported": True,
     })
 
 
@@ -323,7 +328,8 @@ def userinfo():
         response.headers["WWW-Authenticate"] = 'Bearer error="insufficient_scope"'
         return response
     who = provider.refresh_principal(db_session(), row)
-    claims: dict[str, Any] = {"sub": str(row.user_id)}
+    app = db_session().get(OAuthAppModel, row.app_id)
+    claims: dict[str, Any] = {"sub": provider.subject_for(app, row.user_id)}
     if who:
         claims.update(oauth.scope_claims(who, scopes))
     return jsonify(claims)
@@ -357,39 +363,62 @@ def end_session():
     if claims is None and request.method != "POST":
         return render_template("provider/logout.html", client=client,
                                values=request.values)
-    if current_user.is_authenticated and (
-            claims is None or claims.get("sub") == str(current_user.id)):
-        sign_out()
+    if current_user.is_authenticated and (claims is None or (
+            client and claims.get("sub") == provider.subject_for(client.app, current_user.id))):
+        frames = sign_out()
+    else:
+        frames = []
     if target:
         state = request.values.get("state")
-        return redirect(add_params_to_uri(target, [("state", state)] if state else []))
-    return render_template("provider/logged_out.html")
+        target = add_params_to_uri(target, [("state", state)] if state else [])
+        if not frames:
+            return redirect(target)
+    return signed_out_page(frames, target)
 
 
 def _expired_hint(hint: str) -> dict[str, Any] | None:
     from joserfc import jwt
     from joserfc.errors import JoseError
     try:
-        decoded = jwt.decode(hint, oauth.key_ring().public, algorithms=["RS256"])
+        decoded = jwt.decode(hint, oauth.key_ring().public,
+                             algorithms=list(provider_keys.ALGORITHMS))
     except (JoseError, ValueError):
         return None
     claims = dict(decoded.claims)
     return claims if claims.get("iss") == oauth.issuer() else None
 
 
-def sign_out() -> None:
-    """End the Trellis session, revoke what apps got from it, tell apps that listen."""
+def sign_out() -> list[backchannel.Frame]:
+    """End the Trellis session, revoke what apps got from it, tell apps that listen on the
+    back channel; returns the front-channel frames the signed-out page must load."""
     ctx = audit_context()
     sid_token = session.get("sid")
-    notify: list[tuple[Any, str, int]] = []
+    found = backchannel.Collected()
     with services().db.transaction() as tx:
         auth_service.end_session(tx, sid_token)
         if sid_token:
-            notify = backchannel.revoke_and_collect(tx, provider.digest(sid_token))
-        audit.record(tx, ctx, "auth.logout", target=f"user:{current_user.email}")
+            found = backchannel.revoke_and_collect(tx, provider.digest(sid_token),
+                                                   oauth.issuer())
+        audit.record(tx, ctx, "auth.logout", target=f"user:{current_user.email}",
+                     details={"frontchannel": [f.client_id for f in found.front]}
+                     if found.front else None)
     logout_user()
     session.clear()
-    backchannel.notify(notify, issuer=oauth.issuer(), sign=oauth.sign)
+    backchannel.notify(found.back, issuer=oauth.issuer(), sign=oauth.sign)
+    return found.front
+
+
+def signed_out_page(frames: list[backchannel.Frame], next_url: str | None = None):
+    """The signed-out page. With front-channel frames it loads each app's logout URI in a
+    hidden frame (its CSP lets it frame those origins and nothing else), then moves on to
+    ``next_url`` after a moment, without script."""
+    response = make_response(render_template("provider/logged_out.html", frames=frames,
+                                             next_url=next_url))
+    if frames:
+        origins = " ".join(backchannel.frame_origins(frames))
+        response.headers["Content-Security-Policy"] = (
+            current_app.config["CONTENT_SECURITY_POLICY"] + f"; frame-src {origins}")
+    return response
 
 
 # --- device authorization: the user's page --------------------------------------------------

@@ -77,6 +77,8 @@ def discovery():
                              "amr", "sid", "azp", "at_hash", "name", "email",
                              "email_verified", "org", "roles"],
         "prompt_values_supported": sorted(PROMPTS),
+        "acr_values_supported": ACR_VALUES,
+        "claims_parameter_supported": True,
         "request_parameter_supported": False,
         "request_uri_parameter_supported": False,
         "authorization_response_iss_parameter_supported": True,
@@ -119,6 +121,23 @@ def authorize():
         if "none" in prompts:
             return _to_client(redirect_uri, "login_required", "Sign-in is required.", state)
         return _send_to_login(prompts, force=reauthenticate)
+    try:
+        needed, essential = requested_level(request.values.get("acr_values", ""),
+                                            request.values.get("claims"))
+    except ValueError as exc:
+        return _to_client(redirect_uri, "invalid_request", str(exc), state)
+    if needed and session.get("assurance", 1) < needed:
+        step_up = _step_up_url()
+        if step_up:
+            if "none" in prompts:
+                return _to_client(redirect_uri, "interaction_required",
+                                  "A stronger sign-in is required.", state)
+            return redirect(step_up)
+        if essential:
+            _audit_denied(client, "unmet_authentication_requirements")
+            return _to_client(redirect_uri, "unmet_authentication_requirements",
+                              "This sign-in cannot reach the authentication level the app "
+                              "requires.", state)
 
     orgs = provider.eligible_orgs(db_session(), current_user.id, client.app)
     wanted = request.values.get("org")
@@ -170,9 +189,60 @@ def _issue_code(grant, org: provider.OrgRef):
                                                                            token_hash)
     who = provider.principal(
         db_session(), current_user, org, token_hash,
-        auth_time=_auth_time(), acr=f"urn:trellis:loa:{session.get('assurance', 1)}",
+        auth_time=_auth_time(), acr=f"{ACR_PREFIX}{session.get('assurance', 1)}",
         amr=tuple(session.get("amr") or ("pwd",)), session_id=session_id)
     return oauth.server().create_authorization_response(grant_user=who, grant=grant)
+
+
+ACR_PREFIX = "urn:trellis:loa:"
+ACR_VALUES = [f"{ACR_PREFIX}{level}" for level in (1, 2)]
+# The page that raises the session's assurance (a second factor), when one is installed; it
+# takes ``next`` and sends the user back here, where the level is read again.
+STEP_UP_ENDPOINT = "mfa.step_up"
+UNREACHABLE = 99
+
+
+def requested_level(acr_values: str, claims: str | None) -> tuple[int | None, bool]:
+    """The lowest assurance level the app accepts, and whether it is essential. ``acr``
+    requested as an essential claim (the ``claims`` parameter) is a demand; ``acr_values``
+    is a preference (OpenID Connect Core 3.1.2.1, 5.5.1.1). Values Trellis does not know are
+    never met."""
+    if claims:
+        import json
+        try:
+            parsed = json.loads(claims)
+        except ValueError:
+            raise ValueError("claims is not JSON.") from None
+        if not isinstance(parsed, dict):
+            raise ValueError("claims must be a JSON object.")
+        acr = (parsed.get("id_token") or {}).get("acr") if isinstance(
+            parsed.get("id_token"), dict) else None
+        if isinstance(acr, dict) and acr.get("essential") is True:
+            values = acr.get("values") or ([acr["value"]] if "value" in acr else [])
+            if not isinstance(values, list) or not values:
+                return None, False  # any level will do
+            return _lowest(values), True
+    values = acr_values.split()
+    return (_lowest(values), False) if values else (None, False)
+
+
+def _lowest(values: list) -> int:
+    levels = [int(v[len(ACR_PREFIX):]) for v in values if isinstance(v, str)
+              and v.startswith(ACR_PREFIX) and v[len(ACR_PREFIX):] in ("1", "2")]
+    return min(levels) if levels else UNREACHABLE
+
+
+def _step_up_url() -> str | None:
+    """Where to raise the session's level, once per authorization request: coming back at
+    the same level means the user could not, and the request is answered truthfully."""
+    from flask import current_app
+    if STEP_UP_ENDPOINT not in current_app.view_functions:
+        return None
+    marker = provider.digest(request.full_path)
+    if session.get("step_up_tried") == marker:
+        return None
+    session["step_up_tried"] = marker
+    return url_for(STEP_UP_ENDPOINT, next=request.full_path)
 
 
 def _auth_time():

@@ -101,6 +101,16 @@ def _fernet_keys(raw: str) -> tuple[str, ...]:
     return keys
 
 
+def _fraction(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError("must be a number between 0 and 1") from None
+    if not 0.0 <= value <= 1.0:
+        raise ValueError("must be between 0 and 1")
+    return value
+
+
 def _text(raw: str) -> str:
     return raw
 
@@ -110,6 +120,20 @@ def _base_url(raw: str) -> str:
         raise ValueError("must be an absolute http(s) URL without query, like "
                          "https://partners.example.com")
     return raw.rstrip("/")
+
+
+def _mail_from(raw: str) -> str:
+    from email.utils import parseaddr
+    _name, address = parseaddr(raw)
+    if "@" not in address or any(ch in raw for ch in "\r\n"):
+        raise ValueError("must be an address such as 'Trellis <no-reply@example.com>'")
+    return raw.strip()
+
+
+def _host(raw: str) -> str:
+    if raw and not re.match(r"^[A-Za-z0-9.-]+$|^\[[0-9A-Fa-f:.]+\]$", raw):
+        raise ValueError("must be a host name or IP address")
+    return raw
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -129,7 +153,9 @@ SETTINGS: tuple[Setting, ...] = (
             "`postgresql+psycopg://user@host:5432/db`."),
     Setting("REDIS_URL", "REDIS_URL", _redis_url, "",
             "When set, sign-in throttling and rate limits are shared through Redis by every "
-            "worker; otherwise they are kept in process."),
+            "worker, and policy changes reach every worker at once over pub/sub; otherwise "
+            "throttling is kept in process and workers see policy changes within about a "
+            "second."),
     Setting("TRELLIS_INSTANCE_PATH", "INSTANCE_PATH", _text, str(ROOT / "instance"),
             "Folder for the SQLite database and the generated development secret key."),
     Setting("TRELLIS_COOKIE_SECURE", "COOKIE_SECURE", _bool, None,
@@ -159,6 +185,13 @@ SETTINGS: tuple[Setting, ...] = (
             "First lockout length; it doubles with every further failure."),
     Setting("TRELLIS_LOCKOUT_MAX_SECONDS", "LOCKOUT_MAX_SECONDS", _int_range(1, 604800), 3600,
             "Longest lockout."),
+    Setting("TRELLIS_MFA_STEP_UP_MINUTES", "MFA_STEP_UP_MINUTES", _int_range(1, 1440), 15,
+            "Users who have a second factor must have used it within this many minutes to "
+            "change an organization's members, roles, connections or settings, or their own "
+            "second factors (otherwise they are asked for a code first)."),
+    Setting("TRELLIS_MFA_REAUTH_MINUTES", "MFA_REAUTH_MINUTES", _int_range(1, 1440), 10,
+            "Setting up an authenticator app requires a sign-in at most this many minutes old "
+            "(else the user signs in again first)."),
     Setting("TRELLIS_LOGIN_RATE_LIMIT", "LOGIN_RATE_LIMIT", _rate, "30/minute",
             "Request rate limit per client IP on every credential endpoint, failed or not."),
     Setting("TRELLIS_OAUTH_RATE_LIMIT", "OAUTH_RATE_LIMIT", _rate, "6000/minute",
@@ -170,6 +203,45 @@ SETTINGS: tuple[Setting, ...] = (
             "How long an identity provider's discovery document is cached."),
     Setting("TRELLIS_POLICY_DIR", "POLICY_DIR", _text, str(ROOT / "policies"),
             "Folder with `model.conf`, `platform.csv`, `kinds/` and `orgs/` policy files."),
+    Setting("TRELLIS_DECISION_LOG_SAMPLE", "DECISION_LOG_SAMPLE", _fraction, 0.0,
+            "Share of decision-API decisions (0 to 1, e.g. `0.01`) written to the audit trail "
+            "as `authz.decision` events, in batches off the request path."),
+    Setting("TRELLIS_DECISION_LOG_DENIES", "DECISION_LOG_DENIES", _bool, False,
+            "Also write every denied decision-API decision to the audit trail, whatever the "
+            "sample."),
+    Setting("TRELLIS_SMTP_HOST", "SMTP_HOST", _host, "",
+            "Mail server that delivers Trellis's email. Empty: outside production, mail is "
+            "kept and shown at `/dev/mail` instead of being sent; in production it waits in "
+            "the outbox."),
+    Setting("TRELLIS_SMTP_PORT", "SMTP_PORT", _int_range(1, 65535), 587,
+            "Mail server port (587 for STARTTLS, 465 for implicit TLS)."),
+    Setting("TRELLIS_SMTP_SECURITY", "SMTP_SECURITY", _choice("starttls", "tls", "none"),
+            "starttls",
+            "`starttls` (upgrade the connection, certificate checked), `tls` (implicit TLS) "
+            "or `none` (plain; refused together with a user name)."),
+    Setting("TRELLIS_SMTP_USER", "SMTP_USER", _text, "",
+            "User name for the mail server; empty sends without authentication."),
+    Setting("TRELLIS_SMTP_PASSWORD", "SMTP_PASSWORD", _text, "",
+            "Password for the mail server."),
+    Setting("TRELLIS_SMTP_TIMEOUT", "SMTP_TIMEOUT", _int_range(1, 120), 10,
+            "Seconds to wait for the mail server before an attempt counts as failed."),
+    Setting("TRELLIS_MAIL_FROM", "MAIL_FROM", _mail_from, "Trellis <no-reply@localhost>",
+            "Sender of every email. Set it to an address of your domain in production."),
+    Setting("TRELLIS_MAIL_MAX_ATTEMPTS", "MAIL_MAX_ATTEMPTS", _int_range(1, 50), 10,
+            "Delivery attempts before a message is marked failed; the wait between attempts "
+            "doubles from one minute up to six hours."),
+    Setting("TRELLIS_REGISTRATION", "REGISTRATION", _choice("closed", "open"), "closed",
+            "`open` lets anyone create an account at `/register` without an organization; "
+            "each organization has its own setting for `/o/<slug>/register`."),
+    Setting("TRELLIS_TERMS_VERSION", "TERMS_VERSION", _text, "1",
+            "Version of the terms of use that registration asks people to accept; recorded "
+            "with each acceptance."),
+    Setting("TRELLIS_TERMS_URL", "TERMS_URL", _base_url, "",
+            "Where the terms of use are published (linked from the registration form)."),
+    Setting("TRELLIS_RESET_MINUTES", "RESET_MINUTES", _int_range(5, 1440), 30,
+            "How long a password reset link works."),
+    Setting("TRELLIS_VERIFY_HOURS", "VERIFY_HOURS", _int_range(1, 168), 24,
+            "How long an email verification link (registration) works."),
     Setting("TRELLIS_LOG_FORMAT", "LOG_FORMAT", _choice("text", "json"), "text",
             "`json` writes one JSON object per log line."),
     Setting("TRELLIS_LOG_LEVEL", "LOG_LEVEL", _choice("DEBUG", "INFO", "WARNING", "ERROR"),
@@ -217,6 +289,9 @@ def _derive(values: dict[str, Any]) -> None:
         if production:
             raise ConfigError("TRELLIS_ENCRYPTION_KEYS: required when TRELLIS_ENV=production")
         values["ENCRYPTION_KEYS"] = _development_encryption_keys(instance)
+    if values["SMTP_USER"] and values["SMTP_SECURITY"] == "none":
+        raise ConfigError("TRELLIS_SMTP_SECURITY: `none` would send the SMTP password in "
+                          "clear; use starttls or tls")
     if values["LOCKOUT_MAX_SECONDS"] < values["LOCKOUT_SECONDS"]:
         raise ConfigError("TRELLIS_LOCKOUT_MAX_SECONDS: must not be below TRELLIS_LOCKOUT_SECONDS")
 

@@ -127,12 +127,10 @@ def authorize():
     except ValueError as exc:
         return _to_client(redirect_uri, "invalid_request", str(exc), state)
     if needed and session.get("assurance", 1) < needed:
-        step_up = _step_up_url()
-        if step_up:
-            if "none" in prompts:
-                return _to_client(redirect_uri, "interaction_required",
-                                  "A stronger sign-in is required.", state)
-            return redirect(step_up)
+        if "none" not in prompts:
+            step_up = _step_up_url()
+            if step_up:
+                return redirect(step_up)
         if essential:
             _audit_denied(client, "unmet_authentication_requirements")
             return _to_client(redirect_uri, "unmet_authentication_requirements",
@@ -196,8 +194,8 @@ def _issue_code(grant, org: provider.OrgRef):
 
 ACR_PREFIX = "urn:trellis:loa:"
 ACR_VALUES = [f"{ACR_PREFIX}{level}" for level in (1, 2)]
-# The page that raises the session's assurance (a second factor), when one is installed; it
-# takes ``next`` and sends the user back here, where the level is read again.
+# The page that raises the session's assurance with the user's second factor; it takes
+# ``next`` and sends the user back here, where the level is read again.
 STEP_UP_ENDPOINT = "mfa.step_up"
 UNREACHABLE = 99
 
@@ -233,10 +231,14 @@ def _lowest(values: list) -> int:
 
 
 def _step_up_url() -> str | None:
-    """Where to raise the session's level, once per authorization request: coming back at
-    the same level means the user could not, and the request is answered truthfully."""
+    """The second-factor step-up page, when the user has a second factor, once per
+    authorization request: coming back at the same level means the user could not, and the
+    request is then answered truthfully."""
     from flask import current_app
-    if STEP_UP_ENDPOINT not in current_app.view_functions:
+
+    from portal.services import mfa
+    if STEP_UP_ENDPOINT not in current_app.view_functions or \
+            not mfa.has_second_factor(db_session(), current_user.id):
         return None
     marker = provider.digest(request.full_path)
     if session.get("step_up_tried") == marker:

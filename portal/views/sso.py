@@ -177,19 +177,28 @@ def finish(connection: Connection, identity, pending: dict[str, Any], ctx,
     except FederationError as error:
         record_failure(connection, error, identity)
         if error.code == "account_exists":
-            return offer_link(connection, identity, pending)
+            return offer_link(connection, identity, pending, remember)
         raise
-    from portal.views.auth import begin_session
-    begin_session(user, token, amr=("fed",))
-    session.update(remember or {})
-    return redirect(landing_url)
+    from portal.views.auth import finish_sign_in
+    return finish_sign_in(user, token, amr=("fed",), next_url=landing_url, remember=remember,
+                          idp_mfa=trusts_idp_mfa(connection, identity))
 
 
-def offer_link(connection: Connection, identity, pending: dict[str, Any]):
-    """The email belongs to an existing account: its owner may link by proving control."""
+def trusts_idp_mfa(connection: Connection, identity) -> bool:
+    """The organization set this connection to accept the identity provider's own second
+    factor, and this sign-in's ``amr`` (or SAML AuthnContext) says one was used."""
+    from portal.services import mfa
+    return bool((connection.settings or {}).get("trust_idp_mfa")) and \
+        mfa.idp_asserted_mfa(identity.auth.amr, identity.auth.acr)
+
+
+def offer_link(connection: Connection, identity, pending: dict[str, Any],
+               remember: dict[str, Any] | None = None):
+    """The email belongs to an existing account: its owner may link by proving control.
+    ``remember`` (SAML logout data) waits in the offer for the session the link starts."""
     session["sso_link"] = services().secrets.seal({
         "identity": identity_to_dict(identity), "connection_id": connection.id,
-        "next": pending.get("next", ""), "created": time.time()})
+        "next": pending.get("next", ""), "created": time.time(), "remember": remember or {}})
     return redirect(url_for("sso.link"))
 
 
@@ -232,9 +241,10 @@ def _link_and_sign_in(connection: Connection, identity, password: str, offer: di
         token = auth.start_session(tx, user, ctx, current_app.config["SESSION_HOURS"])
         landing_url = safe_next(offer.get("next")) if offer.get("next") else \
             landing(tx, user.id)
-    from portal.views.auth import begin_session
-    begin_session(user, token, amr=("fed",))  # replaces the password sign-in session too
-    return redirect(landing_url)
+    from portal.views.auth import finish_sign_in  # replaces the password sign-in session too
+    return finish_sign_in(user, token, amr=("fed",), next_url=landing_url,
+                          remember=offer.get("remember") or None,
+                          idp_mfa=trusts_idp_mfa(connection, identity))
 
 
 def landing(tx, user_id: int, connection: Connection | None = None, known=None) -> str:

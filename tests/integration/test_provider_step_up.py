@@ -1,20 +1,19 @@
 """``acr_values``, an essential ``acr`` claim and ``max_age``: the ID token's ``acr`` always
-says what the session really reached; an essential level the session cannot reach is refused
-with ``unmet_authentication_requirements``; when a step-up page is installed, the user is
-sent through it once; a sign-in older than ``max_age`` is redone."""
+says what the session really reached; a user with a second factor is sent through step-up
+once; an essential level the session still cannot reach is refused with
+``unmet_authentication_requirements``; a sign-in older than ``max_age`` is redone."""
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from flask import Blueprint, redirect, request, session
 from joserfc import jwt
 from joserfc.jwk import KeySet
 
-from portal.permissions import signed_in
 from tests.conftest import audit_events, sign_in
 from tests.integration.provider_helpers import (
     REDIRECT,
@@ -91,61 +90,75 @@ def test_discovery_lists_the_acr_values(op):
     assert config["claims_parameter_supported"] is True
 
 
-# -- with a step-up page installed (as a second factor will provide) -----------------------
+# -- step-up with the user's second factor ---------------------------------------------------
+
+def _authorize_url(registered, **params) -> tuple[str, str]:
+    oauth = rp("http://localhost", registered)
+    verifier = "v" * 48
+    url, _ = oauth.create_authorization_url("http://localhost/oauth/authorize",
+                                            code_verifier=verifier, nonce="n", **params)
+    return url, verifier
+
+
+def _redeem(client, registered, location: str, verifier: str) -> dict:
+    code = parse_qs(urlsplit(location).query)["code"][0]
+    basic = base64.b64encode(f"{registered.client_id}:{registered.secret}".encode()).decode()
+    token = client.post("/oauth/token", data={
+        "grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT,
+        "code_verifier": verifier}, headers={"Authorization": f"Basic {basic}"}).get_json()
+    keys = KeySet.import_key_set(client.get("/oauth/jwks").get_json())
+    return dict(jwt.decode(token["id_token"], keys, algorithms=["RS256", "ES256"]).claims)
+
 
 @pytest.fixture
-def step_up(app):
-    """A stand-in for the second-factor page: it raises the session's level when told to
-    (``app.config["STEP_UP_WORKS"]``) and sends the user back to ``next``."""
-    bp = Blueprint("mfa", __name__)
-    visits = []
-
-    @bp.get("/mfa/step-up")
-    @signed_in
-    def step_up():
-        visits.append(request.args["next"])
-        if app.config.get("STEP_UP_WORKS"):
-            session["assurance"], session["amr"] = 2, ["pwd", "otp"]
-        return redirect(request.args["next"])
-
-    app.register_blueprint(bp)
-    return visits
+def alice(make_org, make_user):
+    make_org("acme", "Acme Supplies")
+    return make_user("alice@acme.test", org="acme")
 
 
-def _follow(browser, response, base: str):
-    """Follow Trellis's own redirects until one leaves for the app."""
-    while response.status_code in (302, 303) and \
-            response.headers["Location"].startswith(("/", base)):
-        location = response.headers["Location"]
-        response = browser.get(location if location.startswith("http") else base + location,
-                               allow_redirects=False)
-    return response
-
-
-def test_step_up_raises_the_level_and_acr_reports_it(app, step_up, op):
-    app.config["STEP_UP_WORKS"] = True
+def test_step_up_with_the_second_factor_and_acr_reports_it(app, client, alice):
+    from tests.integration.test_mfa import enroll, next_code, send_code
     registered = register(app, consent_required=False)
-    browser = browser_login(op, "alice@acme.test")
-    client, response, verifier, _ = _sign_in_for(op, registered, browser, acr_values=LOA2)
-    assert urlsplit(response.headers["Location"]).path == "/mfa/step-up"
-    response = _follow(browser, response, op)
-    claims = _finish(op, client, response, verifier)
-    assert claims["acr"] == LOA2 and claims["amr"] == ["pwd", "otp"]
-    assert len(step_up) == 1
-    assert parse_qs(urlsplit(step_up[0]).query)["acr_values"] == [LOA2]
+    sign_in(client, "alice@acme.test")
+    secret, _ = enroll(client)  # the session itself stays at level 1
+    url, verifier = _authorize_url(registered, acr_values=LOA2)
+    answer = client.get(url)
+    location = urlsplit(answer.headers["Location"])
+    assert location.path == "/login/step-up"
+    back_to = parse_qs(location.query)["next"][0]
+    assert back_to.startswith("/oauth/authorize?")
+    stepped = send_code(client, next_code(secret), "/login/step-up", next=back_to)
+    assert stepped.status_code == 302 and stepped.headers["Location"] == back_to
+    issued = client.get(back_to)
+    assert issued.headers["Location"].startswith(REDIRECT + "?code=")
+    claims = _redeem(client, registered, issued.headers["Location"], verifier)
+    assert claims["acr"] == LOA2 and "otp" in claims["amr"] and "mfa" in claims["amr"]
 
 
-def test_failed_step_up_is_refused_once_without_a_loop(app, step_up, op):
-    app.config["STEP_UP_WORKS"] = False
+def test_abandoned_step_up_is_not_asked_again_and_essential_is_refused(app, client, alice):
+    from tests.integration.test_mfa import enroll
     registered = register(app, consent_required=False)
-    browser = browser_login(op, "alice@acme.test")
-    _, response, _, _ = _sign_in_for(op, registered, browser, claims=_essential(LOA2))
-    response = _follow(browser, response, op)
-    assert callback_params(response)["error"] == "unmet_authentication_requirements"
-    assert len(step_up) == 1
-    # prompt=none cannot step up: the app is told interaction is required.
-    _, response, _, _ = _sign_in_for(op, registered, browser, acr_values=LOA2, prompt="none")
-    assert callback_params(response)["error"] == "interaction_required"
+    sign_in(client, "alice@acme.test")
+    enroll(client)
+    url, _ = _authorize_url(registered, claims=_essential(LOA2))
+    first = client.get(url)
+    assert urlsplit(first.headers["Location"]).path == "/login/step-up"
+    # The user comes back without the code (cancel, back button): no second round.
+    again = client.get(url)
+    back = parse_qs(urlsplit(again.headers["Location"]).query)
+    assert back["error"] == ["unmet_authentication_requirements"]
+
+
+def test_without_a_second_factor_there_is_no_step_up_detour(app, client, alice):
+    registered = register(app, consent_required=False)
+    sign_in(client, "alice@acme.test")
+    url, verifier = _authorize_url(registered, acr_values=LOA2)
+    answer = client.get(url)
+    assert answer.headers["Location"].startswith(REDIRECT + "?code=")
+    assert _redeem(client, registered, answer.headers["Location"], verifier)["acr"] == LOA1
+    url, _ = _authorize_url(registered, claims=_essential(LOA2), prompt="none")
+    back = parse_qs(urlsplit(client.get(url).headers["Location"]).query)
+    assert back["error"] == ["unmet_authentication_requirements"]
 
 
 # -- max_age ---------------------------------------------------------------------------------

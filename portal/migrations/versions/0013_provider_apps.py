@@ -2,7 +2,7 @@
 portal's tiles, ID token algorithm, pairwise subjects, front-channel logout.
 
 Revision ID: 0013
-Revises: 0008
+Revises: 0012
 """
 
 from alembic import op
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 
 revision = '0013'
-down_revision = '0008'
+down_revision = '0012'
 branch_labels = None
 depends_on = None
 

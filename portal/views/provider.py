@@ -127,10 +127,12 @@ def authorize():
     except ValueError as exc:
         return _to_client(redirect_uri, "invalid_request", str(exc), state)
     if needed and session.get("assurance", 1) < needed:
-        if "none" not in prompts:
-            step_up = _step_up_url()
-            if step_up:
-                return redirect(step_up)
+        if "none" in prompts and _can_step_up():
+            return _to_client(redirect_uri, "interaction_required",
+                              "The user must confirm their second factor.", state)
+        step_up = None if "none" in prompts else _step_up_url()
+        if step_up:
+            return redirect(step_up)
         if essential:
             _audit_denied(client, "unmet_authentication_requirements")
             return _to_client(redirect_uri, "unmet_authentication_requirements",
@@ -230,15 +232,19 @@ def _lowest(values: list) -> int:
     return min(levels) if levels else UNREACHABLE
 
 
+def _can_step_up() -> bool:
+    from flask import current_app
+
+    from portal.services import mfa
+    return STEP_UP_ENDPOINT in current_app.view_functions and \
+        mfa.has_second_factor(db_session(), current_user.id)
+
+
 def _step_up_url() -> str | None:
     """The second-factor step-up page, when the user has a second factor, once per
     authorization request: coming back at the same level means the user could not, and the
     request is then answered truthfully."""
-    from flask import current_app
-
-    from portal.services import mfa
-    if STEP_UP_ENDPOINT not in current_app.view_functions or \
-            not mfa.has_second_factor(db_session(), current_user.id):
+    if not _can_step_up():
         return None
     marker = provider.digest(request.full_path)
     if session.get("step_up_tried") == marker:
@@ -435,8 +441,7 @@ def end_session():
     if claims is None and request.method != "POST":
         return render_template("provider/logout.html", client=client,
                                values=request.values)
-    if current_user.is_authenticated and (claims is None or (
-            client and claims.get("sub") == provider.subject_for(client.app, current_user.id))):
+    if current_user.is_authenticated and (claims is None or _hint_names_user(claims)):
         frames = sign_out()
     else:
         frames = []
@@ -446,6 +451,15 @@ def end_session():
         if not frames:
             return redirect(target)
     return signed_out_page(frames, target)
+
+
+def _hint_names_user(claims: dict[str, Any]) -> bool:
+    """The hint's ``sub`` is the signed-in user as its app sees them (pairwise or not; the
+    app may be disabled since)."""
+    from sqlalchemy import select
+    app = db_session().scalar(select(OAuthAppModel).where(
+        OAuthAppModel.client_id == str(claims.get("aud"))))
+    return app is not None and claims.get("sub") == provider.subject_for(app, current_user.id)
 
 
 def _expired_hint(hint: str) -> dict[str, Any] | None:

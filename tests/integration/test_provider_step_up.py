@@ -147,6 +147,10 @@ def test_abandoned_step_up_is_not_asked_again_and_essential_is_refused(app, clie
     again = client.get(url)
     back = parse_qs(urlsplit(again.headers["Location"]).query)
     assert back["error"] == ["unmet_authentication_requirements"]
+    # prompt=none cannot show the step-up page: the app learns interaction is required.
+    url, _ = _authorize_url(registered, acr_values=LOA2, prompt="none")
+    back = parse_qs(urlsplit(client.get(url).headers["Location"]).query)
+    assert back["error"] == ["interaction_required"]
 
 
 def test_without_a_second_factor_there_is_no_step_up_detour(app, client, alice):

@@ -186,6 +186,9 @@ def test_operator_api_creates_changes_rotates_and_disables(app, make_org, make_u
     refused = operator.patch(f"/api/v1/admin/apps/{client_id}", headers=csrf,
                              json={"subject_type": "public"})
     assert refused.status_code == 422 and refused.get_json()["field"] == "subject_type"
+    refused = operator.patch(f"/api/v1/admin/apps/{client_id}", headers=csrf,
+                             json={"token_endpoint_auth_method": "client_secret_post"})
+    assert refused.get_json()["field"] == "token_endpoint_auth_method"
     bad = operator.patch(f"/api/v1/admin/apps/{client_id}", headers=csrf,
                          json={"redirect_uris": "https://tickets.example/new"})
     assert bad.status_code == 422

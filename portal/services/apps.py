@@ -48,6 +48,10 @@ BACKEND_SCOPES = ("authz", "apps:manage")
 DEFAULT_SCOPES = ("openid", "profile", "email", "org", "roles")
 MAX_ACCESS_SECONDS = 86_400  # also how long a replaced signing key stays published
 MAX_REFRESH_SECONDS = 365 * 86_400
+# ``organizations: ["*"]`` offers sign-in to the members of every organization (a
+# platform-wide app). The decision API still answers such an app's backend only about
+# organizations it names.
+EVERY_ORGANIZATION = "*"
 ID_TOKEN_ALGORITHMS = ("RS256", "ES256")
 SUBJECT_TYPES = ("public", "pairwise")
 DEFAULT_GRACE_SECONDS = 86_400  # how long a replaced client secret keeps working
@@ -212,7 +216,7 @@ def tiles(session: Session, user_id: int) -> list[tuple[OAuthApp, list[str]]]:
                            .order_by(OAuthApp.name))
     found = []
     for app in rows:
-        offered = sorted(slugs & set(app.organizations or ()))
+        offered = sorted(s for s in slugs if offered_to(app, s))
         if offered and AUTHORIZATION_CODE in app.grant_types:
             found.append((app, offered))
     return found
@@ -271,8 +275,7 @@ def _validated(session: Session, spec: AppSpec) -> dict[str, Any]:
     return {
         "name": name, "client_type": client_type, "auth_method": auth_method,
         "grant_types": grants, "scopes": scopes, "redirect_uris": redirect_uris,
-        "organizations": sorted({organizations.get(session, s).slug
-                                 for s in spec.organizations}),
+        "organizations": _organizations(session, spec.organizations),
         "access_token_seconds": _seconds(spec.access_token_seconds, "access_token_seconds",
                                          60, MAX_ACCESS_SECONDS),
         "refresh_token_seconds": _seconds(spec.refresh_token_seconds, "refresh_token_seconds",
@@ -296,6 +299,20 @@ def _validated(session: Session, spec: AppSpec) -> dict[str, Any]:
                                                 "id_token_signed_response_alg"),
         **_subject(spec, redirect_uris),
     }
+
+
+def _organizations(session: Session, slugs: list[str]) -> list[str]:
+    slugs = _unique(slugs)
+    if EVERY_ORGANIZATION in slugs:
+        if len(slugs) > 1:
+            raise InvalidRequest("organizations", "* (every organization) stands alone")
+        return [EVERY_ORGANIZATION]
+    return sorted({organizations.get(session, s).slug for s in slugs})
+
+
+def offered_to(app: OAuthApp, slug: str) -> bool:
+    offered = app.organizations or ()
+    return EVERY_ORGANIZATION in offered or slug in offered
 
 
 def _choice(value: str, allowed: tuple[str, ...], name: str) -> str:

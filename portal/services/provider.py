@@ -92,13 +92,15 @@ class Principal:
 
 def eligible_orgs(session: Session, user_id: int, app: OAuthApp) -> list[OrgRef]:
     """The user's active organizations that the app is offered to."""
-    rows = session.execute(
-        sa.select(Organization.id, Organization.slug, Organization.name)
-        .join(Membership, Membership.organization_id == Organization.id)
-        .where(Membership.user_id == user_id, Membership.status == MembershipStatus.ACTIVE,
-               Organization.status == OrgStatus.ACTIVE,
-               Organization.slug.in_(app.organizations or []))
-        .order_by(Organization.name)).all()
+    query = (sa.select(Organization.id, Organization.slug, Organization.name)
+             .join(Membership, Membership.organization_id == Organization.id)
+             .where(Membership.user_id == user_id,
+                    Membership.status == MembershipStatus.ACTIVE,
+                    Organization.status == OrgStatus.ACTIVE)
+             .order_by(Organization.name))
+    if "*" not in (app.organizations or []):  # "*": offered to every organization
+        query = query.where(Organization.slug.in_(app.organizations or []))
+    rows = session.execute(query).all()
     return [OrgRef(*row) for row in rows]
 
 

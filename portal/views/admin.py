@@ -60,55 +60,6 @@ def app_enabled(client_id: str):
     return redirect(url_for("admin.apps_page"))
 
 
-@bp.route("/policy/simulate", methods=["GET", "POST"])
-@require("simulate", "policy")
-def simulate():
-    """Operators try a decision in any organization (or the platform domain)."""
-    from flask import request
-
-    from portal.models import Organization
-    from portal.views import simulation
-    values = simulation.form_values()
-    result = error = None
-    if request.method == "POST":
-        result, error = simulation.simulate(values)
-    orgs = db_session().scalars(sa.select(Organization.slug).order_by(Organization.slug)).all()
-    return render_template("admin/simulate.html", values=values, result=result, error=error,
-                           orgs=orgs), 422 if error else 200
-
-
-@bp.get("/outbox")
-@require("read", "outbox")
-def outbox_page():
-    """What the mail server has not taken yet, and why."""
-    from flask import current_app, request
-
-    from portal.services import outbox
-    status = request.args.get("status", "")
-    session = db_session()
-    configured = bool(current_app.config["SMTP_HOST"]) or current_app.config["ENV"] != \
-        "production"
-    return render_template("admin/outbox.html", rows=outbox.listing(session, status),
-                           counts=outbox.counts(session), status=status,
-                           configured=configured)
-
-
-@bp.post("/outbox/<int:message_id>/retry")
-@require("update", "outbox")
-def outbox_retry(message_id: int):
-    from flask import flash, redirect, url_for
-
-    from portal.extensions import audit_context, services
-    from portal.services import outbox
-    from portal.views.devmail import deliver_now
-    with services().db.transaction() as tx:
-        outbox.retry(tx, audit_context(), message_id)
-    report = deliver_now([message_id])
-    flash("Sent." if report.sent else "The mail server did not take it yet; it stays in the "
-          "outbox and will be tried again.", "info")
-    return redirect(url_for("admin.outbox_page"))
-
-
 @bp.route("/apps/new", methods=["GET", "POST"])
 @require("create", "app")
 def app_new():
@@ -247,3 +198,52 @@ def _app_form(spec: apps.AppSpec, new: bool = False, app=None, error: str | None
 
 GRACE_CHOICES = [(0, "none: the old secret stops now"), (3600, "1 hour"),
                  (86_400, "1 day"), (7 * 86_400, "7 days")]
+
+
+@bp.route("/policy/simulate", methods=["GET", "POST"])
+@require("simulate", "policy")
+def simulate():
+    """Operators try a decision in any organization (or the platform domain)."""
+    from flask import request
+
+    from portal.models import Organization
+    from portal.views import simulation
+    values = simulation.form_values()
+    result = error = None
+    if request.method == "POST":
+        result, error = simulation.simulate(values)
+    orgs = db_session().scalars(sa.select(Organization.slug).order_by(Organization.slug)).all()
+    return render_template("admin/simulate.html", values=values, result=result, error=error,
+                           orgs=orgs), 422 if error else 200
+
+
+@bp.get("/outbox")
+@require("read", "outbox")
+def outbox_page():
+    """What the mail server has not taken yet, and why."""
+    from flask import current_app, request
+
+    from portal.services import outbox
+    status = request.args.get("status", "")
+    session = db_session()
+    configured = bool(current_app.config["SMTP_HOST"]) or current_app.config["ENV"] != \
+        "production"
+    return render_template("admin/outbox.html", rows=outbox.listing(session, status),
+                           counts=outbox.counts(session), status=status,
+                           configured=configured)
+
+
+@bp.post("/outbox/<int:message_id>/retry")
+@require("update", "outbox")
+def outbox_retry(message_id: int):
+    from flask import flash, redirect, url_for
+
+    from portal.extensions import audit_context, services
+    from portal.services import outbox
+    from portal.views.devmail import deliver_now
+    with services().db.transaction() as tx:
+        outbox.retry(tx, audit_context(), message_id)
+    report = deliver_now([message_id])
+    flash("Sent." if report.sent else "The mail server did not take it yet; it stays in the "
+          "outbox and will be tried again.", "info")
+    return redirect(url_for("admin.outbox_page"))

@@ -104,7 +104,7 @@ FIELDS = {"name": str, "redirect_uris": list, "client_type": str,
 RENAMED = {"token_endpoint_auth_method": "auth_method"}
 
 
-def _fields(data: Any) -> dict[str, Any]:
+def _fields(data: Any, editing: bool = False) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise InvalidRequest("body", "send a JSON object")
     values = {}
@@ -112,6 +112,8 @@ def _fields(data: Any) -> dict[str, Any]:
         kind = FIELDS.get(key)
         if kind is None:
             raise InvalidRequest(key, "is not a field of an app")
+        if editing and RENAMED.get(key, key) not in apps.EDITABLE:
+            raise InvalidRequest(key, "cannot be changed after registration")
         if (kind is int and isinstance(value, bool)) or not isinstance(value, kind):
             raise InvalidRequest(key, f"must be a {kind.__name__}")
         if kind is list and not all(isinstance(item, str) for item in value):
@@ -152,7 +154,7 @@ def get_app(client_id: str):
 @bp.patch("/<client_id>")
 @operator_only("update")
 def update_app(client_id: str):
-    changes = _fields(request.get_json(silent=True))
+    changes = _fields(request.get_json(silent=True), editing=True)
     with services().db.transaction() as tx:
         body = app_json(apps.update(tx, g.apps_ctx, client_id, changes))
     _forget(client_id)

@@ -77,6 +77,8 @@ def discovery():
                              "amr", "sid", "azp", "at_hash", "name", "email",
                              "email_verified", "org", "roles"],
         "prompt_values_supported": sorted(PROMPTS),
+        "acr_values_supported": ACR_VALUES,
+        "claims_parameter_supported": True,
         "request_parameter_supported": False,
         "request_uri_parameter_supported": False,
         "authorization_response_iss_parameter_supported": True,
@@ -119,6 +121,23 @@ def authorize():
         if "none" in prompts:
             return _to_client(redirect_uri, "login_required", "Sign-in is required.", state)
         return _send_to_login(prompts, force=reauthenticate)
+    try:
+        needed, essential = requested_level(request.values.get("acr_values", ""),
+                                            request.values.get("claims"))
+    except ValueError as exc:
+        return _to_client(redirect_uri, "invalid_request", str(exc), state)
+    if needed and session.get("assurance", 1) < needed:
+        if "none" in prompts and _can_step_up():
+            return _to_client(redirect_uri, "interaction_required",
+                              "The user must confirm their second factor.", state)
+        step_up = None if "none" in prompts else _step_up_url()
+        if step_up:
+            return redirect(step_up)
+        if essential:
+            _audit_denied(client, "unmet_authentication_requirements")
+            return _to_client(redirect_uri, "unmet_authentication_requirements",
+                              "This sign-in cannot reach the authentication level the app "
+                              "requires.", state)
 
     orgs = provider.eligible_orgs(db_session(), current_user.id, client.app)
     wanted = request.values.get("org")
@@ -170,9 +189,68 @@ def _issue_code(grant, org: provider.OrgRef):
                                                                            token_hash)
     who = provider.principal(
         db_session(), current_user, org, token_hash,
-        auth_time=_auth_time(), acr=f"urn:trellis:loa:{session.get('assurance', 1)}",
+        auth_time=_auth_time(), acr=f"{ACR_PREFIX}{session.get('assurance', 1)}",
         amr=tuple(session.get("amr") or ("pwd",)), session_id=session_id)
     return oauth.server().create_authorization_response(grant_user=who, grant=grant)
+
+
+ACR_PREFIX = "urn:trellis:loa:"
+ACR_VALUES = [f"{ACR_PREFIX}{level}" for level in (1, 2)]
+# The page that raises the session's assurance with the user's second factor; it takes
+# ``next`` and sends the user back here, where the level is read again.
+STEP_UP_ENDPOINT = "mfa.step_up"
+UNREACHABLE = 99
+
+
+def requested_level(acr_values: str, claims: str | None) -> tuple[int | None, bool]:
+    """The lowest assurance level the app accepts, and whether it is essential. ``acr``
+    requested as an essential claim (the ``claims`` parameter) is a demand; ``acr_values``
+    is a preference (OpenID Connect Core 3.1.2.1, 5.5.1.1). Values Trellis does not know are
+    never met."""
+    if claims:
+        import json
+        try:
+            parsed = json.loads(claims)
+        except ValueError:
+            raise ValueError("claims is not JSON.") from None
+        if not isinstance(parsed, dict):
+            raise ValueError("claims must be a JSON object.")
+        acr = (parsed.get("id_token") or {}).get("acr") if isinstance(
+            parsed.get("id_token"), dict) else None
+        if isinstance(acr, dict) and acr.get("essential") is True:
+            values = acr.get("values") or ([acr["value"]] if "value" in acr else [])
+            if not isinstance(values, list) or not values:
+                return None, False  # any level will do
+            return _lowest(values), True
+    values = acr_values.split()
+    return (_lowest(values), False) if values else (None, False)
+
+
+def _lowest(values: list) -> int:
+    levels = [int(v[len(ACR_PREFIX):]) for v in values if isinstance(v, str)
+              and v.startswith(ACR_PREFIX) and v[len(ACR_PREFIX):] in ("1", "2")]
+    return min(levels) if levels else UNREACHABLE
+
+
+def _can_step_up() -> bool:
+    from flask import current_app
+
+    from portal.services import mfa
+    return STEP_UP_ENDPOINT in current_app.view_functions and \
+        mfa.has_second_factor(db_session(), current_user.id)
+
+
+def _step_up_url() -> str | None:
+    """The second-factor step-up page, when the user has a second factor, once per
+    authorization request: coming back at the same level means the user could not, and the
+    request is then answered truthfully."""
+    if not _can_step_up():
+        return None
+    marker = provider.digest(request.full_path)
+    if session.get("step_up_tried") == marker:
+        return None
+    session["step_up_tried"] = marker
+    return url_for(STEP_UP_ENDPOINT, next=request.full_path)
 
 
 def _auth_time():
@@ -363,8 +441,7 @@ def end_session():
     if claims is None and request.method != "POST":
         return render_template("provider/logout.html", client=client,
                                values=request.values)
-    if current_user.is_authenticated and (claims is None or (
-            client and claims.get("sub") == provider.subject_for(client.app, current_user.id))):
+    if current_user.is_authenticated and (claims is None or _hint_names_user(claims)):
         frames = sign_out()
     else:
         frames = []
@@ -374,6 +451,15 @@ def end_session():
         if not frames:
             return redirect(target)
     return signed_out_page(frames, target)
+
+
+def _hint_names_user(claims: dict[str, Any]) -> bool:
+    """The hint's ``sub`` is the signed-in user as its app sees them (pairwise or not; the
+    app may be disabled since)."""
+    from sqlalchemy import select
+    app = db_session().scalar(select(OAuthAppModel).where(
+        OAuthAppModel.client_id == str(claims.get("aud"))))
+    return app is not None and claims.get("sub") == provider.subject_for(app, current_user.id)
 
 
 def _expired_hint(hint: str) -> dict[str, Any] | None:

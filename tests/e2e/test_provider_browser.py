@@ -213,6 +213,7 @@ def test_operator_registers_an_app_in_the_page(page, live, app, make_org, make_u
     screenshot(page, "admin-app-secret-once.png")
     page.get_by_role("link", name="Settings of Ticketing").click()
     assert secret not in page.content()
+    screenshot(page, "admin-app-settings.png")
     page.get_by_label("The old secret keeps working for").select_option("3600")
     page.get_by_role("button", name="Make a new secret").click()
     assert page.get_by_role("heading", name="Ticketing has a new secret").is_visible()

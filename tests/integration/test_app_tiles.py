@@ -62,3 +62,33 @@ def test_member_without_offered_apps_sees_the_empty_notice(app, client, make_org
     sign_in(client, "alice@acme.test")
     page = client.get("/").get_data(as_text=True)
     assert "Globex Freight" not in page and "No apps are available to you yet" in page
+
+
+def test_platform_wide_app_is_offered_to_every_organization(app, make_org, make_user):
+    import pytest
+
+    from portal.errors import InvalidRequest
+    make_org("acme", "Acme Supplies")
+    make_org("globex", "Globex Logistics")
+    make_user("alice@acme.test", org="acme")
+    make_user("bob@globex.test", org="globex")
+    make_user("nomad@example.test")  # in no organization: no tiles at all
+    register(app, name="Help desk", organizations=["*"],
+             initiate_login_uri="https://help.example/login")
+    with pytest.raises(InvalidRequest, match="stands alone"):
+        register(app, name="Mixed", organizations=["*", "acme"])
+    for email in ("alice@acme.test", "bob@globex.test"):
+        client = app.test_client()
+        sign_in(client, email)
+        assert list(_tiles(client)) == ["Help desk"]
+    nomad = app.test_client()
+    sign_in(nomad, "nomad@example.test")
+    assert _tiles(nomad) == {}
+
+
+def test_platform_wide_app_signs_in_members_of_any_organization(app, op):
+    from tests.integration.provider_helpers import full_login
+    registered = register(app, name="Help desk", organizations=["*"])
+    for email, slug in (("alice@acme.test", "acme"), ("bob@globex.test", "globex")):
+        client, _, _, _ = full_login(op, registered, email=email)
+        assert client.get(op + "/oauth/userinfo").json()["org"]["slug"] == slug

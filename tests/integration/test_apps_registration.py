@@ -186,6 +186,9 @@ def test_operator_api_creates_changes_rotates_and_disables(app, make_org, make_u
     refused = operator.patch(f"/api/v1/admin/apps/{client_id}", headers=csrf,
                              json={"subject_type": "public"})
     assert refused.status_code == 422 and refused.get_json()["field"] == "subject_type"
+    refused = operator.patch(f"/api/v1/admin/apps/{client_id}", headers=csrf,
+                             json={"token_endpoint_auth_method": "client_secret_post"})
+    assert refused.get_json()["field"] == "token_endpoint_auth_method"
     bad = operator.patch(f"/api/v1/admin/apps/{client_id}", headers=csrf,
                          json={"redirect_uris": "https://tickets.example/new"})
     assert bad.status_code == 422
@@ -225,3 +228,26 @@ def test_automation_token_with_apps_manage_scope(app, make_org, make_user):
     authz_only = {"Authorization": "Bearer " + token_for("authz")["access_token"]}
     assert client.get("/api/v1/admin/apps", headers=authz_only).status_code == 401
     assert client.get("/api/v1/admin/apps").status_code == 401
+
+
+def test_org_admins_and_org_tokens_do_not_reach_the_apps_api(app, tx, make_org, make_user):
+    from portal.services import org_tokens, organizations, roles, users
+    from tests.conftest import CLI_CTX
+    make_org("acme", "Acme Supplies")
+    make_user("olivia@acme.test", org="acme")
+    registered = register(app)
+    with tx() as session:
+        org = organizations.get(session, "acme")
+        owner = users.get_by_email(session, "olivia@acme.test")
+        roles.grant_manually(session, CLI_CTX, owner, org, "owner", {"owner"})
+        _, token = org_tokens.create(session, CLI_CTX, org, owner.id, "Acme script",
+                                     ["members:read"], 30)
+    client = app.test_client()
+    sign_in(client, "olivia@acme.test")
+    csrf = {"X-CSRFToken": csrf_token(client, "/account/apps")}
+    assert client.get("/api/v1/admin/apps").status_code == 403
+    assert client.patch(f"/api/v1/admin/apps/{registered.client_id}", headers=csrf,
+                        json={"name": "Mine"}).status_code == 403
+    bearer = {"Authorization": f"Bearer {token}"}
+    assert app.test_client().get("/api/v1/admin/apps", headers=bearer).status_code == 401
+    assert _app_row(app, registered.client_id).name == "Supplier Portal"

@@ -136,3 +136,16 @@ def test_pairwise_sector_must_be_unambiguous(app, op):
     from tests.conftest import services_of
     with services_of(app).db.sessions() as session:
         assert apps.get(session, derived.client_id).sector_identifier == "a.example"
+
+
+def test_logout_with_a_pairwise_es256_id_token_hint_ends_the_session(app, op):
+    registered = register(app, name="Tickets", subject_type="pairwise",
+                          id_token_signed_response_alg="ES256",
+                          post_logout_redirect_uris=["http://127.0.0.1:9/bye"])
+    _, token, _, browser = full_login(op, registered)
+    assert browser.get(op + "/", allow_redirects=False).status_code == 200
+    out = browser.get(op + "/oauth/logout", params={
+        "id_token_hint": token["id_token"],
+        "post_logout_redirect_uri": "http://127.0.0.1:9/bye"}, allow_redirects=False)
+    assert out.headers["Location"] == "http://127.0.0.1:9/bye"
+    assert browser.get(op + "/", allow_redirects=False).status_code == 302  # signed out

@@ -176,15 +176,14 @@ def watch_changes(db: Database, engine: PolicyEngine) -> None:
     @event.listens_for(sessions, "after_flush")
     def collect(session: Session, _context) -> None:
         changes = session.info.setdefault(CHANGES, set())
-        for item in (*session.new, *session.dirty, *session.deleted):
+        dirty = [item for item in session.dirty if session.is_modified(item)]
+        for item in (*session.new, *dirty, *session.deleted):
             if isinstance(item, _BY_ORG_ID):
                 changes.add(("id", item.organization_id))
             elif isinstance(item, Organization):
                 changes.add(("slug", item.slug))
-            elif isinstance(item, User) and (
-                    sa.inspect(item).attrs.is_operator.history.has_changes()
-                    or (item in session.deleted and item.is_operator)):
-                changes.add(ALL)
+            elif isinstance(item, User) and _operator_changed(session, item):
+                changes.add(ALL)  # platform roles apply in every organization
 
     @event.listens_for(sessions, "do_orm_execute")
     def bulk(state) -> None:
@@ -209,6 +208,18 @@ def watch_changes(db: Database, engine: PolicyEngine) -> None:
     def forget(session: Session, transaction) -> None:
         if transaction.parent is None:  # the whole transaction is over (rolled back too)
             session.info.pop(CHANGES, None)
+
+
+def _operator_changed(session: Session, user: User) -> bool:
+    """A new or removed operator, or an operator flag that flipped (ordinary users signing up
+    or changing their name leave every organization's cache alone)."""
+    if user in session.new or user in session.deleted:
+        return bool(user.is_operator)
+    history = sa.inspect(user).attrs.is_operator.history
+    before = bool(history.deleted[0]) if history.deleted else bool(history.unchanged and
+                                                                   history.unchanged[0])
+    after = bool(history.added[0]) if history.added else before
+    return before != after
 
 
 def _organization_id_of(statement, model) -> int | None:

@@ -43,6 +43,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         branding,
         health,
         home,
+        mfa,
         org_admin,
         provider,
         saml,
@@ -50,7 +51,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     )
     for blueprint in (auth.bp, home.bp, admin.bp, org_admin.bp, org_admin.invites, health.bp,
                       branding.bp, sso.bp, saml.bp, api.bp, admin_api.bp, openapi.bp,
-                      provider.bp):
+                      provider.bp, mfa.bp):
         app.register_blueprint(blueprint)
     if app.config["ENV"] != "production":
         from portal.views import devmail
@@ -144,7 +145,8 @@ def _init_extensions(app: Flask) -> None:
 
 
 # Every endpoint that accepts a credential; later protocols add theirs here.
-CREDENTIAL_ENDPOINTS = ("auth.login", "auth.org_login", "sso.link", "saml.acs")
+CREDENTIAL_ENDPOINTS = ("auth.login", "auth.org_login", "sso.link", "saml.acs",
+                        "mfa.challenge", "mfa.setup_at_sign_in", "mfa.step_up")
 # The provider's machine endpoints take app credentials at a machine's pace.
 APP_CREDENTIAL_ENDPOINTS = ("provider.token", "provider.introspect", "provider.revoke",
                             "provider.device_authorization")

@@ -185,6 +185,13 @@ SETTINGS: tuple[Setting, ...] = (
             "First lockout length; it doubles with every further failure."),
     Setting("TRELLIS_LOCKOUT_MAX_SECONDS", "LOCKOUT_MAX_SECONDS", _int_range(1, 604800), 3600,
             "Longest lockout."),
+    Setting("TRELLIS_MFA_STEP_UP_MINUTES", "MFA_STEP_UP_MINUTES", _int_range(1, 1440), 15,
+            "Users who have a second factor must have used it within this many minutes to "
+            "change an organization's members, roles, connections or settings, or their own "
+            "second factors (otherwise they are asked for a code first)."),
+    Setting("TRELLIS_MFA_REAUTH_MINUTES", "MFA_REAUTH_MINUTES", _int_range(1, 1440), 10,
+            "Setting up an authenticator app requires a sign-in at most this many minutes old "
+            "(else the user signs in again first)."),
     Setting("TRELLIS_LOGIN_RATE_LIMIT", "LOGIN_RATE_LIMIT", _rate, "30/minute",
             "Request rate limit per client IP on every credential endpoint, failed or not."),
     Setting("TRELLIS_OAUTH_RATE_LIMIT", "OAUTH_RATE_LIMIT", _rate, "6000/minute",

@@ -1,7 +1,7 @@
 """Policy: organizations' uploaded policy files; API key rotation with a grace period.
 
 Revision ID: 0012
-Revises: 0009
+Revises: 0010
 Create Date: 2026-12-05 01:25:00.781692
 """
 
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 
 revision = '0012'
-down_revision = '0009'
+down_revision = '0010'
 branch_labels = None
 depends_on = None
 

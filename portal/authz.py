@@ -167,6 +167,7 @@ def _chain_text(chain) -> str:
 CHANGES = "trellis_policy_changes"  # session.info key: organization ids, slugs, or ALL
 ALL = "*"
 _BY_ORG_ID = (RoleGrant, Membership, OrgPolicy)
+_TABLES = {model.__tablename__ for model in _BY_ORG_ID}
 
 
 def watch_changes(db: Database, engine: PolicyEngine) -> None:
@@ -187,16 +188,17 @@ def watch_changes(db: Database, engine: PolicyEngine) -> None:
 
     @event.listens_for(sessions, "do_orm_execute")
     def bulk(state) -> None:
-        """``sa.delete(RoleGrant).where(RoleGrant.organization_id == ...)`` and the like."""
+        """Bulk statements, ORM or Core (``sa.delete(RoleGrant).where(...)``, the directory
+        sync's and CSV import's inserts into ``memberships``): the organizations they name
+        in their WHERE clause or parameters, or every organization when they name none."""
         if not (state.is_delete or state.is_update or state.is_insert):
             return
-        mapper = state.bind_mapper
-        model = mapper.class_ if mapper is not None else None
-        if model not in _BY_ORG_ID:
+        table = getattr(state.statement, "table", None)
+        if getattr(table, "name", None) not in _TABLES:
             return
-        org_id = _organization_id_of(state.statement, model)
-        state.session.info.setdefault(CHANGES, set()).add(
-            ("id", org_id) if org_id is not None else ALL)
+        ids = _organization_ids(state.statement, state.parameters)
+        changes = state.session.info.setdefault(CHANGES, set())
+        changes.update(("id", org_id) for org_id in ids) if ids else changes.add(ALL)
 
     @event.listens_for(sessions, "after_commit")
     def publish(session: Session) -> None:
@@ -222,20 +224,27 @@ def _operator_changed(session: Session, user: User) -> bool:
     return before != after
 
 
-def _organization_id_of(statement, model) -> int | None:
-    """The organization id a bulk statement's WHERE pins (``organization_id == <value>``)."""
+def _organization_ids(statement, parameters) -> set[int]:
+    """Organization ids a bulk statement pins: ``organization_id == value`` or ``IN (...)``
+    in its WHERE clause, or ``organization_id`` in every row of its parameters. Empty when
+    it pins none (the caller then invalidates every organization)."""
+    rows = parameters if isinstance(parameters, list) else [parameters] if parameters else []
+    if rows and all(isinstance(row, dict) and "organization_id" in row for row in rows):
+        return {row["organization_id"] for row in rows}
     where = getattr(statement, "whereclause", None)
     if where is None:
-        return None
-    column = model.__table__.c.organization_id
+        return set()
     for node in visitors.iterate(where):
-        if isinstance(node, sa.sql.elements.BinaryExpression) and \
-                node.operator is sa.sql.operators.eq and \
-                getattr(node.left, "key", None) == "organization_id" and \
-                getattr(node.left, "table", None) is column.table and \
-                isinstance(node.right, sa.sql.elements.BindParameter):
-            return node.right.effective_value
-    return None
+        if not isinstance(node, sa.sql.elements.BinaryExpression) or \
+                getattr(node.left, "key", None) != "organization_id" or \
+                not isinstance(node.right, sa.sql.elements.BindParameter):
+            continue
+        value = node.right.effective_value
+        if node.operator is sa.sql.operators.eq and value is not None:
+            return {value}
+        if node.operator is sa.sql.operators.in_op and value:
+            return set(value)
+    return set()
 
 
 def _invalidate(db: Database, engine: PolicyEngine, changes: set) -> None:

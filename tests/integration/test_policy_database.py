@@ -97,3 +97,40 @@ def test_commits_invalidate_only_the_organizations_they_touch(app, tx, make_org,
     assert cached() == {"acme", "globex"}
     make_user("olga@example.test", operator=True)
     assert cached() == set()
+
+
+def test_bulk_statements_invalidate_the_organizations_they_name(app, tx, make_org, make_user):
+    """Core inserts (as the directory sync and CSV import write memberships), IN lists, and a
+    statement naming no organization (which drops every one)."""
+    import sqlalchemy as sa
+
+    from portal.db import utcnow
+    from portal.models import Membership, RoleGrant
+    from tests.conftest import services_of
+    engine = services_of(app).policy
+    acme, globex = make_org("acme", "Acme"), make_org("globex", "Globex")
+    bob = make_user("bob@example.test")
+
+    def warm():
+        for org in ("acme", "globex"):
+            engine.decide({"id": str(bob.id)}, org, {"type": "member"}, "read")
+        assert set(engine._cache) == {"acme", "globex"}
+    warm()
+    with tx() as session:
+        now = utcnow()
+        session.execute(sa.insert(Membership.__table__), [
+            {"user_id": bob.id, "organization_id": globex.id, "status": "active",
+             "source": "ldap", "created_at": now, "updated_at": now}])
+    assert set(engine._cache) == {"acme"}
+    assert engine.decide({"id": str(bob.id)}, "globex", {"type": "organization"},
+                         "read").allowed  # the new member at once
+    warm()
+    with tx() as session:
+        session.execute(sa.update(Membership.__table__).where(
+            Membership.organization_id.in_([globex.id])).values(status="suspended"))
+    assert set(engine._cache) == {"acme"}
+    warm()
+    with tx() as session:
+        session.execute(sa.delete(RoleGrant).where(RoleGrant.user_id == bob.id))
+    assert set(engine._cache) == set()
+    assert acme.id != globex.id

@@ -86,8 +86,23 @@ def database_sources(db: Database) -> Sources:
         with db.engine.connect() as connection:
             return connection.execute(ORG_POLICY, {"slug": slug}).scalar()
 
+    def load(slug: str):
+        """Everything an organization's enforcer is built from, over one connection."""
+        if slug == PLATFORM:
+            return "platform", [], platform_roles(), None
+        with db.engine.connect() as connection:
+            kind = connection.execute(KIND, {"slug": slug}).scalar()
+            if kind is None:
+                return None, [], [], None
+            grants = [(str(user), role) for user, role in
+                      connection.execute(GRANTS, {"slug": slug})]
+            operators = [(str(user), "platform_operator") for (user,) in
+                         connection.execute(OPERATORS)]
+            text = connection.execute(ORG_POLICY, {"slug": slug}).scalar()
+        return kind.value, grants, operators, text
+
     return Sources(grants=grants, platform_roles=platform_roles, org_kind=org_kind,
-                   version=version, org_policy=org_policy)
+                   version=version, org_policy=org_policy, load=load)
 
 
 def create_engine(folder: Path, db: Database, redis_url: str = "",

@@ -173,4 +173,25 @@ def _limit_credential_endpoints(app: Flask) -> None:
         view = app.view_functions[endpoint]
         app.view_functions[endpoint] = limiter.limit(app.config["OAUTH_RATE_LIMIT"],
                                                      methods=["POST"])(view)
+    _skip_limiter_for_api(app, limiter)
     app.extensions["trellis_limiter"] = limiter
+
+
+def _skip_limiter_for_api(app: Flask, limiter) -> None:
+    """The decision API is exempt from the limiter, yet its hook still resolved every limit on
+    each request (~0.2 ms, a third of a decision request). Requests to the exempt ``api``
+    blueprint now skip the hook; every other request runs it as before."""
+    from flask import request
+
+    hooks = app.before_request_funcs.setdefault(None, [])
+    check = limiter._check_request_limit
+
+    def check_unless_api(*args, **kwargs):
+        if request.blueprint == "api":
+            return None
+        return check(*args, **kwargs)
+
+    for index, hook in enumerate(hooks):
+        if getattr(hook, "__func__", None) is getattr(check, "__func__", object()) and \
+                getattr(hook, "__self__", None) is limiter:
+            hooks[index] = check_unless_api

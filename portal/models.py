@@ -109,7 +109,8 @@ class User(Base):
     status: Mapped[UserStatus] = mapped_column(_enum(UserStatus, "user_status"),
                                                default=UserStatus.ACTIVE)
     password_hash: Mapped[str | None] = mapped_column(sa.String(255))
-    is_operator: Mapped[bool] = mapped_column(default=False)
+    # Indexed: every organization's policy version counts the operators.
+    is_operator: Mapped[bool] = mapped_column(default=False, index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 

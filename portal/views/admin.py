@@ -247,3 +247,61 @@ def outbox_retry(message_id: int):
     flash("Sent." if report.sent else "The mail server did not take it yet; it stays in the "
           "outbox and will be tried again.", "info")
     return redirect(url_for("admin.outbox_page"))
+
+
+@bp.get("/policy")
+@require("manage", "policy")
+def policies():
+    """Organizations' uploaded policies: what is in force, upload a new one, remove one."""
+    from portal.extensions import services
+    from portal.models import Organization
+    from portal.services import org_policies
+    session = db_session()
+    engine = services().policy
+    return render_template(
+        "admin/policies.html", rows=org_policies.listing(session),
+        orgs=session.scalars(sa.select(Organization.slug).order_by(Organization.slug)).all(),
+        errors=engine.org_errors, reload_error=engine.reload_error,
+        fingerprint=engine.files.fingerprint, folder_orgs=sorted(engine.files.orgs))
+
+
+@bp.post("/policy/upload")
+@require("manage", "policy")
+def policy_upload():
+    """Upload an organization's policy file; a broken one is refused with line and reason."""
+    from flask import flash, redirect, request, url_for
+
+    from portal.errors import ValidationError
+    from portal.extensions import audit_context, services
+    from portal.services import org_policies
+    slug = request.form.get("org", "")
+    upload = request.files.get("file")
+    if upload is None or not upload.filename:
+        raise ValidationError("Choose a policy file to upload.", code="file_missing")
+    try:
+        text = upload.read(org_policies.MAX_BYTES + 1).decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValidationError("The policy file is not UTF-8 text.", code="policy_invalid") \
+            from None
+    try:
+        warnings = org_policies.upload_or_refuse(services().db, audit_context(),
+                                                 services().policy.files, slug, text)
+    except org_policies.PolicyRefused as refused:
+        flash(refused.message, "error")
+        return redirect(url_for("admin.policies"))
+    flash(f"The policy of {slug} is in force." + "".join(f" Warning: {w}." for w in warnings),
+          "info")
+    return redirect(url_for("admin.policies"))
+
+
+@bp.post("/policy/<slug>/remove")
+@require("manage", "policy")
+def policy_remove(slug: str):
+    from flask import flash, redirect, url_for
+
+    from portal.extensions import audit_context, services
+    from portal.services import org_policies
+    with services().db.transaction() as tx:
+        org_policies.remove(tx, audit_context(), slug)
+    flash(f"The uploaded policy of {slug} was removed.", "info")
+    return redirect(url_for("admin.policies"))

@@ -36,6 +36,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     from portal import openapi
     from portal.views import (
+        account,
         admin,
         admin_api,
         api,
@@ -50,10 +51,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     )
     for blueprint in (auth.bp, home.bp, admin.bp, org_admin.bp, org_admin.invites, health.bp,
                       branding.bp, sso.bp, saml.bp, api.bp, admin_api.bp, openapi.bp,
-                      provider.bp):
+                      provider.bp, account.bp):
         app.register_blueprint(blueprint)
     if app.config["ENV"] != "production":
-        from portal.views import devmail
+        from portal.views import mail as devmail
         app.register_blueprint(devmail.bp)
     from portal import oauth
     oauth.init_app(app)
@@ -141,7 +142,9 @@ def _init_extensions(app: Flask) -> None:
 
 
 # Every endpoint that accepts a credential; later protocols add theirs here.
-CREDENTIAL_ENDPOINTS = ("auth.login", "auth.org_login", "sso.link", "saml.acs")
+CREDENTIAL_ENDPOINTS = ("auth.login", "auth.org_login", "sso.link", "saml.acs",
+                        "account.forgot_password", "account.reset_password",
+                        "account.change_password")
 # The provider's machine endpoints take app credentials at a machine's pace.
 APP_CREDENTIAL_ENDPOINTS = ("provider.token", "provider.introspect", "provider.revoke",
                             "provider.device_authorization")

@@ -1,0 +1,177 @@
+"""Self-service for people, signed in or not: forgotten and changed passwords, registration
+and email verification.
+
+Pages that take an email address from someone not signed in answer the same whether an
+account exists or not; what differs goes to the mailbox, after the response is sent.
+"""
+
+from __future__ import annotations
+
+from flask import (
+    Blueprint,
+    abort,
+    current_app,
+    flash,
+    g,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
+from flask_login import current_user
+
+from portal.errors import NotFound, TooManyAttempts, TrellisError
+from portal.extensions import audit_context, db_session, services
+from portal.forms import ChangePasswordForm, ForgotPasswordForm, ResetPasswordForm
+from portal.permissions import public, signed_in
+from portal.services import credentials, organizations
+from portal.views import use_branding
+from portal.views.mail import deliver_after_response, deliver_now
+
+bp = Blueprint("account", __name__)
+MAX_TOKEN = 100
+
+
+# -- forgotten password ------------------------------------------------------------------
+
+@bp.route("/password/forgot", methods=["GET", "POST"])
+@public
+def forgot_password():
+    org = _org_from_query()
+    form = ForgotPasswordForm()
+    if request.method in ("GET", "HEAD"):
+        return render_template("account/forgot.html", form=form, org=org)
+    if not form.validate_on_submit():
+        return render_template("account/forgot.html", form=form, org=org,
+                               error="Enter your email address."), 400
+    try:
+        with services().db.transaction() as tx:
+            message = credentials.request_reset(
+                tx, audit_context(), form.email.data, minutes=current_app.config[
+                    "RESET_MINUTES"],
+                reset_link=lambda token: url_for("account.reset_password", token=token,
+                                                 _external=True),
+                sign_in_link=url_for("auth.login", _external=True))
+            message_id = message.id if message is not None else None
+    except TrellisError as exc:
+        if exc.code != "invalid_email":
+            raise
+        return render_template("account/forgot.html", form=form, org=org,
+                               error=exc.message), 400
+    deliver_after_response([message_id])
+    return render_template("account/sent.html", org=org, title="Check your email",
+                           email=form.email.data.strip(), what="reset")
+
+
+@bp.route("/password/reset/<token>", methods=["GET", "POST"])
+@public
+def reset_password(token: str):
+    g.no_store = True
+    if len(token) > MAX_TOKEN:
+        abort(404)
+    form = ResetPasswordForm()
+    try:
+        user = credentials.open_reset(db_session(), token)
+    except credentials.InvalidToken as exc:
+        _audit_bad_token("password.reset", token)
+        return render_template("account/link_invalid.html", message=exc.message,
+                               again=url_for("account.forgot_password")), 400
+    org = credentials.home_organization(db_session(), user)
+    use_branding(org)
+    if request.method in ("GET", "HEAD"):
+        return render_template("account/reset.html", form=form, email=user.email)
+    error = None
+    if form.validate_on_submit():
+        try:
+            with services().db.transaction() as tx:
+                credentials.reset(tx, audit_context(), services().passwords, token,
+                                  form.password.data, form.confirm.data,
+                                  sign_in_link=url_for("auth.login", _external=True),
+                                  reset_page=url_for("account.forgot_password",
+                                                     _external=True))
+        except credentials.InvalidToken as exc:
+            return render_template("account/link_invalid.html", message=exc.message,
+                                   again=url_for("account.forgot_password")), 400
+        except TrellisError as exc:
+            error = exc.message
+        else:
+            _deliver_pending_for(user.email)
+            if current_user.is_authenticated:  # the session just ended with all the others
+                session.clear()
+            flash("Your password was changed and every session of your account was signed "
+                  "out. Sign in with the new password.", "info")
+            return redirect(url_for("auth.login"))
+    return render_template("account/reset.html", form=form, email=user.email,
+                           error=error or "Enter the new password twice."), 400
+
+
+# -- changing the password while signed in -----------------------------------------------
+
+@bp.route("/account/password", methods=["GET", "POST"])
+@signed_in
+def change_password():
+    g.no_store = True
+    form = ChangePasswordForm()
+    managed_by = None
+    if current_user.password_hash is None:
+        managed_by = credentials.managing_provider(db_session(), current_user.id)
+    if request.method in ("GET", "HEAD") or managed_by:
+        return render_template("account/change.html", form=form, managed_by=managed_by)
+    if not form.validate_on_submit():
+        return render_template("account/change.html", form=form,
+                               error="Fill in every field."), 400
+    s = services()
+    try:
+        ended = credentials.change(
+            s.db, audit_context(), s.passwords, s.throttle, current_user.id,
+            form.current.data, form.password.data, form.confirm.data,
+            session_token=session.get("sid", ""),
+            reset_page=url_for("account.forgot_password", _external=True))
+    except TooManyAttempts as exc:
+        return render_template("account/change.html", form=form, error=exc.message), \
+            exc.status, exc.headers
+    except TrellisError as exc:
+        return render_template("account/change.html", form=form, error=exc.message), \
+            exc.status
+    _deliver_pending_for(current_user.email)
+    flash("Your password was changed." + (f" {ended} other session"
+                                          f"{'s were' if ended != 1 else ' was'} signed out."
+                                          if ended else ""), "info")
+    return redirect(url_for("account.change_password"))
+
+
+# -- helpers -----------------------------------------------------------------------------
+
+def _org_from_query():
+    """A page reached from an organization's sign-in page keeps its branding."""
+    slug = request.args.get("org", "")
+    if not slug:
+        return None
+    try:
+        org = organizations.get(db_session(), slug)
+    except (NotFound, TrellisError):
+        return None
+    use_branding(org)
+    return org
+
+
+def _deliver_pending_for(email: str) -> None:
+    """An attempt now for the notice just written to this address (no secret depends on
+    its timing: the person is already known to the page)."""
+    import sqlalchemy as sa
+
+    from portal.models import OutboxMessage, OutboxStatus
+    ids = list(db_session().scalars(
+        sa.select(OutboxMessage.id).where(OutboxMessage.to_address == email,
+                                          OutboxMessage.status == OutboxStatus.PENDING,
+                                          OutboxMessage.attempts == 0)))
+    if ids:
+        deliver_now(ids)
+
+
+def _audit_bad_token(action: str, token: str) -> None:
+    from portal import audit
+    with services().db.transaction() as tx:
+        audit.record(tx, audit_context(), action, outcome="failure", reason="invalid_token",
+                     details={"token_hash_prefix": credentials.digest(token)[:12]})

@@ -144,7 +144,8 @@ def _init_extensions(app: Flask) -> None:
 # Every endpoint that accepts a credential; later protocols add theirs here.
 CREDENTIAL_ENDPOINTS = ("auth.login", "auth.org_login", "sso.link", "saml.acs",
                         "account.forgot_password", "account.reset_password",
-                        "account.change_password")
+                        "account.change_password", "account.register",
+                        "account.org_register", "account.verify_email")
 # The provider's machine endpoints take app credentials at a machine's pace.
 APP_CREDENTIAL_ENDPOINTS = ("provider.token", "provider.introspect", "provider.revoke",
                             "provider.device_authorization")

@@ -60,7 +60,7 @@ def check_new_password(password: str, email: str = "", name: str = "") -> None:
         raise ValidationError("This password is on a list of commonly used passwords. "
                               "Choose another.", code="common_password")
     local = email.lower().partition("@")[0]
-    if len(local) >= 4 and (local in lowered or lowered in email.lower()):
+    if email and (email.lower() in lowered or (len(local) >= 4 and local in lowered)):
         raise ValidationError("The password must not contain your email address.",
                               code="weak_password")
     from zxcvbn import zxcvbn

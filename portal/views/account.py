@@ -23,9 +23,15 @@ from flask_login import current_user
 
 from portal.errors import NotFound, TooManyAttempts, TrellisError
 from portal.extensions import audit_context, db_session, services
-from portal.forms import ChangePasswordForm, ForgotPasswordForm, ResetPasswordForm
+from portal.forms import (
+    ChangePasswordForm,
+    ForgotPasswordForm,
+    PostForm,
+    RegisterForm,
+    ResetPasswordForm,
+)
 from portal.permissions import public, signed_in
-from portal.services import credentials, organizations
+from portal.services import credentials, organizations, registration
 from portal.views import use_branding
 from portal.views.mail import deliver_after_response, deliver_now
 
@@ -139,6 +145,105 @@ def change_password():
                                           f"{'s were' if ended != 1 else ' was'} signed out."
                                           if ended else ""), "info")
     return redirect(url_for("account.change_password"))
+
+
+# -- registration ------------------------------------------------------------------------
+
+@bp.route("/register", methods=["GET", "POST"])
+@public
+def register():
+    return _register_page(None)
+
+
+@bp.route("/o/<slug>/register", methods=["GET", "POST"])
+@public
+def org_register(slug: str):
+    try:
+        org = organizations.get(db_session(), slug)
+    except NotFound:
+        raise NotFound() from None
+    use_branding(org)
+    return _register_page(org)
+
+
+def _register_page(org):
+    config = current_app.config
+    if not registration.open_for(db_session(), org, config["REGISTRATION"] == "open"):
+        return render_template("account/register_closed.html", org=org), 404
+    form = RegisterForm()
+    if request.method in ("GET", "HEAD"):
+        return _register_form(form, org)
+    if not form.validate_on_submit():
+        return _register_form(form, org, "Enter your email address and a password twice."), 400
+    signup = registration.SignUp(
+        email=form.email.data, password=form.password.data, confirm=form.confirm.data,
+        display_name=form.display_name.data or "", accepted_terms=bool(form.accept_terms.data),
+        ip=request.remote_addr or "", user_agent=request.headers.get("User-Agent", ""))
+    login = url_for("auth.org_login", slug=org.slug, _external=True) if org else \
+        url_for("auth.login", _external=True)
+    links = registration.Links(
+        verify=lambda token: url_for("account.verify_email", token=token, _external=True),
+        sign_in=login, reset=url_for("account.forgot_password", _external=True))
+    try:
+        with services().db.transaction() as tx:
+            message = registration.start(
+                tx, audit_context(), services().passwords, signup,
+                tx.get(type(org), org.id) if org is not None else None,
+                platform_open=config["REGISTRATION"] == "open",
+                terms_version=config["TERMS_VERSION"], hours=config["VERIFY_HOURS"],
+                links=links)
+            message_id = message.id
+    except TrellisError as exc:
+        if exc.status >= 500 or exc.status == 404:
+            raise
+        return _register_form(form, org, exc.message), exc.status
+    deliver_after_response([message_id])
+    return render_template("account/sent.html", org=org, title="Confirm your email",
+                           email=signup.email.strip(), what="verify")
+
+
+def _register_form(form, org, error: str | None = None):
+    return render_template("account/register.html", form=form, org=org, error=error,
+                           terms_url=current_app.config["TERMS_URL"],
+                           terms_version=current_app.config["TERMS_VERSION"])
+
+
+@bp.route("/register/verify/<token>", methods=["GET", "POST"])
+@public
+def verify_email(token: str):
+    """GET only shows a button: mail scanners open links, and must not create accounts."""
+    g.no_store = True
+    if len(token) > MAX_TOKEN:
+        abort(404)
+    try:
+        pending = registration.open_link(db_session(), token)
+    except registration.InvalidLink as exc:
+        _audit_bad_token("registration.verify", token)
+        return render_template("account/link_invalid.html", message=exc.message,
+                               again=url_for("account.register")), 400
+    from portal.models import Organization
+    org = db_session().get(Organization, pending.organization_id) \
+        if pending.organization_id else None
+    use_branding(org)
+    form = PostForm()
+    if request.method in ("GET", "HEAD") or not form.validate_on_submit():
+        return render_template("account/verify.html", form=form, email=pending.email, org=org)
+    try:
+        with services().db.transaction() as tx:
+            registration.verify(tx, audit_context(), token,
+                                 key=current_app.config["SECRET_KEY"])
+    except registration.InvalidLink as exc:
+        return render_template("account/link_invalid.html", message=exc.message,
+                               again=url_for("account.register")), 400
+    except TrellisError as exc:
+        if exc.code != "duplicate_email":
+            raise
+        flash(exc.message, "info")
+    else:
+        flash("Your email address is confirmed and your account is ready. Sign in.", "info")
+    if org is not None:
+        return redirect(url_for("auth.org_login", slug=org.slug))
+    return redirect(url_for("auth.login"))
 
 
 # -- helpers -----------------------------------------------------------------------------

@@ -147,6 +147,59 @@ def change_password():
     return redirect(url_for("account.change_password"))
 
 
+# -- the account page --------------------------------------------------------------------
+
+@bp.get("/account/")
+@signed_in
+def index():
+    from portal.services import account
+    g.no_store = True
+    read = db_session()
+    return render_template(
+        "account/index.html", profile=account.profile(read, current_user.id),
+        sessions=account.sessions(read, current_user.id, session.get("sid", "")),
+        history=account.sign_in_history(read, current_user.email), form=PostForm())
+
+
+@bp.post("/account/profile")
+@signed_in
+def update_profile():
+    from portal.services import account
+    try:
+        with services().db.transaction() as tx:
+            account.update_name(tx, audit_context(), current_user.id,
+                                request.form.get("display_name", ""))
+    except TrellisError as exc:
+        if exc.status >= 500:
+            raise
+        flash(exc.message, "error")
+    else:
+        flash("Your profile was saved.", "info")
+    return redirect(url_for("account.index"))
+
+
+@bp.post("/account/sessions/<int:session_id>/revoke")
+@signed_in
+def revoke_session(session_id: int):
+    from portal.services import account
+    with services().db.transaction() as tx:
+        account.revoke_session(tx, audit_context(), current_user.id, session_id,
+                               session.get("sid", ""))
+    flash("That session was signed out.", "info")
+    return redirect(url_for("account.index"))
+
+
+@bp.post("/account/sessions/revoke-others")
+@signed_in
+def revoke_other_sessions():
+    from portal.services import account
+    with services().db.transaction() as tx:
+        ended = account.revoke_others(tx, audit_context(), current_user.id,
+                                      session.get("sid", ""))
+    flash(f"{ended} other session{'s' if ended != 1 else ''} signed out.", "info")
+    return redirect(url_for("account.index"))
+
+
 # -- registration ------------------------------------------------------------------------
 
 @bp.route("/register", methods=["GET", "POST"])

@@ -198,6 +198,9 @@ SETTINGS: tuple[Setting, ...] = (
             "User name for the mail server; empty sends without authentication."),
     Setting("TRELLIS_SMTP_PASSWORD", "SMTP_PASSWORD", _text, "",
             "Password for the mail server."),
+    Setting("TRELLIS_SMTP_CA_FILE", "SMTP_CA_FILE", _text, "",
+            "PEM file of the CA(s) to trust for the mail server's certificate, for a private "
+            "CA; empty uses the system's CAs."),
     Setting("TRELLIS_SMTP_TIMEOUT", "SMTP_TIMEOUT", _int_range(1, 120), 10,
             "Seconds to wait for the mail server before an attempt counts as failed."),
     Setting("TRELLIS_MAIL_FROM", "MAIL_FROM", _mail_from, "Trellis <no-reply@localhost>",

@@ -58,6 +58,7 @@ class MailConfig:
     security: str = "starttls"
     user: str = ""
     password: str = ""
+    ca_file: str = ""
     timeout: int = 10
     sender: str = "Trellis <no-reply@localhost>"
     max_attempts: int = 10
@@ -67,7 +68,8 @@ class MailConfig:
     def from_settings(cls, config: Mapping[str, Any]) -> MailConfig:
         return cls(host=config["SMTP_HOST"], port=config["SMTP_PORT"],
                    security=config["SMTP_SECURITY"], user=config["SMTP_USER"],
-                   password=config["SMTP_PASSWORD"], timeout=config["SMTP_TIMEOUT"],
+                   password=config["SMTP_PASSWORD"], ca_file=config["SMTP_CA_FILE"],
+                   timeout=config["SMTP_TIMEOUT"],
                    sender=config["MAIL_FROM"], max_attempts=config["MAIL_MAX_ATTEMPTS"],
                    keep_locally=config["ENV"] != "production")
 
@@ -198,7 +200,7 @@ def backoff(attempts: int) -> timedelta:
 def send(mail: MailConfig, message: OutboxMessage) -> None:
     """One SMTP transaction. The certificate is checked for both TLS modes."""
     email = to_email(mail, message)
-    context = ssl.create_default_context()
+    context = ssl.create_default_context(cafile=mail.ca_file or None)
     if mail.security == "tls":
         client: smtplib.SMTP = smtplib.SMTP_SSL(mail.host, mail.port, timeout=mail.timeout,
                                                 context=context)

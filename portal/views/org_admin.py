@@ -39,6 +39,7 @@ SECTIONS = (  # (endpoint, label, action, object type): the nav shows what the a
     ("orgadmin.invitations", "Invitations", "manage", "invitation"),
     ("orgadmin.connections", "Single sign-on", "read", "connection"),
     ("orgadmin.tokens", "API tokens", "manage", "organization"),
+    ("orgadmin.simulate", "Policy simulator", "simulate", "policy"),
 )
 
 
@@ -506,3 +507,19 @@ def revoke_token(slug: str, token_id: int):
         org_tokens.revoke(tx, audit_context(), tx.get(Organization, org.id), token_id)
     flash("Token revoked.", "info")
     return redirect(url_for("orgadmin.tokens", slug=slug))
+
+
+# -- policy simulator ----------------------------------------------------------------------
+
+@bp.route("/policy/simulate", methods=["GET", "POST"])
+@require("simulate", "policy", org_arg="slug")
+def simulate(slug: str):
+    """Try a decision for one of this organization's members."""
+    from portal.views import simulation
+    org = _org(slug)
+    values = simulation.form_values(org.slug)
+    result = error = None
+    if request.method == "POST":
+        result, error = simulation.simulate(values, members_of=org)
+    return _render("orgadmin/simulate.html", org, values=values, result=result,
+                   error=error), 422 if error else 200

@@ -183,3 +183,10 @@ def managing_provider(session: Session, user_id: int) -> str:
                           .order_by(FederatedIdentity.last_login_at.desc().nulls_last())
                           .limit(1))
     return name or "your organization's identity provider"
+
+
+def purge_expired(session: Session, before=None) -> int:
+    """Drop reset tokens that can no longer be used (expired, whether spent or not)."""
+    result = session.execute(sa.delete(UserToken)
+                             .where(UserToken.expires_at < (before or utcnow())))
+    return result.rowcount or 0

@@ -234,3 +234,27 @@ def test_smtp_down_the_verification_waits_in_the_outbox(app, client, open_org, s
     with services_of(app).db.sessions() as session:
         [row] = session.scalars(sa.select(OutboxMessage)).all()
     assert row.status == OutboxStatus.PENDING and "Connection" in row.last_error
+
+
+def test_the_worker_purges_expired_sign_ups_and_reset_links(app, client, open_org, tx,
+                                                            smtp_server, make_user,
+                                                            monkeypatch):
+    from click.testing import CliRunner
+
+    from portal.cli import main
+    from portal.models import UserToken
+    make_user("alice@acme.test")
+    _register(client)
+    client.post("/password/forgot", data={"email": "alice@acme.test",
+                                          "csrf_token": csrf_token(client, "/login")})
+    with tx() as session:
+        session.execute(sa.update(Registration)
+                        .values(expires_at=utcnow() - timedelta(minutes=1)))
+        session.execute(sa.update(UserToken).values(expires_at=utcnow() - timedelta(minutes=1)))
+    for name, value in {"DATABASE_URL": app.config["DATABASE_URL"], "TRELLIS_ENV": "test",
+                        "TRELLIS_INSTANCE_PATH": app.config["INSTANCE_PATH"],
+                        "SECRET_KEY": app.config["SECRET_KEY"]}.items():
+        monkeypatch.setenv(name, value)
+    result = CliRunner().invoke(main, ["worker", "--once"], catch_exceptions=False)
+    assert "purged 2 expired sign-up and reset links" in result.output
+    assert _count(app, Registration) == 0 and _count(app, UserToken) == 0

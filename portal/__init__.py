@@ -150,6 +150,7 @@ CREDENTIAL_ENDPOINTS = ("auth.login", "auth.org_login", "sso.link", "saml.acs",
                         "account.forgot_password", "account.reset_password",
                         "account.change_password", "account.register",
                         "account.org_register", "account.verify_email",
+                        "account.change_email", "account.confirm_email",
                         "mfa.challenge", "mfa.setup_at_sign_in", "mfa.step_up")
 # The provider's machine endpoints take app credentials at a machine's pace.
 APP_CREDENTIAL_ENDPOINTS = ("provider.token", "provider.introspect", "provider.revoke",

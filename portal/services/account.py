@@ -5,16 +5,24 @@ user's session id is "not found", exactly like an unknown one."""
 from __future__ import annotations
 
 import hashlib
+import secrets
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from portal import audit
 from portal.db import utcnow
-from portal.errors import NotFound, ValidationError
-from portal.models import AuditEvent, AuthSession, Connection, FederatedIdentity, User
+from portal.errors import Forbidden, NotFound, ValidationError
+from portal.models import (
+    AuditEvent,
+    AuthSession,
+    Connection,
+    FederatedIdentity,
+    User,
+    UserToken,
+)
 from portal.services.credentials import PasswordManagedElsewhere
 
 HISTORY = 20
@@ -130,3 +138,89 @@ def sign_in_history(session: Session, email: str, limit: int = HISTORY) -> list[
 
 def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+# -- changing the email address ------------------------------------------------------------
+
+EMAIL_CHANGE = "email_change"
+
+
+def request_email_change(session: Session, ctx: audit.Context, passwords, user_id: int,
+                         new_email: str, password: str, *, hours: int,
+                         confirm_link) -> int:
+    """Mail a confirmation link to the new address; nothing changes until it is used. The
+    current password is required. An address that belongs to another account gets a notice
+    instead of a link, and the page answers the same. Returns the message id."""
+    from portal.services import outbox
+    from portal.services.credentials import home_organization
+    from portal.validation import normalize_email
+    user = session.get(User, user_id)
+    current = profile(session, user_id)
+    if current.managed_by:
+        raise PasswordManagedElsewhere(
+            f"Your email comes from {current.managed_by}; change it there.",
+            code="field_managed_by_idp")
+    if not passwords.verify(user.password_hash, password or ""):
+        raise ValidationError("Your current password is not correct.", code="wrong_password")
+    address = normalize_email(new_email)
+    if address == user.email:
+        raise ValidationError("That is already your email address.", code="same_email")
+    from federation import discovery
+    if discovery.connections_for_email(session, address):
+        raise Forbidden("That address belongs to an organization whose members sign in "
+                         "through its identity provider.", code="email_sso")
+    org = home_organization(session, user)
+    taken = session.scalar(sa.select(User.id).where(User.email == address)) is not None
+    audit.record(session, ctx, "user.email_change_request",
+                 outcome="failure" if taken else "success", target=f"user:{user.email}",
+                 reason="address_taken" if taken else "", details={"new_email": address})
+    if taken:
+        return outbox.enqueue(session, to=address, template="email_taken", org=org,
+                              context={"account": user.email}).id
+    now = utcnow()
+    session.execute(sa.update(UserToken)
+                    .where(UserToken.user_id == user.id, UserToken.purpose == EMAIL_CHANGE,
+                           UserToken.used_at.is_(None)).values(used_at=now))
+    token = secrets.token_urlsafe(32)
+    session.add(UserToken(user_id=user.id, purpose=EMAIL_CHANGE, email=address,
+                          token_hash=_digest(token), created_at=now,
+                          expires_at=now + timedelta(hours=hours)))
+    return outbox.enqueue(session, to=address, template="email_confirm", org=org,
+                          context={"link": confirm_link(token), "hours": hours,
+                                   "account": user.email}).id
+
+
+def open_email_change(session: Session, token: str) -> UserToken:
+    from portal.services.credentials import InvalidToken
+    row = session.scalar(sa.select(UserToken).where(UserToken.token_hash == _digest(token or ""),
+                                                    UserToken.purpose == EMAIL_CHANGE))
+    if row is None or row.used_at is not None or row.expires_at <= utcnow():
+        raise InvalidToken()
+    return row
+
+
+def confirm_email_change(session: Session, ctx: audit.Context, token: str) -> tuple[User, int]:
+    """Use the link: the account's address becomes the new one, and the old address is told
+    (so a hijacked session cannot move an account away silently). Returns the user and the
+    notice's message id."""
+    from portal.errors import Conflict
+    from portal.services import outbox
+    from portal.services.credentials import InvalidToken, home_organization
+    row = open_email_change(session, token)
+    if session.execute(sa.update(UserToken).where(UserToken.id == row.id,
+                                                  UserToken.used_at.is_(None))
+                       .values(used_at=utcnow())).rowcount != 1:
+        raise InvalidToken()
+    user = session.get(User, row.user_id)
+    if session.scalar(sa.select(User.id).where(User.email == row.email)) is not None:
+        raise Conflict("That address now belongs to another account.", code="duplicate_email")
+    old = user.email
+    user.email = row.email
+    session.flush()
+    audit.record(session, ctx.acting_as(user.id, old), "user.email_change",
+                 target=f"user:{row.email}", details={"from": old, "to": row.email})
+    notice = outbox.enqueue(session, to=old, template="email_changed",
+                            org=home_organization(session, user),
+                            context={"new_email": row.email,
+                                     "when": utcnow().strftime("%Y-%m-%d %H:%M")})
+    return user, notice.id

@@ -46,6 +46,9 @@ SUBJECTS = {
     "already_registered": "You already have a {site} account",
     "invitation": "You are invited to join {site}",
     "test": "Test message from {site}",
+    "email_confirm": "Confirm your new email address for {site}",
+    "email_taken": "About your {site} account",
+    "email_changed": "Your {site} email address was changed",
 }
 
 

@@ -200,6 +200,67 @@ def revoke_other_sessions():
     return redirect(url_for("account.index"))
 
 
+@bp.post("/account/email")
+@signed_in
+def change_email():
+    """Ask for a new address: a link goes to it; the account's address changes when the
+    link is used."""
+    from portal.services import account
+    new_email = request.form.get("new_email", "")[:320]
+    try:
+        with services().db.transaction() as tx:
+            message_id = account.request_email_change(
+                tx, audit_context(), services().passwords, current_user.id, new_email,
+                request.form.get("password", "")[:1024],
+                hours=current_app.config["VERIFY_HOURS"],
+                confirm_link=lambda token: url_for("account.confirm_email", token=token,
+                                                   _external=True))
+    except TrellisError as exc:
+        if exc.status >= 500:
+            raise
+        flash(exc.message, "error")
+        return redirect(url_for("account.index"))
+    deliver_after_response([message_id])
+    flash(f"We are sending a link to {new_email.strip()}. Your address changes when you open "
+          "it; until then you keep signing in with the current one.", "info")
+    return redirect(url_for("account.index"))
+
+
+@bp.route("/account/email/confirm/<token>", methods=["GET", "POST"])
+@public
+def confirm_email(token: str):
+    """Works from any browser (the link proves the new mailbox); GET shows a button only."""
+    from portal.services import account
+    g.no_store = True
+    if len(token) > MAX_TOKEN:
+        abort(404)
+    try:
+        pending = account.open_email_change(db_session(), token)
+    except credentials.InvalidToken as exc:
+        _audit_bad_token("user.email_change", token)
+        return render_template("account/link_invalid.html", message=exc.message,
+                               again=url_for("account.index")), 400
+    form = PostForm()
+    if request.method in ("GET", "HEAD") or not form.validate_on_submit():
+        return render_template("account/confirm_email.html", form=form, email=pending.email)
+    try:
+        with services().db.transaction() as tx:
+            _user, notice_id = account.confirm_email_change(tx, audit_context(), token)
+    except credentials.InvalidToken as exc:
+        return render_template("account/link_invalid.html", message=exc.message,
+                               again=url_for("account.index")), 400
+    except TrellisError as exc:
+        if exc.code != "duplicate_email":
+            raise
+        return render_template("account/link_invalid.html", message=exc.message,
+                               again=url_for("account.index")), 409
+    deliver_now([notice_id])
+    flash(f"Your email address is now {pending.email}. Sign in with it from now on.", "info")
+    if current_user.is_authenticated:
+        return redirect(url_for("account.index"))
+    return redirect(url_for("auth.login"))
+
+
 # -- registration ------------------------------------------------------------------------
 
 @bp.route("/register", methods=["GET", "POST"])

@@ -63,6 +63,10 @@ def test_a_federated_users_profile_is_read_only_and_says_where_it_comes_from(
     assert "comes from Acme Okta" in client.get(refused.headers["Location"]).get_data(
         as_text=True)
     assert _name(app, "fed@acme.test") == "Fed"
+    assert "Change your email address" not in page
+    moved = _post(client, "/account/email", new_email="fed@elsewhere.test", password="x")
+    assert "Your email comes from Acme Okta" in client.get(moved.headers["Location"]).get_data(
+        as_text=True)
 
 
 def test_sessions_are_listed_and_another_one_is_signed_out(app, client, make_user):
@@ -118,3 +122,84 @@ def test_sign_in_history_shows_failures_and_successes(app, client, make_user):
     history = page.split("Recent sign-ins", 1)[1]
     assert history.index("Signed in") < history.index("Failed")  # newest first
     assert "Mallory/6.6" in history and "password" in history
+
+
+def _mail_app(settings, smtp_server):
+    from portal import create_app
+    return create_app({**settings, **smtp_server.settings()})
+
+
+def test_changing_the_email_needs_the_new_mailbox_and_tells_the_old_one(
+        settings, smtp_server, make_user):
+    from tests.peers.smtp import links_in, text_of
+    app = _mail_app(settings, smtp_server)
+    try:
+        make_user("alice@acme.test")
+        client = app.test_client()
+        sign_in(client, "alice@acme.test")
+        wrong = _post(client, "/account/email", new_email="alice@new.test", password="nope")
+        assert "current password is not correct" in client.get(
+            wrong.headers["Location"]).get_data(as_text=True)
+        asked = _post(client, "/account/email", new_email="Alice@New.test",
+                      password="correct horse battery")
+        assert "Your address changes when you open it" in client.get(
+            asked.headers["Location"]).get_data(as_text=True)
+        [mail] = smtp_server.wait_for("alice@new.test")
+        link = next(u for u in links_in(mail) if "/account/email/confirm/" in u)
+        path = link.replace("http://localhost", "")
+        # Nothing changed yet; a mail scanner opening the link changes nothing either.
+        assert "Confirm the new address" in app.test_client().get(path).get_data(as_text=True)
+        assert sign_in(app.test_client(), "alice@acme.test").status_code == 302
+        done = client.post(path, data={"csrf_token": csrf_token(client, "/account/")})
+        assert done.headers["Location"] == "/account/"
+        [notice] = smtp_server.wait_for("alice@acme.test")
+        assert "alice@new.test" in text_of(notice) and "was changed" in notice["Subject"]
+        assert sign_in(app.test_client(), "alice@new.test").status_code == 302
+        assert sign_in(app.test_client(), "alice@acme.test").status_code == 401
+        [event] = audit_events(app, "user.email_change")
+        assert event.details == {"from": "alice@acme.test", "to": "alice@new.test"}
+        # Once only.
+        again = client.post(path, data={"csrf_token": csrf_token(client, "/account/")})
+        assert again.status_code == 400
+    finally:
+        services_of(app).db.dispose()
+
+
+def test_an_address_of_another_account_gets_a_notice_and_the_page_looks_the_same(
+        settings, smtp_server, make_user):
+    from tests.peers.smtp import text_of
+    app = _mail_app(settings, smtp_server)
+    try:
+        make_user("alice@acme.test")
+        make_user("bob@acme.test")
+        client = app.test_client()
+        sign_in(client, "alice@acme.test")
+        asked = _post(client, "/account/email", new_email="bob@acme.test",
+                      password="correct horse battery")
+        assert "Your address changes when you open it" in client.get(
+            asked.headers["Location"]).get_data(as_text=True)
+        [mail] = smtp_server.wait_for("bob@acme.test")
+        assert "nothing was changed" in text_of(mail) and "/confirm/" not in text_of(mail)
+        assert _name(app, "alice@acme.test") is not None
+    finally:
+        services_of(app).db.dispose()
+
+
+def test_expired_and_forged_email_links_are_refused(app, client, make_user, tx):
+    from datetime import timedelta
+
+    from portal.db import utcnow
+    from portal.models import UserToken
+    make_user("alice@acme.test")
+    sign_in(client, "alice@acme.test")
+    _post(client, "/account/email", new_email="alice@new.test",
+          password="correct horse battery")
+    with services_of(app).db.sessions() as session:
+        from portal.models import OutboxMessage
+        body = session.scalar(sa.select(OutboxMessage.text_body))
+    path = re.search(r"http://localhost(/account/email/confirm/\S+)", body).group(1)
+    with tx() as session:
+        session.execute(sa.update(UserToken).values(expires_at=utcnow() - timedelta(seconds=1)))
+    assert client.get(path).status_code == 400
+    assert client.get("/account/email/confirm/" + "C" * 43).status_code == 400
+    assert sign_in(app.test_client(), "alice@acme.test").status_code == 302

@@ -66,6 +66,10 @@ def request_reset(session: Session, ctx: audit.Context, email: str, *, minutes: 
                      target=f"user:{email}",
                      reason="unknown_user" if user is None else f"user_{user.status.value}")
         return None
+    if outbox.recently_written(session, email, ("password_reset", "password_managed")):
+        audit.record(session, ctx, "password.reset_request", outcome="failure",
+                     target=f"user:{email}", reason="recently_sent")
+        return None  # the link sent a moment ago still works
     org = home_organization(session, user)
     if user.password_hash is None:
         provider = managing_provider(session, user.id)

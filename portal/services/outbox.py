@@ -115,6 +115,17 @@ def enqueue(session: Session, *, to: str, template: str, org: Organization | Non
     return message
 
 
+def recently_written(session: Session, to: str, templates: tuple[str, ...],
+                     within: timedelta = timedelta(minutes=1)) -> bool:
+    """Whether such a message to this address was written lately: pages anyone can submit
+    (reset, registration) send one per address per window, so they cannot be used to flood
+    someone's mailbox. The page answers the same either way."""
+    since = utcnow() - within
+    return session.scalar(sa.select(OutboxMessage.id).where(
+        OutboxMessage.to_address == to, OutboxMessage.template.in_(templates),
+        OutboxMessage.created_at > since).limit(1)) is not None
+
+
 @lru_cache(maxsize=1)
 def _templates():
     import jinja2

@@ -113,7 +113,7 @@ def check_allowed(session: Session, org: Organization | None, email: str,
 
 def start(session: Session, ctx: audit.Context, passwords: Passwords, form: SignUp,
           org: Organization | None, *, platform_open: bool, terms_version: str, hours: int,
-          links: Links) -> OutboxMessage:
+          links: Links) -> OutboxMessage | None:
     """Check the form, then mail either a verification link (new address) or a notice to
     the owner (known address). Both cost the same, and the caller answers the same."""
     email = normalize_email(form.email)
@@ -130,6 +130,10 @@ def start(session: Session, ctx: audit.Context, passwords: Passwords, form: Sign
     password_hash = passwords.hash(form.password)  # also for known addresses: same cost
     existing = session.scalar(sa.select(User).where(User.email == email))
     details = {"organization": org.slug if org else None}
+    if outbox.recently_written(session, email, ("already_registered", "verify_email")):
+        audit.record(session, ctx, "registration.start", outcome="failure",
+                     target=f"user:{email}", reason="recently_sent", details=details)
+        return None  # one email per address per minute: nobody floods a mailbox from here
     if existing is not None:
         audit.record(session, ctx, "registration.start", outcome="failure",
                      target=f"user:{email}", reason="existing_account", details=details)

@@ -306,7 +306,7 @@ def _register_page(org):
                 platform_open=config["REGISTRATION"] == "open",
                 terms_version=config["TERMS_VERSION"], hours=config["VERIFY_HOURS"],
                 links=links)
-            message_id = message.id
+            message_id = message.id if message is not None else None
     except TrellisError as exc:
         if exc.status >= 500 or exc.status == 404:
             raise

@@ -122,6 +122,12 @@ def _init_services(app: Flask) -> None:
         decisions=DecisionLog(db, config["DECISION_LOG_SAMPLE"], config["DECISION_LOG_DENIES"]),
     )
     app.teardown_appcontext(close_db_session)
+    from portal.config import ConfigError
+    from portal.services import consent
+    try:
+        app.extensions["trellis_purposes"] = consent.load_purposes(config["CONSENT_PURPOSES"])
+    except ValueError as exc:
+        raise ConfigError(f"TRELLIS_CONSENT_PURPOSES: {exc}") from None
 
 
 def _policy_engine(folder: str, db, redis_url: str = "", channel: str | None = None):

@@ -241,6 +241,10 @@ SETTINGS: tuple[Setting, ...] = (
             "with each acceptance."),
     Setting("TRELLIS_TERMS_URL", "TERMS_URL", _base_url, "",
             "Where the terms of use are published (linked from the registration form)."),
+    Setting("TRELLIS_CONSENT_PURPOSES", "CONSENT_PURPOSES", _text,
+            str(ROOT / "portal" / "consent_purposes.yaml"),
+            "YAML file listing the purposes (e.g. product news by email) people grant or "
+            "withdraw on their account page; each change is recorded in the consent ledger."),
     Setting("TRELLIS_RESET_MINUTES", "RESET_MINUTES", _int_range(5, 1440), 30,
             "How long a password reset link works."),
     Setting("TRELLIS_VERIFY_HOURS", "VERIFY_HOURS", _int_range(1, 168), 24,
@@ -328,6 +332,8 @@ def settings_table() -> str:
         default = setting.default
         if setting.key in ("INSTANCE_PATH", "POLICY_DIR"):
             default = Path(default).name
+        if setting.key == "CONSENT_PURPOSES":
+            default = "portal/consent_purposes.yaml"
         shown = "—" if default in (None, "") else f"`{default}`"
         rows.append(f"| `{setting.env}` | {shown} | {setting.doc} |")
     return "\n".join(rows)

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
+from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from portal import audit
 from portal.db import utcnow
 from portal.models import ConsentRecord
 
@@ -42,3 +46,59 @@ def current(session: Session, user_id: int) -> dict[str, ConsentRecord]:
     rows = session.scalars(sa.select(ConsentRecord).where(ConsentRecord.user_id == user_id)
                            .order_by(ConsentRecord.recorded_at, ConsentRecord.id))
     return {row.purpose: row for row in rows}
+
+
+@dataclass(frozen=True)
+class Purpose:
+    key: str
+    version: str
+    label: str
+    description: str
+
+
+KEY = re.compile(r"^[a-z][a-z0-9_]{1,63}$")
+
+
+def load_purposes(path: str | Path) -> tuple[Purpose, ...]:
+    """Read the purposes file; a malformed one raises ValueError naming the problem (the
+    app refuses to start rather than show people a wrong list)."""
+    import yaml
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"cannot read {path}: {exc}") from None
+    found: list[Purpose] = []
+    for index, item in enumerate(data.get("purposes") or []):
+        if not isinstance(item, dict):
+            raise ValueError(f"purpose {index + 1} is not a mapping")
+        key = str(item.get("key", ""))
+        if not KEY.match(key) or key == TERMS or key in {p.key for p in found}:
+            raise ValueError(f"purpose {index + 1}: key {key!r} must be unique, lowercase "
+                             f"letters, digits or _, and not {TERMS!r}")
+        label, version = str(item.get("label", "")).strip(), str(item.get("version", ""))
+        if not label or not version or len(version) > 32:
+            raise ValueError(f"purpose {key}: needs a label and a version (up to 32 "
+                             "characters)")
+        found.append(Purpose(key, version, label, str(item.get("description", "")).strip()))
+    return tuple(found)
+
+
+def change(session: Session, ctx: audit.Context, user_id: int, purposes: tuple[Purpose, ...],
+           wanted: set[str], *, method: str, key: str) -> dict[str, bool]:
+    """Record a grant or a withdrawal for every purpose whose state differs from what the
+    person now wants; purposes not in the list are ignored. Returns what changed."""
+    now = current(session, user_id)
+    changed: dict[str, bool] = {}
+    for purpose in purposes:
+        granted = purpose.key in wanted
+        before = now.get(purpose.key)
+        if (before.granted if before else False) == granted and (
+                not granted or before.document_version == purpose.version):
+            continue
+        record(session, user_id=user_id, purpose=purpose.key, version=purpose.version,
+               granted=granted, method=method, ip=ctx.ip, user_agent=ctx.user_agent, key=key)
+        changed[purpose.key] = granted
+    if changed:
+        audit.record(session, ctx, "consent.change", target=f"user:{ctx.actor}",
+                     details=changed)
+    return changed

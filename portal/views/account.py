@@ -155,8 +155,13 @@ def index():
     from portal.services import account
     g.no_store = True
     read = db_session()
+    from portal.services import consent
+    consents = consent.current(read, current_user.id)
     return render_template(
         "account/index.html", profile=account.profile(read, current_user.id),
+        purposes=current_app.extensions["trellis_purposes"],
+        granted={key for key, row in consents.items() if row.granted},
+        consents=consents,
         sessions=account.sessions(read, current_user.id, session.get("sid", "")),
         history=account.sign_in_history(read, current_user.email), form=PostForm())
 
@@ -197,6 +202,20 @@ def revoke_other_sessions():
         ended = account.revoke_others(tx, audit_context(), current_user.id,
                                       session.get("sid", ""))
     flash(f"{ended} other session{'s' if ended != 1 else ''} signed out.", "info")
+    return redirect(url_for("account.index"))
+
+
+@bp.post("/account/consents")
+@signed_in
+def update_consents():
+    """Grant or withdraw each purpose; every change is a new row of the consent ledger."""
+    from portal.services import consent
+    wanted = set(request.form.getlist("purpose"))
+    with services().db.transaction() as tx:
+        changed = consent.change(tx, audit_context(), current_user.id,
+                                 current_app.extensions["trellis_purposes"], wanted,
+                                 method="account_page", key=current_app.config["SECRET_KEY"])
+    flash("Your choices were saved." if changed else "Nothing changed.", "info")
     return redirect(url_for("account.index"))
 
 

@@ -203,3 +203,31 @@ def test_expired_and_forged_email_links_are_refused(app, client, make_user, tx):
     assert client.get(path).status_code == 400
     assert client.get("/account/email/confirm/" + "C" * 43).status_code == 400
     assert sign_in(app.test_client(), "alice@acme.test").status_code == 302
+
+
+def test_purposes_are_granted_and_withdrawn_and_each_change_is_kept(app, client,
+                                                                    make_user):
+    from portal.models import ConsentRecord
+    make_user("alice@acme.test")
+    sign_in(client, "alice@acme.test")
+    page = client.get("/account/").get_data(as_text=True)
+    assert "Product news by email" in page and "Usage analytics" in page
+    assert not re.search(r'id="purpose-product_news"[^>]*checked', page)
+    saved = _post(client, "/account/consents", purpose=["product_news", "made_up"])
+    assert "Your choices were saved" in client.get(saved.headers["Location"]).get_data(
+        as_text=True)
+    page = client.get("/account/").get_data(as_text=True)
+    assert re.search(r'id="purpose-product_news"[^>]*checked', page)
+    unchanged = _post(client, "/account/consents", purpose="product_news")
+    assert "Nothing changed" in client.get(unchanged.headers["Location"]).get_data(
+        as_text=True)
+    _post(client, "/account/consents")  # withdraw everything
+    with services_of(app).db.sessions() as session:
+        rows = session.execute(sa.select(ConsentRecord.purpose, ConsentRecord.granted,
+                                         ConsentRecord.document_version,
+                                         ConsentRecord.method)
+                               .order_by(ConsentRecord.id)).all()
+    assert rows == [("product_news", True, "1", "account_page"),
+                    ("product_news", False, "1", "account_page")]
+    assert [e.details for e in audit_events(app, "consent.change")] == [
+        {"product_news": True}, {"product_news": False}]

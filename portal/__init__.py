@@ -42,6 +42,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         api,
         auth,
         branding,
+        consent_api,
         health,
         home,
         mfa,
@@ -52,7 +53,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     )
     for blueprint in (auth.bp, home.bp, admin.bp, org_admin.bp, org_admin.invites, health.bp,
                       branding.bp, sso.bp, saml.bp, api.bp, admin_api.bp, openapi.bp,
-                      provider.bp, account.bp, mfa.bp):
+                      provider.bp, account.bp, mfa.bp, consent_api.bp):
         app.register_blueprint(blueprint)
     if app.config["ENV"] != "production":
         from portal.views import mail as devmail
@@ -174,6 +175,7 @@ def _limit_credential_endpoints(app: Flask) -> None:
     limiter = Limiter(get_remote_address, app=app, default_limits=[], swallow_errors=True,
                       key_prefix=app.config.get("RATELIMIT_KEY_PREFIX", "trellis"))
     limiter.exempt(app.blueprints["api"])  # high-rate machine calls; keys are not guessable
+    limiter.exempt(app.blueprints["consentapi"])
     limiter.exempt(app.blueprints["openapi"])
     rate = app.config["LOGIN_RATE_LIMIT"]
     for endpoint in CREDENTIAL_ENDPOINTS:

@@ -102,3 +102,53 @@ def change(session: Session, ctx: audit.Context, user_id: int, purposes: tuple[P
         audit.record(session, ctx, "consent.change", target=f"user:{ctx.actor}",
                      details=changed)
     return changed
+
+
+# -- for apps (a CRM keeping its opt-ins in step) --------------------------------------------
+
+FEED_PAGE = 500
+
+
+def _visible_users(org_slugs: frozenset[str]):
+    """Users with a membership in one of the caller's organizations."""
+    from portal.models import Membership, Organization
+    return (sa.select(Membership.user_id).join(Organization,
+                                               Organization.id == Membership.organization_id)
+            .where(Organization.slug.in_(sorted(org_slugs))))
+
+
+def record_dict(row: ConsentRecord) -> dict:
+    return {"id": row.id, "user_id": row.user_id, "purpose": row.purpose,
+            "version": row.document_version,
+            "status": "granted" if row.granted else "withdrawn", "method": row.method,
+            "recorded_at": row.recorded_at.isoformat().replace("+00:00", "Z")}
+
+
+def for_user(session: Session, user_id: int, org_slugs: frozenset[str],
+             purposes: tuple[Purpose, ...]) -> dict | None:
+    """The current state of every purpose for a user the caller may see, else None (the
+    same answer as for a user who does not exist)."""
+    from portal.models import Membership
+    if session.scalar(_visible_users(org_slugs).where(Membership.user_id == user_id)
+                      .limit(1)) is None:
+        return None
+    latest = current(session, user_id)
+    keys = [TERMS, *[p.key for p in purposes]]
+    keys += sorted(k for k in latest if k not in keys)  # purposes since removed from the file
+    consents = []
+    for key in keys:
+        row = latest.get(key)
+        consents.append(record_dict(row) if row else
+                        {"purpose": key, "status": "never", "version": None,
+                         "recorded_at": None})
+    return {"user_id": user_id, "consents": consents}
+
+
+def changes_since(session: Session, org_slugs: frozenset[str], since: int,
+                  limit: int = FEED_PAGE) -> list[ConsentRecord]:
+    """Records after the cursor ``since`` (a record id; ids only grow) about users the
+    caller may see, oldest first."""
+    return list(session.scalars(
+        sa.select(ConsentRecord)
+        .where(ConsentRecord.id > since, ConsentRecord.user_id.in_(_visible_users(org_slugs)))
+        .order_by(ConsentRecord.id).limit(limit)))

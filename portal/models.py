@@ -619,8 +619,9 @@ class OutboxMessage(Base):
 
 
 class UserToken(Base):
-    """A single-use, short-lived token sent by email (password reset). Only its SHA-256 is
-    stored; using it is one conditional UPDATE of ``used_at``."""
+    """A single-use, short-lived token sent by email (password reset, confirmation of a new
+    email address). Only its SHA-256 is stored; using it is one conditional UPDATE of
+    ``used_at``."""
 
     __tablename__ = "user_tokens"
 
@@ -628,6 +629,8 @@ class UserToken(Base):
     user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"),
                                          index=True)
     purpose: Mapped[str] = mapped_column(sa.String(32))
+    # The address the link went to, when it is not the account's own (a new email).
+    email: Mapped[str] = mapped_column(sa.String(320), default="", server_default="")
     token_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -240,7 +240,7 @@ def outbox_retry(message_id: int):
 
     from portal.extensions import audit_context, services
     from portal.services import outbox
-    from portal.views.devmail import deliver_now
+    from portal.views.mail import deliver_now
     with services().db.transaction() as tx:
         outbox.retry(tx, audit_context(), message_id)
     report = deliver_now([message_id])

@@ -202,8 +202,10 @@ def _render(form: LoginForm, org, *, step: str = "email", error: str | None = No
     if step == "email":  # the organization's own, or the platform's social sign-ins
         connections = (discovery.connections_for_org(db_session(), org.id) if org is not None
                        else discovery.platform_connections(db_session()))
+    can_register = (org.registration.value != "invite" if org is not None
+                    else current_app.config["REGISTRATION"] == "open")
     page = render_template("auth/login.html", form=form, org=org, step=step, error=error,
-                           connections=connections, action=action)
+                           connections=connections, action=action, can_register=can_register)
     return page, status, headers or {}
 
 

@@ -23,12 +23,14 @@ from sqlalchemy.orm import Session
 from portal import audit
 from portal.crypto import SecretBox
 from portal.db import Database, utcnow
-from portal.errors import Conflict, NotFound, TrellisError
+from portal.errors import Conflict, NotFound, TrellisError, ValidationError
 from portal.models import (
+    Connection,
     Membership,
     MembershipStatus,
     MfaPolicy,
     Organization,
+    Protocol,
     RecoveryCode,
     RoleGrant,
     TotpFactor,
@@ -288,12 +290,31 @@ def _use_recovery_code(tx: Session, passwords: Passwords, user_id: int, code: st
 
 
 def set_policy(tx: Session, ctx: audit.Context, org: Organization, policy: str) -> None:
+    """Who must use a second factor: takes effect at each member's next sign-in."""
     try:
         value = MfaPolicy(policy)
     except ValueError:
-        raise TrellisError("Choose off, admins or all.", code="invalid_mfa_policy") from None
+        raise ValidationError("Choose off, admins or all.", code="invalid_mfa_policy") from None
+    if value == org.mfa_policy:
+        return
     before = org.mfa_policy
     org.mfa_policy = value
     audit.record(tx, ctx, "organization.mfa_policy", target=f"organization:{org.slug}",
                  organization_id=org.id,
                  details={"before": before.value if before else None, "after": value.value})
+
+
+def set_idp_mfa_trust(tx: Session, ctx: audit.Context, connection: Connection,
+                      trust: bool) -> None:
+    """Accept (or stop accepting) the identity provider's own second factor: a sign-in
+    whose ``amr`` or AuthnContext says multi-factor then skips Trellis's code step."""
+    if trust and connection.protocol == Protocol.LDAP:
+        raise ValidationError("A directory cannot vouch for a second factor.",
+                              code="not_federated")
+    before = bool((connection.settings or {}).get("trust_idp_mfa"))
+    if before == trust:
+        return
+    connection.settings = {**connection.settings, "trust_idp_mfa": trust}
+    audit.record(tx, ctx, "connection.update", target=f"connection:{connection.id}",
+                 organization_id=connection.organization_id,
+                 details={"trust_idp_mfa": [before, trust]})

@@ -185,3 +185,4 @@ from tests.peers.oidc_provider import (  # noqa: E402, F401  (session-wide peers
 from tests.peers.rogue_op import rogue_provider  # noqa: E402, F401
 from tests.peers.saml_idp import saml_idp  # noqa: E402, F401
 from tests.peers.slapd import bulk_slapd, fresh_slapd, slapd  # noqa: E402, F401
+from tests.peers.smtp import smtp_server  # noqa: E402, F401

@@ -177,7 +177,7 @@ def finish(connection: Connection, identity, pending: dict[str, Any], ctx,
     except FederationError as error:
         record_failure(connection, error, identity)
         if error.code == "account_exists":
-            return offer_link(connection, identity, pending)
+            return offer_link(connection, identity, pending, remember)
         raise
     from portal.views.auth import finish_sign_in
     return finish_sign_in(user, token, amr=("fed",), next_url=landing_url, remember=remember,
@@ -192,11 +192,13 @@ def trusts_idp_mfa(connection: Connection, identity) -> bool:
         mfa.idp_asserted_mfa(identity.auth.amr, identity.auth.acr)
 
 
-def offer_link(connection: Connection, identity, pending: dict[str, Any]):
-    """The email belongs to an existing account: its owner may link by proving control."""
+def offer_link(connection: Connection, identity, pending: dict[str, Any],
+               remember: dict[str, Any] | None = None):
+    """The email belongs to an existing account: its owner may link by proving control.
+    ``remember`` (SAML logout data) waits in the offer for the session the link starts."""
     session["sso_link"] = services().secrets.seal({
         "identity": identity_to_dict(identity), "connection_id": connection.id,
-        "next": pending.get("next", ""), "created": time.time()})
+        "next": pending.get("next", ""), "created": time.time(), "remember": remember or {}})
     return redirect(url_for("sso.link"))
 
 
@@ -241,6 +243,7 @@ def _link_and_sign_in(connection: Connection, identity, password: str, offer: di
             landing(tx, user.id)
     from portal.views.auth import finish_sign_in  # replaces the password sign-in session too
     return finish_sign_in(user, token, amr=("fed",), next_url=landing_url,
+                          remember=offer.get("remember") or None,
                           idp_mfa=trusts_idp_mfa(connection, identity))
 
 

@@ -191,6 +191,24 @@ class TotpFactor(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+class WebAuthnCredential(Base):
+    """A passkey or security key registered as a second factor (WebAuthn). Only the public
+    key is stored; ``sign_count`` catches a cloned authenticator replaying an old count."""
+
+    __tablename__ = "webauthn_credentials"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"),
+                                         index=True)
+    credential_id: Mapped[str] = mapped_column(sa.String(1400), unique=True)  # base64url
+    public_key: Mapped[str] = mapped_column(sa.Text)  # COSE key, base64url
+    sign_count: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    transports: Mapped[list[str]] = mapped_column(sa.JSON, default=list)
+    name: Mapped[str] = mapped_column(sa.String(100), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
 class RecoveryCode(Base):
     """One-time recovery codes, stored as argon2id hashes only (shown to the user once)."""
 

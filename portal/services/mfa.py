@@ -35,6 +35,7 @@ from portal.models import (
     RoleGrant,
     TotpFactor,
     User,
+    WebAuthnCredential,
 )
 from portal.passwords import Passwords
 from portal.throttle import LoginThrottle
@@ -77,7 +78,11 @@ def confirmed_factor(session: Session, user_id: int) -> TotpFactor | None:
 
 
 def has_second_factor(session: Session, user_id: int) -> bool:
-    return confirmed_factor(session, user_id) is not None
+    """An authenticator app or at least one passkey / security key."""
+    if confirmed_factor(session, user_id) is not None:
+        return True
+    return session.scalar(sa.select(sa.func.count(WebAuthnCredential.id))
+                          .where(WebAuthnCredential.user_id == user_id)) > 0
 
 
 def unused_recovery_codes(session: Session, user_id: int) -> int:
@@ -155,7 +160,7 @@ def confirm_totp(tx: Session, ctx: audit.Context, box: SecretBox, passwords: Pas
     row.confirmed_at = utcnow()
     row.last_step = step
     row.last_used_at = row.confirmed_at
-    codes = _new_recovery_codes(tx, passwords, user.id)
+    codes = new_recovery_codes_if_none(tx, passwords, user.id)
     audit.record(tx, ctx, "mfa.totp_enroll", target=f"user:{user.email}",
                  details={"recovery_codes": len(codes)})
     return codes
@@ -171,7 +176,7 @@ def enrollment_failed(db: Database, ctx: audit.Context, user: User) -> None:
 def regenerate_recovery_codes(tx: Session, ctx: audit.Context, passwords: Passwords,
                               user: User) -> list[str]:
     """Replace every recovery code (used or not) with a fresh set."""
-    if confirmed_factor(tx, user.id) is None:
+    if not has_second_factor(tx, user.id):
         raise NotFound("Set up an authenticator app first.", code="mfa_not_enrolled")
     codes = _new_recovery_codes(tx, passwords, user.id)
     audit.record(tx, ctx, "mfa.recovery_codes_regenerate", target=f"user:{user.email}")
@@ -179,12 +184,24 @@ def regenerate_recovery_codes(tx: Session, ctx: audit.Context, passwords: Passwo
 
 
 def remove_totp(tx: Session, ctx: audit.Context, user: User) -> None:
-    """Remove the authenticator and its recovery codes."""
+    """Remove the authenticator app (and the recovery codes, when no passkey remains)."""
     deleted = tx.execute(sa.delete(TotpFactor).where(TotpFactor.user_id == user.id)).rowcount
-    tx.execute(sa.delete(RecoveryCode).where(RecoveryCode.user_id == user.id))
+    if not has_second_factor(tx, user.id):  # recovery codes stand in for factors only
+        drop_recovery_codes(tx, user.id)
     if not deleted:
         raise NotFound("No authenticator app is set up.", code="mfa_not_enrolled")
     audit.record(tx, ctx, "mfa.totp_remove", target=f"user:{user.email}")
+
+
+def drop_recovery_codes(tx: Session, user_id: int) -> None:
+    tx.execute(sa.delete(RecoveryCode).where(RecoveryCode.user_id == user_id))
+
+
+def new_recovery_codes_if_none(tx: Session, passwords: Passwords, user_id: int) -> list[str]:
+    """The first factor of any kind brings recovery codes; later ones keep the set."""
+    exists = tx.scalar(sa.select(sa.func.count(RecoveryCode.id))
+                       .where(RecoveryCode.user_id == user_id))
+    return [] if exists else _new_recovery_codes(tx, passwords, user_id)
 
 
 def _new_recovery_codes(tx: Session, passwords: Passwords, user_id: int) -> list[str]:
@@ -204,18 +221,32 @@ def verify(db: Database, ctx: audit.Context, throttle: LoginThrottle, box: Secre
            passwords: Passwords, user: User, code: str, purpose: str = "sign_in",
            now: float | None = None) -> str:
     """Check a second-factor code (TOTP, or a recovery code) for ``user``; returns the
-    method used (``otp`` or ``recovery``). Wrong codes count towards the same kind of
-    lockout as wrong passwords, per account and per client IP; every outcome is audited."""
+    method used (``otp`` or ``recovery``)."""
+    cleaned = "".join(ch for ch in (code or "") if ch.isalnum()).lower()[:32]
+
+    def attempt(tx: Session) -> str | None:
+        if cleaned.isdigit() and len(cleaned) == 6:
+            return "otp" if _use_totp(tx, box, user.id, cleaned, now) else None
+        if len(cleaned) == 10:
+            return "recovery" if _use_recovery_code(tx, passwords, user.id, cleaned) else None
+        return None
+
+    return checked_attempt(db, ctx, throttle, user, purpose, attempt)
+
+
+def checked_attempt(db: Database, ctx: audit.Context, throttle: LoginThrottle, user: User,
+                    purpose: str, attempt) -> str:
+    """Run one second-factor ``attempt`` (a function of the transaction returning the method
+    used, or None) under the throttle. Wrong answers count towards the same kind of lockout
+    as wrong passwords, per account and per client IP; every outcome is audited."""
     key = f"mfa:{user.id}"
     throttle.check(key, ctx.ip)
-    cleaned = "".join(ch for ch in (code or "") if ch.isalnum()).lower()[:32]
+    reason = "invalid_code"
     with db.transaction() as tx:
-        method = None
-        if cleaned.isdigit() and len(cleaned) == 6:
-            method = "otp" if _use_totp(tx, box, user.id, cleaned, now) else None
-        elif len(cleaned) == 10:
-            method = "recovery" if _use_recovery_code(tx, passwords, user.id, cleaned) \
-                else None
+        try:
+            method = attempt(tx)
+        except InvalidCode as refused:
+            method, reason = None, refused.detail or reason
         if method is not None:
             left = unused_recovery_codes(tx, user.id) if method == "recovery" else None
             audit.record(tx, ctx.acting_as(user.id, user.email), "auth.mfa",
@@ -229,7 +260,7 @@ def verify(db: Database, ctx: audit.Context, throttle: LoginThrottle, box: Secre
     lockout = throttle.record_failure(key, ctx.ip)
     with db.transaction() as tx:
         audit.record(tx, ctx, "auth.mfa", outcome="failure", target=f"user:{user.email}",
-                     reason="invalid_code", details={"purpose": purpose})
+                     reason=reason, details={"purpose": purpose})
         if lockout is not None:
             audit.record(tx, ctx, "auth.lockout", outcome="failure",
                          target=f"user:{user.email}" if lockout.scope == "account"
@@ -268,7 +299,7 @@ def _use_totp(tx: Session, box: SecretBox, user_id: int, code: str, now: float |
 
 
 def _use_recovery_code(tx: Session, passwords: Passwords, user_id: int, code: str) -> bool:
-    if confirmed_factor(tx, user_id) is None:
+    if not has_second_factor(tx, user_id):
         return False
     rows = tx.execute(sa.select(RecoveryCode.id, RecoveryCode.code_hash)
                       .where(RecoveryCode.user_id == user_id,

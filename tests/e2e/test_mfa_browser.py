@@ -39,7 +39,7 @@ def test_enroll_sign_out_and_sign_in_with_a_code(browsing, live, acme):
     sign_in(page, base)
     expect(page.get_by_role("heading", level=1)).to_have_text("Welcome, Alice Acme")
     page.get_by_role("link", name="Account security").click()
-    expect(page.get_by_role("heading", level=1)).to_have_text("Security")
+    expect(page.get_by_role("heading", level=1)).to_have_text("Account security")
     page.get_by_role("link", name="Set up an authenticator app").click()
     expect(page.get_by_role("heading", level=1)).to_have_text("Set up an authenticator app")
     qr = page.get_by_role("img", name="QR code to add Trellis to your authenticator app")

@@ -105,11 +105,15 @@ def challenge():
         try:
             method = _verify(user, "sign_in")
         except (mfa.InvalidCode, TooManyAttempts) as exc:
-            return _code_page("mfa/challenge.html", exc, user=user,
-                              has_passkeys=_has_passkeys(user.id))
+            return _code_page("mfa/challenge.html", exc, user=user, **_factors_of(user.id))
         return _release(pending, user, method)
     return render_template("mfa/challenge.html", user=user, error=None,
-                           has_passkeys=_has_passkeys(user.id))
+                           **_factors_of(user.id))
+
+
+def _factors_of(user_id: int) -> dict[str, bool]:
+    return {"has_passkeys": _has_passkeys(user_id),
+            "has_totp": mfa.confirmed_factor(db_session(), user_id) is not None}
 
 
 @bp.route("/login/mfa/setup", methods=["GET", "POST"])

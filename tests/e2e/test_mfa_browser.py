@@ -110,3 +110,43 @@ def test_step_up_before_an_organization_change(browsing, live, acme, tx, monkeyp
     expect(page.get_by_text("Security settings saved")).to_be_visible()
     with tx() as session:
         assert organizations.get(session, "acme").mfa_policy.value == "all"
+
+
+def test_passkey_with_chromiums_virtual_authenticator(browsing, live, acme):
+    """Register a passkey with Chromium's virtual authenticator (DevTools protocol), sign out,
+    sign in with password and the passkey. WebAuthn needs a host name, not an IP: the page
+    is opened as localhost."""
+    page = browsing.page()
+    base = live.url.replace("127.0.0.1", "localhost")
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("WebAuthn.enable")
+    authenticator = cdp.send("WebAuthn.addVirtualAuthenticator", {"options": {
+        "protocol": "ctap2", "transport": "internal", "hasResidentKey": True,
+        "hasUserVerification": True, "isUserVerified": True,
+        "automaticPresenceSimulation": True}})["authenticatorId"]
+    sign_in(page, base)
+    page.get_by_role("link", name="Account security").click()
+    page.get_by_role("link", name="Add a passkey or security key").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text(
+        "Add a passkey or security key")
+    page.get_by_label("Name it").fill("Laptop")
+    screenshot(page, "passkey-add.png")
+    page.get_by_role("button", name="Add passkey").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Save your recovery codes")
+    page.get_by_role("link", name="I have saved them").click()
+    expect(page.get_by_role("button", name="Remove Laptop")).to_be_visible()
+    screenshot(page, "passkey-security.png")
+    [credential] = cdp.send("WebAuthn.getCredentials",
+                            {"authenticatorId": authenticator})["credentials"]
+    assert credential["rpId"] == "localhost"
+
+    page.get_by_role("button", name="Sign out").click()
+    sign_in(page, base)
+    expect(page).to_have_url(f"{base}/login/mfa")
+    screenshot(page, "passkey-challenge.png")
+    page.get_by_role("button", name="Use a passkey or security key").click()
+    expect(page).to_have_url(f"{base}/")
+    expect(page.get_by_role("heading", level=1)).to_have_text("Welcome, Alice Acme")
+    [credential] = cdp.send("WebAuthn.getCredentials",
+                            {"authenticatorId": authenticator})["credentials"]
+    assert credential["signCount"] >= 1

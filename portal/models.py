@@ -209,6 +209,22 @@ class WebAuthnCredential(Base):
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
+class KnownSignal(Base):
+    """Devices (the signed device cookie's id, hashed) and networks (an IPv4 /24 or IPv6 /48)
+    a user has completed a sign-in from: the risk assessment calls anything else new."""
+
+    __tablename__ = "known_signals"
+    __table_args__ = (sa.UniqueConstraint("user_id", "kind", "value",
+                                          name="uq_known_signals_user_kind_value"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(sa.String(16))  # device, network
+    value: Mapped[str] = mapped_column(sa.String(64))  # SHA-256 hex
+    first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class RecoveryCode(Base):
     """One-time recovery codes, stored as argon2id hashes only (shown to the user once)."""
 

@@ -174,6 +174,7 @@ def finish_sign_in(user, token: str, *, amr: tuple[str, ...], next_url: str,
     provider asserted that it already used a second factor."""
     from portal.services import mfa
     from portal.views import mfa as mfa_views
+    assess_risk(user, amr)
     if idp_mfa:
         begin_session(user, token, assurance=2, amr=(*amr, "mfa"))
         session["mfa_at"] = int(time.time())
@@ -219,6 +220,60 @@ def begin_session(user, token: str, assurance: int = 1, amr: tuple[str, ...] = (
     session["auth_time"] = int(time.time())
     session["amr"] = list(amr)
     login_user(user)
+    _remember_device(user)
+
+
+DEVICE_COOKIE = "trellis_device"
+DEVICE_SECONDS = 400 * 86400
+
+
+def device_id() -> str:
+    """This browser's id from the signed device cookie; a new browser gets a new id (the
+    cookie is set on this response)."""
+    from flask import after_this_request, g
+    from itsdangerous import BadSignature, URLSafeSerializer
+    if "device_id" in g:
+        return g.device_id
+    signer = URLSafeSerializer(current_app.config["SECRET_KEY"], salt="trellis-device")
+    secure = bool(current_app.config.get("SESSION_COOKIE_SECURE"))
+    name = f"__Host-{DEVICE_COOKIE}" if secure else DEVICE_COOKIE  # like the session's
+    try:
+        g.device_id = str(signer.loads(request.cookies.get(name, "")))
+    except BadSignature:
+        import secrets
+        g.device_id = secrets.token_urlsafe(18)
+        value = signer.dumps(g.device_id)
+
+        @after_this_request
+        def set_cookie(response):
+            response.set_cookie(name, value, max_age=DEVICE_SECONDS, httponly=True,
+                                samesite="Lax", secure=secure)
+            return response
+    return g.device_id
+
+
+def assess_risk(user, amr: tuple[str, ...]) -> None:
+    """Score this sign-in and audit the score with its signals (``auth.risk``). Never fails
+    the sign-in: a broken assessment is logged and skipped."""
+    from portal import audit, risk
+    try:
+        ctx = audit_context().acting_as(user.id, user.email)
+        with services().db.transaction() as tx:
+            result = risk.assess(tx, user.id, user.email, request.remote_addr, device_id())
+            audit.record(tx, ctx, "auth.risk", target=f"user:{user.email}",
+                         details={**result.as_details(), "method": list(amr)})
+    except Exception:
+        current_app.logger.warning("risk assessment skipped", exc_info=True)
+
+
+def _remember_device(user) -> None:
+    """A completed sign-in makes this device and network known for the user."""
+    from portal import risk
+    try:
+        with services().db.transaction() as tx:
+            risk.remember(tx, user.id, request.remote_addr, device_id())
+    except Exception:
+        current_app.logger.warning("could not remember the device", exc_info=True)
 
 
 @bp.post("/logout")

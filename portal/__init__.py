@@ -89,6 +89,7 @@ def _init_services(app: Flask) -> None:
     from federation.saml import SamlAdapter
     from portal.crypto import SecretBox
     from portal.db import Database
+    from portal.decision_log import DecisionLog
     from portal.extensions import Services, close_db_session
     from portal.passwords import Passwords
     from portal.services.roles import DatabaseRoleGrants
@@ -115,12 +116,14 @@ def _init_services(app: Flask) -> None:
         saml=SamlAdapter(),
         ldap=LdapAdapter(),
         role_grants=DatabaseRoleGrants(),
-        policy=_policy_engine(config["POLICY_DIR"], db),
+        policy=_policy_engine(config["POLICY_DIR"], db, config["REDIS_URL"],
+                              config.get("POLICY_CHANNEL")),
+        decisions=DecisionLog(db, config["DECISION_LOG_SAMPLE"], config["DECISION_LOG_DENIES"]),
     )
     app.teardown_appcontext(close_db_session)
 
 
-def _policy_engine(folder: str, db):
+def _policy_engine(folder: str, db, redis_url: str = "", channel: str | None = None):
     """Load the policy files now: a broken file stops the start with file, line and reason
     (a running app keeps its last good policy when a reload fails)."""
     from pathlib import Path
@@ -129,7 +132,7 @@ def _policy_engine(folder: str, db):
     from portal.authz import create_engine
     from portal.config import ConfigError
     try:
-        return create_engine(Path(folder), db)
+        return create_engine(Path(folder), db, redis_url, channel)
     except PolicyError as exc:
         raise ConfigError(f"TRELLIS_POLICY_DIR: {exc.detail}") from None
 

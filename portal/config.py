@@ -101,6 +101,16 @@ def _fernet_keys(raw: str) -> tuple[str, ...]:
     return keys
 
 
+def _fraction(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError("must be a number between 0 and 1") from None
+    if not 0.0 <= value <= 1.0:
+        raise ValueError("must be between 0 and 1")
+    return value
+
+
 def _text(raw: str) -> str:
     return raw
 
@@ -143,7 +153,9 @@ SETTINGS: tuple[Setting, ...] = (
             "`postgresql+psycopg://user@host:5432/db`."),
     Setting("REDIS_URL", "REDIS_URL", _redis_url, "",
             "When set, sign-in throttling and rate limits are shared through Redis by every "
-            "worker; otherwise they are kept in process."),
+            "worker, and policy changes reach every worker at once over pub/sub; otherwise "
+            "throttling is kept in process and workers see policy changes within about a "
+            "second."),
     Setting("TRELLIS_INSTANCE_PATH", "INSTANCE_PATH", _text, str(ROOT / "instance"),
             "Folder for the SQLite database and the generated development secret key."),
     Setting("TRELLIS_COOKIE_SECURE", "COOKIE_SECURE", _bool, None,
@@ -191,6 +203,12 @@ SETTINGS: tuple[Setting, ...] = (
             "How long an identity provider's discovery document is cached."),
     Setting("TRELLIS_POLICY_DIR", "POLICY_DIR", _text, str(ROOT / "policies"),
             "Folder with `model.conf`, `platform.csv`, `kinds/` and `orgs/` policy files."),
+    Setting("TRELLIS_DECISION_LOG_SAMPLE", "DECISION_LOG_SAMPLE", _fraction, 0.0,
+            "Share of decision-API decisions (0 to 1, e.g. `0.01`) written to the audit trail "
+            "as `authz.decision` events, in batches off the request path."),
+    Setting("TRELLIS_DECISION_LOG_DENIES", "DECISION_LOG_DENIES", _bool, False,
+            "Also write every denied decision-API decision to the audit trail, whatever the "
+            "sample."),
     Setting("TRELLIS_SMTP_HOST", "SMTP_HOST", _host, "",
             "Mail server that delivers Trellis's email. Empty: outside production, mail is "
             "kept and shown at `/dev/mail` instead of being sent; in production it waits in "

@@ -73,12 +73,12 @@ class Organization(Base):
                                               default=OrgStatus.ACTIVE)
     # Branding: {"primary_color": "#1a73e8", "logo_url": "https://…", "footer_text": "…"}
     branding: Mapped[dict[str, Any]] = mapped_column(sa.JSON, default=dict)
-    mfa_policy: Mapped[MfaPolicy] = mapped_column(_enum(MfaPolicy, "mfa_policy"),
-                                                  default=MfaPolicy.OFF, server_default="off")
     # Who may create an account here by themselves: see RegistrationMode.
     registration: Mapped[RegistrationMode] = mapped_column(
         _enum(RegistrationMode, "registration_mode"), default=RegistrationMode.INVITE,
         server_default=RegistrationMode.INVITE.value)
+    mfa_policy: Mapped[MfaPolicy] = mapped_column(_enum(MfaPolicy, "mfa_policy"),
+                                                  default=MfaPolicy.OFF, server_default="off")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     domains: Mapped[list[Domain]] = relationship(back_populates="organization",
@@ -371,6 +371,27 @@ class ApiClient(Base):
     organizations: Mapped[list[str]] = mapped_column(sa.JSON, default=list)
     enabled: Mapped[bool] = mapped_column(default=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # During a rotation the replaced key keeps working until ``previous_key_expires_at``, so
+    # the app can roll its new key out without an outage.
+    previous_key_hash: Mapped[str | None] = mapped_column(sa.String(64), unique=True)
+    previous_key_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    rotated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class OrgPolicy(Base):
+    """An organization's own policy rules uploaded by an operator (the same format as
+    ``orgs/<slug>.csv`` in the policy folder, whose rules apply as well). Only text that
+    loaded cleanly is stored; every upload and removal is in the audit trail."""
+
+    __tablename__ = "org_policies"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    organization_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("organizations.id", ondelete="CASCADE"), unique=True)
+    text: Mapped[str] = mapped_column(sa.Text)
+    sha256: Mapped[str] = mapped_column(sa.String(64))
+    uploaded_by: Mapped[str] = mapped_column(sa.String(320), default="")
+    uploaded_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class KeyState(enum.StrEnum):

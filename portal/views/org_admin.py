@@ -40,6 +40,7 @@ SECTIONS = (  # (endpoint, label, action, object type): the nav shows what the a
     ("orgadmin.connections", "Single sign-on", "read", "connection"),
     ("orgadmin.tokens", "API tokens", "manage", "organization"),
     ("orgadmin.security", "Security", "manage", "organization"),
+    ("orgadmin.simulate", "Policy simulator", "simulate", "policy"),
 )
 
 
@@ -527,3 +528,19 @@ def update_security(slug: str):
                                   str(connection.id) in trusted)
     flash("Security settings saved. They apply from each member's next sign-in.", "info")
     return redirect(url_for("orgadmin.security", slug=slug))
+
+
+# -- policy simulator ----------------------------------------------------------------------
+
+@bp.route("/policy/simulate", methods=["GET", "POST"])
+@require("simulate", "policy", org_arg="slug")
+def simulate(slug: str):
+    """Try a decision for one of this organization's members."""
+    from portal.views import simulation
+    org = _org(slug)
+    values = simulation.form_values(org.slug)
+    result = error = None
+    if request.method == "POST":
+        result, error = simulation.simulate(values, members_of=org)
+    return _render("orgadmin/simulate.html", org, values=values, result=result,
+                   error=error), 422 if error else 200

@@ -74,6 +74,7 @@ def discovery():
                              "amr", "sid", "azp", "at_hash", "name", "email",
                              "email_verified", "org", "roles"],
         "prompt_values_supported": sorted(PROMPTS),
+        "acr_values_supported": list(ACR_VALUES),
         "request_parameter_supported": False,
         "request_uri_parameter_supported": False,
         "authorization_response_iss_parameter_supported": True,
@@ -114,6 +115,11 @@ def authorize():
         if "none" in prompts:
             return _to_client(redirect_uri, "login_required", "Sign-in is required.", state)
         return _send_to_login(prompts, force=reauthenticate)
+    if _second_factor_wanted():
+        if "none" in prompts:
+            return _to_client(redirect_uri, "interaction_required",
+                              "A second factor is required.", state)
+        return redirect(url_for("mfa.step_up", next=request.full_path))
 
     orgs = provider.eligible_orgs(db_session(), current_user.id, client.app)
     wanted = request.values.get("org")
@@ -168,6 +174,21 @@ def _issue_code(grant, org: provider.OrgRef):
         auth_time=_auth_time(), acr=f"urn:trellis:loa:{session.get('assurance', 1)}",
         amr=tuple(session.get("amr") or ("pwd",)), session_id=session_id)
     return oauth.server().create_authorization_response(grant_user=who, grant=grant)
+
+
+ACR_VALUES = ("urn:trellis:loa:1", "urn:trellis:loa:2")
+
+
+def _second_factor_wanted() -> bool:
+    """The app asked for ``acr_values=urn:trellis:loa:2``, the session is at level 1 and the
+    user has a second factor: ask for it first (step-up). A user without one is signed in at
+    level 1; the ID token's ``acr`` says so and the app decides."""
+    if ACR_VALUES[1] not in request.values.get("acr_values", "").split():
+        return False
+    if session.get("assurance", 1) >= 2:
+        return False
+    from portal.services import mfa
+    return mfa.has_second_factor(db_session(), current_user.id)
 
 
 def _auth_time():

@@ -425,3 +425,47 @@ def test_the_openid_provider_reports_the_second_factor(app, op):
                                code_verifier=verifier)
     claims = validate_id_token(op, token["id_token"], registered.client_id, nonce)
     assert claims["acr"] == "urn:trellis:loa:2" and claims["amr"] == ["pwd", "otp", "mfa"]
+
+
+def test_an_app_asking_for_level_2_gets_a_step_up_first(app, op):
+    """acr_values=urn:trellis:loa:2 with a password-only session: the user confirms with a
+    code, then the app gets acr loa:2; prompt=none gets interaction_required instead."""
+    from tests.integration.provider_helpers import (
+        browser_login,
+        callback_params,
+        consent,
+        register,
+        rp,
+        start,
+    )
+    from tests.integration.test_provider_flow import validate_id_token
+    browser = browser_login(op, "alice@acme.test")  # no second factor yet: level 1
+    services = services_of(app)
+    with services.db.transaction() as session:  # then one is set up (say, on a phone)
+        user = users.get_by_email(session, "alice@acme.test")
+        secret = mfa.begin_totp(session, services.secrets, user).secret
+        mfa.confirm_totp(session, CLI_CTX, services.secrets, services.passwords, user,
+                         previous_code(secret))
+    registered = register(app)
+    client = rp(op, registered)
+    quiet, _, _, _ = start(op, client, browser, acr_values="urn:trellis:loa:2", prompt="none")
+    assert callback_params(quiet)["error"] == "interaction_required"
+    response, verifier, nonce, _ = start(op, client, browser, acr_values="urn:trellis:loa:2")
+    assert response.status_code == 302
+    step_up = response.headers["Location"]
+    assert step_up.startswith("/login/step-up?next=")
+    page = browser.get(op + step_up)
+    token = re.search(r'name="csrf_token"[^>]*?value="([^"]+)"', page.text).group(1)
+    next_url = re.search(r'name="next" value="([^"]+)"', page.text).group(1)
+    answer = browser.post(op + "/login/step-up", data={
+        "code": pyotp.TOTP(secret).now(), "csrf_token": token,
+        "next": next_url.replace("&amp;", "&")}, allow_redirects=False)
+    assert answer.status_code == 302 and answer.headers["Location"].startswith(
+        "/oauth/authorize?")
+    response = browser.get(op + answer.headers["Location"], allow_redirects=False)
+    if response.status_code == 200:
+        response = consent(op, browser, response)
+    tokens = client.fetch_token(op + "/oauth/token", code=callback_params(response)["code"],
+                                code_verifier=verifier)
+    claims = validate_id_token(op, tokens["id_token"], registered.client_id, nonce)
+    assert claims["acr"] == "urn:trellis:loa:2" and claims["amr"] == ["pwd", "otp", "mfa"]

@@ -410,6 +410,20 @@ def user_suspend(email: str, reason: str) -> None:
         click.echo(f"suspended {suspended.email}")
 
 
+@user.command("mfa-reset")
+@click.argument("email")
+@click.option("--reason", default="", help="Recorded in the audit trail.")
+@with_appcontext
+def user_mfa_reset(email: str, reason: str) -> None:
+    """Remove every second factor and recovery code of a user who lost them (after checking
+    who they are). They set up a new one at their next sign-in if a policy requires it."""
+    from portal.services import mfa, users
+    with services().db.transaction() as session:
+        row = users.get_by_email(session, email)
+        removed = mfa.reset(session, cli_context(), row, reason)
+        click.echo(f"{row.email}: removed {removed} second factor(s) and the recovery codes")
+
+
 @main.group()
 def admin() -> None:
     """Platform operators."""

@@ -204,6 +204,20 @@ def new_recovery_codes_if_none(tx: Session, passwords: Passwords, user_id: int) 
     return [] if exists else _new_recovery_codes(tx, passwords, user_id)
 
 
+def reset(tx: Session, ctx: audit.Context, user: User, reason: str = "") -> int:
+    """An operator removes every second factor of a user who lost them all; returns how
+    many factors were removed."""
+    removed = tx.execute(sa.delete(TotpFactor).where(TotpFactor.user_id == user.id,
+                                                     TotpFactor.confirmed_at.is_not(None))
+                         ).rowcount
+    removed += tx.execute(sa.delete(WebAuthnCredential)
+                          .where(WebAuthnCredential.user_id == user.id)).rowcount
+    drop_recovery_codes(tx, user.id)
+    audit.record(tx, ctx, "mfa.reset", target=f"user:{user.email}", reason=reason[:400],
+                 details={"factors_removed": removed})
+    return removed
+
+
 def _new_recovery_codes(tx: Session, passwords: Passwords, user_id: int) -> list[str]:
     tx.execute(sa.delete(RecoveryCode).where(RecoveryCode.user_id == user_id))
     codes = ["".join(secrets.choice(RECOVERY_ALPHABET) for _ in range(10))
@@ -349,3 +363,21 @@ def set_idp_mfa_trust(tx: Session, ctx: audit.Context, connection: Connection,
     audit.record(tx, ctx, "connection.update", target=f"connection:{connection.id}",
                  organization_id=connection.organization_id,
                  details={"trust_idp_mfa": [before, trust]})
+
+
+CHANGES = {  # what the notification email says happened
+    "totp_added": "an authenticator app was set up",
+    "totp_removed": "the authenticator app was removed",
+    "passkey_added": "a passkey or security key was added",
+    "passkey_removed": "a passkey or security key was removed",
+    "recovery_codes": "new recovery codes were made (the old ones no longer work)",
+}
+
+
+def notify_change(tx: Session, user: User, change: str, link: str) -> None:
+    """Tell the account's owner by email (through the outbox, in the same transaction as
+    the change): if it was not them, the link leads to their security page."""
+    from portal.services import outbox
+    outbox.enqueue(tx, to=user.email, template="mfa_changed", org=None,
+                   context={"what": CHANGES[change], "link": link,
+                            "when": utcnow().strftime("%Y-%m-%d %H:%M")})

@@ -46,6 +46,7 @@ SUBJECTS = {
     "already_registered": "You already have a {site} account",
     "invitation": "You are invited to join {site}",
     "test": "Test message from {site}",
+    "mfa_changed": "The sign-in protection of your {site} account changed",
 }
 
 

@@ -130,9 +130,11 @@ def setup_at_sign_in():
     if request.method == "POST":
         try:
             with s.db.transaction() as tx:
+                row = tx.get(User, user.id)
                 codes = mfa.confirm_totp(tx, audit_context().acting_as(user.id, user.email),
-                                         s.secrets, s.passwords, tx.get(User, user.id),
+                                         s.secrets, s.passwords, row,
                                          request.form.get("code", ""))
+                _notify(tx, row, "totp_added")
         except mfa.InvalidCode as exc:
             mfa.enrollment_failed(s.db, audit_context().acting_as(user.id, user.email), user)
             return _enroll_page(user, exc.message, 401, action=url_for(
@@ -217,9 +219,10 @@ def totp_setup():
     if request.method == "POST":
         try:
             with s.db.transaction() as tx:
-                codes = mfa.confirm_totp(tx, audit_context(), s.secrets, s.passwords,
-                                         tx.get(User, current_user.id),
+                row = tx.get(User, current_user.id)
+                codes = mfa.confirm_totp(tx, audit_context(), s.secrets, s.passwords, row,
                                          request.form.get("code", ""))
+                _notify(tx, row, "totp_added")
         except mfa.InvalidCode as exc:
             mfa.enrollment_failed(s.db, audit_context(), current_user)
             return _enroll_page(current_user, exc.message, 401,
@@ -228,6 +231,10 @@ def totp_setup():
         return render_template("mfa/recovery_codes.html", codes=codes,
                                continue_url=url_for("mfa.security"))
     return _enroll_page(current_user, None, 200, action=url_for("mfa.totp_setup"))
+
+
+def _notify(tx, user: User, change: str) -> None:
+    mfa.notify_change(tx, user, change, url_for("mfa.security", _external=True))
 
 
 def _recently_signed_in() -> bool:
@@ -264,7 +271,9 @@ def totp_remove():
               "this one.", "error")
         return redirect(url_for("mfa.security"))
     with services().db.transaction() as tx:
-        mfa.remove_totp(tx, audit_context(), tx.get(User, current_user.id))
+        row = tx.get(User, current_user.id)
+        mfa.remove_totp(tx, audit_context(), row)
+        _notify(tx, row, "totp_removed")
     session.pop("mfa_at", None)
     flash("The authenticator app was removed.", "info")
     return redirect(url_for("mfa.security"))
@@ -276,8 +285,9 @@ def totp_remove():
 def recovery_codes():
     s = services()
     with s.db.transaction() as tx:
-        codes = mfa.regenerate_recovery_codes(tx, audit_context(), s.passwords,
-                                              tx.get(User, current_user.id))
+        row = tx.get(User, current_user.id)
+        codes = mfa.regenerate_recovery_codes(tx, audit_context(), s.passwords, row)
+        _notify(tx, row, "recovery_codes")
     return render_template("mfa/recovery_codes.html", codes=codes,
                            continue_url=url_for("mfa.security"))
 
@@ -346,9 +356,11 @@ def passkey_register():
     challenge = _take_challenge("register", current_user.id)
     s = services()
     with s.db.transaction() as tx:
-        codes = passkeys.register(tx, audit_context(), s.passwords, relying_party(),
-                                  tx.get(User, current_user.id), body.get("credential") or {},
-                                  challenge, str(body.get("name") or ""))
+        row = tx.get(User, current_user.id)
+        codes = passkeys.register(tx, audit_context(), s.passwords, relying_party(), row,
+                                  body.get("credential") or {}, challenge,
+                                  str(body.get("name") or ""))
+        _notify(tx, row, "passkey_added")
     session["mfa_at"] = int(time.time())
     if codes:  # the first second factor: show its recovery codes once
         session["new_recovery_codes"] = s.secrets.seal({"codes": codes})
@@ -379,7 +391,9 @@ def passkey_remove(credential_id: int):
               "this one.", "error")
         return redirect(url_for("mfa.security"))
     with services().db.transaction() as tx:
-        passkeys.remove(tx, audit_context(), tx.get(User, current_user.id), credential_id)
+        row = tx.get(User, current_user.id)
+        passkeys.remove(tx, audit_context(), row, credential_id)
+        _notify(tx, row, "passkey_removed")
     flash("The passkey was removed.", "info")
     return redirect(url_for("mfa.security"))
 

@@ -83,6 +83,12 @@ def test_enroll_then_sign_in_with_password_and_code(client, app, alice):
     assert "Welcome, Alice" in client.get("/").get_data(as_text=True)
     assert [e.outcome for e in audit_events(app, "auth.mfa")] == ["success"]
     assert [e.outcome for e in audit_events(app, "mfa.totp_enroll")] == ["success"]
+    from portal.models import OutboxMessage
+    with services_of(app).db.sessions() as s:
+        [mail] = s.scalars(sa.select(OutboxMessage)).all()
+        assert (mail.to_address, mail.template) == ("alice@acme.test", "mfa_changed")
+        assert "an authenticator app was set up" in mail.text_body
+        assert "http://localhost/account/security" in mail.text_body
 
 
 def test_wrong_code_is_refused_and_audited(client, app, alice):

@@ -10,6 +10,7 @@ import pyotp
 import pytest
 import sqlalchemy as sa
 
+from portal.errors import ValidationError
 from portal.models import Membership, MembershipStatus, Organization, RecoveryCode, TotpFactor
 from portal.services import mfa, organizations, roles, users
 from tests.conftest import CLI_CTX, PASSWORD, audit_events, csrf_token, services_of, sign_in
@@ -475,3 +476,32 @@ def test_an_app_asking_for_level_2_gets_a_step_up_first(app, op):
                                 code_verifier=verifier)
     claims = validate_id_token(op, tokens["id_token"], registered.client_id, nonce)
     assert claims["acr"] == "urn:trellis:loa:2" and claims["amr"] == ["pwd", "otp", "mfa"]
+
+
+# ---- directory (LDAP) sign-in
+
+
+def test_directory_admins_must_set_up_a_second_factor(client, app, tx, make_org, slapd):
+    """alice is an engineer in the directory, mapped to user_manager: under the admins
+    policy her first bind sign-in continues at the enrollment step."""
+    from portal.models import Connection
+    from tests.integration.test_ldap_signin import add_ldap, post_login
+    from tests.peers.slapd import USER_PASSWORD
+    make_org("acme", "Acme Supplies")
+    with tx() as session:
+        organizations.add_domain(session, CLI_CTX, "acme", "acme.test")
+        organizations.verify_domain_manually(session, CLI_CTX, "acme.test")
+        mfa.set_policy(session, CLI_CTX, organizations.get(session, "acme"), "admins")
+    connection_id = add_ldap(app, tx, slapd)
+    response = post_login(client, "alice@acme.test", USER_PASSWORD)
+    assert response.status_code == 302 and response.headers["Location"] == "/login/mfa/setup"
+    assert client.get("/o/acme/").status_code == 302
+    page = client.get("/login/mfa/setup").get_data(as_text=True)
+    secret = SECRET.search(page).group(1)
+    assert send_code(client, previous_code(secret), "/login/mfa/setup").status_code == 200
+    assert client.get("/o/acme/").status_code == 200
+    with client.session_transaction() as session:
+        assert session["amr"] == ["pwd", "otp", "mfa"]
+    # A bind proves a password only: a directory cannot be trusted for MFA.
+    with tx() as session, pytest.raises(ValidationError, match="cannot vouch"):
+        mfa.set_idp_mfa_trust(session, CLI_CTX, session.get(Connection, connection_id), True)

@@ -229,7 +229,7 @@ def _set_org_status(slug: str, status: str, reason: str) -> None:
 
 @org.command("mfa-policy")
 @click.argument("slug")
-@click.argument("policy", type=click.Choice(["off", "admins", "all"]))
+@click.argument("policy", type=click.Choice(["off", "admins", "all", "risk"]))
 @with_appcontext
 def org_mfa_policy(slug: str, policy: str) -> None:
     """Require a second factor of nobody, of the organization's admins, or of all members."""

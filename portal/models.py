@@ -60,6 +60,7 @@ class MfaPolicy(enum.StrEnum):
     OFF = "off"
     ADMINS = "admins"  # holders of an administrator role in the organization
     ALL = "all"
+    RISK = "risk"  # asked when the sign-in's risk score calls for it
 
 
 class Organization(Base):

@@ -94,19 +94,27 @@ def unused_recovery_codes(session: Session, user_id: int) -> int:
 def required_for(session: Session, user_id: int) -> bool:
     """True when an organization the user is an active member of requires a second factor
     of them: of everyone, or of its administrators when the user holds an admin role."""
+    return requirement_for(session, user_id) == "required"
+
+
+def requirement_for(session: Session, user_id: int) -> str:
+    """The strictest demand among the user's organizations: ``required`` (policy ``all``,
+    or ``admins`` for an admin), else ``risk`` (asked when a sign-in looks risky), else
+    ``none``."""
     rows = session.execute(
         sa.select(Organization.id, Organization.mfa_policy)
         .join(Membership, Membership.organization_id == Organization.id)
         .where(Membership.user_id == user_id, Membership.status == MembershipStatus.ACTIVE,
                Organization.mfa_policy != MfaPolicy.OFF)).all()
+    policies = {policy for _, policy in rows}
+    if MfaPolicy.ALL in policies:
+        return "required"
     admin_orgs = [org_id for org_id, policy in rows if policy == MfaPolicy.ADMINS]
-    if any(policy == MfaPolicy.ALL for _, policy in rows):
-        return True
-    if not admin_orgs:
-        return False
-    return session.scalar(sa.select(sa.func.count(RoleGrant.id)).where(
-        RoleGrant.user_id == user_id, RoleGrant.organization_id.in_(admin_orgs),
-        RoleGrant.role.in_(ADMIN_ROLES))) > 0
+    if admin_orgs and session.scalar(sa.select(sa.func.count(RoleGrant.id)).where(
+            RoleGrant.user_id == user_id, RoleGrant.organization_id.in_(admin_orgs),
+            RoleGrant.role.in_(ADMIN_ROLES))) > 0:
+        return "required"
+    return "risk" if MfaPolicy.RISK in policies else "none"
 
 
 def idp_asserted_mfa(amr: tuple[str, ...] | list[str], acr: str | None) -> bool:
@@ -339,7 +347,8 @@ def set_policy(tx: Session, ctx: audit.Context, org: Organization, policy: str) 
     try:
         value = MfaPolicy(policy)
     except ValueError:
-        raise ValidationError("Choose off, admins or all.", code="invalid_mfa_policy") from None
+        raise ValidationError("Choose off, admins, all or risk.",
+                              code="invalid_mfa_policy") from None
     if value == org.mfa_policy:
         return
     before = org.mfa_policy

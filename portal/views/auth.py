@@ -171,22 +171,43 @@ def finish_sign_in(user, token: str, *, amr: tuple[str, ...], next_url: str,
     """Every sign-in ends here once its first factor (password, directory bind, identity
     provider) is done. Users who have a second factor, or whose organization requires one,
     are held at the code (or enrollment) step; ``idp_mfa`` is set when a trusted identity
-    provider asserted that it already used a second factor."""
+    provider asserted that it already used a second factor. Under the ``risk`` policy the
+    sign-in's risk decision says whether the code is asked (and ``deny`` refuses members
+    who have no second factor)."""
     from portal.services import mfa
     from portal.views import mfa as mfa_views
-    assess_risk(user, amr)
+    assessment = assess_risk(user, amr)
     if idp_mfa:
         begin_session(user, token, assurance=2, amr=(*amr, "mfa"))
         session["mfa_at"] = int(time.time())
     else:
         read = db_session()
         enrolled = mfa.has_second_factor(read, user.id)
-        if enrolled or mfa.required_for(read, user.id):
+        demand = mfa.requirement_for(read, user.id)
+        decision = assessment.decision if assessment is not None else "step_up"
+        if demand == "risk" and decision == "deny" and not enrolled:
+            return _refuse_risky(user, token)
+        ask = demand == "required" or (enrolled and (demand != "risk" or decision != "allow"))
+        if ask:
             return mfa_views.hold_sign_in(user, token, amr=amr, next_url=next_url,
                                           remember=remember, enroll=not enrolled)
         begin_session(user, token, amr=amr)
     session.update(remember or {})
     return redirect(next_url)
+
+
+def _refuse_risky(user, token: str):
+    """A member of a risk-policy organization, without a second factor, whose sign-in
+    scored ``deny``: the new session is ended and the attempt audited."""
+    from portal import audit
+    with services().db.transaction() as tx:
+        auth.end_session(tx, token)
+        audit.record(tx, audit_context(), "auth.login", outcome="failure",
+                     target=f"user:{user.email}", reason="risk_denied")
+    session.clear()
+    raise TrellisError("This sign-in looks unusual, so it was stopped. Try again later "
+                       "from a device you have used before, or ask your administrator.",
+                       code="risk_denied", status=403)
 
 
 def password_step(org, login_hint: str | None, next_url: str):
@@ -252,9 +273,9 @@ def device_id() -> str:
     return g.device_id
 
 
-def assess_risk(user, amr: tuple[str, ...]) -> None:
-    """Score this sign-in and audit the score with its signals (``auth.risk``). Never fails
-    the sign-in: a broken assessment is logged and skipped."""
+def assess_risk(user, amr: tuple[str, ...]):
+    """Score this sign-in and audit the score with its signals (``auth.risk``); returns the
+    assessment, or None when it failed (logged; the sign-in goes on)."""
     from portal import audit, risk
     try:
         ctx = audit_context().acting_as(user.id, user.email)
@@ -262,8 +283,10 @@ def assess_risk(user, amr: tuple[str, ...]) -> None:
             result = risk.assess(tx, user.id, user.email, request.remote_addr, device_id())
             audit.record(tx, ctx, "auth.risk", target=f"user:{user.email}",
                          details={**result.as_details(), "method": list(amr)})
+        return result
     except Exception:
         current_app.logger.warning("risk assessment skipped", exc_info=True)
+        return None
 
 
 def _remember_device(user) -> None:

@@ -503,7 +503,9 @@ def security(slug: str):
 MFA_POLICIES = (("off", "Off: members choose for themselves"),
                 ("admins", "Required for administrators (owners, user and SSO managers, "
                            "auditors)"),
-                ("all", "Required for every member"))
+                ("all", "Required for every member"),
+                ("risk", "When a sign-in looks risky (new device or network, recent failed "
+                         "attempts); risky sign-ins of members without one are stopped"))
 
 
 def _federated_connections(org: Organization) -> list[Connection]:

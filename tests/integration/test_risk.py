@@ -100,3 +100,50 @@ def test_a_crashing_assessment_never_blocks_the_sign_in(client, app, alice, monk
 ])
 def test_networks_are_prefixes(ip, network):
     assert risk.network_of(ip) == network
+
+
+# ---- the risk policy
+
+
+def _risk_policy(tx) -> None:
+    from portal.services import mfa, organizations
+    from tests.conftest import CLI_CTX
+    with tx() as session:
+        mfa.set_policy(session, CLI_CTX, organizations.get(session, "acme"), "risk")
+
+
+def test_risk_policy_asks_for_the_code_only_when_the_sign_in_looks_risky(client, app, tx,
+                                                                          alice):
+    import pyotp
+
+    from tests.integration.test_mfa import enroll, send_code
+    _risk_policy(tx)
+    sign_in(client, "alice@acme.test")  # new device and network, no factor yet: allowed
+    assert client.get("/").status_code == 200
+    secret, _ = enroll(client)
+    sign_out(client)
+    # Same browser, same network, no failures: low risk, no code asked.
+    assert sign_in(client, "alice@acme.test").headers["Location"] == "/"
+    with client.session_transaction() as session:
+        assert session["assurance"] == 1
+    sign_out(client)
+    # A new browser (no device cookie) scores 30, plus three failures: 60, step-up.
+    other = app.test_client()
+    for _ in range(3):
+        sign_in(other, "alice@acme.test", WRONG)
+    assert sign_in(other, "alice@acme.test").headers["Location"] == "/login/mfa"
+    assert last_risk(app)["decision"] == "step_up"
+    response = send_code(other, pyotp.TOTP(secret).now())
+    assert response.headers["Location"] == "/"
+
+
+def test_risk_policy_stops_a_risky_sign_in_without_a_second_factor(client, app, tx, alice):
+    _risk_policy(tx)
+    for _ in range(3):
+        sign_in(client, "alice@acme.test", WRONG)
+    response = sign_in(client, "alice@acme.test")  # new device + network + 3 failures: 80
+    assert response.status_code == 403
+    assert "looks unusual" in response.get_data(as_text=True)
+    assert client.get("/").status_code == 302
+    assert last_risk(app)["decision"] == "deny"
+    assert audit_events(app, "auth.login")[-1].reason == "risk_denied"

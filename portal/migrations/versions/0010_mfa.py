@@ -70,7 +70,7 @@ def upgrade() -> None:
     sa.UniqueConstraint('user_id', 'kind', 'value', name='uq_known_signals_user_kind_value')
     )
     with op.batch_alter_table('organizations', schema=None) as batch_op:
-        batch_op.add_column(sa.Column('mfa_policy', sa.Enum('off', 'admins', 'all', name='mfa_policy', native_enum=False, create_constraint=True, length=16), server_default='off', nullable=False))
+        batch_op.add_column(sa.Column('mfa_policy', sa.Enum('off', 'admins', 'all', 'risk', name='mfa_policy', native_enum=False, create_constraint=True, length=16), server_default='off', nullable=False))
 
     # ### end Alembic commands ###
 

@@ -227,6 +227,19 @@ def _set_org_status(slug: str, status: str, reason: str) -> None:
     services().policy.invalidate(slug)
 
 
+@org.command("mfa-policy")
+@click.argument("slug")
+@click.argument("policy", type=click.Choice(["off", "admins", "all", "risk"]))
+@with_appcontext
+def org_mfa_policy(slug: str, policy: str) -> None:
+    """Require a second factor of nobody, of the organization's admins, or of all members."""
+    from portal.services import mfa, organizations
+    with services().db.transaction() as session:
+        item = organizations.get(session, slug)
+        mfa.set_policy(session, cli_context(), item, policy)
+        click.echo(f"MFA policy of {item.slug}: {policy}")
+
+
 @org.command("branding")
 @click.argument("slug")
 @click.option("--primary-color", help="Branding colour, e.g. #0b6e4f.")
@@ -395,6 +408,20 @@ def user_suspend(email: str, reason: str) -> None:
     with services().db.transaction() as session:
         suspended = users.suspend(session, cli_context(), email, reason)
         click.echo(f"suspended {suspended.email}")
+
+
+@user.command("mfa-reset")
+@click.argument("email")
+@click.option("--reason", default="", help="Recorded in the audit trail.")
+@with_appcontext
+def user_mfa_reset(email: str, reason: str) -> None:
+    """Remove every second factor and recovery code of a user who lost them (after checking
+    who they are). They set up a new one at their next sign-in if a policy requires it."""
+    from portal.services import mfa, users
+    with services().db.transaction() as session:
+        row = users.get_by_email(session, email)
+        removed = mfa.reset(session, cli_context(), row, reason)
+        click.echo(f"{row.email}: removed {removed} second factor(s) and the recovery codes")
 
 
 @main.group()
@@ -617,6 +644,20 @@ def connection_set_domains(connection_id: int, domains: tuple[str, ...]) -> None
         names = connections.set_allowed_domains(session, cli_context(), row, list(domains))
         click.echo(f"connection {row.id}: "
                    + (f"allowed domains {', '.join(names)}" if names else "any domain"))
+
+
+@connection.command("trust-idp-mfa")
+@click.argument("connection_id", type=int)
+@click.argument("trust", type=click.Choice(["on", "off"]))
+@with_appcontext
+def connection_trust_idp_mfa(connection_id: int, trust: str) -> None:
+    """Accept the identity provider's multi-factor sign-ins instead of Trellis's code."""
+    from portal.services import connections, mfa
+    with services().db.transaction() as session:
+        row = connections.get(session, connection_id)
+        mfa.set_idp_mfa_trust(session, cli_context(), row, trust == "on")
+        state = "trusted" if trust == "on" else "not trusted"
+        click.echo(f"connection {row.id}: the identity provider's multi-factor is {state}")
 
 
 @connection.command("list")

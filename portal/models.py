@@ -60,6 +60,7 @@ class MfaPolicy(enum.StrEnum):
     OFF = "off"
     ADMINS = "admins"  # holders of an administrator role in the organization
     ALL = "all"
+    RISK = "risk"  # asked when the sign-in's risk score calls for it
 
 
 class Organization(Base):
@@ -190,6 +191,40 @@ class TotpFactor(Base):
     last_step: Mapped[int] = mapped_column(sa.BigInteger, default=0)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class WebAuthnCredential(Base):
+    """A passkey or security key registered as a second factor (WebAuthn). Only the public
+    key is stored; ``sign_count`` catches a cloned authenticator replaying an old count."""
+
+    __tablename__ = "webauthn_credentials"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"),
+                                         index=True)
+    credential_id: Mapped[str] = mapped_column(sa.String(1400), unique=True)  # base64url
+    public_key: Mapped[str] = mapped_column(sa.Text)  # COSE key, base64url
+    sign_count: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    transports: Mapped[list[str]] = mapped_column(sa.JSON, default=list)
+    name: Mapped[str] = mapped_column(sa.String(100), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class KnownSignal(Base):
+    """Devices (the signed device cookie's id, hashed) and networks (an IPv4 /24 or IPv6 /48)
+    a user has completed a sign-in from: the risk assessment calls anything else new."""
+
+    __tablename__ = "known_signals"
+    __table_args__ = (sa.UniqueConstraint("user_id", "kind", "value",
+                                          name="uq_known_signals_user_kind_value"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(sa.String(16))  # device, network
+    value: Mapped[str] = mapped_column(sa.String(64))  # SHA-256 hex
+    first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class RecoveryCode(Base):

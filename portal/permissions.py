@@ -97,7 +97,7 @@ def request_context(org: str) -> dict[str, Any]:
 
 # Step-up: changes made through a browser session (not an API token) by a user who has a
 # second factor need that factor used within the last few minutes. Reading never does.
-READ_ACTIONS = frozenset({"read", "open", "test"})
+READ_ACTIONS = frozenset({"read", "open", "test", "simulate"})
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 

@@ -49,6 +49,7 @@ SUBJECTS = {
     "email_confirm": "Confirm your new email address for {site}",
     "email_taken": "About your {site} account",
     "email_changed": "Your {site} email address was changed",
+    "mfa_changed": "The sign-in protection of your {site} account changed",
 }
 
 

@@ -39,6 +39,7 @@ SECTIONS = (  # (endpoint, label, action, object type): the nav shows what the a
     ("orgadmin.invitations", "Invitations", "manage", "invitation"),
     ("orgadmin.connections", "Single sign-on", "read", "connection"),
     ("orgadmin.tokens", "API tokens", "manage", "organization"),
+    ("orgadmin.security", "Security", "manage", "organization"),
     ("orgadmin.simulate", "Policy simulator", "simulate", "policy"),
 )
 
@@ -507,6 +508,48 @@ def revoke_token(slug: str, token_id: int):
         org_tokens.revoke(tx, audit_context(), tx.get(Organization, org.id), token_id)
     flash("Token revoked.", "info")
     return redirect(url_for("orgadmin.tokens", slug=slug))
+
+
+# -- security: the organization's MFA policy -------------------------------------------
+
+@bp.get("/security")
+@require("manage", "organization", org_arg="slug")
+def security(slug: str):
+    org = _org(slug)
+    return _render("orgadmin/security.html", org, policies=MFA_POLICIES,
+                   connections=_federated_connections(org))
+
+
+MFA_POLICIES = (("off", "Off: members choose for themselves"),
+                ("admins", "Required for administrators (owners, user and SSO managers, "
+                           "auditors)"),
+                ("all", "Required for every member"),
+                ("risk", "When a sign-in looks risky (new device or network, recent failed "
+                         "attempts); risky sign-ins of members without one are stopped"))
+
+
+def _federated_connections(org: Organization) -> list[Connection]:
+    return list(db_session().scalars(
+        sa.select(Connection).where(Connection.organization_id == org.id,
+                                    Connection.protocol != Protocol.LDAP)
+        .order_by(Connection.id)))
+
+
+@bp.post("/security")
+@require("manage", "organization", org_arg="slug")
+def update_security(slug: str):
+    """Save the MFA policy and which connections' multi-factor sign-ins are trusted."""
+    from portal.services import mfa
+    org = _org(slug)
+    trusted = set(request.form.getlist("trust_idp_mfa"))
+    ctx = audit_context()
+    with services().db.transaction() as tx:
+        mfa.set_policy(tx, ctx, tx.get(Organization, org.id), request.form.get("policy", ""))
+        for connection in _federated_connections(org):
+            mfa.set_idp_mfa_trust(tx, ctx, tx.get(Connection, connection.id),
+                                  str(connection.id) in trusted)
+    flash("Security settings saved. They apply from each member's next sign-in.", "info")
+    return redirect(url_for("orgadmin.security", slug=slug))
 
 
 # -- policy simulator ----------------------------------------------------------------------

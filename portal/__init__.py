@@ -39,6 +39,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         admin,
         admin_api,
         api,
+        apps_api,
         auth,
         branding,
         health,
@@ -51,7 +52,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     )
     for blueprint in (auth.bp, home.bp, admin.bp, org_admin.bp, org_admin.invites, health.bp,
                       branding.bp, sso.bp, saml.bp, api.bp, admin_api.bp, openapi.bp,
-                      provider.bp, mfa.bp):
+                      provider.bp, mfa.bp, apps_api.bp):
         app.register_blueprint(blueprint)
     if app.config["ENV"] != "production":
         from portal.views import devmail

@@ -204,11 +204,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("TRELLIS_POLICY_DIR", "POLICY_DIR", _text, str(ROOT / "policies"),
             "Folder with `model.conf`, `platform.csv`, `kinds/` and `orgs/` policy files."),
     Setting("TRELLIS_DECISION_LOG_SAMPLE", "DECISION_LOG_SAMPLE", _fraction, 0.0,
-            "Share of decision-API decisions (0 to 1, e.g. `0.01`) written to the audit trail "
-            "as `authz.decision` events, in batches off the request path."),
+            "Share of authorization decisions (0 to 1, e.g. `0.01`) — the decision API's and "
+            "the portal's own page checks — written to the audit trail as `authz.decision` "
+            "events, in batches off the request path."),
     Setting("TRELLIS_DECISION_LOG_DENIES", "DECISION_LOG_DENIES", _bool, False,
-            "Also write every denied decision-API decision to the audit trail, whatever the "
-            "sample."),
+            "Also write every denied decision (decision API and portal pages) to the audit "
+            "trail, whatever the sample."),
     Setting("TRELLIS_SMTP_HOST", "SMTP_HOST", _host, "",
             "Mail server that delivers Trellis's email. Empty: outside production, mail is "
             "kept and shown at `/dev/mail` instead of being sent; in production it waits in "

@@ -112,6 +112,29 @@ def _base_url(raw: str) -> str:
     return raw.rstrip("/")
 
 
+def _dns_servers(raw: str) -> tuple[tuple[str, int], ...]:
+    """``10.0.0.53, 127.0.0.1:5353, [::1]:53`` -> ((address, port), ...)."""
+    import ipaddress
+    servers = []
+    for part in (p.strip() for p in raw.split(",")):
+        if not part:
+            continue
+        match = re.fullmatch(
+            r"\[([0-9A-Fa-f:.]+)\](?::(\d+))?|([0-9.]+)(?::(\d+))?|([0-9A-Fa-f:]+)", part)
+        if not match:
+            raise ValueError(f"{part!r} is not an IP address with an optional :port")
+        address = match.group(1) or match.group(3) or match.group(5)
+        port = int(match.group(2) or match.group(4) or 53)
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            raise ValueError(f"{address!r} is not an IP address") from None
+        if not 1 <= port <= 65535:
+            raise ValueError(f"port {port} is out of range")
+        servers.append((address, port))
+    return tuple(servers)
+
+
 SETTINGS: tuple[Setting, ...] = (
     Setting("TRELLIS_ENV", "ENV", _choice(*ENVIRONMENTS), "development",
             "`development`, `production` or `test`. Production requires `SECRET_KEY`, "
@@ -170,6 +193,11 @@ SETTINGS: tuple[Setting, ...] = (
             "How long an identity provider's discovery document is cached."),
     Setting("TRELLIS_POLICY_DIR", "POLICY_DIR", _text, str(ROOT / "policies"),
             "Folder with `model.conf`, `platform.csv`, `kinds/` and `orgs/` policy files."),
+    Setting("TRELLIS_DNS_RESOLVERS", "DNS_RESOLVERS", _dns_servers, (),
+            "Comma-separated DNS servers (`10.0.0.53`, `127.0.0.1:5353`, `[::1]:53`) asked for "
+            "domain verification TXT records. Empty: the system's resolvers."),
+    Setting("TRELLIS_DNS_TIMEOUT_SECONDS", "DNS_TIMEOUT_SECONDS", _int_range(1, 60), 5,
+            "How long one domain verification lookup may take before it counts as timed out."),
     Setting("TRELLIS_LOG_FORMAT", "LOG_FORMAT", _choice("text", "json"), "text",
             "`json` writes one JSON object per log line."),
     Setting("TRELLIS_LOG_LEVEL", "LOG_LEVEL", _choice("DEBUG", "INFO", "WARNING", "ERROR"),
@@ -250,6 +278,6 @@ def settings_table() -> str:
         default = setting.default
         if setting.key in ("INSTANCE_PATH", "POLICY_DIR"):
             default = Path(default).name
-        shown = "—" if default in (None, "") else f"`{default}`"
+        shown = "—" if default in (None, "", ()) else f"`{default}`"
         rows.append(f"| `{setting.env}` | {shown} | {setting.doc} |")
     return "\n".join(rows)

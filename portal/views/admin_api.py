@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from functools import wraps
 from typing import Any
 
-from flask import Blueprint, g, jsonify, request
+from flask import Blueprint, current_app, g, jsonify, request
 from flask_login import current_user
 from flask_wtf.csrf import CSRFError, validate_csrf
 from wtforms import ValidationError as CsrfInvalid
@@ -27,6 +27,7 @@ from portal.extensions import audit_context, csrf, db_session, services
 from portal.models import Connection, Organization, User
 from portal.permissions import ACCESS, authorize
 from portal.services import connections as connections_service
+from portal.services import domains as domains_service
 from portal.services import members, org_tokens, organizations
 
 bp = Blueprint("adminapi", __name__, url_prefix="/api/v1/orgs/<slug>")
@@ -416,10 +417,72 @@ def set_allowed_domains(org: Organization, connection_id: int):
     return jsonify(_connection_json(_connection(org, connection_id)))
 
 
+# -- domains -----------------------------------------------------------------------------
+
+DOMAIN = {"type": "object", "required": ["id", "name", "state", "txt_record"], "properties": {
+    "id": {"type": "integer"}, "name": {"type": "string"},
+    "state": {"enum": ["pending", "verified", "suspended"]},
+    "txt_record": {"type": "string"}, "verified_at": {"type": ["string", "null"]},
+    "last_checked_at": {"type": ["string", "null"]}, "last_check_error": {"type": "string"}}}
+NEW_DOMAIN = {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}}
+
+
+def _domain_json(row) -> dict[str, Any]:
+    return {"id": row.id, "name": row.name, "state": domains_service.state(row),
+            "txt_record": domains_service.record_value(row),
+            "verified_at": row.verified_at.isoformat() if row.verified_at else None,
+            "last_checked_at": row.last_checked_at.isoformat() if row.last_checked_at else None,
+            "last_check_error": row.last_check_error or ""}
+
+
+@operation("GET", "/domains", "This organization's domains and their TXT records.",
+           "domains:read", "manage", "domain", response="DomainList")
+def list_domains(org: Organization):
+    return jsonify({"domains": [_domain_json(r)
+                                for r in domains_service.list_for(db_session(), org)]})
+
+
+@operation("POST", "/domains", "Add a domain; publish its txt_record, then verify it.",
+           "domains:write", "manage", "domain", body=NEW_DOMAIN, response="Domain")
+def add_domain(org: Organization):
+    name = _string(_body(), "name")[:300]
+    domain_id = domains_service.add_audited(services().db, _ctx(), org.id, name)
+    return jsonify(_domain_json(domains_service.get(db_session(), org, domain_id))), 201
+
+
+@operation("GET", "/domains/<int:domain_id>", "One domain.",
+           "domains:read", "manage", "domain", response="Domain")
+def get_domain(org: Organization, domain_id: int):
+    return jsonify(_domain_json(domains_service.get(db_session(), org, domain_id)))
+
+
+@operation("POST", "/domains/<int:domain_id>/verify",
+           "Look the TXT record up now (a failed lookup answers 409 or 503 with the reason).",
+           "domains:write", "manage", "domain", response="Domain")
+def verify_domain(org: Organization, domain_id: int):
+    result = domains_service.verify(services().db, _ctx(), org.id, domain_id,
+                                    domains_service.dns_settings(current_app.config))
+    if result.error is not None:
+        raise result.error
+    db_session().expire_all()
+    return jsonify(_domain_json(domains_service.get(db_session(), org, domain_id)))
+
+
+@operation("DELETE", "/domains/<int:domain_id>", "Remove a domain from this organization.",
+           "domains:write", "manage", "domain", response="Ok")
+def remove_domain(org: Organization, domain_id: int):
+    with services().db.transaction() as tx:
+        domains_service.remove(tx, _ctx(), tx.get(Organization, org.id), domain_id)
+    return jsonify({"ok": True})
+
+
 SCHEMAS = {"Ok": {"type": "object", "properties": {"ok": {"type": "boolean"}}},
            "MemberPage": MEMBER_PAGE, "MemberDetail": MEMBER_DETAIL, "Invitation": INVITATION,
            "InvitationList": {"type": "object", "required": ["invitations"], "properties": {
                "invitations": {"type": "array", "items": INVITATION}}},
            "Connection": CONNECTION,
            "ConnectionList": {"type": "object", "required": ["connections"], "properties": {
-               "connections": {"type": "array", "items": CONNECTION}}}}
+               "connections": {"type": "array", "items": CONNECTION}}},
+           "Domain": DOMAIN,
+           "DomainList": {"type": "object", "required": ["domains"], "properties": {
+               "domains": {"type": "array", "items": DOMAIN}}}}

@@ -27,6 +27,7 @@ from portal.extensions import audit_context, db_session, services
 from portal.models import Connection, Organization, Protocol, User
 from portal.permissions import current_subject, require, signed_in
 from portal.services import connections as connections_service
+from portal.services import domains as domains_service
 from portal.services import member_import, members, org_tokens, organizations
 from portal.services import saml as saml_connections
 from portal.views import use_branding
@@ -38,6 +39,7 @@ SECTIONS = (  # (endpoint, label, action, object type): the nav shows what the a
     ("orgadmin.users", "Members", "read", "member"),
     ("orgadmin.invitations", "Invitations", "manage", "invitation"),
     ("orgadmin.connections", "Single sign-on", "read", "connection"),
+    ("orgadmin.domains", "Domains", "manage", "domain"),
     ("orgadmin.tokens", "API tokens", "manage", "organization"),
 )
 
@@ -472,3 +474,45 @@ def revoke_token(slug: str, token_id: int):
         org_tokens.revoke(tx, audit_context(), tx.get(Organization, org.id), token_id)
     flash("Token revoked.", "info")
     return redirect(url_for("orgadmin.tokens", slug=slug))
+
+
+# -- domains -----------------------------------------------------------------------------
+
+@bp.get("/domains")
+@require("manage", "domain", org_arg="slug")
+def domains(slug: str):
+    org = _org(slug)
+    return _render("orgadmin/domains.html", org,
+                   rows=domains_service.list_for(db_session(), org),
+                   state=domains_service.state, record=domains_service.record_value)
+
+
+@bp.post("/domains")
+@require("manage", "domain", org_arg="slug")
+def add_domain(slug: str):
+    org = _org(slug)
+    domains_service.add_audited(services().db, audit_context(), org.id,
+                                request.form.get("name", "")[:300])
+    flash("Domain added. Publish the TXT record shown for it, then verify it.", "info")
+    return redirect(url_for("orgadmin.domains", slug=slug))
+
+
+@bp.post("/domains/<int:domain_id>/verify")
+@require("manage", "domain", org_arg="slug")
+def verify_domain(slug: str, domain_id: int):
+    org = _org(slug)
+    result = domains_service.verify(services().db, audit_context(), org.id, domain_id,
+                                    domains_service.dns_settings(current_app.config))
+    flash(result.message, "info" if result.ok else "error")
+    return redirect(url_for("orgadmin.domains", slug=slug))
+
+
+@bp.post("/domains/<int:domain_id>/remove")
+@require("manage", "domain", org_arg="slug")
+def remove_domain(slug: str, domain_id: int):
+    org = _org(slug)
+    with services().db.transaction() as tx:
+        name = domains_service.remove(tx, audit_context(), tx.get(Organization, org.id),
+                                      domain_id)
+    flash(f"{name} removed; it no longer routes sign-ins to {org.name}.", "info")
+    return redirect(url_for("orgadmin.domains", slug=slug))

@@ -161,3 +161,26 @@ def test_owner_creates_an_api_token(browsing, live, acme_with_owner):
     expect(page.get_by_role("heading", name="GET /api/v1/orgs/{slug}/members",
                             exact=True)).to_be_visible()
     screenshot(page, "api-docs.png")
+
+
+def test_owner_verifies_a_domain_against_a_dns_server(browsing, live, acme_with_owner,
+                                                      dns_server):
+    """The TXT record shown in the page is published on a real DNS server (loopback UDP);
+    Verify now asks it and the domain turns verified."""
+    page = browsing.page()
+    sign_in(page, live.url)
+    page.goto(f"{live.url}/o/acme/admin/users")
+    page.get_by_role("link", name="Domains").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Domains of Acme Supplies")
+    page.get_by_label("Domain name").fill("acme.example")
+    page.get_by_role("button", name="Add domain").click()
+    expect(page.get_by_text("Domain added.")).to_be_visible()
+    record = page.get_by_label("TXT record for acme.example").input_value()
+    assert re.fullmatch(r"trellis-verification=[0-9a-f]{32}", record), record
+    page.get_by_role("button", name="Verify now acme.example").click()
+    expect(page.get_by_role("status")).to_contain_text("No TXT record")
+    dns_server.publish("acme.example", "v=spf1 -all", record)
+    page.get_by_role("button", name="Verify now acme.example").click()
+    expect(page.get_by_role("status")).to_contain_text("acme.example is verified")
+    expect(page.get_by_role("cell", name="verified", exact=True)).to_be_visible()
+    screenshot(page, "orgadmin-domains.png")

@@ -13,6 +13,7 @@ from portal.crypto import self_signed_pair
 from portal.db import utcnow
 from portal.models import (
     AuditEvent,
+    Domain,
     Invitation,
     Membership,
     MembershipSource,
@@ -266,9 +267,11 @@ def foreign_values(tx, ids):
         from portal.services import org_tokens
         token, _ = org_tokens.create(session, CLI_CTX, org, ids["bob@globex.test"], "Globex",
                                      ["members:read"], 30)
+        from portal.services import domains
+        domain = domains.add(session, CLI_CTX, org, "globex.test")
         return {"slug": "acme", "user_id": ids["carol@globex.test"],
                 "invitation_id": invitation.id, "connection_id": connection.id,
-                "token_id": token.id}
+                "token_id": token.id, "domain_id": domain.id}
 
 
 GLOBEX_CERT = self_signed_pair("idp.globex.test", 30)[0]
@@ -336,6 +339,9 @@ def _globex_state(tx):
                                    .where(Invitation.organization_id == globex)).all()),
             sorted(session.execute(sa.select(OrgApiToken.id, OrgApiToken.revoked_at)
                                    .where(OrgApiToken.organization_id == globex)).all()),
+            sorted(session.execute(sa.select(Domain.id, Domain.name, Domain.verified,
+                                             Domain.last_checked_at)
+                                   .where(Domain.organization_id == globex)).all()),
             session.scalar(sa.select(sa.func.count()).select_from(AuditEvent).where(
                 AuditEvent.organization_id == globex)))
 

@@ -133,6 +133,7 @@ def main() -> None:
         load_seconds = time.perf_counter() - started
         try:
             app, connection_id = build_app(folder, server)
+            start_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             first, first_seconds = run_sync(app, connection_id)
             again, again_seconds = run_sync(app, connection_id)
             peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -152,6 +153,7 @@ def main() -> None:
         "first_sync_to_raw_read": round(read_seconds / first_seconds, 2),
         "resync_to_raw_read": round(read_seconds / again_seconds, 2),
         "peak_rss_mb": round(peak_mb),
+        "rss_before_syncs_mb": round(start_mb),
         "adapter_bind_sign_ins_per_s": round(binds, 1),
         "app_bind_sign_ins_per_s": round(signins, 1),
     }

@@ -52,6 +52,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
                       branding.bp, sso.bp, saml.bp, api.bp, admin_api.bp, openapi.bp,
                       provider.bp):
         app.register_blueprint(blueprint)
+    if app.config["ENV"] != "production":
+        from portal.views import devmail
+        app.register_blueprint(devmail.bp)
     from portal import oauth
     oauth.init_app(app)
     _limit_credential_endpoints(app)

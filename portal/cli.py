@@ -826,6 +826,10 @@ from portal.cli_apps import register as _register_apps  # noqa: E402
 
 _register_apps(main, keys, lambda: cli_context())
 
+from portal.cli_mail import register as _register_mail  # noqa: E402
+
+_register_mail(main, lambda: cli_context())
+
 
 @main.group("api-client")
 def api_client() -> None:

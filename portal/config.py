@@ -133,6 +133,18 @@ def _dns_servers(raw: str) -> tuple[tuple[str, int], ...]:
             raise ValueError(f"port {port} is out of range")
         servers.append((address, port))
     return tuple(servers)
+def _mail_from(raw: str) -> str:
+    from email.utils import parseaddr
+    _name, address = parseaddr(raw)
+    if "@" not in address or any(ch in raw for ch in "\r\n"):
+        raise ValueError("must be an address such as 'Trellis <no-reply@example.com>'")
+    return raw.strip()
+
+
+def _host(raw: str) -> str:
+    if raw and not re.match(r"^[A-Za-z0-9.-]+$|^\[[0-9A-Fa-f:.]+\]$", raw):
+        raise ValueError("must be a host name or IP address")
+    return raw
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -198,6 +210,39 @@ SETTINGS: tuple[Setting, ...] = (
             "domain verification TXT records. Empty: the system's resolvers."),
     Setting("TRELLIS_DNS_TIMEOUT_SECONDS", "DNS_TIMEOUT_SECONDS", _int_range(1, 60), 5,
             "How long one domain verification lookup may take before it counts as timed out."),
+    Setting("TRELLIS_SMTP_HOST", "SMTP_HOST", _host, "",
+            "Mail server that delivers Trellis's email. Empty: outside production, mail is "
+            "kept and shown at `/dev/mail` instead of being sent; in production it waits in "
+            "the outbox."),
+    Setting("TRELLIS_SMTP_PORT", "SMTP_PORT", _int_range(1, 65535), 587,
+            "Mail server port (587 for STARTTLS, 465 for implicit TLS)."),
+    Setting("TRELLIS_SMTP_SECURITY", "SMTP_SECURITY", _choice("starttls", "tls", "none"),
+            "starttls",
+            "`starttls` (upgrade the connection, certificate checked), `tls` (implicit TLS) "
+            "or `none` (plain; refused together with a user name)."),
+    Setting("TRELLIS_SMTP_USER", "SMTP_USER", _text, "",
+            "User name for the mail server; empty sends without authentication."),
+    Setting("TRELLIS_SMTP_PASSWORD", "SMTP_PASSWORD", _text, "",
+            "Password for the mail server."),
+    Setting("TRELLIS_SMTP_TIMEOUT", "SMTP_TIMEOUT", _int_range(1, 120), 10,
+            "Seconds to wait for the mail server before an attempt counts as failed."),
+    Setting("TRELLIS_MAIL_FROM", "MAIL_FROM", _mail_from, "Trellis <no-reply@localhost>",
+            "Sender of every email. Set it to an address of your domain in production."),
+    Setting("TRELLIS_MAIL_MAX_ATTEMPTS", "MAIL_MAX_ATTEMPTS", _int_range(1, 50), 10,
+            "Delivery attempts before a message is marked failed; the wait between attempts "
+            "doubles from one minute up to six hours."),
+    Setting("TRELLIS_REGISTRATION", "REGISTRATION", _choice("closed", "open"), "closed",
+            "`open` lets anyone create an account at `/register` without an organization; "
+            "each organization has its own setting for `/o/<slug>/register`."),
+    Setting("TRELLIS_TERMS_VERSION", "TERMS_VERSION", _text, "1",
+            "Version of the terms of use that registration asks people to accept; recorded "
+            "with each acceptance."),
+    Setting("TRELLIS_TERMS_URL", "TERMS_URL", _base_url, "",
+            "Where the terms of use are published (linked from the registration form)."),
+    Setting("TRELLIS_RESET_MINUTES", "RESET_MINUTES", _int_range(5, 1440), 30,
+            "How long a password reset link works."),
+    Setting("TRELLIS_VERIFY_HOURS", "VERIFY_HOURS", _int_range(1, 168), 24,
+            "How long an email verification link (registration) works."),
     Setting("TRELLIS_LOG_FORMAT", "LOG_FORMAT", _choice("text", "json"), "text",
             "`json` writes one JSON object per log line."),
     Setting("TRELLIS_LOG_LEVEL", "LOG_LEVEL", _choice("DEBUG", "INFO", "WARNING", "ERROR"),
@@ -245,6 +290,9 @@ def _derive(values: dict[str, Any]) -> None:
         if production:
             raise ConfigError("TRELLIS_ENCRYPTION_KEYS: required when TRELLIS_ENV=production")
         values["ENCRYPTION_KEYS"] = _development_encryption_keys(instance)
+    if values["SMTP_USER"] and values["SMTP_SECURITY"] == "none":
+        raise ConfigError("TRELLIS_SMTP_SECURITY: `none` would send the SMTP password in "
+                          "clear; use starttls or tls")
     if values["LOCKOUT_MAX_SECONDS"] < values["LOCKOUT_SECONDS"]:
         raise ConfigError("TRELLIS_LOCKOUT_MAX_SECONDS: must not be below TRELLIS_LOCKOUT_SECONDS")
 

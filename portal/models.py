@@ -48,6 +48,12 @@ def _enum(enum_cls: type[enum.Enum], name: str) -> sa.Enum:
                    values_callable=lambda cls: [member.value for member in cls])
 
 
+class RegistrationMode(enum.StrEnum):
+    INVITE = "invite"  # only people an admin invited
+    DOMAINS = "domains"  # anyone with an address in one of the organization's verified domains
+    OPEN = "open"  # anyone
+
+
 class Organization(Base):
     __tablename__ = "organizations"
 
@@ -59,6 +65,10 @@ class Organization(Base):
                                               default=OrgStatus.ACTIVE)
     # Branding: {"primary_color": "#1a73e8", "logo_url": "https://…", "footer_text": "…"}
     branding: Mapped[dict[str, Any]] = mapped_column(sa.JSON, default=dict)
+    # Who may create an account here by themselves: see RegistrationMode.
+    registration: Mapped[RegistrationMode] = mapped_column(
+        _enum(RegistrationMode, "registration_mode"), default=RegistrationMode.INVITE,
+        server_default=RegistrationMode.INVITE.value)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     domains: Mapped[list[Domain]] = relationship(back_populates="organization",
@@ -544,3 +554,91 @@ class OrgLogo(Base):
     data: Mapped[bytes] = mapped_column(sa.LargeBinary)
     sha256: Mapped[str] = mapped_column(sa.String(64))
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+class OutboxStatus(enum.StrEnum):
+    PENDING = "pending"  # waiting for its first or next attempt
+    SENT = "sent"
+    FAILED = "failed"  # gave up after the last attempt; an operator may retry it
+
+
+class OutboxMessage(Base):
+    """An email written in the same transaction as the change that caused it, so a mail
+    server outage delays it but never loses it. Delivery claims a row by moving
+    ``next_attempt_at`` past the attempt's lease, which doubles as the retry time."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (sa.Index("ix_outbox_status_next", "status", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    to_address: Mapped[str] = mapped_column(sa.String(320))
+    subject: Mapped[str] = mapped_column(sa.String(300))
+    text_body: Mapped[str] = mapped_column(sa.Text)
+    html_body: Mapped[str] = mapped_column(sa.Text)
+    template: Mapped[str] = mapped_column(sa.String(64))
+    # Branding came from this organization; kept for the operators' page.
+    organization_id: Mapped[int | None] = mapped_column(
+        sa.ForeignKey("organizations.id", ondelete="SET NULL"))
+    status: Mapped[OutboxStatus] = mapped_column(_enum(OutboxStatus, "outbox_status"),
+                                                 default=OutboxStatus.PENDING)
+    attempts: Mapped[int] = mapped_column(default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_error: Mapped[str] = mapped_column(sa.String(500), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class UserToken(Base):
+    """A single-use, short-lived token sent by email (password reset). Only its SHA-256 is
+    stored; using it is one conditional UPDATE of ``used_at``."""
+
+    __tablename__ = "user_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"),
+                                         index=True)
+    purpose: Mapped[str] = mapped_column(sa.String(32))
+    token_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Registration(Base):
+    """A sign-up waiting for its email to be confirmed. The account is created only when the
+    link in the email is used, so an unconfirmed address never holds an account (nor blocks
+    its real owner)."""
+
+    __tablename__ = "registrations"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(sa.String(320), index=True)  # normalized
+    display_name: Mapped[str] = mapped_column(sa.String(200), default="")
+    password_hash: Mapped[str] = mapped_column(sa.String(255))
+    organization_id: Mapped[int | None] = mapped_column(
+        sa.ForeignKey("organizations.id", ondelete="CASCADE"))
+    terms_version: Mapped[str] = mapped_column(sa.String(32))
+    token_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    ip: Mapped[str] = mapped_column(sa.String(45), default="")
+    user_agent: Mapped[str] = mapped_column(sa.String(400), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class ConsentRecord(Base):
+    """One immutable entry of the consent ledger: a user granted or withdrew a purpose (such
+    as the terms of use) under a given document version, when and how. Rows are only ever
+    inserted; the current state of a purpose is its latest row. IP and user agent are kept
+    as keyed hashes: enough to match a dispute, not to track anyone."""
+
+    __tablename__ = "consent_records"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"),
+                                         index=True)
+    purpose: Mapped[str] = mapped_column(sa.String(64))
+    document_version: Mapped[str] = mapped_column(sa.String(32), default="")
+    granted: Mapped[bool] = mapped_column()
+    method: Mapped[str] = mapped_column(sa.String(32))  # registration, account page, ...
+    recorded_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    ip_hash: Mapped[str] = mapped_column(sa.String(64), default="")
+    user_agent_hash: Mapped[str] = mapped_column(sa.String(64), default="")

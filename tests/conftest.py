@@ -196,3 +196,4 @@ def dns_server(app):
     app.config["DNS_TIMEOUT_SECONDS"] = 1
     yield peer
     peer.stop()
+from tests.peers.smtp import smtp_server  # noqa: E402, F401

@@ -134,7 +134,9 @@ class GroupIndex:
                 else:
                     direct.setdefault(member, set()).add(group)
         self.members.clear()
-        self.user_groups = {user: frozenset(groups) for user, groups in direct.items()}
+        shared: dict[frozenset[str], frozenset[str]] = {}  # users mostly share a few group sets
+        self.user_groups = {user: shared.setdefault(frozenset(groups), frozenset(groups))
+                            for user, groups in direct.items()}
 
     def _ancestors(self, group: str) -> frozenset[str]:
         if group in self._closure:
@@ -169,7 +171,7 @@ class _Context:
     dry_run: bool
     summary: SyncSummary
     seen: set[str] = field(default_factory=set)
-    emails_taken: set[str] = field(default_factory=set)
+    emails_taken: set[str] = field(default_factory=set)  # this page's (a dry run: all)
 
 
 def run(db: Database, ctx: audit.Context, adapter: LdapAdapter, box: SecretBox,
@@ -270,6 +272,8 @@ def _sync_page(db: Database, run_ctx: _Context, index: GroupIndex,
         changes = _plan_page(tx, run_ctx, entries)
         if not run_ctx.dry_run:  # a dry run plans the same changes and writes none
             _write(tx, run_ctx, changes)
+    if not run_ctx.dry_run:
+        run_ctx.emails_taken.clear()  # written now: the next page's queries see them
 
 
 @dataclass

@@ -57,3 +57,35 @@ def app_enabled(client_id: str):
         name = app.name
     flash(f"{name} is {'enabled' if enable else 'disabled'}.", "info")
     return redirect(url_for("admin.apps_page"))
+
+
+@bp.get("/outbox")
+@require("read", "outbox")
+def outbox_page():
+    """What the mail server has not taken yet, and why."""
+    from flask import current_app, request
+
+    from portal.services import outbox
+    status = request.args.get("status", "")
+    session = db_session()
+    configured = bool(current_app.config["SMTP_HOST"]) or current_app.config["ENV"] != \
+        "production"
+    return render_template("admin/outbox.html", rows=outbox.listing(session, status),
+                           counts=outbox.counts(session), status=status,
+                           configured=configured)
+
+
+@bp.post("/outbox/<int:message_id>/retry")
+@require("update", "outbox")
+def outbox_retry(message_id: int):
+    from flask import flash, redirect, url_for
+
+    from portal.extensions import audit_context, services
+    from portal.services import outbox
+    from portal.views.devmail import deliver_now
+    with services().db.transaction() as tx:
+        outbox.retry(tx, audit_context(), message_id)
+    report = deliver_now([message_id])
+    flash("Sent." if report.sent else "The mail server did not take it yet; it stays in the "
+          "outbox and will be tried again.", "info")
+    return redirect(url_for("admin.outbox_page"))

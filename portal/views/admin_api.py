@@ -28,7 +28,7 @@ from portal.models import Connection, Organization, User
 from portal.permissions import ACCESS, authorize
 from portal.services import connections as connections_service
 from portal.services import domains as domains_service
-from portal.services import members, org_tokens, organizations
+from portal.services import identity_links, members, org_tokens, organizations
 
 bp = Blueprint("adminapi", __name__, url_prefix="/api/v1/orgs/<slug>")
 csrf.exempt(bp)  # checked below for session callers; token callers send no cookie
@@ -264,6 +264,39 @@ def grant_role(org: Organization, user_id: int):
     return jsonify(_detail_json(org, user_id))
 
 
+LINK = {"type": "object", "required": ["event_id"],
+        "properties": {"event_id": {"type": "integer"}}}
+LINK_REQUEST = {"type": "object", "properties": {
+    "event_id": {"type": "integer"}, "connection_id": {"type": "integer"},
+    "connection_name": {"type": "string"}, "subject": {"type": "string"},
+    "at": {"type": "string"}}}
+
+
+@operation("GET", "/members/<int:user_id>/link-requests",
+           "Sign-ins refused because the member's account existed, not linked yet.",
+           "members:read", "read", "member", response="LinkRequestList")
+def list_link_requests(org: Organization, user_id: int):
+    info = members.detail(db_session(), org, user_id)
+    found = identity_links.pending(db_session(), org, user_id, info["user"].email)
+    return jsonify({"link_requests": [
+        {"event_id": r.event_id, "connection_id": r.connection_id,
+         "connection_name": r.connection_name, "subject": r.subject,
+         "at": r.at.isoformat()} for r in found]})
+
+
+@operation("POST", "/members/<int:user_id>/links",
+           "Link the identity of a refused sign-in (its event id) to the member.",
+           "members:write", "manage", "member", body=LINK, response="MemberDetail")
+def link_identity(org: Organization, user_id: int):
+    members.membership(db_session(), org, user_id)
+    event_id = _body().get("event_id")
+    if not isinstance(event_id, int) or isinstance(event_id, bool):
+        raise InvalidRequest("event_id", "send the id of the refused sign-in")
+    _change(org, lambda tx, ctx, o, actor: identity_links.link(tx, ctx, o, actor, user_id,
+                                                               event_id))
+    return jsonify(_detail_json(org, user_id))
+
+
 @operation("DELETE", "/members/<int:user_id>/roles/<role>", "Revoke a role granted by hand.",
            "members:write", "grant", "role", response="MemberDetail")
 def revoke_role(org: Organization, user_id: int, role: str):
@@ -481,6 +514,9 @@ SCHEMAS = {"Ok": {"type": "object", "properties": {"ok": {"type": "boolean"}}},
            "InvitationList": {"type": "object", "required": ["invitations"], "properties": {
                "invitations": {"type": "array", "items": INVITATION}}},
            "Connection": CONNECTION,
+           "LinkRequestList": {"type": "object", "required": ["link_requests"],
+                               "properties": {"link_requests": {"type": "array",
+                                                                "items": LINK_REQUEST}}},
            "ConnectionList": {"type": "object", "required": ["connections"], "properties": {
                "connections": {"type": "array", "items": CONNECTION}}},
            "Domain": DOMAIN,

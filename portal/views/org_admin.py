@@ -28,7 +28,7 @@ from portal.models import Connection, Organization, Protocol, User
 from portal.permissions import current_subject, require, signed_in
 from portal.services import connections as connections_service
 from portal.services import domains as domains_service
-from portal.services import member_import, members, org_tokens, organizations
+from portal.services import identity_links, member_import, members, org_tokens, organizations
 from portal.services import saml as saml_connections
 from portal.views import use_branding
 
@@ -102,7 +102,9 @@ def user(slug: str, user_id: int):
     org = _org(slug)
     info = members.detail(db_session(), org, user_id)
     actor = _actor(org)
-    return _render("orgadmin/user.html", org, info=info, roles=_known_roles(org), actor=actor)
+    links = identity_links.pending(db_session(), org, user_id, info["user"].email)
+    return _render("orgadmin/user.html", org, info=info, roles=_known_roles(org), actor=actor,
+                   links=links)
 
 
 def _change(slug: str, user_id: int, change, done: str):
@@ -136,6 +138,18 @@ def remove(slug: str, user_id: int):
     version = _version()
     return _change(slug, user_id, lambda tx, ctx, org, actor: members.remove(
         tx, ctx, org, actor, user_id, version), "Member removed from the organization.")
+
+
+@bp.post("/users/<int:user_id>/links")
+@require("manage", "member", org_arg="slug")
+def link_identity(slug: str, user_id: int):
+    event_id = request.form.get("event_id", "")
+    if not event_id.isdigit():
+        raise NotFound("There is no such sign-in waiting for a link.",
+                       code="unknown_link_request")
+    return _change(slug, user_id, lambda tx, ctx, org, actor: identity_links.link(
+        tx, ctx, org, actor, user_id, int(event_id)),
+        "Linked: this identity now signs in to this account.")
 
 
 @bp.post("/users/<int:user_id>/roles")

@@ -177,7 +177,7 @@ def finish(connection: Connection, identity, pending: dict[str, Any], ctx,
     except FederationError as error:
         record_failure(connection, error, identity)
         if error.code == "account_exists":
-            return offer_link(connection, identity, pending)
+            return offer_link(connection, identity, pending, remember)
         raise
     from portal.views.auth import begin_session
     begin_session(user, token, amr=("fed",))
@@ -185,11 +185,13 @@ def finish(connection: Connection, identity, pending: dict[str, Any], ctx,
     return redirect(landing_url)
 
 
-def offer_link(connection: Connection, identity, pending: dict[str, Any]):
-    """The email belongs to an existing account: its owner may link by proving control."""
+def offer_link(connection: Connection, identity, pending: dict[str, Any],
+               remember: dict[str, Any] | None = None):
+    """The email belongs to an existing account: its owner may link by proving control.
+    ``remember`` (SAML logout data) waits in the offer for the session the link starts."""
     session["sso_link"] = services().secrets.seal({
         "identity": identity_to_dict(identity), "connection_id": connection.id,
-        "next": pending.get("next", ""), "created": time.time()})
+        "next": pending.get("next", ""), "created": time.time(), "remember": remember or {}})
     return redirect(url_for("sso.link"))
 
 
@@ -234,6 +236,7 @@ def _link_and_sign_in(connection: Connection, identity, password: str, offer: di
             landing(tx, user.id)
     from portal.views.auth import begin_session
     begin_session(user, token, amr=("fed",))  # replaces the password sign-in session too
+    session.update(offer.get("remember") or {})
     return redirect(landing_url)
 
 

@@ -1,5 +1,6 @@
 """Federated sign-in through Trellis against a real OpenID Provider (node oidc-provider)."""
 
+import re
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
@@ -178,6 +179,39 @@ def test_existing_local_account_is_linked_only_with_its_password(client, app, tx
     client.post("/logout", data={"csrf_token": csrf_token(client, "/")})
     again = federated_login(client, oidc_provider, "lee@acme.test")
     assert again.headers["Location"] == "/o/acme/"
+
+
+def test_an_org_admin_links_a_refused_sign_in_to_the_existing_account(app, tx, oidc_org,
+                                                                      oidc_provider,
+                                                                      make_user):
+    from tests.integration.test_admin_api import token_for
+    from tests.integration.test_org_admin import as_user, grant, post
+    lee = make_user("lee@acme.test", org="acme", password=None).id
+    make_user("alice@acme.test", org="acme")
+    grant(tx, "alice@acme.test", "acme", "user_manager")
+    oidc_provider.put_account("lee@acme.test", groups=["purchasing"])
+    refused = federated_login(app.test_client(), oidc_provider, "lee@acme.test")
+    assert refused.headers["Location"] == "/sso/link" and count(tx, FederatedIdentity) == 0
+    admin = as_user(app, "alice@acme.test")
+    page = admin.get(f"/o/acme/admin/users/{lee}").get_data(as_text=True)
+    assert "Waiting for a link" in page and "lee@acme.test" in page
+    event_id = int(re.search(r'name="event_id" value="(\d+)"', page).group(1))
+    api = app.test_client()
+    listed = api.get(f"/api/v1/orgs/acme/members/{lee}/link-requests",
+                     headers=token_for(tx, "alice@acme.test"))
+    assert [r["event_id"] for r in listed.get_json()["link_requests"]] == [event_id]
+    assert post(admin, f"/o/acme/admin/users/{lee}/links",
+                event_id=str(event_id + 1000)).status_code == 404
+    done = post(admin, f"/o/acme/admin/users/{lee}/links", event_id=str(event_id))
+    assert done.status_code == 302 and count(tx, FederatedIdentity) == 1
+    linked = audit_events(app, "federation.link")[-1]
+    assert linked.actor == "alice@acme.test" and linked.details["proof"] == "admin"
+    assert "Waiting for a link" not in admin.get(f"/o/acme/admin/users/{lee}").get_data(
+        as_text=True)
+    again = post(admin, f"/o/acme/admin/users/{lee}/links", event_id=str(event_id))
+    assert again.status_code == 404  # one link per request
+    back = federated_login(app.test_client(), oidc_provider, "lee@acme.test")
+    assert back.headers["Location"] == "/o/acme/"
 
 
 def test_link_offer_is_tied_to_the_browser_and_expires(client, app):

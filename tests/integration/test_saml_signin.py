@@ -144,6 +144,20 @@ def test_sp_initiated_logout_ends_both_sessions(client, app, saml_org, saml_idp)
     assert "also at your organization" in client.get("/login").get_data(as_text=True)
 
 
+def test_sign_in_linked_by_password_still_logs_out_at_the_idp(client, app, saml_org,
+                                                             saml_idp, make_user):
+    from tests.conftest import PASSWORD
+    make_user("alice@partner.example")
+    assert saml_login(client, saml_org).headers["Location"] == "/sso/link"
+    done = client.post("/sso/link", data={"password": PASSWORD,
+                                          "csrf_token": csrf_token(client, "/sso/link")})
+    assert done.status_code == 302
+    out = client.post("/logout", data={"csrf_token": csrf_token(client, "/o/partner/")})
+    assert out.headers["Location"].startswith(saml_idp.base + "/slo/redirect?")
+    requests.get(out.headers["Location"], allow_redirects=False, timeout=10)
+    assert saml_idp.logouts[-1]["name_id"] == "alice-persistent-id"
+
+
 def test_idp_initiated_logout_ends_the_users_sessions(client, app, saml_org, saml_idp):
     saml_login(client, saml_org)
     second_device = app.test_client()

@@ -19,7 +19,8 @@ def test_every_route_declares_who_may_reach_it(app):
 def test_public_routes_are_the_expected_ones(app):
     public = sorted(rule.endpoint for rule in app.url_map.iter_rules()
                     if getattr(app.view_functions.get(rule.endpoint), ACCESS, "") == "public")
-    assert public == ["auth.login", "auth.org_login", "branding.stylesheet", "health.healthz",
+    assert public == ["auth.login", "auth.org_login", "branding.stylesheet",
+                      "devmail.html", "devmail.index", "health.healthz",
                       "health.readyz", "openapi.docs", "openapi.openapi_json",
                       "provider.authorize", "provider.device_authorization",
                       "provider.discovery", "provider.end_session", "provider.introspect",

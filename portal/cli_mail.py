@@ -1,0 +1,115 @@
+"""``trellis mail …``, ``trellis worker`` and ``trellis org registration``: the outbox seen
+from the command line, the loop that delivers it, and who may sign up to an organization."""
+
+from __future__ import annotations
+
+import time
+
+import click
+from flask import current_app
+from flask.cli import with_appcontext
+
+from portal.extensions import services
+
+
+def register(main: click.Group, cli_context) -> None:
+    @main.group("mail")
+    def mail_group() -> None:
+        """The outbox: every email Trellis sends."""
+
+    @mail_group.command("deliver")
+    @with_appcontext
+    def mail_deliver() -> None:
+        """Try every message that is due once (for cron; `trellis worker` loops)."""
+        report = _deliver_once()
+        click.echo(f"sent {len(report.sent)}, waiting for retry {len(report.retrying)}, "
+                   f"failed {len(report.failed)}")
+
+    @mail_group.command("list")
+    @click.option("--status", type=click.Choice(["pending", "sent", "failed"]))
+    @with_appcontext
+    def mail_list(status: str | None) -> None:
+        """Newest messages first, with attempts and the last error."""
+        from portal.services import outbox
+        with services().db.sessions() as session:
+            for m in outbox.listing(session, status or ""):
+                click.echo(f"{m.id}\t{m.status.value}\t{m.attempts}\t{m.to_address}\t"
+                           f"{m.subject}\t{m.last_error}")
+
+    @mail_group.command("retry")
+    @click.argument("message_id", type=int)
+    @with_appcontext
+    def mail_retry(message_id: int) -> None:
+        """Put a failed message back in line and try it now."""
+        from portal.services import outbox
+        with services().db.transaction() as session:
+            outbox.retry(session, cli_context(), message_id)
+        report = _deliver_once([message_id])
+        click.echo("sent" if report.sent else "not delivered yet; it will be retried")
+
+    @mail_group.command("test")
+    @click.argument("email")
+    @with_appcontext
+    def mail_test(email: str) -> None:
+        """Send a test message to EMAIL through the configured mail server."""
+        from portal import audit
+        from portal.services import outbox
+        from portal.validation import normalize_email
+        address = normalize_email(email)
+        ctx = cli_context()
+        with services().db.transaction() as session:
+            message = outbox.enqueue(session, to=address, template="test", org=None,
+                                     context={"sender": ctx.actor})
+            audit.record(session, ctx, "mail.test", target=f"mail:{message.id}",
+                         details={"to": address})
+            message_id = message.id
+        report = _deliver_once([message_id])
+        if report.sent:
+            click.echo(f"sent to {address}")
+        else:
+            with services().db.sessions() as session:
+                from portal.models import OutboxMessage
+                error = session.get(OutboxMessage, message_id).last_error
+            raise click.ClickException(f"not delivered ({error or 'no mail server'}); "
+                                       "it stays in the outbox")
+
+    @main.command("worker")
+    @click.option("--interval", default=15, show_default=True, type=click.IntRange(1, 3600),
+                  help="Seconds between passes.")
+    @click.option("--once", is_flag=True, help="One pass, then exit (for cron).")
+    @with_appcontext
+    def worker(interval: int, once: bool) -> None:
+        """Deliver the outbox in a loop (run it under systemd or a container supervisor)."""
+        click.echo(f"trellis worker: delivering mail every {interval}s")
+        while True:
+            report = _deliver_once()
+            if report.sent or report.retrying or report.failed:
+                click.echo(f"sent {len(report.sent)}, waiting for retry "
+                           f"{len(report.retrying)}, failed {len(report.failed)}")
+            if once:
+                return
+            time.sleep(interval)
+
+    org_group = main.commands["org"]
+
+    @org_group.command("registration")
+    @click.argument("slug")
+    @click.argument("mode", type=click.Choice(["invite", "domains", "open"]))
+    @with_appcontext
+    def org_registration(slug: str, mode: str) -> None:
+        """Who may create an account in this organization: invited people only, anyone with
+        an address in its verified domains, or anyone."""
+        from portal.services import registration
+        with services().db.transaction() as session:
+            registration.set_mode(session, cli_context(), slug, mode)
+        click.echo(f"{slug}: registration {mode}")
+
+
+def _deliver_once(ids: list[int] | None = None):
+    from portal.services import outbox
+    config = outbox.MailConfig.from_settings(current_app.config)
+    report = outbox.deliver(services().db, config, ids)
+    if report.not_configured:
+        raise click.ClickException("TRELLIS_SMTP_HOST is not set: nothing can be sent in "
+                                   "production until it is")
+    return report

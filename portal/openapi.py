@@ -62,6 +62,8 @@ def _operation(op) -> dict[str, Any]:
             ("status", {"enum": ["active", "suspended"]}), ("role", {"type": "string"}),
             ("after", {"type": "string"}), ("limit", {"type": "integer", "minimum": 1,
                                                       "maximum": 500}))]
+    parameters += [{"name": name, "in": "query", "required": False, "schema": schema}
+                   for name, schema in op.query]
     problem = {"description": "Refused; the body says why and carries a reference.",
                "content": {"application/problem+json": {
                    "schema": {"$ref": "#/components/schemas/Problem"}}}}

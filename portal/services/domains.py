@@ -128,7 +128,9 @@ def _refuse(session: Session, ctx: audit.Context, org_id: int, name: str, action
     audit.record(session, ctx, action, outcome="failure", target=f"domain:{name}",
                  organization_id=org_id, reason="verified by another organization",
                  details={"domain": name})
-    audit.record(session, ctx, "domain.claim_refused", outcome="failure",
+    # The owner's trail names no one from the claimant's organization.
+    anonymous = audit.Context(actor="another organization", request_id=ctx.request_id)
+    audit.record(session, anonymous, "domain.claim_refused", outcome="failure",
                  target=f"domain:{name}", organization_id=owner.organization_id,
                  reason="another organization tried to claim this verified domain",
                  details={"domain": name})

@@ -28,7 +28,7 @@ from portal.models import Connection, Organization, User
 from portal.permissions import ACCESS, authorize
 from portal.services import connections as connections_service
 from portal.services import domains as domains_service
-from portal.services import identity_links, members, org_tokens, organizations
+from portal.services import identity_links, members, org_audit, org_tokens, organizations
 
 bp = Blueprint("adminapi", __name__, url_prefix="/api/v1/orgs/<slug>")
 csrf.exempt(bp)  # checked below for session callers; token callers send no cookie
@@ -51,6 +51,7 @@ class Operation:
     object_type: str
     body: dict[str, Any] | None = None
     response: str = "Ok"
+    query: tuple[tuple[str, dict[str, Any]], ...] = ()  # documented query parameters
 
 
 OPERATIONS: list[Operation] = []
@@ -58,12 +59,13 @@ OPERATIONS: list[Operation] = []
 
 def operation(method: str, path: str, summary: str, scope: str, action: str,
               object_type: str, body: dict[str, Any] | None = None,
-              response: str = "Ok") -> Callable:
+              response: str = "Ok",
+              query: tuple[tuple[str, dict[str, Any]], ...] = ()) -> Callable:
     """Register a route and its OpenAPI description from one place."""
 
     def decorate(view: Callable) -> Callable:
         op = Operation(method, path, view.__name__, summary, scope, action, object_type, body,
-                       response)
+                       response, query)
         OPERATIONS.append(op)
 
         @wraps(view)
@@ -509,6 +511,34 @@ def remove_domain(org: Organization, domain_id: int):
     return jsonify({"ok": True})
 
 
+# -- audit trail -------------------------------------------------------------------------
+
+AUDIT_EVENT = {"type": "object", "required": ["seq", "occurred_at", "action", "outcome"],
+               "properties": {"seq": {"type": "integer"}, "occurred_at": {"type": "string"},
+                              "actor": {"type": "string"}, "action": {"type": "string"},
+                              "target": {"type": "string"}, "outcome": {"type": "string"},
+                              "reason": {"type": "string"}, "ip": {"type": "string"},
+                              "details": {"type": "object"}}}
+AUDIT_QUERY = (("actor", {"type": "string", "maxLength": 200}),
+               ("action", {"type": "string", "maxLength": 64}),
+               ("from", {"type": "string", "format": "date"}),
+               ("to", {"type": "string", "format": "date"}),
+               ("before", {"type": "integer", "minimum": 1}),
+               ("limit", {"type": "integer", "minimum": 1, "maximum": 500}))
+
+
+@operation("GET", "/audit", "This organization's audit events, newest first (filters, keyset "
+           "pages through next_before).", "audit:read", "read", "audit",
+           response="AuditPage", query=AUDIT_QUERY)
+def list_audit(org: Organization):
+    filters = org_audit.parse_filters(request.args)
+    before = _int_arg("before", 0) or None
+    found = org_audit.page(db_session(), org, filters, before=before,
+                           limit=min(_int_arg("limit", org_audit.PAGE_SIZE), 500))
+    return jsonify({"events": [org_audit.as_dict(e) for e in found.events],
+                    "next_before": found.next_before})
+
+
 SCHEMAS = {"Ok": {"type": "object", "properties": {"ok": {"type": "boolean"}}},
            "MemberPage": MEMBER_PAGE, "MemberDetail": MEMBER_DETAIL, "Invitation": INVITATION,
            "InvitationList": {"type": "object", "required": ["invitations"], "properties": {
@@ -520,5 +550,8 @@ SCHEMAS = {"Ok": {"type": "object", "properties": {"ok": {"type": "boolean"}}},
            "ConnectionList": {"type": "object", "required": ["connections"], "properties": {
                "connections": {"type": "array", "items": CONNECTION}}},
            "Domain": DOMAIN,
+           "AuditPage": {"type": "object", "required": ["events", "next_before"],
+                         "properties": {"events": {"type": "array", "items": AUDIT_EVENT},
+                                        "next_before": {"type": ["integer", "null"]}}},
            "DomainList": {"type": "object", "required": ["domains"], "properties": {
                "domains": {"type": "array", "items": DOMAIN}}}}

@@ -28,7 +28,14 @@ from portal.models import Connection, Organization, Protocol, User
 from portal.permissions import current_subject, require, signed_in
 from portal.services import connections as connections_service
 from portal.services import domains as domains_service
-from portal.services import identity_links, member_import, members, org_tokens, organizations
+from portal.services import (
+    identity_links,
+    member_import,
+    members,
+    org_audit,
+    org_tokens,
+    organizations,
+)
 from portal.services import saml as saml_connections
 from portal.views import use_branding
 
@@ -40,6 +47,7 @@ SECTIONS = (  # (endpoint, label, action, object type): the nav shows what the a
     ("orgadmin.invitations", "Invitations", "manage", "invitation"),
     ("orgadmin.connections", "Single sign-on", "read", "connection"),
     ("orgadmin.domains", "Domains", "manage", "domain"),
+    ("orgadmin.audit_trail", "Audit trail", "read", "audit"),
     ("orgadmin.tokens", "API tokens", "manage", "organization"),
 )
 
@@ -530,3 +538,44 @@ def remove_domain(slug: str, domain_id: int):
                                       domain_id)
     flash(f"{name} removed; it no longer routes sign-ins to {org.name}.", "info")
     return redirect(url_for("orgadmin.domains", slug=slug))
+
+
+# -- the organization's audit trail ------------------------------------------------------
+
+@bp.get("/audit")
+@require("read", "audit", org_arg="slug")
+def audit_trail(slug: str):
+    org = _org(slug)
+    filters = org_audit.parse_filters(request.args)
+    before = request.args.get("before", "")
+    found = org_audit.page(db_session(), org, filters,
+                           before=int(before) if before.isdigit() else None)
+    return _render("orgadmin/audit.html", org, page=found, filters=filters,
+                   args=filters.as_args())
+
+
+@bp.get("/audit/export.csv")
+@require("read", "audit", org_arg="slug")
+def export_audit_csv(slug: str):
+    return _export_audit(slug, "csv")
+
+
+@bp.get("/audit/export.jsonl")
+@require("read", "audit", org_arg="slug")
+def export_audit_jsonl(slug: str):
+    return _export_audit(slug, "jsonl")
+
+
+def _export_audit(slug: str, fmt: str):
+    org = _org(slug)
+    filters = org_audit.parse_filters(request.args)
+    session = services().db.sessions()
+
+    def lines():
+        try:
+            yield from org_audit.export(session, org, filters, fmt)
+        finally:
+            session.close()
+    mimetype = "text/csv" if fmt == "csv" else "application/x-ndjson"
+    return Response(stream_with_context(lines()), mimetype=mimetype, headers={
+        "Content-Disposition": f'attachment; filename="{org.slug}-audit.{fmt}"'})

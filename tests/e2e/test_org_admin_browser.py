@@ -184,3 +184,9 @@ def test_owner_verifies_a_domain_against_a_dns_server(browsing, live, acme_with_
     expect(page.get_by_role("status")).to_contain_text("acme.example is verified")
     expect(page.get_by_role("cell", name="verified", exact=True)).to_be_visible()
     screenshot(page, "orgadmin-domains.png")
+    page.get_by_role("link", name="Audit trail").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Audit trail of Acme Supplies")
+    page.get_by_label("Action").fill("domain")
+    page.get_by_role("button", name="Filter").click()
+    expect(page.get_by_role("cell", name="domain.verify")).to_have_count(2)  # failed, then done
+    screenshot(page, "orgadmin-audit.png")

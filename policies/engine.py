@@ -28,12 +28,13 @@ from casbin.util.expression import SimpleEval
 from casbin.util.log import disabled_logging
 
 from policies.errors import PolicyError
-from policies.files import PolicyFiles, load_policy_files
+from policies.files import PolicyFiles, load_policy_files, parse_org_policy
 
 MODEL = Path(__file__).resolve().parent / "model.conf"
 VERSION_CHECK_SECONDS = 0.5  # another worker's change is seen within this (plus a request)
 PLATFORM = "_platform"  # the domain of platform-level decisions (operator pages and APIs)
 FILES_CHECK_SECONDS = 2.0  # edited policy files are picked up within this
+FILES = "!files"  # the invalidation message "the policy files were reloaded"
 log = logging.getLogger("trellis.policy")
 
 
@@ -71,6 +72,18 @@ class Explanation:
     # How the subject reaches each of its roles, shortest first (``g`` inside the
     # organization, ``g2`` for platform roles).
     chains: tuple[tuple[str, ...], ...] = ()
+    # Every rule that matched the request, deciding or not (an allow a deny overrode, or a
+    # second allow), each with where it is written and the subject's path to its role.
+    matched: tuple[MatchedRule, ...] = ()
+    where: str = ""  # file:line of the deciding rule ("uploaded policy" for an upload)
+
+
+@dataclass(frozen=True)
+class MatchedRule:
+    rule: tuple[str, ...]
+    where: str
+    chain: tuple[str, ...]
+    decided: bool
 
 
 @dataclass
@@ -81,6 +94,8 @@ class Sources:
     platform_roles: Callable[[], Iterable[tuple[str, str]]]  # (user id, platform role)
     org_kind: Callable[[str], str | None]  # org -> partner/vendor/internal, None if unknown
     version: Callable[[str], int] = field(default=lambda org: 0)  # bumps on grant changes
+    # org -> the organization's uploaded policy text, None when it has none
+    org_policy: Callable[[str], str | None] = field(default=lambda org: None)
 
 
 class _LinesAdapter(persist.Adapter):
@@ -140,6 +155,24 @@ class _Rules:
         """The shortest path from the user to each role it holds: in the organization, and
         on the platform."""
         return _reach(self.links, user), _reach(self.platform_links, user)
+
+    def matching(self, subject: Attrs, obj: Attrs, action: str, context: Attrs
+                 ) -> list[tuple[str, ...]]:
+        """Every rule that matches the request, in policy order (for explanations)."""
+        roles = self.roles(subject.id)
+        names = {"r_sub": subject, "r_obj": obj, "r_ctx": context, "r_dom": self.org,
+                 "r_act": action}
+        found = []
+        for row, condition in (*self.by_action.get(action, ()), *self.by_action.get("*", ())):
+            if row[0] not in roles or not key_match(obj.type or "", row[2]):
+                continue
+            try:
+                holds = condition.eval(names)
+            except Exception:  # shown by the decision's own reason
+                holds = False
+            if holds:
+                found.append(row)
+        return found
 
     def decide(self, subject: Attrs, obj: Attrs, action: str, context: Attrs
                ) -> tuple[bool, tuple[str, ...] | None]:
@@ -231,11 +264,14 @@ class PolicyEngine:
         self._stamp = _files_stamp(self.folder)
         self._files_checked = clock()
         self.reload_error: PolicyError | None = None  # the broken edit kept out, if any
+        # Uploaded organization policies: the last text that loaded, and what is broken now.
+        self._org_good: dict[str, tuple[str, list[list[str]]]] = {}
+        self.org_errors: dict[str, PolicyError] = {}
         self.source_error: Exception | None = None  # grants could not be checked, if so
         self.notifier = None
         if redis_url:
             from policies.notify import CHANNEL, RedisInvalidation
-            self.notifier = RedisInvalidation(redis_url, self._drop,
+            self.notifier = RedisInvalidation(redis_url, self._remote,
                                               channel=redis_channel or CHANNEL)
 
     def close(self) -> None:
@@ -276,14 +312,32 @@ class PolicyEngine:
         user = str(subject.get("id", ""))
         with cached.lock:
             in_org, on_platform = cached.rules.chains(user)
-        chain: tuple[str, ...] = ()
-        if decision.rule is not None:
-            role = decision.rule[0]
-            chain = ("*",) if role == "*" else in_org.get(role) or on_platform.get(role, ())
+            matching = cached.rules.matching(
+                Attrs(subject, id=user), Attrs(obj), action, Attrs(context or {}))
+
+        def chain_to(role: str) -> tuple[str, ...]:
+            return ("*",) if role == "*" else in_org.get(role) or on_platform.get(role, ())
+
+        matched = tuple(MatchedRule(tuple(row), self.where(org, row), chain_to(row[0]),
+                                    tuple(row) == decision.rule) for row in matching)
+        chain = chain_to(decision.rule[0]) if decision.rule is not None else ()
         paths = sorted({path for path in (*in_org.values(), *on_platform.values())
                         if len(path) > 1}, key=lambda path: (len(path), path))
         return Explanation(decision, tuple(sorted(set(in_org) - {user})),
-                           tuple(sorted(set(on_platform) - {user})), chain, tuple(paths))
+                           tuple(sorted(set(on_platform) - {user})), chain, tuple(paths),
+                           matched, self.where(org, decision.rule) if decision.rule else "")
+
+    def where(self, org: str, rule: tuple[str, ...] | list[str]) -> str:
+        """``file:line`` of a rule, or "uploaded policy of <org>" for an uploaded one."""
+        found = self.files.locate(rule)
+        if found:
+            return found
+        uploaded = self._org_good.get(org)
+        if uploaded is not None:
+            for number, line in _numbered_rules(uploaded[0]):
+                if tuple(line[1:]) == tuple(rule):
+                    return f"uploaded policy of {org}, line {number}"
+        return ""
 
     def permissions(self, subject: Mapping[str, Any], org: str) -> list[dict[str, Any]]:
         """What the subject may do in the organization: the allow rules reaching it through
@@ -335,6 +389,14 @@ class PolicyEngine:
                 self._cache.pop(org, None)
                 self._generations[org] = self._generations.get(org, 0) + 1
 
+    def _remote(self, org: str | None) -> None:
+        """Another worker changed something: an organization, everything, or the files."""
+        if org == FILES:
+            self._files_checked = float("-inf")  # the next decision re-reads edited files
+            self._reload_if_edited(self.clock())
+        else:
+            self._drop(org)
+
     def _generation(self, org: str) -> tuple[int, int]:
         return self._generation_all, self._generations.get(org, 0)
 
@@ -344,8 +406,11 @@ class PolicyEngine:
         files = load_policy_files(self.folder)
         with self._lock:
             self.files = files
+            self._stamp = _files_stamp(self.folder)
             self._cache.clear()
             self._generation_all += 1
+        if self.notifier is not None:
+            self.notifier.publish(FILES)
 
     def _reload_if_edited(self, now: float) -> None:
         if now - self._files_checked < FILES_CHECK_SECONDS:
@@ -401,16 +466,45 @@ class PolicyEngine:
                 self._cache.popitem(last=False)
         return fresh
 
+    def _uploaded_rules(self, org: str) -> list[list[str]]:
+        """The organization's uploaded rules. Uploads are checked before they are stored, but
+        the files they are checked against may change since: a text that no longer loads is
+        reported (``org_errors``, ``/readyz``) and the last good rules of it stay in force."""
+        text = self.sources.org_policy(org)
+        if not text:
+            self._org_good.pop(org, None)
+            self.org_errors.pop(org, None)
+            return []
+        good = self._org_good.get(org)
+        if good is not None and good[0] == text:
+            return good[1]
+        try:
+            rules = parse_org_policy(self.files, org, text)
+        except PolicyError as error:
+            self.org_errors[org] = error
+            log.error("the uploaded policy of %s is broken; its last good rules stay in "
+                      "force: %s", org, error.detail)
+            return good[1] if good is not None else []
+        self._org_good[org] = (text, rules)
+        self.org_errors.pop(org, None)
+        return rules
+
     def _build(self, org: str) -> casbin.Enforcer | None:
         kind = self.sources.org_kind(org)
         if kind is None:
             return None
-        lines = self.files.lines_for(org, kind)
+        lines = self.files.lines_for(org, kind, self._uploaded_rules(org))
         lines += [["g", user, role, org] for user, role in self.sources.grants(org)]
         lines += [["g2", user, role] for user, role in self.sources.platform_roles()]
         enforcer = casbin.Enforcer(str(MODEL), _LinesAdapter(lines))
         enforcer.enable_auto_save(False)
         return enforcer
+
+
+def _numbered_rules(text: str) -> list[tuple[int, list[str]]]:
+    return [(number, [token.strip() for token in raw.strip().split(",")])
+            for number, raw in enumerate(text.splitlines(), start=1)
+            if raw.strip() and not raw.strip().startswith("#")]
 
 
 def _files_stamp(folder: Path) -> tuple:

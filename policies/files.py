@@ -32,11 +32,31 @@ class PolicyFiles:
     # "platform.csv", "kinds/partner.csv", "orgs/acme.csv" -> the line number of each rule
     line_numbers: dict[str, list[int]] = field(default_factory=dict)
 
-    def lines_for(self, org: str, kind: str) -> list[list[str]]:
-        """The rules of one organization: template domains (*) become the organization."""
-        lines = [*self.platform, *self.kinds.get(kind, []), *self.orgs.get(org, [])]
+    def lines_for(self, org: str, kind: str, extra: list[list[str]] | None = None
+                  ) -> list[list[str]]:
+        """The rules of one organization (``extra``: its uploaded policy): template domains
+        (*) become the organization."""
+        lines = [*self.platform, *self.kinds.get(kind, []), *self.orgs.get(org, []),
+                 *(extra or [])]
         return [[*line[:3], org] if line[0] == "g" and line[3] == "*" else list(line)
                 for line in lines]
+
+    def locate(self, rule: tuple[str, ...] | list[str]) -> str:
+        """Where a policy row (``sub, dom, obj, act, cond, eft``) is written: the first
+        ``file:line`` holding it, or "" when no file does (an uploaded policy)."""
+        index = self.__dict__.get("_where")
+        if index is None:
+            index = {}
+            groups = [("platform.csv", self.platform),
+                      *((f"kinds/{k}.csv", lines) for k, lines in self.kinds.items()),
+                      *((f"orgs/{o}.csv", lines) for o, lines in self.orgs.items())]
+            for label, lines in groups:
+                numbers = self.line_numbers.get(label, [0] * len(lines))
+                for number, line in zip(numbers, lines, strict=False):
+                    if line[0] == "p":
+                        index.setdefault(tuple(line[1:]), f"{label}:{number}")
+            self.__dict__["_where"] = index
+        return index.get(tuple(rule), "")
 
     def roles(self) -> set[str]:
         """Every role some rule gives permissions to."""
@@ -72,14 +92,47 @@ def _read(path: Path, digest, line_numbers: dict[str, list[int]],
     except (OSError, UnicodeDecodeError) as exc:
         raise _broken(path, 0, f"cannot be read: {exc}") from None
     digest.update(path.name.encode() + b"\0" + text.encode())
-    lines = []
+    lines, numbers = _parse(path, text, allow_grants)
+    line_numbers.setdefault(_label(path), []).extend(numbers)
+    return lines
+
+
+def _parse(path: Path, text: str, allow_grants: bool) -> tuple[list[list[str]], list[int]]:
+    lines, numbers = [], []
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
         tokens = [token.strip() for token in line.split(",")]
         lines.append(_check_line(path, number, tokens, allow_grants))
-        line_numbers.setdefault(_label(path), []).append(number)
+        numbers.append(number)
+    return lines, numbers
+
+
+MAX_ORG_POLICY_BYTES = 256 * 1024
+
+
+def parse_org_policy(files: PolicyFiles, slug: str, text: str) -> list[list[str]]:
+    """Check an organization's own policy (uploaded, or about to be) as ``orgs/<slug>.csv``:
+    every line as in the folder, rules only for this organization (domain ``*`` or the slug),
+    and inherited roles that some rule defines. Raises ``PolicyError`` naming
+    ``orgs/<slug>.csv:<line>`` and the reason; returns the rules."""
+    path = Path("orgs") / f"{slug}.csv"
+    if len(text.encode("utf-8", "replace")) > MAX_ORG_POLICY_BYTES:
+        raise _broken(path, 0, f"larger than {MAX_ORG_POLICY_BYTES // 1024} KiB")
+    if "\x00" in text:
+        raise _broken(path, 0, "not a text file")
+    lines, numbers = _parse(path, text, allow_grants=True)
+    defined = files.roles() | {line[1] for line in lines if line[0] == "p" and line[1] != "*"}
+    for number, line in zip(numbers, lines, strict=True):
+        if line[0] == "p" and line[2] not in ("*", slug):
+            raise _broken(path, number, f"domain {line[2]!r}: an organization's file may only "
+                          f"hold rules for * or {slug!r}")
+        if line[0] == "g" and line[3] not in ("*", slug):
+            raise _broken(path, number, f"domain {line[3]!r}: use * or {slug!r}")
+        if line[0] == "g" and line[2] not in defined:
+            raise _broken(path, number, f"role {line[1]!r} inherits {line[2]!r}, which no "
+                          "rule defines")
     return lines
 
 

@@ -43,6 +43,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         branding,
         health,
         home,
+        mfa,
         org_admin,
         provider,
         saml,
@@ -50,7 +51,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     )
     for blueprint in (auth.bp, home.bp, admin.bp, org_admin.bp, org_admin.invites, health.bp,
                       branding.bp, sso.bp, saml.bp, api.bp, admin_api.bp, openapi.bp,
-                      provider.bp):
+                      provider.bp, mfa.bp):
         app.register_blueprint(blueprint)
     if app.config["ENV"] != "production":
         from portal.views import devmail
@@ -88,6 +89,7 @@ def _init_services(app: Flask) -> None:
     from federation.saml import SamlAdapter
     from portal.crypto import SecretBox
     from portal.db import Database
+    from portal.decision_log import DecisionLog
     from portal.extensions import Services, close_db_session
     from portal.passwords import Passwords
     from portal.services.roles import DatabaseRoleGrants
@@ -114,12 +116,14 @@ def _init_services(app: Flask) -> None:
         saml=SamlAdapter(),
         ldap=LdapAdapter(),
         role_grants=DatabaseRoleGrants(),
-        policy=_policy_engine(config["POLICY_DIR"], db),
+        policy=_policy_engine(config["POLICY_DIR"], db, config["REDIS_URL"],
+                              config.get("POLICY_CHANNEL")),
+        decisions=DecisionLog(db, config["DECISION_LOG_SAMPLE"], config["DECISION_LOG_DENIES"]),
     )
     app.teardown_appcontext(close_db_session)
 
 
-def _policy_engine(folder: str, db):
+def _policy_engine(folder: str, db, redis_url: str = "", channel: str | None = None):
     """Load the policy files now: a broken file stops the start with file, line and reason
     (a running app keeps its last good policy when a reload fails)."""
     from pathlib import Path
@@ -128,7 +132,7 @@ def _policy_engine(folder: str, db):
     from portal.authz import create_engine
     from portal.config import ConfigError
     try:
-        return create_engine(Path(folder), db)
+        return create_engine(Path(folder), db, redis_url, channel)
     except PolicyError as exc:
         raise ConfigError(f"TRELLIS_POLICY_DIR: {exc.detail}") from None
 
@@ -141,7 +145,8 @@ def _init_extensions(app: Flask) -> None:
 
 
 # Every endpoint that accepts a credential; later protocols add theirs here.
-CREDENTIAL_ENDPOINTS = ("auth.login", "auth.org_login", "sso.link", "saml.acs")
+CREDENTIAL_ENDPOINTS = ("auth.login", "auth.org_login", "sso.link", "saml.acs",
+                        "mfa.challenge", "mfa.setup_at_sign_in", "mfa.step_up")
 # The provider's machine endpoints take app credentials at a machine's pace.
 APP_CREDENTIAL_ENDPOINTS = ("provider.token", "provider.introspect", "provider.revoke",
                             "provider.device_authorization")

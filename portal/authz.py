@@ -1,20 +1,31 @@
 """Connects the policy engine to Trellis's database: grants from ``role_grants`` (and
 ``member`` for every active membership), platform roles from operator accounts,
-organization kinds, and a version per organization that changes with every grant,
-revocation, membership, operator or kind change, so every worker notices within the engine's
-version check interval."""
+organization kinds, uploaded organization policies (``org_policies``), and a version per
+organization that changes with every grant, revocation, membership, operator, kind or policy
+change, so every worker notices within the engine's version check interval.
+
+``watch_changes`` is the fast path on top: every committed transaction that touched role
+grants, memberships, organizations, operator flags or uploaded policies invalidates those
+organizations in this process at once, and — with Redis — in every other worker.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import logging
 from pathlib import Path
 
 import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.orm import Session
+from sqlalchemy.sql import visitors
 
 from policies import PolicyEngine, Sources
 from policies.engine import PLATFORM
 from portal.db import Database
-from portal.models import Membership, MembershipStatus, Organization, RoleGrant, User
+from portal.models import Membership, MembershipStatus, Organization, OrgPolicy, RoleGrant, User
+
+log = logging.getLogger("trellis.policy")
 
 # Every active member holds "member"; other roles come from explicit grants.
 GRANTS = sa.union(
@@ -35,7 +46,11 @@ VERSION = sa.select(
     sa.select(sa.func.coalesce(sa.func.sum(User.id), 0)).where(User.is_operator.is_(True))
     .scalar_subquery(),
     sa.select(Organization.kind).where(Organization.slug == sa.bindparam("slug"))
-    .scalar_subquery())
+    .scalar_subquery(),
+    sa.select(OrgPolicy.sha256).join(Organization)
+    .where(Organization.slug == sa.bindparam("slug")).scalar_subquery())
+ORG_POLICY = sa.select(OrgPolicy.text).join(Organization).where(
+    Organization.slug == sa.bindparam("slug"))
 KIND = sa.select(Organization.kind).where(Organization.slug == sa.bindparam("slug"))
 OPERATORS = sa.select(User.id).where(User.is_operator.is_(True))
 
@@ -65,9 +80,166 @@ def database_sources(db: Database) -> Sources:
         digest = hashlib.sha256("|".join(str(value) for value in row).encode()).digest()
         return int.from_bytes(digest[:6], "big")
 
+    def org_policy(slug: str) -> str | None:
+        if slug == PLATFORM:
+            return None
+        with db.engine.connect() as connection:
+            return connection.execute(ORG_POLICY, {"slug": slug}).scalar()
+
     return Sources(grants=grants, platform_roles=platform_roles, org_kind=org_kind,
-                   version=version)
+                   version=version, org_policy=org_policy)
 
 
-def create_engine(folder: Path, db: Database) -> PolicyEngine:
-    return PolicyEngine(folder, database_sources(db))
+def create_engine(folder: Path, db: Database, redis_url: str = "",
+                  channel: str | None = None) -> PolicyEngine:
+    """The engine of one app (or CLI run), kept in step with changes committed through
+    ``db``; with ``redis_url``, changes reach the other workers over Redis pub/sub on
+    ``channel`` (default: one per Redis database number, since pub/sub ignores databases)."""
+    engine = PolicyEngine(folder, database_sources(db), redis_url=redis_url or None,
+                          redis_channel=channel or (redis_channel(redis_url)
+                                                    if redis_url else None))
+    watch_changes(db, engine)
+    return engine
+
+
+def redis_channel(redis_url: str) -> str:
+    """``trellis:policy:invalidate:<database number>``: deployments sharing one Redis server
+    on different database numbers do not hear each other."""
+    from urllib.parse import urlsplit
+
+    from policies.notify import CHANNEL
+    path = urlsplit(redis_url).path.strip("/") or "0"
+    return f"{CHANNEL}:{path}"
+
+
+def explanation_dict(explanation) -> dict:
+    """An ``Explanation`` as plain data, for the API, the CLI and the simulation page."""
+    decision = explanation.decision
+    return {"allowed": decision.allowed,
+            "matched_rule": list(decision.rule) if decision.rule else None,
+            "rule_source": explanation.where or None,
+            "reason": decision.reason or None, "policy_version": decision.version,
+            "roles": list(explanation.roles), "platform_roles": list(explanation.platform_roles),
+            "chain": list(explanation.chain),
+            "chains": [list(path) for path in explanation.chains],
+            "matched_rules": [{"rule": list(m.rule), "effect": m.rule[5],
+                               "source": m.where or None, "chain": list(m.chain),
+                               "decided": m.decided} for m in explanation.matched]}
+
+
+def describe(explanation) -> list[str]:
+    """An explanation as lines a person reads: the decision, the deciding rule with where it
+    is written and how the subject holds its role, then the other rules that matched."""
+    decision = explanation.decision
+    lines = [f"{'ALLOW' if decision.allowed else 'DENY'}"
+             + (f" ({decision.reason})" if decision.reason else "")]
+    if decision.rule:
+        lines.append(f"  decided by: {', '.join(decision.rule)}"
+                     + (f"  [{explanation.where}]" if explanation.where else ""))
+        lines.append(f"  role chain: {_chain_text(explanation.chain)}")
+    for match in explanation.matched:
+        if match.decided:
+            continue
+        note = "overridden by the deny" if not decision.allowed and \
+            match.rule[5] == "allow" else "also matched"
+        lines.append(f"  {note}: {', '.join(match.rule)}"
+                     + (f"  [{match.where}]" if match.where else "")
+                     + f"  via {_chain_text(match.chain)}")
+    lines.append("  roles held: " + (", ".join(explanation.roles) or "none")
+                 + (f"; platform: {', '.join(explanation.platform_roles)}"
+                    if explanation.platform_roles else ""))
+    for path in explanation.chains:
+        lines.append(f"    {_chain_text(path)}")
+    lines.append(f"  policy version: {decision.version}")
+    return lines
+
+
+def _chain_text(chain) -> str:
+    if not chain:
+        return "none"
+    if tuple(chain) == ("*",):
+        return "everyone (*)"
+    return " -> ".join(chain)
+
+
+# -- invalidation on commit ------------------------------------------------------------------
+
+CHANGES = "trellis_policy_changes"  # session.info key: organization ids, slugs, or ALL
+ALL = "*"
+_BY_ORG_ID = (RoleGrant, Membership, OrgPolicy)
+
+
+def watch_changes(db: Database, engine: PolicyEngine) -> None:
+    """Invalidate the organizations a committed transaction of ``db`` changed."""
+    sessions = db.sessions
+
+    @event.listens_for(sessions, "after_flush")
+    def collect(session: Session, _context) -> None:
+        changes = session.info.setdefault(CHANGES, set())
+        for item in (*session.new, *session.dirty, *session.deleted):
+            if isinstance(item, _BY_ORG_ID):
+                changes.add(("id", item.organization_id))
+            elif isinstance(item, Organization):
+                changes.add(("slug", item.slug))
+            elif isinstance(item, User) and (
+                    sa.inspect(item).attrs.is_operator.history.has_changes()
+                    or (item in session.deleted and item.is_operator)):
+                changes.add(ALL)
+
+    @event.listens_for(sessions, "do_orm_execute")
+    def bulk(state) -> None:
+        """``sa.delete(RoleGrant).where(RoleGrant.organization_id == ...)`` and the like."""
+        if not (state.is_delete or state.is_update or state.is_insert):
+            return
+        mapper = state.bind_mapper
+        model = mapper.class_ if mapper is not None else None
+        if model not in _BY_ORG_ID:
+            return
+        org_id = _organization_id_of(state.statement, model)
+        state.session.info.setdefault(CHANGES, set()).add(
+            ("id", org_id) if org_id is not None else ALL)
+
+    @event.listens_for(sessions, "after_commit")
+    def publish(session: Session) -> None:
+        changes = session.info.pop(CHANGES, None)
+        if changes:
+            _invalidate(db, engine, changes)
+
+    @event.listens_for(sessions, "after_transaction_end")
+    def forget(session: Session, transaction) -> None:
+        if transaction.parent is None:  # the whole transaction is over (rolled back too)
+            session.info.pop(CHANGES, None)
+
+
+def _organization_id_of(statement, model) -> int | None:
+    """The organization id a bulk statement's WHERE pins (``organization_id == <value>``)."""
+    where = getattr(statement, "whereclause", None)
+    if where is None:
+        return None
+    column = model.__table__.c.organization_id
+    for node in visitors.iterate(where):
+        if isinstance(node, sa.sql.elements.BinaryExpression) and \
+                node.operator is sa.sql.operators.eq and \
+                getattr(node.left, "key", None) == "organization_id" and \
+                getattr(node.left, "table", None) is column.table and \
+                isinstance(node.right, sa.sql.elements.BindParameter):
+            return node.right.effective_value
+    return None
+
+
+def _invalidate(db: Database, engine: PolicyEngine, changes: set) -> None:
+    if ALL in changes:
+        engine.invalidate()
+        return
+    slugs = {value for kind, value in changes if kind == "slug"}
+    ids = {value for kind, value in changes if kind == "id" and value is not None}
+    if ids:
+        try:
+            with db.engine.connect() as connection:
+                slugs.update(connection.scalars(sa.select(Organization.slug).where(
+                    Organization.id.in_(ids))))
+        except sa.exc.SQLAlchemyError as exc:  # the version check still catches it
+            log.warning("cannot name the organizations a change touched: %s", exc)
+            return
+    for slug in sorted(slugs):
+        engine.invalidate(slug)

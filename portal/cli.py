@@ -854,6 +854,7 @@ def api_client_create(name: str, orgs: tuple[str, ...]) -> None:
 @api_client.command("list")
 def api_client_list() -> None:
     """List API clients (keys are never shown again)."""
+    from portal.db import utcnow
     from portal.services import api_clients
     with services().db.sessions() as session:
         rows = api_clients.list_all(session)
@@ -861,6 +862,8 @@ def api_client_list() -> None:
             click.echo("no API clients")
         for row in rows:
             state = "enabled" if row.enabled else "disabled"
+            if row.previous_key_expires_at and row.previous_key_expires_at > utcnow():
+                state += f" (previous key until {row.previous_key_expires_at:%Y-%m-%d %H:%M})"
             click.echo(f"{row.id}\t{row.key_prefix}…\t{state}\t{','.join(row.organizations)}"
                        f"\t{row.name}")
 
@@ -875,6 +878,35 @@ def api_client_disable(client_id: int) -> None:
     click.echo(f"API client {client_id} disabled")
 
 
+@api_client.command("rotate")
+@click.argument("client_id", type=int)
+@click.option("--grace-hours", type=float, default=24.0, show_default=True,
+              help="How long the current key keeps working (0: it stops at once).")
+def api_client_rotate(client_id: int, grace_hours: float) -> None:
+    """Give an API client a new key; the old one works for the grace period, then stops."""
+    from datetime import timedelta
+
+    from portal.services import api_clients
+    with services().db.transaction() as session:
+        client, key = api_clients.rotate(session, cli_context(), client_id,
+                                         timedelta(hours=grace_hours))
+        until = client.previous_key_expires_at
+    click.echo(f"new key for API client {client_id} (shown once): {key}")
+    click.echo(f"the previous key works until {until:%Y-%m-%d %H:%M:%S} UTC" if until else
+               "the previous key stopped working (within 5 seconds)")
+
+
+@api_client.command("revoke-previous")
+@click.argument("client_id", type=int)
+def api_client_revoke_previous(client_id: int) -> None:
+    """End a rotation's grace period now: only the newest key works."""
+    from portal.services import api_clients
+    with services().db.transaction() as session:
+        api_clients.revoke_previous(session, cli_context(), client_id)
+    click.echo(f"the previous key of API client {client_id} stopped working (within 5 "
+               "seconds)")
+
+
 # --- policy -----------------------------------------------------------------------------
 
 @main.group()
@@ -885,27 +917,46 @@ def policy() -> None:
 @policy.command("lint")
 @with_appcontext
 def policy_lint() -> None:
-    """Check the policy files, and the database's grants and organizations against them."""
+    """Check the policy files and the uploaded organization policies: rules that can never
+    decide, rules and files naming organizations that do not exist, granted roles no rule
+    gives anything. Exits 1 when there is a problem."""
     import sqlalchemy as sa
 
-    from policies.files import load_policy_files
-    from portal.models import Organization, RoleGrant
+    from policies.files import PolicyFiles, load_policy_files, parse_org_policy
+    from policies.lint import lint
+    from portal.models import Organization, OrgPolicy, RoleGrant
     files = load_policy_files(Path(current_app.config["POLICY_DIR"]))
-    problems = []
     with services().db.sessions() as session:
         granted = set(session.scalars(sa.select(RoleGrant.role).distinct()))
-        slugs = set(session.scalars(sa.select(Organization.slug)))
-    defined = files.roles() | {"member"}
-    problems += [f"role {role!r} is granted in the database but no rule gives it anything"
-                 for role in sorted(granted - defined)]
-    problems += [f"orgs/{slug}.csv: there is no organization {slug!r}"
-                 for slug in sorted(set(files.orgs) - slugs)]
+        kinds = {slug: kind.value for slug, kind in session.execute(
+            sa.select(Organization.slug, Organization.kind))}
+        uploads = list(session.execute(sa.select(Organization.slug, OrgPolicy.text).join(
+            OrgPolicy, OrgPolicy.organization_id == Organization.id)))
+    problems = []
+    orgs, numbers = dict(files.orgs), dict(files.line_numbers)
+    for slug, text in uploads:
+        try:
+            rules = parse_org_policy(files, slug, text)
+        except PolicyError as error:
+            problems.append(f"uploaded policy of {slug}: {error.detail}")
+            continue
+        label = f"orgs/{slug}.csv"
+        numbers[label] = [*numbers.get(label, []), *(
+            n for n, raw in enumerate(text.splitlines(), start=1)
+            if raw.strip() and not raw.strip().startswith("#"))]
+        orgs[slug] = [*orgs.get(slug, []), *rules]
+    merged = PolicyFiles(platform=files.platform, kinds=files.kinds, orgs=orgs,
+                         fingerprint=files.fingerprint, line_numbers=numbers)
+    problems += [str(problem) for problem in lint(
+        merged, organizations=kinds, granted_roles=granted | {"platform_operator"})]
     for problem in problems:
         click.echo(f"warning: {problem}", err=True)
     if problems:
         sys.exit(1)
+    defined = files.roles() | {"member"}
     click.echo(f"policy {files.fingerprint}: {len(defined)} roles, "
-               f"{len(files.orgs)} organization files, no problems")
+               f"{len(files.orgs)} organization files, {len(uploads)} uploaded organization "
+               "policies, no problems")
 
 
 @policy.command("test")
@@ -925,6 +976,194 @@ def policy_test(tables: tuple[str, ...]) -> None:
     click.echo(f"{len(results) - len(failed)} passed, {len(failed)} failed")
     if failed:
         sys.exit(1)
+
+
+@policy.command("explain")
+@click.argument("who")
+@click.argument("slug")
+@click.argument("object_type")
+@click.argument("action")
+@click.option("--object", "object_attrs", multiple=True, metavar="NAME=VALUE",
+              help="An attribute of the object, e.g. amount=900 (repeatable).")
+@click.option("--subject", "subject_attrs", multiple=True, metavar="NAME=VALUE",
+              help="An extra attribute of the subject (repeatable).")
+@click.option("--context", "context_attrs", multiple=True, metavar="NAME=VALUE",
+              help="A context attribute, e.g. assurance=2 (repeatable; org_status and "
+                   "assurance=1 are filled in as the portal does).")
+@click.option("--json", "as_json", is_flag=True, help="Print the explanation as JSON.")
+@with_appcontext
+def policy_explain(who, slug, object_type, action, object_attrs, subject_attrs,
+                   context_attrs, as_json) -> None:
+    """Decide and explain: may WHO (email or user id) do ACTION on OBJECT_TYPE in SLUG?
+
+    Prints the deciding rule with its file and line, the role chain that gives the subject
+    that rule's role, and every other rule that matched (an allow a deny overrode)."""
+    import json
+
+    from portal.authz import describe, explanation_dict
+    from portal.services import simulation
+    with services().db.sessions() as session:
+        _, subject = simulation.subject(session, who)
+        org = simulation.organization(session, slug)
+        ctx = {**simulation.context(org),
+               **simulation.attributes(context_attrs, "context")}
+    subject.update(simulation.attributes(subject_attrs, "subject"))
+    obj = {**simulation.attributes(object_attrs, "object"), "type": object_type}
+    explanation = services().policy.explain(subject, slug, obj, action, ctx)
+    if as_json:
+        click.echo(json.dumps(explanation_dict(explanation), indent=2))
+    else:
+        for line in describe(explanation):
+            click.echo(line)
+
+
+@policy.command("decisions")
+@click.option("--org", "slug", help="Only this organization's decisions.")
+@click.option("--denied", is_flag=True, help="Only denied decisions.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10000))
+@with_appcontext
+def policy_decisions(slug: str | None, denied: bool, limit: int) -> None:
+    """The latest sampled decisions of the decision API (see TRELLIS_DECISION_LOG_SAMPLE)."""
+    import sqlalchemy as sa
+
+    from portal.decision_log import ACTION
+    from portal.models import AuditEvent
+    from portal.services import organizations
+    with services().db.sessions() as session:
+        query = sa.select(AuditEvent).where(AuditEvent.action == ACTION)
+        if slug:
+            query = query.where(AuditEvent.organization_id ==
+                                organizations.get(session, slug).id)
+        if denied:
+            query = query.where(AuditEvent.outcome == "failure")
+        events = list(session.scalars(query.order_by(AuditEvent.seq.desc()).limit(limit)))
+    if not events:
+        click.echo("no sampled decisions")
+    for event in reversed(events):
+        d = event.details
+        rule = ", ".join(d["rule"]) if d.get("rule") else d.get("reason") or ""
+        click.echo(f"{event.occurred_at:%Y-%m-%d %H:%M:%S} {d['decision_id']} "
+                   f"{'allow' if d['allowed'] else 'deny '} {d['org']} "
+                   f"subject={d['subject'].get('id')} {d['action']} "
+                   f"{d['object'].get('type')} ({rule}) by {d.get('caller')}")
+
+
+@policy.command("diff")
+@click.argument("candidate", type=click.Path(exists=True, path_type=Path))
+@click.option("--as", "replaces", metavar="RELPATH",
+              help="The file CANDIDATE replaces, e.g. kinds/partner.csv (default: guessed "
+                   "from its name).")
+@click.option("--org", "slugs", multiple=True, help="Sample this organization (repeatable; "
+              "default: a random sample).")
+@click.option("--orgs", "org_count", default=20, show_default=True,
+              type=click.IntRange(0, 10000), help="How many organizations to sample.")
+@click.option("--subjects", "subject_count", default=10, show_default=True,
+              type=click.IntRange(1, 1000), help="How many members of each to sample.")
+@click.option("--show", default=50, show_default=True, type=click.IntRange(0, 100000),
+              help="How many changed decisions to print.")
+@with_appcontext
+def policy_diff(candidate: Path, replaces, slugs, org_count, subject_count, show) -> None:
+    """Which decisions change if CANDIDATE (a policy folder, or one file) replaced the
+    policy in force: the decision tables' cases and a sample of real members, objects and
+    actions. Exits 1 when some decision changes (like diff)."""
+    from policies.diff import candidate_folder, compare, compare_tables, sample_requests
+    from policies.files import load_policy_files
+    from portal.authz import database_sources
+    current = Path(current_app.config["POLICY_DIR"])
+    with candidate_folder(current, candidate, replaces) as folder:
+        before, after = load_policy_files(current), load_policy_files(folder)
+        tables = sorted((current / "tests").glob("*.yaml"))
+        counted, changes = compare_tables(current, folder, tables)
+        subjects, statuses = _sample_subjects(list(slugs), org_count, subject_count)
+        requests = sample_requests([before, after], subjects, statuses)
+        sampled, found = compare(current, folder, database_sources(services().db), requests)
+        changes += found
+    for change in changes[:show]:
+        click.echo(change.describe())
+    if len(changes) > show:
+        click.echo(f"... and {len(changes) - show} more")
+    click.echo(f"policy {before.fingerprint} -> {after.fingerprint}: {len(changes)} of "
+               f"{counted + sampled} decisions change ({counted} table cases, {sampled} "
+               f"sampled requests over {len({org for _, org in subjects})} organizations)")
+    if changes:
+        sys.exit(1)
+
+
+def _sample_subjects(slugs: list[str], org_count: int, subject_count: int
+                     ) -> tuple[list[tuple[dict, str]], dict[str, str]]:
+    """Members of a sample of organizations (plus one operator), as the portal sees them."""
+    import random
+
+    import sqlalchemy as sa
+
+    from portal.models import Membership, Organization, User
+    from portal.services import organizations
+    with services().db.sessions() as session:
+        if slugs:
+            orgs = [organizations.get(session, slug) for slug in slugs]
+        else:
+            ids = list(session.scalars(sa.select(Organization.id)))
+            chosen = random.sample(ids, min(org_count, len(ids)))
+            orgs = list(session.scalars(sa.select(Organization).where(
+                Organization.id.in_(chosen)))) if chosen else []
+        operator = session.scalar(sa.select(User.id).where(User.is_operator.is_(True))
+                                  .limit(1))
+        subjects, statuses = [], {}
+        for org in orgs:
+            statuses[org.slug] = org.status.value
+            members = list(session.scalars(sa.select(Membership.user_id).where(
+                Membership.organization_id == org.id)))
+            for user_id in random.sample(members, min(subject_count, len(members))):
+                subjects.append(({"id": str(user_id), "platform_operator": False}, org.slug))
+            if operator is not None:
+                subjects.append(({"id": str(operator), "platform_operator": True}, org.slug))
+    return subjects, statuses
+
+
+@policy.command("upload")
+@click.argument("slug")
+@click.argument("file", type=click.File("r", encoding="utf-8"))
+@with_appcontext
+def policy_upload(slug: str, file) -> None:
+    """Make FILE (rules as in orgs/<slug>.csv) the uploaded policy of organization SLUG.
+
+    A broken file is refused with file, line and reason; the policy in force stays."""
+    from portal.services import org_policies
+    text = file.read()
+    s, ctx = services(), cli_context()
+    try:
+        with s.db.transaction() as session:
+            _, warnings = org_policies.upload(session, ctx, s.policy.files, slug, text)
+    except org_policies.PolicyRefused as refused:
+        with s.db.transaction() as session:
+            org_policies.record_refusal(session, ctx, slug, text, refused.where)
+        raise
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
+    click.echo(f"policy of {slug} uploaded; in force in every worker within a second")
+
+
+@policy.command("remove")
+@click.argument("slug")
+@with_appcontext
+def policy_remove(slug: str) -> None:
+    """Remove organization SLUG's uploaded policy (orgs/<slug>.csv in the folder stays)."""
+    from portal.services import org_policies
+    with services().db.transaction() as session:
+        org_policies.remove(session, cli_context(), slug)
+    click.echo(f"uploaded policy of {slug} removed")
+
+
+@policy.command("reload")
+@with_appcontext
+def policy_reload() -> None:
+    """Check the policy folder and tell every worker to re-read it now (with REDIS_URL;
+    without, workers re-read edited files within two seconds)."""
+    engine = services().policy
+    engine.reload_files()
+    reached = "every worker told" if engine.notifier is not None else \
+        "workers re-read it within two seconds (no REDIS_URL)"
+    click.echo(f"policy {engine.files.fingerprint} loads cleanly; {reached}")
 
 
 # --- audit ------------------------------------------------------------------------------

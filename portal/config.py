@@ -101,6 +101,16 @@ def _fernet_keys(raw: str) -> tuple[str, ...]:
     return keys
 
 
+def _fraction(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError("must be a number between 0 and 1") from None
+    if not 0.0 <= value <= 1.0:
+        raise ValueError("must be between 0 and 1")
+    return value
+
+
 def _text(raw: str) -> str:
     return raw
 
@@ -164,7 +174,9 @@ SETTINGS: tuple[Setting, ...] = (
             "`postgresql+psycopg://user@host:5432/db`."),
     Setting("REDIS_URL", "REDIS_URL", _redis_url, "",
             "When set, sign-in throttling and rate limits are shared through Redis by every "
-            "worker; otherwise they are kept in process."),
+            "worker, and policy changes reach every worker at once over pub/sub; otherwise "
+            "throttling is kept in process and workers see policy changes within about a "
+            "second."),
     Setting("TRELLIS_INSTANCE_PATH", "INSTANCE_PATH", _text, str(ROOT / "instance"),
             "Folder for the SQLite database and the generated development secret key."),
     Setting("TRELLIS_COOKIE_SECURE", "COOKIE_SECURE", _bool, None,
@@ -194,6 +206,13 @@ SETTINGS: tuple[Setting, ...] = (
             "First lockout length; it doubles with every further failure."),
     Setting("TRELLIS_LOCKOUT_MAX_SECONDS", "LOCKOUT_MAX_SECONDS", _int_range(1, 604800), 3600,
             "Longest lockout."),
+    Setting("TRELLIS_MFA_STEP_UP_MINUTES", "MFA_STEP_UP_MINUTES", _int_range(1, 1440), 15,
+            "Users who have a second factor must have used it within this many minutes to "
+            "change an organization's members, roles, connections or settings, or their own "
+            "second factors (otherwise they are asked for a code first)."),
+    Setting("TRELLIS_MFA_REAUTH_MINUTES", "MFA_REAUTH_MINUTES", _int_range(1, 1440), 10,
+            "Setting up an authenticator app requires a sign-in at most this many minutes old "
+            "(else the user signs in again first)."),
     Setting("TRELLIS_LOGIN_RATE_LIMIT", "LOGIN_RATE_LIMIT", _rate, "30/minute",
             "Request rate limit per client IP on every credential endpoint, failed or not."),
     Setting("TRELLIS_OAUTH_RATE_LIMIT", "OAUTH_RATE_LIMIT", _rate, "6000/minute",
@@ -210,6 +229,12 @@ SETTINGS: tuple[Setting, ...] = (
             "domain verification TXT records. Empty: the system's resolvers."),
     Setting("TRELLIS_DNS_TIMEOUT_SECONDS", "DNS_TIMEOUT_SECONDS", _int_range(1, 60), 5,
             "How long one domain verification lookup may take before it counts as timed out."),
+    Setting("TRELLIS_DECISION_LOG_SAMPLE", "DECISION_LOG_SAMPLE", _fraction, 0.0,
+            "Share of decision-API decisions (0 to 1, e.g. `0.01`) written to the audit trail "
+            "as `authz.decision` events, in batches off the request path."),
+    Setting("TRELLIS_DECISION_LOG_DENIES", "DECISION_LOG_DENIES", _bool, False,
+            "Also write every denied decision-API decision to the audit trail, whatever the "
+            "sample."),
     Setting("TRELLIS_SMTP_HOST", "SMTP_HOST", _host, "",
             "Mail server that delivers Trellis's email. Empty: outside production, mail is "
             "kept and shown at `/dev/mail` instead of being sent; in production it waits in "

@@ -48,6 +48,18 @@ class Forbidden(TrellisError):
     message = "You do not have permission to do that."
 
 
+class StepUpRequired(Forbidden):
+    """A sensitive change needs a recent second factor. Browsers are sent to the code page
+    (``redirect_to``); API clients get 403 ``step_up_required``."""
+
+    code = "step_up_required"
+    message = "Enter a code from your authenticator app to confirm this change."
+
+    def __init__(self, redirect_to: str = "") -> None:
+        super().__init__()
+        self.redirect_to = redirect_to
+
+
 class Conflict(TrellisError):
     status = 409
     code = "conflict"
@@ -139,6 +151,10 @@ def register_error_handlers(app) -> None:
     def trellis_error(error: TrellisError):
         level = logging.WARNING if error.status < 500 else logging.ERROR
         log.log(level, "%s %s: %s %s", error.status, error.code, error.message, error.detail)
+        if isinstance(error, StepUpRequired) and error.redirect_to and not _wants_json():
+            from flask import flash, redirect
+            flash(error.message, "info")
+            return redirect(error.redirect_to)
         return respond(error.status, error.code, error.message, error.headers, error.extra)
 
     @app.errorhandler(FederationError)

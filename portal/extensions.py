@@ -35,6 +35,7 @@ class Services:
     ldap: LdapAdapter
     role_grants: Any  # where provisioning syncs IdP-mapped roles
     policy: PolicyEngine
+    decisions: Any  # portal.decision_log.DecisionLog: sampled decisions to the audit trail
 
 
 def services() -> Services:

@@ -54,6 +54,14 @@ class RegistrationMode(enum.StrEnum):
     OPEN = "open"  # anyone
 
 
+class MfaPolicy(enum.StrEnum):
+    """Who must use a second factor to sign in to an organization's members."""
+
+    OFF = "off"
+    ADMINS = "admins"  # holders of an administrator role in the organization
+    ALL = "all"
+
+
 class Organization(Base):
     __tablename__ = "organizations"
 
@@ -69,6 +77,8 @@ class Organization(Base):
     registration: Mapped[RegistrationMode] = mapped_column(
         _enum(RegistrationMode, "registration_mode"), default=RegistrationMode.INVITE,
         server_default=RegistrationMode.INVITE.value)
+    mfa_policy: Mapped[MfaPolicy] = mapped_column(_enum(MfaPolicy, "mfa_policy"),
+                                                  default=MfaPolicy.OFF, server_default="off")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     domains: Mapped[list[Domain]] = relationship(back_populates="organization",
@@ -173,6 +183,36 @@ class AuthSession(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     ip: Mapped[str] = mapped_column(sa.String(45), default="")
     user_agent: Mapped[str] = mapped_column(sa.String(400), default="")
+
+
+class TotpFactor(Base):
+    """A user's authenticator app (RFC 6238). The shared secret is sealed with the platform's
+    encryption keys; ``last_step`` is the newest 30-second step accepted, so a code is never
+    accepted twice. Unconfirmed rows are enrollments in progress."""
+
+    __tablename__ = "totp_factors"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"),
+                                         unique=True)
+    sealed_secret: Mapped[str] = mapped_column(sa.Text)
+    confirmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_step: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class RecoveryCode(Base):
+    """One-time recovery codes, stored as argon2id hashes only (shown to the user once)."""
+
+    __tablename__ = "recovery_codes"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"),
+                                         index=True)
+    code_hash: Mapped[str] = mapped_column(sa.String(255))
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class AuditEvent(Base):
@@ -308,6 +348,27 @@ class ApiClient(Base):
     organizations: Mapped[list[str]] = mapped_column(sa.JSON, default=list)
     enabled: Mapped[bool] = mapped_column(default=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # During a rotation the replaced key keeps working until ``previous_key_expires_at``, so
+    # the app can roll its new key out without an outage.
+    previous_key_hash: Mapped[str | None] = mapped_column(sa.String(64), unique=True)
+    previous_key_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    rotated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class OrgPolicy(Base):
+    """An organization's own policy rules uploaded by an operator (the same format as
+    ``orgs/<slug>.csv`` in the policy folder, whose rules apply as well). Only text that
+    loaded cleanly is stored; every upload and removal is in the audit trail."""
+
+    __tablename__ = "org_policies"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    organization_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("organizations.id", ondelete="CASCADE"), unique=True)
+    text: Mapped[str] = mapped_column(sa.Text)
+    sha256: Mapped[str] = mapped_column(sa.String(64))
+    uploaded_by: Mapped[str] = mapped_column(sa.String(320), default="")
+    uploaded_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class KeyState(enum.StrEnum):

@@ -9,15 +9,18 @@ roles by hand.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
+from urllib.parse import urlsplit
 
-from flask import session
+from flask import current_app, request, session, url_for
 from flask_login import current_user, login_required
 
 from policies.engine import PLATFORM
-from portal.errors import Forbidden, NotFound
+from portal import audit
+from portal.errors import Forbidden, NotFound, StepUpRequired
 from portal.extensions import db_session, services
 from portal.models import Organization
 
@@ -65,6 +68,8 @@ def authorize(action: str, object_type: str, org: str, obj: dict[str, Any] | Non
     decision = engine.decide(subject, org, {"type": object_type, **(obj or {})}, action,
                              context)
     if decision.allowed:
+        if action not in READ_ACTIONS:
+            require_recent_second_factor(f"{action} {object_type} in {org}")
         return
     if context["org_status"] == "suspended" and engine.decide(
             subject, org, {"type": "organization"}, "read", {**context, "org_status": None}
@@ -88,3 +93,52 @@ def request_context(org: str) -> dict[str, Any]:
         found = db_session().query(Organization.status).filter_by(slug=org).scalar()
         status = found.value if found is not None else None
     return {"org_status": status, "assurance": session.get("assurance", 1)}
+
+
+# Step-up: changes made through a browser session (not an API token) by a user who has a
+# second factor need that factor used within the last few minutes. Reading never does.
+READ_ACTIONS = frozenset({"read", "open", "test"})
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def require_recent_second_factor(what: str) -> None:
+    """Raise ``StepUpRequired`` when this request changes something with a browser session
+    whose second factor is older than ``MFA_STEP_UP_MINUTES`` (or was never used). Requests
+    authenticated by an API token, safe methods, and users without a second factor pass."""
+    if request.method in SAFE_METHODS or not current_user.is_authenticated:
+        return
+    if request.headers.get("Authorization", "").startswith("Bearer "):
+        return  # an API token acts; it has no second factor to show
+    if time.time() - session.get("mfa_at", 0) <= current_app.config["MFA_STEP_UP_MINUTES"] * 60:
+        return
+    from portal.services import mfa
+    if not mfa.has_second_factor(db_session(), current_user.id):
+        return
+    from portal.extensions import audit_context
+    with services().db.transaction() as tx:
+        audit.record(tx, audit_context(), "auth.step_up", outcome="failure",
+                     reason="step_up_required", target=f"user:{current_user.email}",
+                     details={"wanted": what, "endpoint": request.endpoint or ""})
+    raise StepUpRequired(redirect_to=url_for("mfa.step_up", next=_page_to_return_to()))
+
+
+def recent_second_factor(view: Callable) -> Callable:
+    """For changes that are not decided by the policy engine (a user's own security
+    settings): the same step-up as for sensitive ``@require`` actions."""
+
+    @wraps(view)
+    def checked(*args, **kwargs):
+        require_recent_second_factor(request.endpoint or "")
+        return view(*args, **kwargs)
+
+    return checked
+
+
+def _page_to_return_to() -> str:
+    """After the step-up the user goes back to the page the form was on (a POST cannot be
+    replayed): the same-site referrer's path, else the home page."""
+    referrer = urlsplit(request.referrer or "")
+    if referrer.netloc and referrer.netloc != request.host:
+        return "/"
+    path = referrer.path + (f"?{referrer.query}" if referrer.query else "")
+    return path if path.startswith("/") else "/"

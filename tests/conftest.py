@@ -96,6 +96,7 @@ def settings(database_url, tmp_path) -> dict:
 def app(settings):
     app = create_app(settings)
     yield app
+    services_of(app).policy.close()
     services_of(app).db.dispose()
 
 

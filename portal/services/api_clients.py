@@ -7,11 +7,13 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from portal import audit
+from portal.db import utcnow
 from portal.errors import NotFound, TrellisError, ValidationError
 from portal.models import ApiClient
 from portal.services import organizations
@@ -78,8 +80,51 @@ class KeyCache:
             self._entries[digest] = (time.monotonic() + self.seconds, caller)
 
 
+def rotate(session: Session, ctx: audit.Context, client_id: int,
+           grace: timedelta) -> tuple[ApiClient, str]:
+    """Give the client a new key; the current one keeps working for ``grace`` (zero: it
+    stops at once), so the app can roll the new key out without an outage. A key still in
+    its grace period from an earlier rotation stops now."""
+    if grace < timedelta(0) or grace > MAX_GRACE:
+        raise ValidationError("The grace period must be between 0 and 30 days.",
+                              code="invalid_grace")
+    client = _get(session, client_id)
+    key = PREFIX + secrets.token_urlsafe(32)
+    now = utcnow()
+    client.previous_key_hash = client.key_hash if grace else None
+    client.previous_key_expires_at = now + grace if grace else None
+    client.key_hash, client.key_prefix, client.rotated_at = _digest(key), key[:12], now
+    session.flush()
+    audit.record(session, ctx, "api_client.rotate", target=f"api_client:{client.id}",
+                 details={"grace_seconds": int(grace.total_seconds()),
+                          "new_key_prefix": client.key_prefix})
+    return client, key
+
+
+def revoke_previous(session: Session, ctx: audit.Context, client_id: int) -> ApiClient:
+    """End the grace period now: only the newest key works (within the key cache's 5 s)."""
+    client = _get(session, client_id)
+    if client.previous_key_hash is None:
+        raise ValidationError(f"API client {client_id} has no previous key in use.",
+                              code="no_previous_key")
+    client.previous_key_hash = client.previous_key_expires_at = None
+    audit.record(session, ctx, "api_client.revoke_previous", target=f"api_client:{client.id}")
+    return client
+
+
+def _get(session: Session, client_id: int) -> ApiClient:
+    client = session.get(ApiClient, client_id)
+    if client is None:
+        raise NotFound(f"There is no API client {client_id}.", code="unknown_api_client")
+    return client
+
+
+MAX_GRACE = timedelta(days=30)
 BY_DIGEST = sa.select(ApiClient.id, ApiClient.organizations).where(
     ApiClient.key_hash == sa.bindparam("digest"), ApiClient.enabled.is_(True))
+BY_PREVIOUS_DIGEST = sa.select(ApiClient.id, ApiClient.organizations).where(
+    ApiClient.previous_key_hash == sa.bindparam("digest"),
+    ApiClient.previous_key_expires_at > sa.bindparam("now"), ApiClient.enabled.is_(True))
 
 
 def authenticate(session: Session, key: str | None, cache: KeyCache | None = None) -> Caller:
@@ -88,7 +133,8 @@ def authenticate(session: Session, key: str | None, cache: KeyCache | None = Non
     digest = _digest(key)
     caller = cache.get(digest) if cache else None
     if caller is None:
-        row = session.execute(BY_DIGEST, {"digest": digest}).first()
+        row = session.execute(BY_DIGEST, {"digest": digest}).first() or session.execute(
+            BY_PREVIOUS_DIGEST, {"digest": digest, "now": utcnow()}).first()
         if row is None:
             raise Unauthenticated()
         caller = Caller(row.id, frozenset(row.organizations or ()))

@@ -59,6 +59,23 @@ def app_enabled(client_id: str):
     return redirect(url_for("admin.apps_page"))
 
 
+@bp.route("/policy/simulate", methods=["GET", "POST"])
+@require("simulate", "policy")
+def simulate():
+    """Operators try a decision in any organization (or the platform domain)."""
+    from flask import request
+
+    from portal.models import Organization
+    from portal.views import simulation
+    values = simulation.form_values()
+    result = error = None
+    if request.method == "POST":
+        result, error = simulation.simulate(values)
+    orgs = db_session().scalars(sa.select(Organization.slug).order_by(Organization.slug)).all()
+    return render_template("admin/simulate.html", values=values, result=result, error=error,
+                           orgs=orgs), 422 if error else 200
+
+
 @bp.get("/outbox")
 @require("read", "outbox")
 def outbox_page():

@@ -16,6 +16,7 @@ from typing import Any
 from flask import Blueprint, current_app, g, jsonify, request
 
 from policies.engine import PolicyEngine
+from portal.authz import explanation_dict
 from portal.errors import Forbidden, InvalidRequest
 from portal.extensions import csrf, db_session, services
 from portal.permissions import ACCESS
@@ -66,9 +67,8 @@ def batch():
 @api_key_required
 def explain():
     item = _check_request(_body(), "")
-    explanation = _engine().explain(*item)
-    answer = _answer(explanation.decision)
-    answer.update(roles=list(explanation.roles), platform_roles=list(explanation.platform_roles))
+    answer = explanation_dict(_engine().explain(*item))
+    answer["decision_id"] = secrets.token_hex(8)
     return jsonify(answer)
 
 
@@ -133,7 +133,18 @@ def _check_org(org: str) -> None:
 
 
 def _decide(item: tuple) -> dict[str, Any]:
-    return _answer(_engine().decide(*item))
+    decision = _engine().decide(*item)
+    answer = _answer(decision)
+    decisions = services().decisions
+    if decisions.enabled and decisions.wants(decision.allowed):
+        decisions.add(answer["decision_id"], *item, decision, _caller_name())
+    return answer
+
+
+def _caller_name() -> str:
+    """API keys have positive ids, OAuth apps (client credentials) negative ones."""
+    caller_id = g.api_client.id
+    return f"api_client:{caller_id}" if caller_id > 0 else f"oauth_app:{-caller_id}"
 
 
 def _answer(decision) -> dict[str, Any]:

@@ -3,6 +3,8 @@ sign-out."""
 
 from __future__ import annotations
 
+import time
+
 from flask import (
     Blueprint,
     current_app,
@@ -133,8 +135,7 @@ def _password_sign_in(form: LoginForm, org):
     except TooManyAttempts as exc:
         return _render(form, org, step="password", error=exc.message, status=exc.status,
                        headers=exc.headers)
-    begin_session(user, token)
-    return redirect(safe_next(form.next.data))
+    return finish_sign_in(user, token, amr=("pwd",), next_url=safe_next(form.next.data))
 
 
 def _directory_sign_in(connection: Connection, form: LoginForm, org):
@@ -156,12 +157,35 @@ def _directory_sign_in(connection: Connection, form: LoginForm, org):
             return _render(form, org, step="password", error=error.safe_message,
                            status=error.status)
         raise  # the directory is down or misconfigured: the error page with a reference
-    begin_session(user, token)
     if form.next.data:
-        return redirect(safe_next(form.next.data))
-    from portal.views.sso import landing
-    with s.db.sessions() as session:
-        return redirect(landing(session, user.id))
+        next_url = safe_next(form.next.data)
+    else:
+        from portal.views.sso import landing
+        with s.db.sessions() as db:
+            next_url = landing(db, user.id)
+    return finish_sign_in(user, token, amr=("pwd",), next_url=next_url)
+
+
+def finish_sign_in(user, token: str, *, amr: tuple[str, ...], next_url: str,
+                   remember: dict | None = None, idp_mfa: bool = False):
+    """Every sign-in ends here once its first factor (password, directory bind, identity
+    provider) is done. Users who have a second factor, or whose organization requires one,
+    are held at the code (or enrollment) step; ``idp_mfa`` is set when a trusted identity
+    provider asserted that it already used a second factor."""
+    from portal.services import mfa
+    from portal.views import mfa as mfa_views
+    if idp_mfa:
+        begin_session(user, token, assurance=2, amr=(*amr, "mfa"))
+        session["mfa_at"] = int(time.time())
+    else:
+        read = db_session()
+        enrolled = mfa.has_second_factor(read, user.id)
+        if enrolled or mfa.required_for(read, user.id):
+            return mfa_views.hold_sign_in(user, token, amr=amr, next_url=next_url,
+                                          remember=remember, enroll=not enrolled)
+        begin_session(user, token, amr=amr)
+    session.update(remember or {})
+    return redirect(next_url)
 
 
 def password_step(org, login_hint: str | None, next_url: str):
@@ -188,7 +212,6 @@ def begin_session(user, token: str, assurance: int = 1, amr: tuple[str, ...] = (
     """A fresh session at every sign-in: nothing planted before it survives. ``assurance``
     is 1 for a password, 2 when a second factor was used (policies may require it);
     ``auth_time`` and ``amr`` go into the ID tokens apps receive."""
-    import time
     session.clear()
     session.permanent = True
     session["sid"] = token

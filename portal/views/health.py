@@ -38,10 +38,15 @@ def readyz():
         checks["redis"] = _redis_check(current_app.config["REDIS_URL"])
     failed = [name for name, result in checks.items() if result != "ok"]
     body = {"status": "fail" if failed else "ok", "failed": failed, "checks": checks}
-    broken = services().policy.reload_error
-    if broken is not None:  # still serving with the last good policy: a warning, not a failure
-        body["warnings"] = [f"policy files are broken, last good policy in force: "
-                            f"{broken.detail}"]
+    engine = services().policy
+    warnings = []  # still serving with the last good policy: a warning, not a failure
+    if engine.reload_error is not None:
+        warnings.append(f"policy files are broken, last good policy in force: "
+                        f"{engine.reload_error.detail}")
+    warnings += [f"the uploaded policy of {org} is broken, its last good rules stay in "
+                 f"force: {error.detail}" for org, error in sorted(engine.org_errors.items())]
+    if warnings:
+        body["warnings"] = warnings
     return jsonify(body), 503 if failed else 200
 
 

@@ -49,6 +49,7 @@ SECTIONS = (  # (endpoint, label, action, object type): the nav shows what the a
     ("orgadmin.domains", "Domains", "manage", "domain"),
     ("orgadmin.audit_trail", "Audit trail", "read", "audit"),
     ("orgadmin.tokens", "API tokens", "manage", "organization"),
+    ("orgadmin.simulate", "Policy simulator", "simulate", "policy"),
 )
 
 
@@ -579,3 +580,19 @@ def _export_audit(slug: str, fmt: str):
     mimetype = "text/csv" if fmt == "csv" else "application/x-ndjson"
     return Response(stream_with_context(lines()), mimetype=mimetype, headers={
         "Content-Disposition": f'attachment; filename="{org.slug}-audit.{fmt}"'})
+
+
+# -- policy simulator ----------------------------------------------------------------------
+
+@bp.route("/policy/simulate", methods=["GET", "POST"])
+@require("simulate", "policy", org_arg="slug")
+def simulate(slug: str):
+    """Try a decision for one of this organization's members."""
+    from portal.views import simulation
+    org = _org(slug)
+    values = simulation.form_values(org.slug)
+    result = error = None
+    if request.method == "POST":
+        result, error = simulation.simulate(values, members_of=org)
+    return _render("orgadmin/simulate.html", org, values=values, result=result,
+                   error=error), 422 if error else 200

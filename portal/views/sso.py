@@ -179,10 +179,17 @@ def finish(connection: Connection, identity, pending: dict[str, Any], ctx,
         if error.code == "account_exists":
             return offer_link(connection, identity, pending, remember)
         raise
-    from portal.views.auth import begin_session
-    begin_session(user, token, amr=("fed",))
-    session.update(remember or {})
-    return redirect(landing_url)
+    from portal.views.auth import finish_sign_in
+    return finish_sign_in(user, token, amr=("fed",), next_url=landing_url, remember=remember,
+                          idp_mfa=trusts_idp_mfa(connection, identity))
+
+
+def trusts_idp_mfa(connection: Connection, identity) -> bool:
+    """The organization set this connection to accept the identity provider's own second
+    factor, and this sign-in's ``amr`` (or SAML AuthnContext) says one was used."""
+    from portal.services import mfa
+    return bool((connection.settings or {}).get("trust_idp_mfa")) and \
+        mfa.idp_asserted_mfa(identity.auth.amr, identity.auth.acr)
 
 
 def offer_link(connection: Connection, identity, pending: dict[str, Any],
@@ -234,10 +241,10 @@ def _link_and_sign_in(connection: Connection, identity, password: str, offer: di
         token = auth.start_session(tx, user, ctx, current_app.config["SESSION_HOURS"])
         landing_url = safe_next(offer.get("next")) if offer.get("next") else \
             landing(tx, user.id)
-    from portal.views.auth import begin_session
-    begin_session(user, token, amr=("fed",))  # replaces the password sign-in session too
-    session.update(offer.get("remember") or {})
-    return redirect(landing_url)
+    from portal.views.auth import finish_sign_in  # replaces the password sign-in session too
+    return finish_sign_in(user, token, amr=("fed",), next_url=landing_url,
+                          remember=offer.get("remember") or None,
+                          idp_mfa=trusts_idp_mfa(connection, identity))
 
 
 def landing(tx, user_id: int, connection: Connection | None = None, known=None) -> str:

@@ -3,7 +3,7 @@
 import pytest
 
 from portal.services import api_clients
-from tests.conftest import CLI_CTX, services_of
+from tests.conftest import CLI_CTX, audit_events, services_of
 
 
 @pytest.fixture
@@ -129,3 +129,98 @@ def test_api_client_cli_shows_the_key_once(app, tx, make_org, monkeypatch, setti
     assert app.test_client().post("/api/v1/authz/check", headers={
         "Authorization": f"Bearer {key}"}, json={"subject": "1", "organization": "acme",
                                                  "object": "x", "action": "r"}).status_code == 200
+
+
+def test_a_rotated_key_works_with_the_old_one_until_the_grace_period_ends(app, client, world):
+    """The app rolls out its new key while the old one still works; then the old one stops
+    (the operator ends the grace period, or it runs out)."""
+    import datetime as dt
+    import re
+
+    import sqlalchemy as sa
+
+    from portal.cli import main
+    from portal.models import ApiClient
+    body = {"subject": world["alice"], "organization": "acme", "object": "organization",
+            "action": "read"}
+    runner = app.test_cli_runner()
+    result = runner.invoke(main, ["api-client", "rotate", "1", "--grace-hours", "1"])
+    assert result.exit_code == 0, result.output
+    new_key = re.search(r"(trk_\S+)", result.output).group(1)
+    assert "previous key works until" in result.output
+    app.extensions["trellis_api_keys"] = api_clients.KeyCache()  # no 5 s wait in the test
+    for key in (world["key"], new_key):
+        assert call(client, key, "/authz/check", body).status_code == 200
+    listed = runner.invoke(main, ["api-client", "list"]).output
+    assert "previous key until" in listed and new_key[:12] in listed
+
+    # The grace period runs out: the old key stops, the new one goes on.
+    with services_of(app).db.transaction() as session:
+        session.execute(sa.update(ApiClient).values(
+            previous_key_expires_at=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)))
+    app.extensions["trellis_api_keys"] = api_clients.KeyCache()
+    assert call(client, world["key"], "/authz/check", body).status_code == 401
+    assert call(client, new_key, "/authz/check", body).status_code == 200
+
+    # Rotating again with an explicit early revocation: only the newest key works.
+    newest = re.search(r"(trk_\S+)", runner.invoke(
+        main, ["api-client", "rotate", "1"]).output).group(1)
+    app.extensions["trellis_api_keys"] = api_clients.KeyCache()
+    assert call(client, new_key, "/authz/check", body).status_code == 200
+    assert runner.invoke(main, ["api-client", "revoke-previous", "1"]).exit_code == 0
+    app.extensions["trellis_api_keys"] = api_clients.KeyCache()
+    assert call(client, new_key, "/authz/check", body).status_code == 401
+    assert call(client, newest, "/authz/check", body).status_code == 200
+    again = runner.invoke(main, ["api-client", "revoke-previous", "1"])
+    assert again.exit_code == 1 and "no previous key" in again.output
+    bad = runner.invoke(main, ["api-client", "rotate", "1", "--grace-hours", "-1"])
+    assert bad.exit_code == 1 and "grace period" in bad.output
+    actions = [e.action for e in audit_events(app) if e.action.startswith("api_client.")]
+    assert actions[-3:] == ["api_client.rotate", "api_client.rotate",
+                            "api_client.revoke_previous"]
+
+
+def test_explain_gives_the_role_chain_the_rule_source_and_the_overridden_allow(
+        client, world):
+    """A buyer at password assurance: the approve-up-to-50,000 allow matched through
+    alice -> buyer, but the no-MFA deny decided; both are named with file and line."""
+    body = call(client, world["key"], "/authz/explain", {
+        "subject": world["alice"], "organization": "acme", "object": order(100),
+        "action": "approve", "context": {"assurance": 1}}).get_json()
+    assert body["allowed"] is False and body["matched_rule"][-1] == "deny"
+    assert body["rule_source"].startswith("kinds/partner.csv:")
+    assert body["chain"] == ["*"]  # the deny applies to everyone
+    by_effect = {m["effect"]: m for m in body["matched_rules"]}
+    assert by_effect["allow"]["chain"] == [world["alice"], "buyer"]
+    assert by_effect["allow"]["source"].startswith("kinds/partner.csv:")
+    assert by_effect["allow"]["decided"] is False and by_effect["deny"]["decided"] is True
+    assert body["chains"] == [[world["alice"], "buyer"], [world["alice"], "member"]]
+    assert body["policy_version"] and len(body["decision_id"]) == 16
+
+
+def test_trellis_policy_explain_prints_the_chain(app, world):
+    from portal.cli import main
+    runner = app.test_cli_runner()
+    result = runner.invoke(main, ["policy", "explain", "alice@acme.test", "acme",
+                                  "purchase_order", "approve", "--object", "owner_org=acme",
+                                  "--object", "amount=900", "--context", "assurance=2"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == "ALLOW"
+    assert "decided by: buyer, *, purchase_order, approve" in lines[1]
+    assert "[kinds/partner.csv:" in lines[1]
+    assert lines[2] == f"  role chain: {world['alice']} -> buyer"
+    denied = runner.invoke(main, ["policy", "explain", world["alice"], "acme",
+                                  "purchase_order", "approve", "--object", "owner_org=acme",
+                                  "--object", "amount=900"])
+    assert denied.output.startswith("DENY (denied by rule)")
+    assert "overridden by the deny: buyer, *, purchase_order, approve" in denied.output
+    as_json = runner.invoke(main, ["policy", "explain", "alice@acme.test", "acme", "member",
+                                   "manage", "--json"])
+    assert '"allowed": false' in as_json.output and '"chain": []' in as_json.output
+    bad = runner.invoke(main, ["policy", "explain", "alice@acme.test", "acme", "member",
+                               "manage", "--object", "not a pair"])
+    assert bad.exit_code == 1 and "name=value" in bad.output
+    unknown = runner.invoke(main, ["policy", "explain", "nobody@acme.test", "acme", "member",
+                                   "manage"])
+    assert unknown.exit_code == 1 and "There is no user" in unknown.output

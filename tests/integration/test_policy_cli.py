@@ -29,5 +29,16 @@ def test_lint_reports_grants_of_undefined_roles(trellis, app, tx, make_org, make
     with tx() as session:
         services_of(app).role_grants.grant(session, user.id, 1, "wizard", "manual")
     result = trellis("policy", "lint", expect=1)
-    assert result.stderr == ("warning: role 'wizard' is granted in the database but no rule "
-                             "gives it anything\n")
+    assert result.stderr == ("warning: database: role 'wizard' is granted but no rule gives "
+                             "it anything\n")
+
+
+def test_lint_reports_unreachable_rules_in_an_uploaded_policy(trellis, app, make_org, tmp_path):  # noqa: F811
+    make_org("acme", "Acme")
+    policy = tmp_path / "acme.csv"
+    policy.write_text("p, buyer, *, report, export, True, allow\n"
+                      "p, buyer, *, report, export, True, allow\n")
+    uploaded = trellis("policy", "upload", "acme", str(policy))
+    assert "orgs/acme.csv:2: the same rule as orgs/acme.csv:1" in uploaded.stderr
+    result = trellis("policy", "lint", expect=1)
+    assert result.stderr == "warning: orgs/acme.csv:2: the same rule as orgs/acme.csv:1\n"

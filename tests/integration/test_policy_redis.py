@@ -138,3 +138,51 @@ def test_a_grant_reaches_another_process_through_redis(app, tx, make_org, make_u
         other.stdin.close()
         other.terminate()
         other.wait(timeout=10)
+
+
+def test_two_app_instances_share_changes_through_redis(settings, redis_url, channel):
+    """Two portals on one database and one Redis, database version check off: a grant made
+    through one (by the role service, as an admin page does) and a revocation by a bulk
+    statement reach the other within a second; so does an uploaded organization policy."""
+    from portal import create_app
+    from portal.services import org_policies, roles
+    from tests.conftest import CLI_CTX
+
+    config = {**settings, "REDIS_URL": redis_url, "POLICY_CHANNEL": channel}
+    first, second = create_app(config), create_app(config)
+    engines = [services_of(first).policy, services_of(second).policy]
+    try:
+        for engine in engines:
+            engine.version_check_seconds = HOUR
+            assert engine.notifier.wait_until_listening()
+        one, two = services_of(first), services_of(second)
+        from portal.services import organizations, users
+        with one.db.transaction() as session:
+            org = organizations.create(session, CLI_CTX, slug="acme", name="Acme",
+                                       kind="partner")
+            bob = users.create(session, CLI_CTX, one.passwords, email="bob@acme.test",
+                               password=None, org_slug="acme")
+        bob_id = str(bob.id)
+
+        def manages(engine):
+            return engine.decide({"id": bob_id}, "acme", {"type": "member"}, "manage").allowed
+        assert not manages(engines[0]) and not manages(engines[1])
+        known = engines[0].files.roles() | {"member"}
+        with one.db.transaction() as session:
+            roles.grant_manually(session, CLI_CTX, session.get(type(bob), bob.id),
+                                 session.get(type(org), org.id), "user_manager", known)
+        assert manages(engines[0])  # this instance: at once
+        assert until(lambda: manages(engines[1])) < 1.0
+        with two.db.transaction() as session:  # a bulk DELETE ... WHERE organization_id = ..
+            roles.revoke_manually(session, CLI_CTX, session.get(type(bob), bob.id),
+                                  session.get(type(org), org.id), "user_manager")
+        assert not manages(engines[1])
+        assert until(lambda: not manages(engines[0])) < 1.0
+        with one.db.transaction() as session:
+            org_policies.upload(session, CLI_CTX, engines[0].files, "acme",
+                                "p, member, *, member, manage, True, allow\n")
+        assert until(lambda: manages(engines[1])) < 1.0
+    finally:
+        for app in (first, second):
+            services_of(app).policy.close()
+            services_of(app).db.dispose()

@@ -21,7 +21,8 @@ def test_public_routes_are_the_expected_ones(app):
                     if getattr(app.view_functions.get(rule.endpoint), ACCESS, "") == "public")
     assert public == ["auth.login", "auth.org_login", "branding.stylesheet",
                       "devmail.html", "devmail.index", "health.healthz",
-                      "health.readyz", "openapi.docs", "openapi.openapi_json",
+                      "health.readyz", "mfa.challenge", "mfa.setup_at_sign_in",
+                      "openapi.docs", "openapi.openapi_json",
                       "provider.authorize", "provider.device_authorization",
                       "provider.discovery", "provider.end_session", "provider.introspect",
                       "provider.jwks", "provider.revoke", "provider.token", "saml.acs",

@@ -96,6 +96,8 @@ class Sources:
     version: Callable[[str], int] = field(default=lambda org: 0)  # bumps on grant changes
     # org -> the organization's uploaded policy text, None when it has none
     org_policy: Callable[[str], str | None] = field(default=lambda org: None)
+    # org -> rows its admins composed (custom roles): ["p", role, org, obj, act, cond, eft]
+    custom_rules: Callable[[str], Iterable[list[str]]] = field(default=lambda org: ())
 
 
 class _LinesAdapter(persist.Adapter):
@@ -494,6 +496,7 @@ class PolicyEngine:
         if kind is None:
             return None
         lines = self.files.lines_for(org, kind, self._uploaded_rules(org))
+        lines += [list(row) for row in self.sources.custom_rules(org)]
         lines += [["g", user, role, org] for user, role in self.sources.grants(org)]
         lines += [["g2", user, role] for user, role in self.sources.platform_roles()]
         enforcer = casbin.Enforcer(str(MODEL), _LinesAdapter(lines))

@@ -27,8 +27,15 @@ from portal.extensions import audit_context, csrf, db_session, services
 from portal.models import Connection, Organization, User
 from portal.permissions import ACCESS, authorize
 from portal.services import connections as connections_service
+from portal.services import (
+    custom_roles,
+    identity_links,
+    members,
+    org_audit,
+    org_tokens,
+    organizations,
+)
 from portal.services import domains as domains_service
-from portal.services import identity_links, members, org_audit, org_tokens, organizations
 
 bp = Blueprint("adminapi", __name__, url_prefix="/api/v1/orgs/<slug>")
 csrf.exempt(bp)  # checked below for session callers; token callers send no cookie
@@ -121,13 +128,12 @@ def _mark_used(token_id: int) -> None:
 
 def _actor(org: Organization) -> members.Actor:
     user = g.api_actor
-    subject = {"id": str(user.id), "platform_operator": bool(user.is_operator)}
-    return members.Actor(user.id, services().policy.held_roles(subject, org.slug),
-                         bool(user.is_operator))
+    return members.actor_for(services().policy, db_session(), org, user.id,
+                             bool(user.is_operator))
 
 
 def _known(org: Organization) -> list[str]:
-    return members.assignable_roles(services().policy.files, org)
+    return members.known_roles(services().policy.files, db_session(), org)
 
 
 def _body() -> dict[str, Any]:
@@ -539,6 +545,114 @@ def list_audit(org: Organization):
                     "next_before": found.next_before})
 
 
+# -- custom roles ------------------------------------------------------------------------
+
+ROLE_ROW = {"type": "object", "required": ["id", "name", "permissions", "held_by"],
+            "properties": {"id": {"type": "integer"}, "name": {"type": "string"},
+                           "description": {"type": "string"},
+                           "permissions": {"type": "array", "items": {"type": "string"}},
+                           "held_by": {"type": "integer"}}}
+NEW_ROLE = {"type": "object", "required": ["name", "permissions"], "properties": {
+    "name": {"type": "string", "maxLength": 40}, "description": {"type": "string"},
+    "permissions": {"type": "array", "items": {"type": "string"}}}}
+CHANGE_ROLE = {"type": "object", "required": ["permissions"], "properties": {
+    "description": {"type": "string"},
+    "permissions": {"type": "array", "items": {"type": "string"}}}}
+
+
+def _role_json(org: Organization, row) -> dict[str, Any]:
+    return {"id": row.id, "name": row.name, "description": row.description,
+            "permissions": [f"{o}/{a}" for o, a in row.permissions],
+            "held_by": custom_roles.usage(db_session(), org, row.name).grants}
+
+
+def _role_inputs(org: Organization) -> dict[str, Any]:
+    user = g.api_actor
+    subject = {"id": str(user.id), "platform_operator": bool(user.is_operator)}
+    engine = services().policy
+    return {"offered": custom_roles.catalogue(engine.files, org),
+            "held": custom_roles.held_permissions(engine, subject, org),
+            "operator": bool(user.is_operator)}
+
+
+def _permission_list(data: dict[str, Any]) -> list[str]:
+    value = data.get("permissions")
+    if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
+        raise InvalidRequest("permissions", "send a list such as [\"member/read\"]")
+    return value[:200]
+
+
+def _text(data: dict[str, Any], key: str) -> str:
+    value = data.get(key, "")
+    if not isinstance(value, str):
+        raise InvalidRequest(key, "must be a string")
+    return value
+
+
+@operation("GET", "/roles", "Custom roles, and the permissions roles here can have.",
+           "roles:read", "manage", "organization", response="RoleList")
+def list_roles(org: Organization):
+    inputs = _role_inputs(org)
+    return jsonify({"roles": [_role_json(org, r)
+                              for r in custom_roles.list_for(db_session(), org)],
+                    "permissions": [{"permission": f"{o}/{a}",
+                                     "label": custom_roles.label((o, a)),
+                                     "held": (o, a) in inputs["held"]}
+                                    for o, a in inputs["offered"]]})
+
+
+@operation("POST", "/roles", "Create a custom role from permissions you hold.",
+           "roles:write", "manage", "organization", body=NEW_ROLE, response="Role")
+def create_role(org: Organization):
+    from portal.views.org_admin import reserved_role_names
+    data, inputs = _body(), _role_inputs(org)
+    with services().db.transaction() as tx:
+        row = custom_roles.create(tx, _ctx(), tx.get(Organization, org.id),
+                                  name=_string(data, "name")[:100],
+                                  description=_text(data, "description")[:1000],
+                                  permissions=_permission_list(data),
+                                  built_in=reserved_role_names(org),
+                                  actor_id=g.api_actor.id, **inputs)
+        role_id = row.id
+    return jsonify(_role_json(org, custom_roles.get(db_session(), org, role_id))), 201
+
+
+@operation("GET", "/roles/<int:role_id>", "One custom role.",
+           "roles:read", "manage", "organization", response="Role")
+def get_role(org: Organization, role_id: int):
+    return jsonify(_role_json(org, custom_roles.get(db_session(), org, role_id)))
+
+
+@operation("PUT", "/roles/<int:role_id>", "Replace a custom role's permissions (and "
+           "description); applies at once to everyone holding it.",
+           "roles:write", "manage", "organization", body=CHANGE_ROLE, response="Role")
+def update_role(org: Organization, role_id: int):
+    custom_roles.get(db_session(), org, role_id)  # another organization's id: 404 first
+    data, inputs = _body(), _role_inputs(org)
+    with services().db.transaction() as tx:
+        custom_roles.update(tx, _ctx(), tx.get(Organization, org.id), role_id,
+                            description=_text(data, "description")[:1000],
+                            permissions=_permission_list(data), **inputs)
+    db_session().expire_all()
+    return jsonify(_role_json(org, custom_roles.get(db_session(), org, role_id)))
+
+
+@operation("DELETE", "/roles/<int:role_id>", "Delete a custom role; refused (409) while in "
+           "use unless revoke=true, which revokes it from members and invitations too.",
+           "roles:write", "manage", "organization", response="Ok",
+           query=(("revoke", {"enum": ["true", "false"]}),))
+def delete_role(org: Organization, role_id: int):
+    revoke = request.args.get("revoke", "false")
+    if revoke not in ("true", "false"):
+        raise InvalidRequest("revoke", "must be true or false")
+    inputs = _role_inputs(org)
+    with services().db.transaction() as tx:
+        custom_roles.delete(tx, _ctx(), tx.get(Organization, org.id), role_id,
+                            held=inputs["held"], revoke=revoke == "true",
+                            operator=inputs["operator"])
+    return jsonify({"ok": True})
+
+
 SCHEMAS = {"Ok": {"type": "object", "properties": {"ok": {"type": "boolean"}}},
            "MemberPage": MEMBER_PAGE, "MemberDetail": MEMBER_DETAIL, "Invitation": INVITATION,
            "InvitationList": {"type": "object", "required": ["invitations"], "properties": {
@@ -550,6 +664,12 @@ SCHEMAS = {"Ok": {"type": "object", "properties": {"ok": {"type": "boolean"}}},
            "ConnectionList": {"type": "object", "required": ["connections"], "properties": {
                "connections": {"type": "array", "items": CONNECTION}}},
            "Domain": DOMAIN,
+           "Role": ROLE_ROW,
+           "RoleList": {"type": "object", "required": ["roles", "permissions"], "properties": {
+               "roles": {"type": "array", "items": ROLE_ROW},
+               "permissions": {"type": "array", "items": {"type": "object", "properties": {
+                   "permission": {"type": "string"}, "label": {"type": "string"},
+                   "held": {"type": "boolean"}}}}}},
            "AuditPage": {"type": "object", "required": ["events", "next_before"],
                          "properties": {"events": {"type": "array", "items": AUDIT_EVENT},
                                         "next_before": {"type": ["integer", "null"]}}},

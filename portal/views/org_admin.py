@@ -27,8 +27,8 @@ from portal.extensions import audit_context, db_session, services
 from portal.models import Connection, Organization, Protocol, User
 from portal.permissions import current_subject, require, signed_in
 from portal.services import connections as connections_service
-from portal.services import domains as domains_service
 from portal.services import (
+    custom_roles,
     identity_links,
     member_import,
     members,
@@ -36,6 +36,7 @@ from portal.services import (
     org_tokens,
     organizations,
 )
+from portal.services import domains as domains_service
 from portal.services import saml as saml_connections
 from portal.views import use_branding
 
@@ -47,6 +48,7 @@ SECTIONS = (  # (endpoint, label, action, object type): the nav shows what the a
     ("orgadmin.invitations", "Invitations", "manage", "invitation"),
     ("orgadmin.connections", "Single sign-on", "read", "connection"),
     ("orgadmin.domains", "Domains", "manage", "domain"),
+    ("orgadmin.roles_page", "Roles", "manage", "organization"),
     ("orgadmin.audit_trail", "Audit trail", "read", "audit"),
     ("orgadmin.tokens", "API tokens", "manage", "organization"),
     ("orgadmin.simulate", "Policy simulator", "simulate", "policy"),
@@ -60,12 +62,12 @@ def _org(slug: str) -> Organization:
 
 
 def _actor(org: Organization) -> members.Actor:
-    roles = services().policy.held_roles(current_subject(), org.slug)
-    return members.Actor(current_user.id, roles, bool(current_user.is_operator))
+    return members.actor_for(services().policy, db_session(), org, current_user.id,
+                             bool(current_user.is_operator))
 
 
 def _known_roles(org: Organization) -> list[str]:
-    return members.assignable_roles(services().policy.files, org)
+    return members.known_roles(services().policy.files, db_session(), org)
 
 
 def allowed_sections(org: Organization) -> list[tuple[str, str]]:
@@ -596,3 +598,86 @@ def simulate(slug: str):
         result, error = simulation.simulate(values, members_of=org)
     return _render("orgadmin/simulate.html", org, values=values, result=result,
                    error=error), 422 if error else 200
+
+
+# -- custom roles ------------------------------------------------------------------------
+
+def _role_context(org: Organization) -> dict:
+    engine = services().policy
+    subject = current_subject()
+    return {"offered": custom_roles.catalogue(engine.files, org),
+            "held": custom_roles.held_permissions(engine, subject, org),
+            "operator": bool(current_user.is_operator),
+            "permission_label": custom_roles.label}
+
+
+def reserved_role_names(org: Organization) -> set[str]:
+    """Names a custom role may not take: every role the policy files define anywhere, and
+    the platform's roles."""
+    files = services().policy.files
+    return {*files.roles(), *members.assignable_roles(files, org), "member",
+            "platform_operator", "platform_auditor"}
+
+
+@bp.get("/roles")
+@require("manage", "organization", org_arg="slug")
+def roles_page(slug: str):
+    org = _org(slug)
+    rows = custom_roles.list_for(db_session(), org)
+    used = {row.id: custom_roles.usage(db_session(), org, row.name) for row in rows}
+    return _render("orgadmin/roles.html", org, rows=rows, used=used, form={},
+                   **_role_context(org))
+
+
+@bp.post("/roles")
+@require("manage", "organization", org_arg="slug")
+def create_role(slug: str):
+    org = _org(slug)
+    context = _role_context(org)
+    with services().db.transaction() as tx:
+        role = custom_roles.create(
+            tx, audit_context(), tx.get(Organization, org.id),
+            name=request.form.get("name", "")[:100],
+            description=request.form.get("description", "")[:1000],
+            permissions=request.form.getlist("permissions")[:200],
+            offered=context["offered"], built_in=reserved_role_names(org),
+            held=context["held"], actor_id=current_user.id, operator=context["operator"])
+        name = role.name
+    flash(f"Role {name} created. Grant it from a member's page.", "info")
+    return redirect(url_for("orgadmin.roles_page", slug=slug))
+
+
+@bp.route("/roles/<int:role_id>", methods=["GET", "POST"])
+@require("manage", "organization", org_arg="slug")
+def role(slug: str, role_id: int):
+    org = _org(slug)
+    context = _role_context(org)
+    if request.method == "POST":
+        with services().db.transaction() as tx:
+            custom_roles.update(tx, audit_context(), tx.get(Organization, org.id), role_id,
+                                description=request.form.get("description", "")[:1000],
+                                permissions=request.form.getlist("permissions")[:200],
+                                offered=context["offered"], held=context["held"],
+                                operator=context["operator"])
+        flash("Role saved; it applies at once.", "info")
+        return redirect(url_for("orgadmin.role", slug=slug, role_id=role_id))
+    row = custom_roles.get(db_session(), org, role_id)
+    return _render("orgadmin/role.html", org, row=row,
+                   used=custom_roles.usage(db_session(), org, row.name),
+                   chosen={tuple(p) for p in row.permissions}, **context)
+
+
+@bp.post("/roles/<int:role_id>/delete")
+@require("manage", "organization", org_arg="slug")
+def delete_role(slug: str, role_id: int):
+    org = _org(slug)
+    context = _role_context(org)
+    with services().db.transaction() as tx:
+        used = custom_roles.delete(tx, audit_context(), tx.get(Organization, org.id), role_id,
+                                   held=context["held"],
+                                   revoke=request.form.get("revoke") == "1",
+                                   operator=context["operator"])
+    flash("Role deleted" + (f"; revoked from {used.grants} member(s) and "
+                            f"{used.invitations} invitation(s)." if used.in_use else "."),
+          "info")
+    return redirect(url_for("orgadmin.roles_page", slug=slug))

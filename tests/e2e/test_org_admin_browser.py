@@ -190,3 +190,25 @@ def test_owner_verifies_a_domain_against_a_dns_server(browsing, live, acme_with_
     page.get_by_role("button", name="Filter").click()
     expect(page.get_by_role("cell", name="domain.verify")).to_have_count(2)  # failed, then done
     screenshot(page, "orgadmin-audit.png")
+
+
+def test_owner_composes_a_custom_role(browsing, live, acme_with_owner):
+    page = browsing.page()
+    sign_in(page, live.url)
+    page.goto(f"{live.url}/o/acme/admin/users")
+    page.get_by_role("link", name="Roles").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Roles of Acme Supplies")
+    page.get_by_label("Name", exact=True).fill("helpdesk")
+    page.get_by_label("Description (optional)").fill("First-line support")
+    page.get_by_label("see members member/read").check()
+    page.get_by_label("invite people invitation/manage").check()
+    screenshot(page, "orgadmin-roles-new.png")
+    page.get_by_role("button", name="Create role").click()
+    expect(page.get_by_role("status")).to_contain_text("Role helpdesk created.")
+    expect(page.get_by_role("link", name="helpdesk")).to_be_visible()
+    screenshot(page, "orgadmin-roles.png")
+    page.get_by_role("link", name="Members").click()
+    page.get_by_role("link", name="mia@acme.test").click()
+    page.get_by_label("Grant role").select_option("helpdesk")
+    page.get_by_role("button", name="Grant", exact=True).click()
+    expect(page.get_by_text("Role helpdesk granted.")).to_be_visible()

@@ -26,6 +26,7 @@ from portal.errors import InvalidRequest, NotFound, TrellisError
 from portal.extensions import audit_context, csrf, db_session, services
 from portal.models import Connection, Organization, User
 from portal.permissions import ACCESS, authorize
+from portal.services import branding as branding_service
 from portal.services import connections as connections_service
 from portal.services import (
     custom_roles,
@@ -653,6 +654,74 @@ def delete_role(org: Organization, role_id: int):
     return jsonify({"ok": True})
 
 
+# -- branding ----------------------------------------------------------------------------
+
+BRANDING = {"type": "object", "properties": {
+    "primary_color": {"type": "string"}, "accent_color": {"type": "string"},
+    "signin_text": {"type": "string"}, "footer_text": {"type": "string"},
+    "logo_url": {"type": ["string", "null"]}}}
+CHANGE_BRANDING = {"type": "object", "properties": {
+    key: {"type": "string", "maxLength": 300} for key in branding_service.EDITABLE}}
+LOGO_UPLOAD = {"type": "object", "required": ["image_base64"], "properties": {
+    "image_base64": {"type": "string",
+                     "description": "The PNG, JPEG or WebP file, base64-encoded."}}}
+
+
+def _branding_json(org: Organization) -> dict[str, Any]:
+    from flask import url_for
+    values = dict(org.branding or {})
+    logo = (url_for("branding.logo", slug=org.slug, v=values["logo"], _external=True)
+            if values.get("logo") else values.get("logo_url"))
+    return {**{key: values.get(key, "") for key in branding_service.EDITABLE},
+            "logo_url": logo}
+
+
+@operation("GET", "/branding", "Colours, texts and logo of the sign-in page and portal.",
+           "branding:write", "manage", "branding", response="Branding")
+def get_branding(org: Organization):
+    return jsonify(_branding_json(org))
+
+
+@operation("PUT", "/branding", "Replace colours and texts (fields left out are cleared; the "
+           "logo stays).", "branding:write", "manage", "branding", body=CHANGE_BRANDING,
+           response="Branding")
+def set_branding(org: Organization):
+    data = _body()
+    with services().db.transaction() as tx:
+        branding_service.update(tx, _ctx(), tx.get(Organization, org.id), data)
+    db_session().expire_all()
+    return jsonify(_branding_json(organizations.get(db_session(), org.slug)))
+
+
+@operation("PUT", "/branding/logo", "Upload the logo: PNG, JPEG or WebP (sniffed from the "
+           "bytes), at most 512 KiB.", "branding:write", "manage", "branding",
+           body=LOGO_UPLOAD, response="Branding")
+def set_logo(org: Organization):
+    import base64
+    import binascii
+    encoded = _string(_body(), "image_base64")
+    if len(encoded) > (branding_service.LOGO_MAX_BYTES * 4) // 3 + 8:
+        raise InvalidRequest("image_base64", f"the image is larger than "
+                                             f"{branding_service.LOGO_MAX_BYTES // 1024} KiB")
+    try:
+        data = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidRequest("image_base64", "is not base64") from None
+    with services().db.transaction() as tx:
+        branding_service.set_logo(tx, _ctx(), tx.get(Organization, org.id), data)
+    db_session().expire_all()
+    return jsonify(_branding_json(organizations.get(db_session(), org.slug)))
+
+
+@operation("DELETE", "/branding/logo", "Remove the uploaded logo.", "branding:write",
+           "manage", "branding", response="Branding")
+def delete_logo(org: Organization):
+    with services().db.transaction() as tx:
+        branding_service.remove_logo(tx, _ctx(), tx.get(Organization, org.id))
+    db_session().expire_all()
+    return jsonify(_branding_json(organizations.get(db_session(), org.slug)))
+
+
 SCHEMAS = {"Ok": {"type": "object", "properties": {"ok": {"type": "boolean"}}},
            "MemberPage": MEMBER_PAGE, "MemberDetail": MEMBER_DETAIL, "Invitation": INVITATION,
            "InvitationList": {"type": "object", "required": ["invitations"], "properties": {
@@ -665,6 +734,7 @@ SCHEMAS = {"Ok": {"type": "object", "properties": {"ok": {"type": "boolean"}}},
                "connections": {"type": "array", "items": CONNECTION}}},
            "Domain": DOMAIN,
            "Role": ROLE_ROW,
+           "Branding": BRANDING,
            "RoleList": {"type": "object", "required": ["roles", "permissions"], "properties": {
                "roles": {"type": "array", "items": ROLE_ROW},
                "permissions": {"type": "array", "items": {"type": "object", "properties": {

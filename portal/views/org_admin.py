@@ -26,6 +26,7 @@ from portal.errors import Forbidden, NotFound, ValidationError
 from portal.extensions import audit_context, db_session, services
 from portal.models import Connection, Organization, Protocol, User
 from portal.permissions import current_subject, require, signed_in
+from portal.services import branding as branding_service
 from portal.services import connections as connections_service
 from portal.services import (
     custom_roles,
@@ -49,6 +50,7 @@ SECTIONS = (  # (endpoint, label, action, object type): the nav shows what the a
     ("orgadmin.connections", "Single sign-on", "read", "connection"),
     ("orgadmin.domains", "Domains", "manage", "domain"),
     ("orgadmin.roles_page", "Roles", "manage", "organization"),
+    ("orgadmin.branding", "Branding", "manage", "branding"),
     ("orgadmin.audit_trail", "Audit trail", "read", "audit"),
     ("orgadmin.tokens", "API tokens", "manage", "organization"),
     ("orgadmin.simulate", "Policy simulator", "simulate", "policy"),
@@ -681,3 +683,80 @@ def delete_role(slug: str, role_id: int):
                             f"{used.invitations} invitation(s)." if used.in_use else "."),
           "info")
     return redirect(url_for("orgadmin.roles_page", slug=slug))
+
+
+# -- branding ----------------------------------------------------------------------------
+
+def _branding_page(org: Organization, values: dict, previewing: bool, status: int = 200,
+                   error: str | None = None):
+    from portal.views.branding import css_for
+    shown = {**(org.branding or {}), **values}
+    return _render("orgadmin/branding.html", org, values=shown, previewing=previewing,
+                   preview_css=url_for("orgadmin.branding_preview_css", slug=org.slug,
+                                       **{k: v for k, v in shown.items()
+                                          if k in ("primary_color", "accent_color") and v}),
+                   has_css=bool(css_for(shown)), error=error,
+                   max_kib=branding_service.LOGO_MAX_BYTES // 1024), status
+
+
+@bp.route("/branding", methods=["GET", "POST"])
+@require("manage", "branding", org_arg="slug")
+def branding(slug: str):
+    """Colours and texts; *Preview* shows them without saving, *Save* applies them."""
+    org = _org(slug)
+    if request.method == "GET":
+        return _branding_page(org, {}, previewing=False)
+    values = {key: request.form.get(key, "")[:1000] for key in branding_service.EDITABLE}
+    try:
+        cleaned = branding_service.clean(values)
+    except ValidationError as error:
+        return _branding_page(org, values, previewing=True, status=400, error=error.message)
+    if request.form.get("action") == "preview":
+        return _branding_page(org, {k: cleaned.get(k, "") for k in branding_service.EDITABLE},
+                              previewing=True)
+    with services().db.transaction() as tx:
+        branding_service.update(tx, audit_context(), tx.get(Organization, org.id), values)
+    flash("Branding saved: your sign-in page and portal now wear it.", "info")
+    return redirect(url_for("orgadmin.branding", slug=slug))
+
+
+@bp.get("/branding/preview.css")
+@require("manage", "branding", org_arg="slug")
+def branding_preview_css(slug: str):
+    """The colours being previewed, as custom properties of the preview box only."""
+    from portal.views.branding import css_for
+    values = {"primary_color": request.args.get("primary_color", ""),
+              "accent_color": request.args.get("accent_color", "")}
+    css = css_for(values, ".preview").replace("--brand:", "--preview-brand:").replace(
+        "--accent:", "--preview-accent:")
+    return Response(css, mimetype="text/css")
+
+
+@bp.post("/branding/logo")
+@require("manage", "branding", org_arg="slug")
+def upload_logo(slug: str):
+    org = _org(slug)
+    upload = request.files.get("logo")
+    data = upload.read(branding_service.LOGO_MAX_BYTES + 1) if upload else b""
+    try:
+        with services().db.transaction() as tx:
+            branding_service.set_logo(tx, audit_context(), tx.get(Organization, org.id), data)
+    except ValidationError as error:
+        with services().db.transaction() as tx:
+            audit.record(tx, audit_context(), "org.logo", outcome="failure",
+                         target=f"org:{org.slug}", organization_id=org.id, reason=error.code,
+                         details={"bytes": len(data),
+                                  "file_name": (upload.filename or "")[:100] if upload else ""})
+        return _branding_page(org, {}, previewing=False, status=400, error=error.message)
+    flash("Logo uploaded.", "info")
+    return redirect(url_for("orgadmin.branding", slug=slug))
+
+
+@bp.post("/branding/logo/remove")
+@require("manage", "branding", org_arg="slug")
+def remove_logo(slug: str):
+    org = _org(slug)
+    with services().db.transaction() as tx:
+        branding_service.remove_logo(tx, audit_context(), tx.get(Organization, org.id))
+    flash("Logo removed.", "info")
+    return redirect(url_for("orgadmin.branding", slug=slug))

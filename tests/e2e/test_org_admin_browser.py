@@ -212,3 +212,39 @@ def test_owner_composes_a_custom_role(browsing, live, acme_with_owner):
     page.get_by_label("Grant role").select_option("helpdesk")
     page.get_by_role("button", name="Grant", exact=True).click()
     expect(page.get_by_text("Role helpdesk granted.")).to_be_visible()
+
+
+def test_owner_brands_the_sign_in_page_with_a_preview(browsing, live, acme_with_owner,
+                                                      tmp_path):
+    from tests.images import SVG_WITH_SCRIPT, png
+    page = browsing.page()
+    sign_in(page, live.url)
+    page.goto(f"{live.url}/o/acme/admin/users")
+    page.get_by_role("link", name="Branding").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Branding of Acme Supplies")
+    svg = tmp_path / "logo.png"
+    svg.write_bytes(SVG_WITH_SCRIPT)
+    page.get_by_label("Logo image").set_input_files(str(svg))
+    page.get_by_role("button", name="Upload logo").click()
+    expect(page.get_by_role("alert")).to_contain_text("SVG and other markup are not accepted")
+    logo = tmp_path / "acme.png"
+    logo.write_bytes(png(120, 32, (124, 45, 18)))
+    page.get_by_label("Logo image").set_input_files(str(logo))
+    page.get_by_role("button", name="Upload logo").click()
+    expect(page.get_by_role("status")).to_contain_text("Logo uploaded.")
+    page.get_by_label("Primary colour (buttons and links)").fill("#7c2d12")
+    page.get_by_label("Accent colour (the bar at the top)").fill("#b45309")
+    page.get_by_label("Text on the sign-in page").fill("Sign in with your Acme account.")
+    page.get_by_label("Footer text").fill("Acme Supplies Ltd · Support: +1 555 0100")
+    page.get_by_role("button", name="Preview").click()
+    expect(page.get_by_role("heading", name="Preview (not saved yet)")).to_be_visible()
+    button = page.locator(".preview-body .button")
+    expect(button).to_have_css("background-color", "rgb(124, 45, 18)")
+    screenshot(page, "orgadmin-branding.png")
+    page.get_by_role("button", name="Save").click()
+    expect(page.get_by_role("status")).to_contain_text("Branding saved")
+    visitor = browsing.page()
+    visitor.goto(f"{live.url}/o/acme/login")
+    expect(visitor.get_by_text("Sign in with your Acme account.")).to_be_visible()
+    expect(visitor.locator("img.brand-logo")).to_have_js_property("naturalWidth", 120)
+    screenshot(visitor, "orgadmin-branded-signin.png")

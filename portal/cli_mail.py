@@ -79,9 +79,11 @@ def register(main: click.Group, cli_context) -> None:
     @click.option("--once", is_flag=True, help="One pass, then exit (for cron).")
     @with_appcontext
     def worker(interval: int, once: bool) -> None:
-        """Deliver the outbox in a loop (run it under systemd or a container supervisor)."""
+        """Deliver the outbox in a loop (run it under systemd or a container supervisor), and
+        re-verify domains whose last check is older than TRELLIS_DOMAIN_RECHECK_HOURS."""
         click.echo(f"trellis worker: delivering mail every {interval}s")
         while True:
+            _recheck_domains()
             report = _deliver_once()
             if report.sent or report.retrying or report.failed:
                 click.echo(f"sent {len(report.sent)}, waiting for retry "
@@ -103,6 +105,18 @@ def register(main: click.Group, cli_context) -> None:
         with services().db.transaction() as session:
             registration.set_mode(session, cli_context(), slug, mode)
         click.echo(f"{slug}: registration {mode}")
+
+
+def _recheck_domains() -> None:
+    from portal.cli import cli_context
+    from portal.services import domains
+    summary = domains.reverify_due(services().db, cli_context(),
+                                   domains.dns_settings(current_app.config),
+                                   current_app.config["DOMAIN_RECHECK_HOURS"])
+    for name in summary.suspended:
+        click.echo(f"domain {name}: verification record gone, suspended")
+    for name in summary.restored:
+        click.echo(f"domain {name}: verification record back, restored")
 
 
 def _deliver_once(ids: list[int] | None = None):

@@ -229,6 +229,9 @@ SETTINGS: tuple[Setting, ...] = (
             "domain verification TXT records. Empty: the system's resolvers."),
     Setting("TRELLIS_DNS_TIMEOUT_SECONDS", "DNS_TIMEOUT_SECONDS", _int_range(1, 60), 5,
             "How long one domain verification lookup may take before it counts as timed out."),
+    Setting("TRELLIS_DOMAIN_RECHECK_HOURS", "DOMAIN_RECHECK_HOURS", _int_range(1, 720), 24,
+            "How often `trellis worker` looks every verified domain's TXT record up again; "
+            "a domain whose record is gone stops routing sign-ins."),
     Setting("TRELLIS_DECISION_LOG_SAMPLE", "DECISION_LOG_SAMPLE", _fraction, 0.0,
             "Share of decision-API decisions (0 to 1, e.g. `0.01`) written to the audit trail "
             "as `authz.decision` events, in batches off the request path."),

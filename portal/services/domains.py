@@ -17,6 +17,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
@@ -298,21 +299,27 @@ class ReverifySummary:
 
 
 def reverify_all(db: Database, ctx: audit.Context, dns_settings: DnsSettings,
-                 lookup: Callable[[str, DnsSettings], list[str]] = txt_records
-                 ) -> ReverifySummary:
+                 lookup: Callable[[str, DnsSettings], list[str]] = txt_records,
+                 checked_before: datetime | None = None) -> ReverifySummary:
     """Check every verified domain again, one transaction each. A domain whose record has
     gone is suspended for home-realm discovery (audited); one whose record is back is
     restored. A lookup that fails (timeout, no server) changes nothing: an outage of DNS
-    must not switch an organization's sign-ins off."""
+    must not switch an organization's sign-ins off. With ``checked_before``, only domains
+    last checked before then (the worker's periodic pass)."""
     summary = ReverifySummary()
+    query = sa.select(Domain.id).where(Domain.verified.is_(True)).order_by(Domain.id)
+    if checked_before is not None:
+        query = query.where(sa.or_(Domain.last_checked_at.is_(None),
+                                   Domain.last_checked_at < checked_before))
     with db.sessions() as session:
-        ids = list(session.scalars(sa.select(Domain.id).where(Domain.verified.is_(True))
-                                   .order_by(Domain.id)))
+        ids = list(session.scalars(query))
     for domain_id in ids:
         with db.transaction() as tx:
-            domain = tx.get(Domain, domain_id)
-            if domain is None or not domain.verified:
-                continue
+            domain = tx.get(Domain, domain_id, with_for_update=True)
+            if domain is None or not domain.verified or (
+                    checked_before is not None and domain.last_checked_at is not None
+                    and domain.last_checked_at >= checked_before):
+                continue  # gone, or another worker has just checked it
             summary.checked += 1
             try:
                 records = lookup(domain.name, dns_settings)
@@ -341,3 +348,11 @@ def reverify_all(db: Database, ctx: audit.Context, dns_settings: DnsSettings,
                              reason="verification record missing",
                              details={"domain": domain.name})
     return summary
+
+
+def reverify_due(db: Database, ctx: audit.Context, dns_settings: DnsSettings,
+                 every_hours: int) -> ReverifySummary:
+    """The periodic pass: domains not checked for ``every_hours``. Cheap when none is due,
+    so the worker calls it on every round."""
+    return reverify_all(db, ctx, dns_settings,
+                        checked_before=utcnow() - timedelta(hours=every_hours))

@@ -213,3 +213,27 @@ def test_manual_verification_still_works_and_needs_the_org_when_shared(app, tx, 
     assert done.exit_code == 0 and domain_row(tx, "both.example").verified
     with tx() as session:
         assert domains.verify_manually  # the service the command used
+
+
+def test_the_worker_rechecks_domains_that_are_due(app, tx, two_orgs, dns_server):
+    from datetime import timedelta
+
+    from portal.db import utcnow
+    alice = as_user(app, "alice@acme.test")
+    for name in ("old.example", "fresh.example"):
+        post(alice, "/o/acme/admin/domains", name=name)
+        row = domain_row(tx, name)
+        dns_server.publish(name, f"trellis-verification={row.verification_token}")
+        post(alice, f"/o/acme/admin/domains/{row.id}/verify")
+    with tx() as session:
+        session.execute(sa.update(Domain).where(Domain.name == "old.example")
+                        .values(last_checked_at=utcnow() - timedelta(hours=25)))
+    dns_server.unpublish("old.example")
+    dns_server.unpublish("fresh.example")
+    dns_server.resolver.queries.clear()
+    result = Cli(app).invoke(["worker", "--once"])
+    assert result.exit_code == 0, result.output
+    assert "domain old.example: verification record gone, suspended" in result.output
+    assert dns_server.resolver.queries == ["old.example"]  # fresh.example was not due
+    assert domain_row(tx, "old.example").suspended_at is not None
+    assert domain_row(tx, "fresh.example").suspended_at is None

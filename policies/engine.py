@@ -491,12 +491,23 @@ class PolicyEngine:
         self.org_errors.pop(org, None)
         return rules
 
+    def _custom_rules(self, org: str, kind: str) -> list[list[str]]:
+        """Custom roles' rows, each kept only while the kind's template (or the organization's
+        file) still allows that permission unconditionally: shrinking a template shrinks the
+        custom roles built from it."""
+        offered = {(line[3], line[4]) for line in (*self.files.kinds.get(kind, []),
+                                                   *self.files.orgs.get(org, []))
+                   if line[0] == "p" and line[1] != "*" and line[5] == "True"
+                   and line[6] == "allow"}
+        return [["p", row[1], org, row[3], row[4], "True", "allow"]
+                for row in self.sources.custom_rules(org) if (row[3], row[4]) in offered]
+
     def _build(self, org: str) -> casbin.Enforcer | None:
         kind = self.sources.org_kind(org)
         if kind is None:
             return None
         lines = self.files.lines_for(org, kind, self._uploaded_rules(org))
-        lines += [list(row) for row in self.sources.custom_rules(org)]
+        lines += self._custom_rules(org, kind)
         lines += [["g", user, role, org] for user, role in self.sources.grants(org)]
         lines += [["g2", user, role] for user, role in self.sources.platform_roles()]
         enforcer = casbin.Enforcer(str(MODEL), _LinesAdapter(lines))

@@ -80,10 +80,15 @@ def register(main: click.Group, cli_context) -> None:
     @with_appcontext
     def worker(interval: int, once: bool) -> None:
         """Deliver the outbox in a loop (run it under systemd or a container supervisor), and
-        re-verify domains whose last check is older than TRELLIS_DOMAIN_RECHECK_HOURS."""
+        delete expired sign-ups and reset links, and re-verify domains whose last check is
+        older than TRELLIS_DOMAIN_RECHECK_HOURS."""
         click.echo(f"trellis worker: delivering mail every {interval}s")
         while True:
             _recheck_domains()
+            purged = _purge_expired()
+            if purged:
+                click.echo(f"purged {purged} expired sign-up and reset link"
+                           f"{'s' if purged != 1 else ''}")
             report = _deliver_once()
             if report.sent or report.retrying or report.failed:
                 click.echo(f"sent {len(report.sent)}, waiting for retry "
@@ -117,6 +122,13 @@ def _recheck_domains() -> None:
         click.echo(f"domain {name}: verification record gone, suspended")
     for name in summary.restored:
         click.echo(f"domain {name}: verification record back, restored")
+
+
+def _purge_expired() -> int:
+    """Unconfirmed sign-ups hold a password hash; expired links are of no use to anyone."""
+    from portal.services import credentials, registration
+    with services().db.transaction() as session:
+        return registration.purge_expired(session) + credentials.purge_expired(session)
 
 
 def _deliver_once(ids: list[int] | None = None):

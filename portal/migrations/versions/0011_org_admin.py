@@ -2,7 +2,7 @@
 suspension for home-realm discovery), custom roles, uploaded logos.
 
 Revision ID: 0011
-Revises: 0012
+Revises: 0013
 Create Date: 2026-12-05 01:25:20.097882
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 
 revision = '0011'
-down_revision = '0012'
+down_revision = '0013'
 branch_labels = None
 depends_on = None
 

@@ -280,6 +280,22 @@ def confirm_email(token: str):
     return redirect(url_for("auth.login"))
 
 
+@bp.get("/account/export")
+@signed_in
+def export():
+    """A copy of everything held about the signed-in person, as a JSON download."""
+    import json
+
+    from flask import Response
+
+    from portal.services import gdpr
+    with services().db.transaction() as tx:
+        data = gdpr.export(tx, audit_context(), current_user.id)
+    g.no_store = True
+    return Response(json.dumps(data, indent=2, ensure_ascii=False), mimetype="application/json",
+                    headers={"Content-Disposition": 'attachment; filename="my-trellis-data.json"'})
+
+
 # -- new terms of use --------------------------------------------------------------------
 
 # Pages reachable while new terms wait for an answer (the answer itself, signing out, and

@@ -106,3 +106,14 @@ def outbox_retry(message_id: int):
     flash("Sent." if report.sent else "The mail server did not take it yet; it stays in the "
           "outbox and will be tried again.", "info")
     return redirect(url_for("admin.outbox_page"))
+
+
+@bp.get("/consents")
+@require("read", "consent")
+def consents_page():
+    """How many people grant each purpose now, for the privacy team."""
+    from flask import current_app
+
+    from portal.services import consent
+    rows = consent.statistics(db_session(), current_app.extensions["trellis_purposes"])
+    return render_template("admin/consents.html", rows=rows)

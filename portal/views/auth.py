@@ -227,13 +227,17 @@ def begin_session(user, token: str, assurance: int = 1, amr: tuple[str, ...] = (
 @signed_in
 def logout():
     # CSRFProtect has already checked the token of this POST.
-    from portal.views.provider import sign_out
+    from portal.views.provider import sign_out, signed_out_page
     saml_session = session.get("saml")
-    sign_out()  # also revokes apps' tokens from this session and tells apps that listen
+    frames = sign_out()  # also revokes apps' tokens from this session and tells apps
     if saml_session:  # signed in through SAML: end the IdP's session as well
         from portal.views.saml import logout_redirect
         response = logout_redirect(saml_session)
         if response is not None:
+            if frames:  # the apps' frames first, then on to the IdP
+                return signed_out_page(frames, response.headers["Location"])
             return response
+    if frames:
+        return signed_out_page(frames, url_for("auth.login"))
     flash("You have signed out.", "info")
     return redirect(url_for("auth.login"))

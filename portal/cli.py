@@ -871,6 +871,10 @@ from portal.cli_mail import register as _register_mail  # noqa: E402
 
 _register_mail(main, lambda: cli_context())
 
+from portal.cli_siem import register as _register_siem  # noqa: E402
+
+_register_siem(main, lambda: cli_context())
+
 
 @main.group("api-client")
 def api_client() -> None:

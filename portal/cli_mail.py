@@ -80,9 +80,9 @@ def register(main: click.Group, cli_context) -> None:
     @click.option("--once", is_flag=True, help="One pass, then exit (for cron).")
     @with_appcontext
     def worker(interval: int, once: bool) -> None:
-        """Deliver the outbox in a loop (run it under systemd or a container supervisor), and
-        delete expired sign-ups and reset links, and re-verify domains whose last check is
-        older than TRELLIS_DOMAIN_RECHECK_HOURS."""
+        """Deliver the outbox and the SIEM streams in a loop (run it under systemd or a
+        container supervisor), and delete expired sign-ups and reset links, and re-verify
+        domains whose last check is older than TRELLIS_DOMAIN_RECHECK_HOURS."""
         click.echo(f"trellis worker: delivering mail every {interval}s")
         while True:
             _recheck_domains()
@@ -90,6 +90,7 @@ def register(main: click.Group, cli_context) -> None:
             if purged:
                 click.echo(f"purged {purged} expired sign-up and reset link"
                            f"{'s' if purged != 1 else ''}")
+            _deliver_events()
             report = _deliver_once()
             if report.sent or report.retrying or report.failed:
                 click.echo(f"sent {len(report.sent)}, waiting for retry "
@@ -147,6 +148,14 @@ def _purge_expired() -> int:
     from portal.services import credentials, registration
     with services().db.transaction() as session:
         return registration.purge_expired(session) + credentials.purge_expired(session)
+
+
+def _deliver_events() -> None:
+    from portal.cli_siem import deliver_once
+    report = deliver_once()
+    if report.delivered or report.retrying or report.dead_lettered:
+        click.echo(f"siem: delivered {report.delivered} events, waiting for retry "
+                   f"{len(report.retrying)}, dead-lettered {len(report.dead_lettered)}")
 
 
 def _deliver_once(ids: list[int] | None = None):

@@ -263,6 +263,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("TRELLIS_MAIL_MAX_ATTEMPTS", "MAIL_MAX_ATTEMPTS", _int_range(1, 50), 10,
             "Delivery attempts before a message is marked failed; the wait between attempts "
             "doubles from one minute up to six hours."),
+    Setting("TRELLIS_SIEM_MAX_ATTEMPTS", "SIEM_MAX_ATTEMPTS", _int_range(1, 100), 8,
+            "Delivery attempts of one batch of events to a SIEM stream before the batch is "
+            "dead-lettered and the stream moves on; the wait doubles from 5 s up to 10 min."),
+    Setting("TRELLIS_SIEM_BATCH_SIZE", "SIEM_BATCH_SIZE", _int_range(1, 10000), 500,
+            "Most events sent to one SIEM stream in one attempt (one webhook request, one "
+            "syslog connection)."),
     Setting("TRELLIS_REGISTRATION", "REGISTRATION", _choice("closed", "open"), "closed",
             "`open` lets anyone create an account at `/register` without an organization; "
             "each organization has its own setting for `/o/<slug>/register`."),

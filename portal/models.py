@@ -755,3 +755,50 @@ class ConsentRecord(Base):
     recorded_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     ip_hash: Mapped[str] = mapped_column(sa.String(64), default="")
     user_agent_hash: Mapped[str] = mapped_column(sa.String(64), default="")
+
+
+class SiemStream(Base):
+    """Where audit events go as they happen. The stream's cursor is the ``seq`` of the last
+    audit event it delivered (or dead-lettered): the audit trail itself is the outbox, so an
+    event is queued for every stream by the same transaction that records it, and each stream
+    reads the trail in order."""
+
+    __tablename__ = "siem_streams"
+    __table_args__ = (sa.UniqueConstraint("organization_id", "name",
+                                          name="uq_siem_streams_org_name"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(80))
+    # None: an operator's stream over every organization's events.
+    organization_id: Mapped[int | None] = mapped_column(
+        sa.ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(sa.String(16))  # syslog, webhook, file
+    format: Mapped[str] = mapped_column(sa.String(16))  # json, ocsf, cef
+    target: Mapped[str] = mapped_column(sa.String(500))  # host:port, URL or file path
+    options: Mapped[dict[str, Any]] = mapped_column(sa.JSON, default=dict)
+    secret_sealed: Mapped[str | None] = mapped_column(sa.Text)
+    actions: Mapped[list[str]] = mapped_column(sa.JSON, default=list)  # prefixes; [] = all
+    enabled: Mapped[bool] = mapped_column(default=True)
+    cursor_seq: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    attempts: Mapped[int] = mapped_column(default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_error: Mapped[str] = mapped_column(sa.String(500), default="")
+    delivered: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    last_delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class SiemDeadLetter(Base):
+    """A batch a stream gave up on after ``SIEM_MAX_ATTEMPTS``: the range of audit events it
+    covered, so an operator can replay exactly that range once the receiver is fixed."""
+
+    __tablename__ = "siem_dead_letters"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    stream_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("siem_streams.id", ondelete="CASCADE"), index=True)
+    first_seq: Mapped[int] = mapped_column(sa.BigInteger)
+    last_seq: Mapped[int] = mapped_column(sa.BigInteger)
+    events: Mapped[int] = mapped_column()
+    error: Mapped[str] = mapped_column(sa.String(500), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -197,4 +197,6 @@ def dns_server(app):
     app.config["DNS_TIMEOUT_SECONDS"] = 1
     yield peer
     peer.stop()
+from tests.peers.http_receiver import http_receiver  # noqa: E402, F401
+from tests.peers.rsyslog import rsyslog  # noqa: E402, F401
 from tests.peers.smtp import smtp_server  # noqa: E402, F401

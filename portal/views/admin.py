@@ -316,3 +316,61 @@ def policy_remove(slug: str):
         org_policies.remove(tx, audit_context(), slug)
     flash(f"The uploaded policy of {slug} was removed.", "info")
     return redirect(url_for("admin.policies"))
+
+
+# -- SIEM streams ------------------------------------------------------------------------
+
+def _siem_page(secret: str = "", error: str = "", status: int = 200):
+    from portal.services import siem
+    session = db_session()
+    rows = siem.listing(session, everything=True)
+    names = {o.id: o.name for o in session.scalars(sa.select(Organization))}
+    return render_template("admin/siem.html", rows=rows, orgs=names, secret=secret,
+                           error=error, backlog=lambda s: siem.backlog(session, s),
+                           shown=siem.shown_target), status
+
+
+@bp.get("/siem")
+@require("read", "siem_stream")
+def siem_page():
+    """Every event stream: where it sends, how far it got, and its last error."""
+    return _siem_page()
+
+
+@bp.post("/siem")
+@require("manage", "siem_stream")
+def siem_add():
+    """Add an operator stream; a webhook's signing secret is shown once, on this answer."""
+    from portal.services import siem
+    from portal.views.siem_forms import stream_values
+    try:
+        with services().db.transaction() as tx:
+            _, secret = siem.create(tx, audit_context(), services().secrets,
+                                    **stream_values(request.form, operator=True))
+    except TrellisError as error:
+        return _siem_page(error=error.message, status=error.status)
+    flash("Stream added." + (" Copy its signing secret now: it is shown only once."
+                             if secret else ""), "info")
+    return _siem_page(secret=secret)
+
+
+@bp.post("/siem/<int:stream_id>/remove")
+@require("manage", "siem_stream")
+def siem_remove(stream_id: int):
+    from portal.services import siem
+    with services().db.transaction() as tx:
+        siem.remove(tx, audit_context(), siem.get(tx, stream_id, any_org=True))
+    flash("Stream removed.", "info")
+    return redirect(url_for("admin.siem_page"))
+
+
+@bp.post("/siem/<int:stream_id>/replay")
+@require("manage", "siem_stream")
+def siem_replay(stream_id: int):
+    from portal.services import siem
+    since = request.form.get("since", "")
+    with services().db.transaction() as tx:
+        siem.replay(tx, audit_context(), siem.get(tx, stream_id, any_org=True),
+                    int(since) if since.isdigit() else 0)
+    flash(f"Events from {since} on will be sent again, in order.", "info")
+    return redirect(url_for("admin.siem_page"))

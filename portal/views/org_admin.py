@@ -22,7 +22,7 @@ from flask_login import current_user
 
 from federation.errors import FederationError
 from portal import audit
-from portal.errors import Forbidden, NotFound, ValidationError
+from portal.errors import Conflict, Forbidden, NotFound, ValidationError
 from portal.extensions import audit_context, db_session, services
 from portal.models import Connection, Organization, Protocol, User
 from portal.permissions import current_subject, require, signed_in
@@ -54,6 +54,7 @@ SECTIONS = (  # (endpoint, label, action, object type): the nav shows what the a
     ("orgadmin.audit_trail", "Audit trail", "read", "audit"),
     ("orgadmin.tokens", "API tokens", "manage", "organization"),
     ("orgadmin.security", "Security", "manage", "organization"),
+    ("orgadmin.siem_streams", "Event streams", "manage", "organization"),
     ("orgadmin.simulate", "Policy simulator", "simulate", "policy"),
 )
 
@@ -823,3 +824,62 @@ def remove_logo(slug: str):
         branding_service.remove_logo(tx, audit_context(), tx.get(Organization, org.id))
     flash("Logo removed.", "info")
     return redirect(url_for("orgadmin.branding", slug=slug))
+
+
+# -- the organization's event stream to its SIEM -----------------------------------------
+
+def _siem_page(org: Organization, secret: str = "", error: str = "", status: int = 200):
+    from portal.services import siem
+    session = db_session()
+    return _render("orgadmin/siem.html", org, rows=siem.listing(session, org), secret=secret,
+                   error=error, backlog=lambda s: siem.backlog(session, s),
+                   shown=siem.shown_target), status
+
+
+@bp.get("/siem")
+@require("manage", "organization", org_arg="slug")
+def siem_streams(slug: str):
+    return _siem_page(_org(slug))
+
+
+@bp.post("/siem")
+@require("manage", "organization", org_arg="slug")
+def siem_add(slug: str):
+    """An HTTPS webhook carrying this organization's events only; its signing secret is
+    shown once, on this answer."""
+    from portal.services import siem
+    from portal.views.siem_forms import stream_values
+    org = _org(slug)
+    try:
+        with services().db.transaction() as tx:
+            _, secret = siem.create(tx, audit_context(), services().secrets,
+                                    org=tx.get(Organization, org.id),
+                                    **stream_values(request.form, operator=False))
+    except (ValidationError, Conflict) as error:
+        return _siem_page(org, error=error.message, status=error.status)
+    flash("Stream added. Copy its signing secret now: it is shown only once.", "info")
+    return _siem_page(org, secret=secret)
+
+
+@bp.post("/siem/<int:stream_id>/remove")
+@require("manage", "organization", org_arg="slug")
+def siem_remove(slug: str, stream_id: int):
+    from portal.services import siem
+    org = _org(slug)
+    with services().db.transaction() as tx:
+        siem.remove(tx, audit_context(), siem.get(tx, stream_id, tx.get(Organization, org.id)))
+    flash("Stream removed.", "info")
+    return redirect(url_for("orgadmin.siem_streams", slug=slug))
+
+
+@bp.post("/siem/<int:stream_id>/replay")
+@require("manage", "organization", org_arg="slug")
+def siem_replay(slug: str, stream_id: int):
+    from portal.services import siem
+    org = _org(slug)
+    since = request.form.get("since", "")
+    with services().db.transaction() as tx:
+        siem.replay(tx, audit_context(), siem.get(tx, stream_id, tx.get(Organization, org.id)),
+                    int(since) if since.isdigit() else 0)
+    flash(f"Events from {since} on will be sent again, in order.", "info")
+    return redirect(url_for("orgadmin.siem_streams", slug=slug))

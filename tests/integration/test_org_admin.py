@@ -20,6 +20,7 @@ from portal.models import (
     MembershipSource,
     OrgApiToken,
     RoleGrant,
+    SiemStream,
     User,
 )
 from portal.services import roles, users
@@ -275,10 +276,13 @@ def foreign_values(tx, ids):
                             permissions=[["member", "read"]])
         session.add(custom)
         session.flush()
+        from portal.services import siem
+        stream, _ = siem.create(session, CLI_CTX, services_of_session_box(), name="globex-soc",
+                                kind="webhook", target="https://siem.globex.test/in", org=org)
         return {"slug": "acme", "user_id": ids["carol@globex.test"],
                 "invitation_id": invitation.id, "connection_id": connection.id,
                 "token_id": token.id, "domain_id": domain.id,
-                "role_id": custom.id}
+                "role_id": custom.id, "stream_id": stream.id}
 
 
 GLOBEX_CERT = self_signed_pair("idp.globex.test", 30)[0]
@@ -352,6 +356,8 @@ def _globex_state(tx):
             sorted(session.execute(sa.select(Domain.id, Domain.name, Domain.verified,
                                              Domain.last_checked_at)
                                    .where(Domain.organization_id == globex)).all()),
+            sorted(session.execute(sa.select(SiemStream.id, SiemStream.cursor_seq)
+                                   .where(SiemStream.organization_id == globex)).all()),
             session.scalar(sa.select(sa.func.count()).select_from(AuditEvent).where(
                 AuditEvent.organization_id == globex)))
 

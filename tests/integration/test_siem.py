@@ -266,3 +266,71 @@ def test_cli_add_list_deliver_remove(app, tx, rsyslog, settings, monkeypatch, tm
     run("siem", "remove", "nonexistent", expect=1)
     assert "soc\t" not in run("siem", "list").output
     assert [e.details["name"] for e in audit_events(app, "siem.stream_remove")] == ["soc"]
+
+
+def _signed_in(app, email):
+    from tests.conftest import sign_in
+    client = app.test_client()
+    assert sign_in(client, email).status_code == 302
+    return client
+
+
+def test_org_admin_adds_a_stream_for_its_own_events_and_sees_only_its_own(
+        app, tx, make_org, make_user):
+    from tests.conftest import csrf_token
+    from tests.integration.test_org_admin import grant
+    make_org("acme", "Acme Supplies"), make_org("globex", "Globex Logistics")
+    make_user("alice@acme.test", org="acme")
+    grant(tx, "alice@acme.test", "acme", "org_owner")
+    _add(app, tx, name="globex-soc", kind="webhook", target="https://siem.globex.test/in",
+         org="globex")
+    client = _signed_in(app, "alice@acme.test")
+    page = client.get("/o/acme/admin/siem")
+    assert page.status_code == 200 and "No event streams yet." in page.get_data(as_text=True)
+    token = csrf_token(client, "/o/acme/admin/siem")
+    refused = client.post("/o/acme/admin/siem", data={
+        "csrf_token": token, "name": "inside", "target": "https://10.0.0.5/hook"})
+    assert refused.status_code == 400
+    assert "public host" in refused.get_data(as_text=True)
+    added = client.post("/o/acme/admin/siem", data={
+        "csrf_token": token, "name": "acme-soc", "target": "https://siem.acme.test/in?k=1",
+        "format": "ocsf", "actions": "auth., role.grant", "kind": "file"})
+    body = added.get_data(as_text=True)
+    assert added.status_code == 200 and "Signing secret of the new stream" in body
+    assert "https://siem.acme.test/in" in body and "k=1" not in body.split("<table")[1]
+    assert "globex" not in body.lower()
+    with services_of(app).db.sessions() as session:
+        stream = session.scalar(sa.select(SiemStream).where(SiemStream.name == "acme-soc"))
+        assert stream.kind == "webhook" and stream.format == "ocsf"  # no file for org admins
+        assert stream.actions == ["auth.", "role.grant"]
+        secret = services_of(app).secrets.open(stream.secret_sealed)["secret"]
+        assert secret in body and secret not in stream.secret_sealed
+    [event] = audit_events(app, "siem.stream_create")[-1:]
+    assert event.actor == "alice@acme.test" and event.details["target"] == \
+        "https://siem.acme.test/in"
+
+
+def test_operator_page_lists_every_stream_and_adds_one(app, tx, make_org, make_user, rsyslog):
+    from tests.conftest import csrf_token
+    make_org("globex", "Globex Logistics")
+    make_user("oscar@trellis.test", operator=True)
+    _add(app, tx, name="globex-soc", kind="webhook", target="https://siem.globex.test/in",
+         org="globex")
+    client = _signed_in(app, "oscar@trellis.test")
+    token = csrf_token(client, "/admin/siem")
+    added = client.post("/admin/siem", data={
+        "csrf_token": token, "name": "soc", "kind": "syslog", "target": rsyslog.target,
+        "format": "cef"})
+    body = added.get_data(as_text=True)
+    assert added.status_code == 200 and "Globex Logistics" in body and "every organization" in body
+    assert rsyslog.target in body
+    with services_of(app).db.sessions() as session:
+        stream_id = session.scalar(sa.select(SiemStream.id).where(SiemStream.name == "soc"))
+    replay = client.post(f"/admin/siem/{stream_id}/replay", data={"csrf_token": token,
+                                                                   "since": "1"})
+    assert replay.status_code == 302 and _stream(app, stream_id).cursor_seq == 0
+    assert client.post(f"/admin/siem/{stream_id}/remove",
+                       data={"csrf_token": token}).status_code == 302
+    assert _stream(app, stream_id) is None
+    member = make_user("max@acme.test")
+    assert member and _signed_in(app, "max@acme.test").get("/admin/siem").status_code == 403

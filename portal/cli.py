@@ -227,6 +227,19 @@ def _set_org_status(slug: str, status: str, reason: str) -> None:
     services().policy.invalidate(slug)
 
 
+@org.command("mfa-policy")
+@click.argument("slug")
+@click.argument("policy", type=click.Choice(["off", "admins", "all", "risk"]))
+@with_appcontext
+def org_mfa_policy(slug: str, policy: str) -> None:
+    """Require a second factor of nobody, of the organization's admins, or of all members."""
+    from portal.services import mfa, organizations
+    with services().db.transaction() as session:
+        item = organizations.get(session, slug)
+        mfa.set_policy(session, cli_context(), item, policy)
+        click.echo(f"MFA policy of {item.slug}: {policy}")
+
+
 @org.command("branding")
 @click.argument("slug")
 @click.option("--primary-color", help="Branding colour, e.g. #0b6e4f.")
@@ -327,18 +340,65 @@ def domain_add(slug: str, name: str) -> None:
 
 @domain.command("verify")
 @click.argument("name")
-@click.option("--manual", is_flag=True, help="Mark verified on the operator's word (audited).")
+@click.option("--org", "slug", help="The organization whose claim to verify (when several "
+              "organizations claim NAME).")
+@click.option("--manual", is_flag=True, help="Mark verified on the operator's word (audited), "
+              "without the DNS check.")
 @with_appcontext
-def domain_verify(name: str, manual: bool) -> None:
-    """Mark a domain verified."""
-    from portal.services import organizations
-    if not manual:
-        raise TrellisError("Only manual verification is available: run again with --manual "
-                           "once you have confirmed the organization owns the domain.",
-                           code="manual_only")
-    with services().db.transaction() as session:
-        verified = organizations.verify_domain_manually(session, cli_context(), name)
-        click.echo(f"{verified.name} is verified")
+def domain_verify(name: str, slug: str | None, manual: bool) -> None:
+    """Verify a domain: look its TXT record up now (or --manual)."""
+    from portal.services import domains, organizations
+    if manual:
+        with services().db.transaction() as session:
+            verified = organizations.verify_domain_manually(session, cli_context(), name, slug)
+            click.echo(f"{verified.name} is verified")
+        return
+    with services().db.sessions() as session:
+        found = _claimed_domain(session, name, slug)
+        org_id, domain_id = found.organization_id, found.id
+    result = domains.verify(services().db, cli_context(), org_id, domain_id,
+                            domains.dns_settings(current_app.config))
+    if result.error is not None:
+        raise result.error
+    click.echo(f"{result.name} is verified")
+
+
+def _claimed_domain(session, name: str, slug: str | None):
+    import sqlalchemy as sa
+
+    from portal.models import Domain, Organization
+    from portal.validation import normalize_domain
+    query = sa.select(Domain).where(Domain.name == normalize_domain(name))
+    if slug:
+        query = query.join(Organization).where(Organization.slug == slug.lower())
+    found = list(session.scalars(query))
+    if len(found) != 1:
+        raise TrellisError(f"The domain {name} has not been added to any organization."
+                           if not found else
+                           f"Several organizations claim {name}; name one with --org.",
+                           code="unknown_domain")
+    return found[0]
+
+
+@domain.command("reverify")
+@with_appcontext
+def domain_reverify() -> None:
+    """Look up every verified domain's TXT record again; suspend home-realm discovery for
+    those whose record is gone, restore those whose record is back (run it from cron)."""
+    from portal.services import domains
+    summary = domains.reverify_all(services().db, cli_context(),
+                                   domains.dns_settings(current_app.config))
+    click.echo(f"checked {summary.checked}: {summary.still_valid} still verified, "
+               f"{len(summary.suspended)} suspended, {len(summary.restored)} restored, "
+               f"{len(summary.failed)} without an answer")
+    for name in summary.suspended:
+        click.echo(f"suspended {name}: its verification record is gone")
+    for name in summary.restored:
+        click.echo(f"restored {name}")
+    for name in summary.failed:
+        click.echo(f"no answer for {name} (left as it was)")
+    if summary.failed:
+        sys.exit(2)
 
 
 # --- users ------------------------------------------------------------------------------
@@ -395,6 +455,20 @@ def user_suspend(email: str, reason: str) -> None:
     with services().db.transaction() as session:
         suspended = users.suspend(session, cli_context(), email, reason)
         click.echo(f"suspended {suspended.email}")
+
+
+@user.command("mfa-reset")
+@click.argument("email")
+@click.option("--reason", default="", help="Recorded in the audit trail.")
+@with_appcontext
+def user_mfa_reset(email: str, reason: str) -> None:
+    """Remove every second factor and recovery code of a user who lost them (after checking
+    who they are). They set up a new one at their next sign-in if a policy requires it."""
+    from portal.services import mfa, users
+    with services().db.transaction() as session:
+        row = users.get_by_email(session, email)
+        removed = mfa.reset(session, cli_context(), row, reason)
+        click.echo(f"{row.email}: removed {removed} second factor(s) and the recovery codes")
 
 
 @main.group()
@@ -617,6 +691,20 @@ def connection_set_domains(connection_id: int, domains: tuple[str, ...]) -> None
         names = connections.set_allowed_domains(session, cli_context(), row, list(domains))
         click.echo(f"connection {row.id}: "
                    + (f"allowed domains {', '.join(names)}" if names else "any domain"))
+
+
+@connection.command("trust-idp-mfa")
+@click.argument("connection_id", type=int)
+@click.argument("trust", type=click.Choice(["on", "off"]))
+@with_appcontext
+def connection_trust_idp_mfa(connection_id: int, trust: str) -> None:
+    """Accept the identity provider's multi-factor sign-ins instead of Trellis's code."""
+    from portal.services import connections, mfa
+    with services().db.transaction() as session:
+        row = connections.get(session, connection_id)
+        mfa.set_idp_mfa_trust(session, cli_context(), row, trust == "on")
+        state = "trusted" if trust == "on" else "not trusted"
+        click.echo(f"connection {row.id}: the identity provider's multi-factor is {state}")
 
 
 @connection.command("list")

@@ -81,9 +81,11 @@ def register(main: click.Group, cli_context) -> None:
     @with_appcontext
     def worker(interval: int, once: bool) -> None:
         """Deliver the outbox in a loop (run it under systemd or a container supervisor), and
-        delete expired sign-ups and reset links."""
+        delete expired sign-ups and reset links, and re-verify domains whose last check is
+        older than TRELLIS_DOMAIN_RECHECK_HOURS."""
         click.echo(f"trellis worker: delivering mail every {interval}s")
         while True:
+            _recheck_domains()
             purged = _purge_expired()
             if purged:
                 click.echo(f"purged {purged} expired sign-up and reset link"
@@ -126,6 +128,18 @@ def register(main: click.Group, cli_context) -> None:
         with services().db.transaction() as session:
             registration.set_mode(session, cli_context(), slug, mode)
         click.echo(f"{slug}: registration {mode}")
+
+
+def _recheck_domains() -> None:
+    from portal.cli import cli_context
+    from portal.services import domains
+    summary = domains.reverify_due(services().db, cli_context(),
+                                   domains.dns_settings(current_app.config),
+                                   current_app.config["DOMAIN_RECHECK_HOURS"])
+    for name in summary.suspended:
+        click.echo(f"domain {name}: verification record gone, suspended")
+    for name in summary.restored:
+        click.echo(f"domain {name}: verification record back, restored")
 
 
 def _purge_expired() -> int:

@@ -60,6 +60,7 @@ class MfaPolicy(enum.StrEnum):
     OFF = "off"
     ADMINS = "admins"  # holders of an administrator role in the organization
     ALL = "all"
+    RISK = "risk"  # asked when the sign-in's risk score calls for it
 
 
 class Organization(Base):
@@ -86,15 +87,26 @@ class Organization(Base):
 
 
 class Domain(Base):
+    """An email domain an organization claims. Several organizations may claim the same name
+    while it is unverified (nobody can squat it); ``verified_name`` holds the name only while
+    verified, and its unique constraint lets one organization at a time own it."""
+
     __tablename__ = "domains"
+    __table_args__ = (sa.UniqueConstraint("organization_id", "name"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    name: Mapped[str] = mapped_column(sa.String(253), unique=True)
+    name: Mapped[str] = mapped_column(sa.String(253), index=True)
     organization_id: Mapped[int] = mapped_column(
         sa.ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
     verified: Mapped[bool] = mapped_column(default=False)
+    verified_name: Mapped[str | None] = mapped_column(sa.String(253), unique=True)
     verification_token: Mapped[str] = mapped_column(sa.String(64))
     verified_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Set when re-verification no longer finds the TXT record: the domain stays the
+    # organization's, but home-realm discovery stops routing sign-ins by it.
+    suspended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_checked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_check_error: Mapped[str] = mapped_column(sa.String(300), default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     organization: Mapped[Organization] = relationship(back_populates="domains")
@@ -190,6 +202,40 @@ class TotpFactor(Base):
     last_step: Mapped[int] = mapped_column(sa.BigInteger, default=0)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class WebAuthnCredential(Base):
+    """A passkey or security key registered as a second factor (WebAuthn). Only the public
+    key is stored; ``sign_count`` catches a cloned authenticator replaying an old count."""
+
+    __tablename__ = "webauthn_credentials"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"),
+                                         index=True)
+    credential_id: Mapped[str] = mapped_column(sa.String(1400), unique=True)  # base64url
+    public_key: Mapped[str] = mapped_column(sa.Text)  # COSE key, base64url
+    sign_count: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    transports: Mapped[list[str]] = mapped_column(sa.JSON, default=list)
+    name: Mapped[str] = mapped_column(sa.String(100), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class KnownSignal(Base):
+    """Devices (the signed device cookie's id, hashed) and networks (an IPv4 /24 or IPv6 /48)
+    a user has completed a sign-in from: the risk assessment calls anything else new."""
+
+    __tablename__ = "known_signals"
+    __table_args__ = (sa.UniqueConstraint("user_id", "kind", "value",
+                                          name="uq_known_signals_user_kind_value"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(sa.String(16))  # device, network
+    value: Mapped[str] = mapped_column(sa.String(64))  # SHA-256 hex
+    first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class RecoveryCode(Base):
@@ -586,6 +632,38 @@ class OAuthDeviceCode(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+class CustomRole(Base):
+    """A role an organization's owner composed from the permissions its kind allows. The
+    policy engine reads these as ``p`` rows of that organization only."""
+
+    __tablename__ = "custom_roles"
+    __table_args__ = (sa.UniqueConstraint("organization_id", "name"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    organization_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(sa.String(63))
+    description: Mapped[str] = mapped_column(sa.String(300), default="")
+    # [[object type, action], ...]: each one a permission the kind's template allows
+    permissions: Mapped[list[Any]] = mapped_column(sa.JSON, default=list)
+    created_by_id: Mapped[int | None] = mapped_column()  # no FK: outlives its creator
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class OrgLogo(Base):
+    """An organization's uploaded logo: a sniffed PNG, JPEG or WebP, served from Trellis
+    itself (no third-party host in the sign-in page, and the CSP stays same-origin)."""
+
+    __tablename__ = "org_logos"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    organization_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("organizations.id", ondelete="CASCADE"), unique=True)
+    content_type: Mapped[str] = mapped_column(sa.String(32))
+    data: Mapped[bytes] = mapped_column(sa.LargeBinary)
+    sha256: Mapped[str] = mapped_column(sa.String(64))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 class OutboxStatus(enum.StrEnum):
     PENDING = "pending"  # waiting for its first or next attempt
     SENT = "sent"

@@ -23,16 +23,19 @@ from sqlalchemy.orm import Session
 from portal import audit
 from portal.crypto import SecretBox
 from portal.db import Database, utcnow
-from portal.errors import Conflict, NotFound, TrellisError
+from portal.errors import Conflict, NotFound, TrellisError, ValidationError
 from portal.models import (
+    Connection,
     Membership,
     MembershipStatus,
     MfaPolicy,
     Organization,
+    Protocol,
     RecoveryCode,
     RoleGrant,
     TotpFactor,
     User,
+    WebAuthnCredential,
 )
 from portal.passwords import Passwords
 from portal.throttle import LoginThrottle
@@ -75,7 +78,11 @@ def confirmed_factor(session: Session, user_id: int) -> TotpFactor | None:
 
 
 def has_second_factor(session: Session, user_id: int) -> bool:
-    return confirmed_factor(session, user_id) is not None
+    """An authenticator app or at least one passkey / security key."""
+    if confirmed_factor(session, user_id) is not None:
+        return True
+    return session.scalar(sa.select(sa.func.count(WebAuthnCredential.id))
+                          .where(WebAuthnCredential.user_id == user_id)) > 0
 
 
 def unused_recovery_codes(session: Session, user_id: int) -> int:
@@ -87,19 +94,27 @@ def unused_recovery_codes(session: Session, user_id: int) -> int:
 def required_for(session: Session, user_id: int) -> bool:
     """True when an organization the user is an active member of requires a second factor
     of them: of everyone, or of its administrators when the user holds an admin role."""
+    return requirement_for(session, user_id) == "required"
+
+
+def requirement_for(session: Session, user_id: int) -> str:
+    """The strictest demand among the user's organizations: ``required`` (policy ``all``,
+    or ``admins`` for an admin), else ``risk`` (asked when a sign-in looks risky), else
+    ``none``."""
     rows = session.execute(
         sa.select(Organization.id, Organization.mfa_policy)
         .join(Membership, Membership.organization_id == Organization.id)
         .where(Membership.user_id == user_id, Membership.status == MembershipStatus.ACTIVE,
                Organization.mfa_policy != MfaPolicy.OFF)).all()
+    policies = {policy for _, policy in rows}
+    if MfaPolicy.ALL in policies:
+        return "required"
     admin_orgs = [org_id for org_id, policy in rows if policy == MfaPolicy.ADMINS]
-    if any(policy == MfaPolicy.ALL for _, policy in rows):
-        return True
-    if not admin_orgs:
-        return False
-    return session.scalar(sa.select(sa.func.count(RoleGrant.id)).where(
-        RoleGrant.user_id == user_id, RoleGrant.organization_id.in_(admin_orgs),
-        RoleGrant.role.in_(ADMIN_ROLES))) > 0
+    if admin_orgs and session.scalar(sa.select(sa.func.count(RoleGrant.id)).where(
+            RoleGrant.user_id == user_id, RoleGrant.organization_id.in_(admin_orgs),
+            RoleGrant.role.in_(ADMIN_ROLES))) > 0:
+        return "required"
+    return "risk" if MfaPolicy.RISK in policies else "none"
 
 
 def idp_asserted_mfa(amr: tuple[str, ...] | list[str], acr: str | None) -> bool:
@@ -153,7 +168,7 @@ def confirm_totp(tx: Session, ctx: audit.Context, box: SecretBox, passwords: Pas
     row.confirmed_at = utcnow()
     row.last_step = step
     row.last_used_at = row.confirmed_at
-    codes = _new_recovery_codes(tx, passwords, user.id)
+    codes = new_recovery_codes_if_none(tx, passwords, user.id)
     audit.record(tx, ctx, "mfa.totp_enroll", target=f"user:{user.email}",
                  details={"recovery_codes": len(codes)})
     return codes
@@ -169,7 +184,7 @@ def enrollment_failed(db: Database, ctx: audit.Context, user: User) -> None:
 def regenerate_recovery_codes(tx: Session, ctx: audit.Context, passwords: Passwords,
                               user: User) -> list[str]:
     """Replace every recovery code (used or not) with a fresh set."""
-    if confirmed_factor(tx, user.id) is None:
+    if not has_second_factor(tx, user.id):
         raise NotFound("Set up an authenticator app first.", code="mfa_not_enrolled")
     codes = _new_recovery_codes(tx, passwords, user.id)
     audit.record(tx, ctx, "mfa.recovery_codes_regenerate", target=f"user:{user.email}")
@@ -177,12 +192,38 @@ def regenerate_recovery_codes(tx: Session, ctx: audit.Context, passwords: Passwo
 
 
 def remove_totp(tx: Session, ctx: audit.Context, user: User) -> None:
-    """Remove the authenticator and its recovery codes."""
+    """Remove the authenticator app (and the recovery codes, when no passkey remains)."""
     deleted = tx.execute(sa.delete(TotpFactor).where(TotpFactor.user_id == user.id)).rowcount
-    tx.execute(sa.delete(RecoveryCode).where(RecoveryCode.user_id == user.id))
+    if not has_second_factor(tx, user.id):  # recovery codes stand in for factors only
+        drop_recovery_codes(tx, user.id)
     if not deleted:
         raise NotFound("No authenticator app is set up.", code="mfa_not_enrolled")
     audit.record(tx, ctx, "mfa.totp_remove", target=f"user:{user.email}")
+
+
+def drop_recovery_codes(tx: Session, user_id: int) -> None:
+    tx.execute(sa.delete(RecoveryCode).where(RecoveryCode.user_id == user_id))
+
+
+def new_recovery_codes_if_none(tx: Session, passwords: Passwords, user_id: int) -> list[str]:
+    """The first factor of any kind brings recovery codes; later ones keep the set."""
+    exists = tx.scalar(sa.select(sa.func.count(RecoveryCode.id))
+                       .where(RecoveryCode.user_id == user_id))
+    return [] if exists else _new_recovery_codes(tx, passwords, user_id)
+
+
+def reset(tx: Session, ctx: audit.Context, user: User, reason: str = "") -> int:
+    """An operator removes every second factor of a user who lost them all; returns how
+    many factors were removed."""
+    removed = tx.execute(sa.delete(TotpFactor).where(TotpFactor.user_id == user.id,
+                                                     TotpFactor.confirmed_at.is_not(None))
+                         ).rowcount
+    removed += tx.execute(sa.delete(WebAuthnCredential)
+                          .where(WebAuthnCredential.user_id == user.id)).rowcount
+    drop_recovery_codes(tx, user.id)
+    audit.record(tx, ctx, "mfa.reset", target=f"user:{user.email}", reason=reason[:400],
+                 details={"factors_removed": removed})
+    return removed
 
 
 def _new_recovery_codes(tx: Session, passwords: Passwords, user_id: int) -> list[str]:
@@ -202,18 +243,32 @@ def verify(db: Database, ctx: audit.Context, throttle: LoginThrottle, box: Secre
            passwords: Passwords, user: User, code: str, purpose: str = "sign_in",
            now: float | None = None) -> str:
     """Check a second-factor code (TOTP, or a recovery code) for ``user``; returns the
-    method used (``otp`` or ``recovery``). Wrong codes count towards the same kind of
-    lockout as wrong passwords, per account and per client IP; every outcome is audited."""
+    method used (``otp`` or ``recovery``)."""
+    cleaned = "".join(ch for ch in (code or "") if ch.isalnum()).lower()[:32]
+
+    def attempt(tx: Session) -> str | None:
+        if cleaned.isdigit() and len(cleaned) == 6:
+            return "otp" if _use_totp(tx, box, user.id, cleaned, now) else None
+        if len(cleaned) == 10:
+            return "recovery" if _use_recovery_code(tx, passwords, user.id, cleaned) else None
+        return None
+
+    return checked_attempt(db, ctx, throttle, user, purpose, attempt)
+
+
+def checked_attempt(db: Database, ctx: audit.Context, throttle: LoginThrottle, user: User,
+                    purpose: str, attempt) -> str:
+    """Run one second-factor ``attempt`` (a function of the transaction returning the method
+    used, or None) under the throttle. Wrong answers count towards the same kind of lockout
+    as wrong passwords, per account and per client IP; every outcome is audited."""
     key = f"mfa:{user.id}"
     throttle.check(key, ctx.ip)
-    cleaned = "".join(ch for ch in (code or "") if ch.isalnum()).lower()[:32]
+    reason = "invalid_code"
     with db.transaction() as tx:
-        method = None
-        if cleaned.isdigit() and len(cleaned) == 6:
-            method = "otp" if _use_totp(tx, box, user.id, cleaned, now) else None
-        elif len(cleaned) == 10:
-            method = "recovery" if _use_recovery_code(tx, passwords, user.id, cleaned) \
-                else None
+        try:
+            method = attempt(tx)
+        except InvalidCode as refused:
+            method, reason = None, refused.detail or reason
         if method is not None:
             left = unused_recovery_codes(tx, user.id) if method == "recovery" else None
             audit.record(tx, ctx.acting_as(user.id, user.email), "auth.mfa",
@@ -227,7 +282,7 @@ def verify(db: Database, ctx: audit.Context, throttle: LoginThrottle, box: Secre
     lockout = throttle.record_failure(key, ctx.ip)
     with db.transaction() as tx:
         audit.record(tx, ctx, "auth.mfa", outcome="failure", target=f"user:{user.email}",
-                     reason="invalid_code", details={"purpose": purpose})
+                     reason=reason, details={"purpose": purpose})
         if lockout is not None:
             audit.record(tx, ctx, "auth.lockout", outcome="failure",
                          target=f"user:{user.email}" if lockout.scope == "account"
@@ -266,7 +321,7 @@ def _use_totp(tx: Session, box: SecretBox, user_id: int, code: str, now: float |
 
 
 def _use_recovery_code(tx: Session, passwords: Passwords, user_id: int, code: str) -> bool:
-    if confirmed_factor(tx, user_id) is None:
+    if not has_second_factor(tx, user_id):
         return False
     rows = tx.execute(sa.select(RecoveryCode.id, RecoveryCode.code_hash)
                       .where(RecoveryCode.user_id == user_id,
@@ -288,12 +343,50 @@ def _use_recovery_code(tx: Session, passwords: Passwords, user_id: int, code: st
 
 
 def set_policy(tx: Session, ctx: audit.Context, org: Organization, policy: str) -> None:
+    """Who must use a second factor: takes effect at each member's next sign-in."""
     try:
         value = MfaPolicy(policy)
     except ValueError:
-        raise TrellisError("Choose off, admins or all.", code="invalid_mfa_policy") from None
+        raise ValidationError("Choose off, admins, all or risk.",
+                              code="invalid_mfa_policy") from None
+    if value == org.mfa_policy:
+        return
     before = org.mfa_policy
     org.mfa_policy = value
     audit.record(tx, ctx, "organization.mfa_policy", target=f"organization:{org.slug}",
                  organization_id=org.id,
                  details={"before": before.value if before else None, "after": value.value})
+
+
+def set_idp_mfa_trust(tx: Session, ctx: audit.Context, connection: Connection,
+                      trust: bool) -> None:
+    """Accept (or stop accepting) the identity provider's own second factor: a sign-in
+    whose ``amr`` or AuthnContext says multi-factor then skips Trellis's code step."""
+    if trust and connection.protocol == Protocol.LDAP:
+        raise ValidationError("A directory cannot vouch for a second factor.",
+                              code="not_federated")
+    before = bool((connection.settings or {}).get("trust_idp_mfa"))
+    if before == trust:
+        return
+    connection.settings = {**connection.settings, "trust_idp_mfa": trust}
+    audit.record(tx, ctx, "connection.update", target=f"connection:{connection.id}",
+                 organization_id=connection.organization_id,
+                 details={"trust_idp_mfa": [before, trust]})
+
+
+CHANGES = {  # what the notification email says happened
+    "totp_added": "an authenticator app was set up",
+    "totp_removed": "the authenticator app was removed",
+    "passkey_added": "a passkey or security key was added",
+    "passkey_removed": "a passkey or security key was removed",
+    "recovery_codes": "new recovery codes were made (the old ones no longer work)",
+}
+
+
+def notify_change(tx: Session, user: User, change: str, link: str) -> None:
+    """Tell the account's owner by email (through the outbox, in the same transaction as
+    the change): if it was not them, the link leads to their security page."""
+    from portal.services import outbox
+    outbox.enqueue(tx, to=user.email, template="mfa_changed", org=None,
+                   context={"what": CHANGES[change], "link": link,
+                            "when": utcnow().strftime("%Y-%m-%d %H:%M")})

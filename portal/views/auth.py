@@ -171,21 +171,43 @@ def finish_sign_in(user, token: str, *, amr: tuple[str, ...], next_url: str,
     """Every sign-in ends here once its first factor (password, directory bind, identity
     provider) is done. Users who have a second factor, or whose organization requires one,
     are held at the code (or enrollment) step; ``idp_mfa`` is set when a trusted identity
-    provider asserted that it already used a second factor."""
+    provider asserted that it already used a second factor. Under the ``risk`` policy the
+    sign-in's risk decision says whether the code is asked (and ``deny`` refuses members
+    who have no second factor)."""
     from portal.services import mfa
     from portal.views import mfa as mfa_views
+    assessment = assess_risk(user, amr)
     if idp_mfa:
         begin_session(user, token, assurance=2, amr=(*amr, "mfa"))
         session["mfa_at"] = int(time.time())
     else:
         read = db_session()
         enrolled = mfa.has_second_factor(read, user.id)
-        if enrolled or mfa.required_for(read, user.id):
+        demand = mfa.requirement_for(read, user.id)
+        decision = assessment.decision if assessment is not None else "step_up"
+        if demand == "risk" and decision == "deny" and not enrolled:
+            return _refuse_risky(user, token)
+        ask = demand == "required" or (enrolled and (demand != "risk" or decision != "allow"))
+        if ask:
             return mfa_views.hold_sign_in(user, token, amr=amr, next_url=next_url,
                                           remember=remember, enroll=not enrolled)
         begin_session(user, token, amr=amr)
     session.update(remember or {})
     return redirect(next_url)
+
+
+def _refuse_risky(user, token: str):
+    """A member of a risk-policy organization, without a second factor, whose sign-in
+    scored ``deny``: the new session is ended and the attempt audited."""
+    from portal import audit
+    with services().db.transaction() as tx:
+        auth.end_session(tx, token)
+        audit.record(tx, audit_context(), "auth.login", outcome="failure",
+                     target=f"user:{user.email}", reason="risk_denied")
+    session.clear()
+    raise TrellisError("This sign-in looks unusual, so it was stopped. Try again later "
+                       "from a device you have used before, or ask your administrator.",
+                       code="risk_denied", status=403)
 
 
 def password_step(org, login_hint: str | None, next_url: str):
@@ -221,6 +243,62 @@ def begin_session(user, token: str, assurance: int = 1, amr: tuple[str, ...] = (
     session["auth_time"] = int(time.time())
     session["amr"] = list(amr)
     login_user(user)
+    _remember_device(user)
+
+
+DEVICE_COOKIE = "trellis_device"
+DEVICE_SECONDS = 400 * 86400
+
+
+def device_id() -> str:
+    """This browser's id from the signed device cookie; a new browser gets a new id (the
+    cookie is set on this response)."""
+    from flask import after_this_request, g
+    from itsdangerous import BadSignature, URLSafeSerializer
+    if "device_id" in g:
+        return g.device_id
+    signer = URLSafeSerializer(current_app.config["SECRET_KEY"], salt="trellis-device")
+    secure = bool(current_app.config.get("SESSION_COOKIE_SECURE"))
+    name = f"__Host-{DEVICE_COOKIE}" if secure else DEVICE_COOKIE  # like the session's
+    try:
+        g.device_id = str(signer.loads(request.cookies.get(name, "")))
+    except BadSignature:
+        import secrets
+        g.device_id = secrets.token_urlsafe(18)
+        value = signer.dumps(g.device_id)
+
+        @after_this_request
+        def set_cookie(response):
+            response.set_cookie(name, value, max_age=DEVICE_SECONDS, httponly=True,
+                                samesite="Lax", secure=secure)
+            return response
+    return g.device_id
+
+
+def assess_risk(user, amr: tuple[str, ...]):
+    """Score this sign-in and audit the score with its signals (``auth.risk``); returns the
+    assessment, or None when it failed (logged; the sign-in goes on)."""
+    from portal import audit, risk
+    try:
+        ctx = audit_context().acting_as(user.id, user.email)
+        with services().db.transaction() as tx:
+            result = risk.assess(tx, user.id, user.email, request.remote_addr, device_id())
+            audit.record(tx, ctx, "auth.risk", target=f"user:{user.email}",
+                         details={**result.as_details(), "method": list(amr)})
+        return result
+    except Exception:
+        current_app.logger.warning("risk assessment skipped", exc_info=True)
+        return None
+
+
+def _remember_device(user) -> None:
+    """A completed sign-in makes this device and network known for the user."""
+    from portal import risk
+    try:
+        with services().db.transaction() as tx:
+            risk.remember(tx, user.id, request.remote_addr, device_id())
+    except Exception:
+        current_app.logger.warning("could not remember the device", exc_info=True)
 
 
 @bp.post("/logout")

@@ -10,6 +10,7 @@ import pyotp
 import pytest
 import sqlalchemy as sa
 
+from portal.errors import ValidationError
 from portal.models import Membership, MembershipStatus, Organization, RecoveryCode, TotpFactor
 from portal.services import mfa, organizations, roles, users
 from tests.conftest import CLI_CTX, PASSWORD, audit_events, csrf_token, services_of, sign_in
@@ -83,6 +84,12 @@ def test_enroll_then_sign_in_with_password_and_code(client, app, alice):
     assert "Welcome, Alice" in client.get("/").get_data(as_text=True)
     assert [e.outcome for e in audit_events(app, "auth.mfa")] == ["success"]
     assert [e.outcome for e in audit_events(app, "mfa.totp_enroll")] == ["success"]
+    from portal.models import OutboxMessage
+    with services_of(app).db.sessions() as s:
+        [mail] = s.scalars(sa.select(OutboxMessage)).all()
+        assert (mail.to_address, mail.template) == ("alice@acme.test", "mfa_changed")
+        assert "an authenticator app was set up" in mail.text_body
+        assert "http://localhost/account/security" in mail.text_body
 
 
 def test_wrong_code_is_refused_and_audited(client, app, alice):
@@ -299,3 +306,202 @@ def test_users_without_a_second_factor_are_not_asked(client, app, tx, alice, mak
     page = f"/o/acme/admin/users/{bob.id}"
     response = client.post(f"{page}/suspend", data={"csrf_token": csrf_token(client, page)})
     assert response.status_code == 302 and bob_status(app, bob) == "suspended"
+
+
+# ---- federated sign-in
+
+
+@pytest.fixture
+def sso_org(app, tx, make_org, oidc_provider):
+    from tests.integration.test_oidc_signin import add_connection
+    make_org("acme", "Acme Supplies")
+    with tx() as session:
+        organizations.add_domain(session, CLI_CTX, "acme", "acme.test")
+        organizations.verify_domain_manually(session, CLI_CTX, "acme.test")
+        mfa.set_policy(session, CLI_CTX, organizations.get(session, "acme"), "all")
+    return add_connection(app, tx, oidc_provider, "acme", "Acme SSO")
+
+
+def trust(tx, connection_id: int, value: bool) -> None:
+    from portal.models import Connection
+    with tx() as session:
+        mfa.set_idp_mfa_trust(session, CLI_CTX, session.get(Connection, connection_id), value)
+
+
+@pytest.mark.parametrize(("trusted", "amr", "lands_on"), [
+    (True, ["pwd", "mfa"], "/o/acme/"),        # trusted and multi-factor: no code step
+    (True, ["pwd"], "/login/mfa/setup"),       # trusted, but the IdP used a password only
+    (False, ["pwd", "otp"], "/login/mfa/setup"),  # multi-factor, but not trusted
+])
+def test_federated_sign_in_and_the_idps_own_mfa(client, app, tx, sso_org, oidc_provider,
+                                                trusted, amr, lands_on):
+    from tests.integration.test_oidc_signin import federated_login
+    trust(tx, sso_org, trusted)
+    oidc_provider.put_account("jane@acme.test", name="Jane Doe", amr=amr)
+    response = federated_login(client, oidc_provider, "jane@acme.test")
+    assert response.status_code == 302 and response.headers["Location"] == lands_on
+    if trusted and "mfa" in amr:
+        with client.session_transaction() as session:
+            assert session["assurance"] == 2 and session["amr"] == ["fed", "mfa"]
+    else:
+        assert client.get("/o/acme/").status_code == 302  # not signed in yet
+
+
+def test_federated_user_with_a_factor_gets_the_code_step(client, app, tx, sso_org,
+                                                         oidc_provider):
+    from tests.integration.test_oidc_signin import federated_login
+    oidc_provider.put_account("jane@acme.test", name="Jane Doe")
+    response = federated_login(client, oidc_provider, "jane@acme.test")
+    secret = SECRET.search(client.get(response.headers["Location"]).get_data(as_text=True))\
+        .group(1)
+    assert send_code(client, previous_code(secret), "/login/mfa/setup").status_code == 200
+    client.post("/logout", data={"csrf_token": csrf_token(client, "/")})
+    response = federated_login(client, oidc_provider, "jane@acme.test")
+    assert response.headers["Location"] == "/login/mfa"
+    response = send_code(client, pyotp.TOTP(secret).now())
+    assert response.status_code == 302 and response.headers["Location"] == "/o/acme/"
+    with client.session_transaction() as session:
+        assert session["amr"] == ["fed", "otp", "mfa"]
+
+
+def test_organization_admin_sets_the_policy_and_trust(client, app, tx, sso_org):
+    with tx() as session:
+        mfa.set_policy(session, CLI_CTX, organizations.get(session, "acme"), "off")
+        users.create(session, CLI_CTX, services_of(app).passwords, email="owner@acme.test",
+                     password=PASSWORD, org_slug="acme")
+    grant(tx, "owner@acme.test", "org_owner")
+    sign_in(client, "owner@acme.test")
+    page = client.get("/o/acme/admin/security").get_data(as_text=True)
+    assert "Required for every member" in page and "Acme SSO" in page
+    token = csrf_token(client, "/o/acme/admin/security")
+    response = client.post("/o/acme/admin/security", data={
+        "csrf_token": token, "policy": "admins", "trust_idp_mfa": str(sso_org)})
+    assert response.status_code == 302
+    with tx() as session:
+        assert organizations.get(session, "acme").mfa_policy.value == "admins"
+    event = audit_events(app, "organization.mfa_policy")[-1]
+    assert event.details == {"before": "off", "after": "admins"}
+    assert event.actor == "owner@acme.test"
+    assert any(e.details.get("trust_idp_mfa") == [False, True]
+               for e in audit_events(app, "connection.update"))
+    response = client.post("/o/acme/admin/security", data={"csrf_token": token,
+                                                           "policy": "sometimes"})
+    assert response.status_code == 400
+    with tx() as session:
+        assert organizations.get(session, "acme").mfa_policy.value == "admins"
+
+
+# ---- what apps are told
+
+
+def test_the_openid_provider_reports_the_second_factor(app, op):
+    from tests.integration.provider_helpers import (
+        callback_params,
+        consent,
+        http,
+        register,
+        rp,
+        start,
+    )
+    from tests.integration.test_provider_flow import validate_id_token
+    services = services_of(app)
+    with services.db.transaction() as session:
+        user = users.get_by_email(session, "alice@acme.test")
+        secret = mfa.begin_totp(session, services.secrets, user).secret
+        mfa.confirm_totp(session, CLI_CTX, services.secrets, services.passwords, user,
+                         previous_code(secret))
+    browser = http.__class__()
+    page = browser.get(op + "/login")
+    answer = browser.post(op + "/login", data={
+        "email": "alice@acme.test", "password": PASSWORD,
+        "csrf_token": re.search(r'name="csrf_token"[^>]*?value="([^"]+)"', page.text)
+        .group(1)}, allow_redirects=False)
+    assert answer.headers["Location"] == "/login/mfa"
+    page = browser.get(op + "/login/mfa")
+    answer = browser.post(op + "/login/mfa", data={
+        "code": pyotp.TOTP(secret).now(),
+        "csrf_token": re.search(r'name="csrf_token"[^>]*?value="([^"]+)"', page.text)
+        .group(1)}, allow_redirects=False)
+    assert answer.status_code == 302
+    registered = register(app)
+    client = rp(op, registered)
+    response, verifier, nonce, _ = start(op, client, browser)
+    if response.status_code == 200:
+        response = consent(op, browser, response)
+    token = client.fetch_token(op + "/oauth/token", code=callback_params(response)["code"],
+                               code_verifier=verifier)
+    claims = validate_id_token(op, token["id_token"], registered.client_id, nonce)
+    assert claims["acr"] == "urn:trellis:loa:2" and claims["amr"] == ["pwd", "otp", "mfa"]
+
+
+def test_an_app_asking_for_level_2_gets_a_step_up_first(app, op):
+    """acr_values=urn:trellis:loa:2 with a password-only session: the user confirms with a
+    code, then the app gets acr loa:2; prompt=none gets interaction_required instead."""
+    from tests.integration.provider_helpers import (
+        browser_login,
+        callback_params,
+        consent,
+        register,
+        rp,
+        start,
+    )
+    from tests.integration.test_provider_flow import validate_id_token
+    browser = browser_login(op, "alice@acme.test")  # no second factor yet: level 1
+    services = services_of(app)
+    with services.db.transaction() as session:  # then one is set up (say, on a phone)
+        user = users.get_by_email(session, "alice@acme.test")
+        secret = mfa.begin_totp(session, services.secrets, user).secret
+        mfa.confirm_totp(session, CLI_CTX, services.secrets, services.passwords, user,
+                         previous_code(secret))
+    registered = register(app)
+    client = rp(op, registered)
+    quiet, _, _, _ = start(op, client, browser, acr_values="urn:trellis:loa:2", prompt="none")
+    assert callback_params(quiet)["error"] == "interaction_required"
+    response, verifier, nonce, _ = start(op, client, browser, acr_values="urn:trellis:loa:2")
+    assert response.status_code == 302
+    step_up = response.headers["Location"]
+    assert step_up.startswith("/login/step-up?next=")
+    page = browser.get(op + step_up)
+    token = re.search(r'name="csrf_token"[^>]*?value="([^"]+)"', page.text).group(1)
+    next_url = re.search(r'name="next" value="([^"]+)"', page.text).group(1)
+    answer = browser.post(op + "/login/step-up", data={
+        "code": pyotp.TOTP(secret).now(), "csrf_token": token,
+        "next": next_url.replace("&amp;", "&")}, allow_redirects=False)
+    assert answer.status_code == 302 and answer.headers["Location"].startswith(
+        "/oauth/authorize?")
+    response = browser.get(op + answer.headers["Location"], allow_redirects=False)
+    if response.status_code == 200:
+        response = consent(op, browser, response)
+    tokens = client.fetch_token(op + "/oauth/token", code=callback_params(response)["code"],
+                                code_verifier=verifier)
+    claims = validate_id_token(op, tokens["id_token"], registered.client_id, nonce)
+    assert claims["acr"] == "urn:trellis:loa:2" and claims["amr"] == ["pwd", "otp", "mfa"]
+
+
+# ---- directory (LDAP) sign-in
+
+
+def test_directory_admins_must_set_up_a_second_factor(client, app, tx, make_org, slapd):
+    """alice is an engineer in the directory, mapped to user_manager: under the admins
+    policy her first bind sign-in continues at the enrollment step."""
+    from portal.models import Connection
+    from tests.integration.test_ldap_signin import add_ldap, post_login
+    from tests.peers.slapd import USER_PASSWORD
+    make_org("acme", "Acme Supplies")
+    with tx() as session:
+        organizations.add_domain(session, CLI_CTX, "acme", "acme.test")
+        organizations.verify_domain_manually(session, CLI_CTX, "acme.test")
+        mfa.set_policy(session, CLI_CTX, organizations.get(session, "acme"), "admins")
+    connection_id = add_ldap(app, tx, slapd)
+    response = post_login(client, "alice@acme.test", USER_PASSWORD)
+    assert response.status_code == 302 and response.headers["Location"] == "/login/mfa/setup"
+    assert client.get("/o/acme/").status_code == 302
+    page = client.get("/login/mfa/setup").get_data(as_text=True)
+    secret = SECRET.search(page).group(1)
+    assert send_code(client, previous_code(secret), "/login/mfa/setup").status_code == 200
+    assert client.get("/o/acme/").status_code == 200
+    with client.session_transaction() as session:
+        assert session["amr"] == ["pwd", "otp", "mfa"]
+    # A bind proves a password only: a directory cannot be trusted for MFA.
+    with tx() as session, pytest.raises(ValidationError, match="cannot vouch"):
+        mfa.set_idp_mfa_trust(session, CLI_CTX, session.get(Connection, connection_id), True)

@@ -300,7 +300,7 @@ def test_unchanged_returning_sign_in_records_only_the_login(client, app, tx, sam
     before = len(audit_events(app))
     assert saml_login(client, saml_org).headers["Location"] == "/o/partner/"
     new = [e.action for e in audit_events(app)[before:]]
-    assert new == ["auth.login"]
+    assert new == ["auth.login", "auth.risk"]  # the risk score of every sign-in
     assert audit_events(app, "auth.login")[-1].details["method"] == "saml"
     with tx() as session:
         assert session.scalar(sa.select(FederatedIdentity.last_login_at)) > first

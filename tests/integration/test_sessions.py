@@ -63,7 +63,9 @@ def test_cookie_flags(client, app, make_user, settings):
     from portal import create_app
     make_user("alice@acme.test")
     response = sign_in(client, "alice@acme.test")
-    cookie = SimpleCookie(response.headers["Set-Cookie"])["trellis"]
+    [session_cookie] = [h for h in response.headers.getlist("Set-Cookie")
+                        if h.startswith("trellis=")]
+    cookie = SimpleCookie(session_cookie)["trellis"]
     assert cookie["httponly"] and cookie["samesite"] == "Lax" and cookie["path"] == "/"
     secure_app = create_app({**settings, "COOKIE_SECURE": True})
     secure = secure_app.test_client().get("/login", base_url="https://localhost")

@@ -1,4 +1,4 @@
-"""Second factors: TOTP authenticators, recovery codes, and each organization's MFA policy.
+"""Second factors: TOTP authenticators, WebAuthn credentials, recovery codes, known devices and networks, and each organization's MFA policy.
 
 Revision ID: 0010
 Revises: 0009
@@ -41,8 +41,36 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id', name=op.f('pk_totp_factors')),
     sa.UniqueConstraint('user_id', name=op.f('uq_totp_factors_user_id'))
     )
+    op.create_table('webauthn_credentials',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('user_id', sa.Integer(), nullable=False),
+    sa.Column('credential_id', sa.String(length=1400), nullable=False),
+    sa.Column('public_key', sa.Text(), nullable=False),
+    sa.Column('sign_count', sa.BigInteger(), nullable=False),
+    sa.Column('transports', sa.JSON(), nullable=False),
+    sa.Column('name', sa.String(length=100), nullable=False),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('last_used_at', sa.DateTime(timezone=True), nullable=True),
+    sa.ForeignKeyConstraint(['user_id'], ['users.id'], name=op.f('fk_webauthn_credentials_user_id_users'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_webauthn_credentials')),
+    sa.UniqueConstraint('credential_id', name=op.f('uq_webauthn_credentials_credential_id'))
+    )
+    with op.batch_alter_table('webauthn_credentials', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_webauthn_credentials_user_id'), ['user_id'], unique=False)
+
+    op.create_table('known_signals',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('user_id', sa.Integer(), nullable=False),
+    sa.Column('kind', sa.String(length=16), nullable=False),
+    sa.Column('value', sa.String(length=64), nullable=False),
+    sa.Column('first_seen_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('last_seen_at', sa.DateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['user_id'], ['users.id'], name=op.f('fk_known_signals_user_id_users'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_known_signals')),
+    sa.UniqueConstraint('user_id', 'kind', 'value', name='uq_known_signals_user_kind_value')
+    )
     with op.batch_alter_table('organizations', schema=None) as batch_op:
-        batch_op.add_column(sa.Column('mfa_policy', sa.Enum('off', 'admins', 'all', name='mfa_policy', native_enum=False, create_constraint=True, length=16), server_default='off', nullable=False))
+        batch_op.add_column(sa.Column('mfa_policy', sa.Enum('off', 'admins', 'all', 'risk', name='mfa_policy', native_enum=False, create_constraint=True, length=16), server_default='off', nullable=False))
 
     # ### end Alembic commands ###
 
@@ -53,6 +81,11 @@ def downgrade() -> None:
         batch_op.drop_constraint(op.f('ck_organizations_mfa_policy'), type_='check')
         batch_op.drop_column('mfa_policy')
 
+    with op.batch_alter_table('webauthn_credentials', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_webauthn_credentials_user_id'))
+
+    op.drop_table('webauthn_credentials')
+    op.drop_table('known_signals')
     op.drop_table('totp_factors')
     with op.batch_alter_table('recovery_codes', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_recovery_codes_user_id'))

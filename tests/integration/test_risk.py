@@ -1,0 +1,149 @@
+"""Risk signals recorded per sign-in: a new device (signed cookie), a new network, failed
+attempts just before; a sign-in whose signals cannot be read still works."""
+
+from __future__ import annotations
+
+import pytest
+
+from portal import risk
+from tests.conftest import audit_events, csrf_token, sign_in
+
+WRONG = "not the password at all"
+
+
+@pytest.fixture
+def alice(make_org, make_user):
+    make_org("acme", "Acme Supplies")
+    return make_user("alice@acme.test", org="acme")
+
+
+def last_risk(app) -> dict:
+    return audit_events(app, "auth.risk")[-1].details
+
+
+def sign_out(client) -> None:
+    client.post("/logout", data={"csrf_token": csrf_token(client, "/")})
+
+
+def test_first_sign_in_is_new_then_known(client, app, alice):
+    assert sign_in(client, "alice@acme.test").status_code == 302
+    first = last_risk(app)
+    assert first["signals"]["new_device"] is True and first["signals"]["new_network"] is True
+    assert first["score"] == 50 and first["decision"] == "step_up"
+    assert first["method"] == ["pwd"] and first["missing"] == []
+    assert "trellis_device" in client.get_cookie("trellis_device").key
+    sign_out(client)
+    sign_in(client, "alice@acme.test")
+    again = last_risk(app)
+    assert again["signals"] == {"new_device": False, "new_network": False,
+                                "account_failures": 0, "ip_failures": 0}
+    assert (again["score"], again["decision"]) == (0, "allow")
+
+
+def test_a_new_browser_on_a_known_network(client, app, alice):
+    sign_in(client, "alice@acme.test")
+    other = app.test_client()  # no device cookie
+    sign_in(other, "alice@acme.test")
+    details = last_risk(app)
+    assert details["signals"]["new_device"] is True
+    assert details["signals"]["new_network"] is False
+    assert details["score"] == 30 and details["decision"] == "allow"
+
+
+def test_a_forged_device_cookie_counts_as_a_new_device(client, app, alice):
+    sign_in(client, "alice@acme.test")
+    sign_out(client)
+    client.set_cookie("trellis_device", "forged.value", domain="localhost")
+    sign_in(client, "alice@acme.test")
+    assert last_risk(app)["signals"]["new_device"] is True
+
+
+def test_failures_before_the_sign_in_raise_the_score(client, app, alice):
+    sign_in(client, "alice@acme.test")
+    sign_out(client)
+    for _ in range(3):
+        assert sign_in(client, "alice@acme.test", WRONG).status_code == 401
+    sign_in(client, "alice@acme.test")
+    details = last_risk(app)
+    assert details["signals"]["account_failures"] == 3
+    assert details["signals"]["ip_failures"] == 3
+    assert details["score"] == 3 * 10 + 3 * 2
+
+
+def test_missing_signals_degrade_without_breaking_the_sign_in(client, app, alice,
+                                                              monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("the audit table is unreadable")
+    monkeypatch.setattr(risk, "_failures", broken)
+    response = client.post("/login", data={
+        "email": "alice@acme.test", "password": "correct horse battery",
+        "csrf_token": csrf_token(client)}, environ_base={"REMOTE_ADDR": ""})
+    assert response.status_code == 302 and response.headers["Location"] == "/"
+    details = last_risk(app)
+    assert set(details["missing"]) == {"new_network", "account_failures", "ip_failures"}
+    assert details["signals"] == {"new_device": True}
+    assert client.get("/").status_code == 200
+
+
+def test_a_crashing_assessment_never_blocks_the_sign_in(client, app, alice, monkeypatch):
+    monkeypatch.setattr(risk, "assess", lambda *a, **k: 1 / 0)
+    assert sign_in(client, "alice@acme.test").headers["Location"] == "/"
+    assert client.get("/").status_code == 200
+    assert audit_events(app, "auth.risk") == []
+
+
+@pytest.mark.parametrize(("ip", "network"), [
+    ("203.0.113.77", "203.0.113.0/24"),
+    ("2001:db8:1234:5678::1", "2001:db8:1234::/48"),
+    ("not an address", None),
+    ("", None),
+])
+def test_networks_are_prefixes(ip, network):
+    assert risk.network_of(ip) == network
+
+
+# ---- the risk policy
+
+
+def _risk_policy(tx) -> None:
+    from portal.services import mfa, organizations
+    from tests.conftest import CLI_CTX
+    with tx() as session:
+        mfa.set_policy(session, CLI_CTX, organizations.get(session, "acme"), "risk")
+
+
+def test_risk_policy_asks_for_the_code_only_when_the_sign_in_looks_risky(client, app, tx,
+                                                                          alice):
+    import pyotp
+
+    from tests.integration.test_mfa import enroll, send_code
+    _risk_policy(tx)
+    sign_in(client, "alice@acme.test")  # new device and network, no factor yet: allowed
+    assert client.get("/").status_code == 200
+    secret, _ = enroll(client)
+    sign_out(client)
+    # Same browser, same network, no failures: low risk, no code asked.
+    assert sign_in(client, "alice@acme.test").headers["Location"] == "/"
+    with client.session_transaction() as session:
+        assert session["assurance"] == 1
+    sign_out(client)
+    # A new browser (no device cookie) scores 30, plus three failures: 60, step-up.
+    other = app.test_client()
+    for _ in range(3):
+        sign_in(other, "alice@acme.test", WRONG)
+    assert sign_in(other, "alice@acme.test").headers["Location"] == "/login/mfa"
+    assert last_risk(app)["decision"] == "step_up"
+    response = send_code(other, pyotp.TOTP(secret).now())
+    assert response.headers["Location"] == "/"
+
+
+def test_risk_policy_stops_a_risky_sign_in_without_a_second_factor(client, app, tx, alice):
+    _risk_policy(tx)
+    for _ in range(3):
+        sign_in(client, "alice@acme.test", WRONG)
+    response = sign_in(client, "alice@acme.test")  # new device + network + 3 failures: 80
+    assert response.status_code == 403
+    assert "looks unusual" in response.get_data(as_text=True)
+    assert client.get("/").status_code == 302
+    assert last_risk(app)["decision"] == "deny"
+    assert audit_events(app, "auth.login")[-1].reason == "risk_denied"

@@ -96,6 +96,10 @@ class Sources:
     version: Callable[[str], int] = field(default=lambda org: 0)  # bumps on grant changes
     # org -> the organization's uploaded policy text, None when it has none
     org_policy: Callable[[str], str | None] = field(default=lambda org: None)
+    # Optional: org -> (kind, grants, platform roles, uploaded policy) in one go, for sources
+    # where that saves round trips (a database); the separate callables otherwise.
+    load: Callable[[str], tuple[str | None, Iterable[tuple[str, str]],
+                                Iterable[tuple[str, str]], str | None]] | None = None
 
 
 class _LinesAdapter(persist.Adapter):
@@ -466,11 +470,10 @@ class PolicyEngine:
                 self._cache.popitem(last=False)
         return fresh
 
-    def _uploaded_rules(self, org: str) -> list[list[str]]:
+    def _uploaded_rules(self, org: str, text: str | None) -> list[list[str]]:
         """The organization's uploaded rules. Uploads are checked before they are stored, but
         the files they are checked against may change since: a text that no longer loads is
         reported (``org_errors``, ``/readyz``) and the last good rules of it stay in force."""
-        text = self.sources.org_policy(org)
         if not text:
             self._org_good.pop(org, None)
             self.org_errors.pop(org, None)
@@ -490,12 +493,20 @@ class PolicyEngine:
         return rules
 
     def _build(self, org: str) -> casbin.Enforcer | None:
-        kind = self.sources.org_kind(org)
+        sources = self.sources
+        if sources.load is not None:
+            kind, grants, platform_roles, text = sources.load(org)
+        else:
+            kind = sources.org_kind(org)
+            if kind is None:
+                return None
+            grants, platform_roles = sources.grants(org), sources.platform_roles()
+            text = sources.org_policy(org)
         if kind is None:
             return None
-        lines = self.files.lines_for(org, kind, self._uploaded_rules(org))
-        lines += [["g", user, role, org] for user, role in self.sources.grants(org)]
-        lines += [["g2", user, role] for user, role in self.sources.platform_roles()]
+        lines = self.files.lines_for(org, kind, self._uploaded_rules(org, text))
+        lines += [["g", user, role, org] for user, role in grants]
+        lines += [["g2", user, role] for user, role in platform_roles]
         enforcer = casbin.Enforcer(str(MODEL), _LinesAdapter(lines))
         enforcer.enable_auto_save(False)
         return enforcer

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable
 
@@ -41,6 +42,10 @@ class RedisInvalidation:
                                              health_check_interval=10,
                                              client_name=f"trellis-policy-{self.sender[:12]}")
         self.received = 0  # messages from other workers acted upon
+        # After a failed publish, further ones are skipped for this long, so that a Redis
+        # outage costs one connection timeout, not one per change.
+        self.pause_seconds = 5.0
+        self._failed_at: float | None = None
         self.connected = threading.Event()  # set while subscribed
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._listen, name="policy-invalidation",
@@ -50,12 +55,18 @@ class RedisInvalidation:
     def publish(self, org: str | None) -> bool:
         """Tell the other workers; False (and a log line) when Redis cannot be reached —
         they then see the change through their version check instead."""
+        failed_at = self._failed_at
+        if failed_at is not None and time.monotonic() - failed_at < self.pause_seconds:
+            return False
         try:
             self.client.publish(self.channel, f"{self.sender} {org or ALL}")
         except self._redis.RedisError as exc:
+            self._failed_at = time.monotonic()
             log.warning("cannot publish a policy invalidation for %s (other workers see it "
-                        "at their next version check): %s", org or "every organization", exc)
+                        "at their next version check; not trying again for %.0f s): %s",
+                        org or "every organization", self.pause_seconds, exc)
             return False
+        self._failed_at = None
         return True
 
     def wait_until_listening(self, timeout: float = 5.0) -> bool:

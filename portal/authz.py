@@ -86,8 +86,23 @@ def database_sources(db: Database) -> Sources:
         with db.engine.connect() as connection:
             return connection.execute(ORG_POLICY, {"slug": slug}).scalar()
 
+    def load(slug: str):
+        """Everything an organization's enforcer is built from, over one connection."""
+        if slug == PLATFORM:
+            return "platform", [], platform_roles(), None
+        with db.engine.connect() as connection:
+            kind = connection.execute(KIND, {"slug": slug}).scalar()
+            if kind is None:
+                return None, [], [], None
+            grants = [(str(user), role) for user, role in
+                      connection.execute(GRANTS, {"slug": slug})]
+            operators = [(str(user), "platform_operator") for (user,) in
+                         connection.execute(OPERATORS)]
+            text = connection.execute(ORG_POLICY, {"slug": slug}).scalar()
+        return kind.value, grants, operators, text
+
     return Sources(grants=grants, platform_roles=platform_roles, org_kind=org_kind,
-                   version=version, org_policy=org_policy)
+                   version=version, org_policy=org_policy, load=load)
 
 
 def create_engine(folder: Path, db: Database, redis_url: str = "",
@@ -167,6 +182,7 @@ def _chain_text(chain) -> str:
 CHANGES = "trellis_policy_changes"  # session.info key: organization ids, slugs, or ALL
 ALL = "*"
 _BY_ORG_ID = (RoleGrant, Membership, OrgPolicy)
+_TABLES = {model.__tablename__ for model in _BY_ORG_ID}
 
 
 def watch_changes(db: Database, engine: PolicyEngine) -> None:
@@ -176,28 +192,28 @@ def watch_changes(db: Database, engine: PolicyEngine) -> None:
     @event.listens_for(sessions, "after_flush")
     def collect(session: Session, _context) -> None:
         changes = session.info.setdefault(CHANGES, set())
-        for item in (*session.new, *session.dirty, *session.deleted):
+        dirty = [item for item in session.dirty if session.is_modified(item)]
+        for item in (*session.new, *dirty, *session.deleted):
             if isinstance(item, _BY_ORG_ID):
                 changes.add(("id", item.organization_id))
             elif isinstance(item, Organization):
                 changes.add(("slug", item.slug))
-            elif isinstance(item, User) and (
-                    sa.inspect(item).attrs.is_operator.history.has_changes()
-                    or (item in session.deleted and item.is_operator)):
-                changes.add(ALL)
+            elif isinstance(item, User) and _operator_changed(session, item):
+                changes.add(ALL)  # platform roles apply in every organization
 
     @event.listens_for(sessions, "do_orm_execute")
     def bulk(state) -> None:
-        """``sa.delete(RoleGrant).where(RoleGrant.organization_id == ...)`` and the like."""
+        """Bulk statements, ORM or Core (``sa.delete(RoleGrant).where(...)``, the directory
+        sync's and CSV import's inserts into ``memberships``): the organizations they name
+        in their WHERE clause or parameters, or every organization when they name none."""
         if not (state.is_delete or state.is_update or state.is_insert):
             return
-        mapper = state.bind_mapper
-        model = mapper.class_ if mapper is not None else None
-        if model not in _BY_ORG_ID:
+        table = getattr(state.statement, "table", None)
+        if getattr(table, "name", None) not in _TABLES:
             return
-        org_id = _organization_id_of(state.statement, model)
-        state.session.info.setdefault(CHANGES, set()).add(
-            ("id", org_id) if org_id is not None else ALL)
+        ids = _organization_ids(state.statement, state.parameters)
+        changes = state.session.info.setdefault(CHANGES, set())
+        changes.update(("id", org_id) for org_id in ids) if ids else changes.add(ALL)
 
     @event.listens_for(sessions, "after_commit")
     def publish(session: Session) -> None:
@@ -211,20 +227,39 @@ def watch_changes(db: Database, engine: PolicyEngine) -> None:
             session.info.pop(CHANGES, None)
 
 
-def _organization_id_of(statement, model) -> int | None:
-    """The organization id a bulk statement's WHERE pins (``organization_id == <value>``)."""
+def _operator_changed(session: Session, user: User) -> bool:
+    """A new or removed operator, or an operator flag that flipped (ordinary users signing up
+    or changing their name leave every organization's cache alone)."""
+    if user in session.new or user in session.deleted:
+        return bool(user.is_operator)
+    history = sa.inspect(user).attrs.is_operator.history
+    before = bool(history.deleted[0]) if history.deleted else bool(history.unchanged and
+                                                                   history.unchanged[0])
+    after = bool(history.added[0]) if history.added else before
+    return before != after
+
+
+def _organization_ids(statement, parameters) -> set[int]:
+    """Organization ids a bulk statement pins: ``organization_id == value`` or ``IN (...)``
+    in its WHERE clause, or ``organization_id`` in every row of its parameters. Empty when
+    it pins none (the caller then invalidates every organization)."""
+    rows = parameters if isinstance(parameters, list) else [parameters] if parameters else []
+    if rows and all(isinstance(row, dict) and "organization_id" in row for row in rows):
+        return {row["organization_id"] for row in rows}
     where = getattr(statement, "whereclause", None)
     if where is None:
-        return None
-    column = model.__table__.c.organization_id
+        return set()
     for node in visitors.iterate(where):
-        if isinstance(node, sa.sql.elements.BinaryExpression) and \
-                node.operator is sa.sql.operators.eq and \
-                getattr(node.left, "key", None) == "organization_id" and \
-                getattr(node.left, "table", None) is column.table and \
-                isinstance(node.right, sa.sql.elements.BindParameter):
-            return node.right.effective_value
-    return None
+        if not isinstance(node, sa.sql.elements.BinaryExpression) or \
+                getattr(node.left, "key", None) != "organization_id" or \
+                not isinstance(node.right, sa.sql.elements.BindParameter):
+            continue
+        value = node.right.effective_value
+        if node.operator is sa.sql.operators.eq and value is not None:
+            return {value}
+        if node.operator is sa.sql.operators.in_op and value:
+            return set(value)
+    return set()
 
 
 def _invalidate(db: Database, engine: PolicyEngine, changes: set) -> None:

@@ -1123,15 +1123,9 @@ def policy_upload(slug: str, file) -> None:
 
     A broken file is refused with file, line and reason; the policy in force stays."""
     from portal.services import org_policies
-    text = file.read()
-    s, ctx = services(), cli_context()
-    try:
-        with s.db.transaction() as session:
-            _, warnings = org_policies.upload(session, ctx, s.policy.files, slug, text)
-    except org_policies.PolicyRefused as refused:
-        with s.db.transaction() as session:
-            org_policies.record_refusal(session, ctx, slug, text, refused.where)
-        raise
+    s = services()
+    warnings = org_policies.upload_or_refuse(s.db, cli_context(), s.policy.files, slug,
+                                             file.read())
     for warning in warnings:
         click.echo(f"warning: {warning}", err=True)
     click.echo(f"policy of {slug} uploaded; in force in every worker within a second")

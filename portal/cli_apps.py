@@ -44,9 +44,20 @@ def register(main: click.Group, keys: click.Group, cli_context) -> None:
     @click.option("--logo-url", default="", help="https URL of the logo on the consent page.")
     @click.option("--post-logout-redirect-uri", "logout_uris", multiple=True)
     @click.option("--backchannel-logout-uri", default="")
+    @click.option("--frontchannel-logout-uri", default="",
+                  help="Loaded in a hidden frame when the user signs out of Trellis.")
+    @click.option("--initiate-login-uri", default="",
+                  help="Where the portal's app tile sends members (starts the app's login).")
+    @click.option("--id-token-alg", type=click.Choice(["RS256", "ES256"]), default="RS256",
+                  show_default=True, help="How the app's ID tokens are signed.")
+    @click.option("--pairwise", is_flag=True,
+                  help="Give the app its own sub for each user (pairwise subject).")
+    @click.option("--sector", default="",
+                  help="Sector host for --pairwise (default: the redirect URIs' host).")
     def app_create(name, redirect_uris, public, auth_method, jwks_file, grants, scopes, orgs,
                    access_token_seconds, refresh_token_seconds, pre_approved, logo_url,
-                   logout_uris, backchannel_logout_uri) -> None:
+                   logout_uris, backchannel_logout_uri, frontchannel_logout_uri,
+                   initiate_login_uri, id_token_alg, pairwise, sector) -> None:
         """Register an app; a client secret is shown once and stored only as a hash."""
         from portal.services import apps
         jwks = json.loads(Path(jwks_file).read_text()) if jwks_file else {}
@@ -60,7 +71,10 @@ def register(main: click.Group, keys: click.Group, cli_context) -> None:
             access_token_seconds=access_token_seconds,
             refresh_token_seconds=refresh_token_seconds, consent_required=not pre_approved,
             logo_url=logo_url, post_logout_redirect_uris=list(logout_uris),
-            backchannel_logout_uri=backchannel_logout_uri, jwks=jwks)
+            backchannel_logout_uri=backchannel_logout_uri, jwks=jwks,
+            frontchannel_logout_uri=frontchannel_logout_uri,
+            initiate_login_uri=initiate_login_uri, id_token_signed_response_alg=id_token_alg,
+            subject_type="pairwise" if pairwise else "public", sector_identifier=sector)
         with services().db.transaction() as session:
             app, secret = apps.create(session, cli_context(), spec)
             click.echo(f"created app {app.name}")
@@ -85,11 +99,13 @@ def register(main: click.Group, keys: click.Group, cli_context) -> None:
 
     @app_group.command("rotate-secret")
     @click.argument("client_id")
-    def app_rotate_secret(client_id: str) -> None:
-        """Replace an app's secret; the old one stops working at once."""
+    @click.option("--grace-seconds", type=int, default=86_400, show_default=True,
+                  help="How long the old secret keeps working (0: it stops at once).")
+    def app_rotate_secret(client_id: str, grace_seconds: int) -> None:
+        """Replace an app's secret; the old one keeps working for the grace period."""
         from portal.services import apps
         with services().db.transaction() as session:
-            secret = apps.rotate_secret(session, cli_context(), client_id)
+            secret = apps.rotate_secret(session, cli_context(), client_id, grace_seconds)
         click.echo(f"client_secret (shown once): {secret}")
 
     @app_group.command("disable")
@@ -113,12 +129,16 @@ def register(main: click.Group, keys: click.Group, cli_context) -> None:
     @keys.command("rotate-signing")
     @click.option("--force", is_flag=True,
                   help="Rotate even while the previous key still verifies live tokens.")
-    def keys_rotate_signing(force: bool) -> None:
+    @click.option("--alg", type=click.Choice(["RS256", "ES256"]),
+                  help="Rotate only this ring (default: both).")
+    def keys_rotate_signing(force: bool, alg: str | None) -> None:
         """Start signing tokens with the published next key and publish a new next key; the
         replaced key stays in the JWKS until its tokens have expired."""
         from portal.services import provider_keys
         s = services()
         with s.db.transaction() as session:
-            result = provider_keys.rotate(session, cli_context(), s.secrets, force=force)
-        click.echo(f"signing with key {result['active']}; key {result['previous']} stays "
-                   f"published until its tokens expire; next key {result['next']} published")
+            done = provider_keys.rotate(session, cli_context(), s.secrets, force=force, alg=alg)
+        for name, result in done.items():
+            click.echo(f"{name}: signing with key {result['active']}; key "
+                       f"{result['previous']} stays published until its tokens expire; next "
+                       f"key {result['next']} published")

@@ -79,9 +79,14 @@ def register(main: click.Group, cli_context) -> None:
     @click.option("--once", is_flag=True, help="One pass, then exit (for cron).")
     @with_appcontext
     def worker(interval: int, once: bool) -> None:
-        """Deliver the outbox in a loop (run it under systemd or a container supervisor)."""
+        """Deliver the outbox in a loop (run it under systemd or a container supervisor), and
+        delete expired sign-ups and reset links."""
         click.echo(f"trellis worker: delivering mail every {interval}s")
         while True:
+            purged = _purge_expired()
+            if purged:
+                click.echo(f"purged {purged} expired sign-up and reset link"
+                           f"{'s' if purged != 1 else ''}")
             report = _deliver_once()
             if report.sent or report.retrying or report.failed:
                 click.echo(f"sent {len(report.sent)}, waiting for retry "
@@ -103,6 +108,13 @@ def register(main: click.Group, cli_context) -> None:
         with services().db.transaction() as session:
             registration.set_mode(session, cli_context(), slug, mode)
         click.echo(f"{slug}: registration {mode}")
+
+
+def _purge_expired() -> int:
+    """Unconfirmed sign-ups hold a password hash; expired links are of no use to anyone."""
+    from portal.services import credentials, registration
+    with services().db.transaction() as session:
+        return registration.purge_expired(session) + credentials.purge_expired(session)
 
 
 def _deliver_once(ids: list[int] | None = None):

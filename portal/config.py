@@ -223,6 +223,9 @@ SETTINGS: tuple[Setting, ...] = (
             "User name for the mail server; empty sends without authentication."),
     Setting("TRELLIS_SMTP_PASSWORD", "SMTP_PASSWORD", _text, "",
             "Password for the mail server."),
+    Setting("TRELLIS_SMTP_CA_FILE", "SMTP_CA_FILE", _text, "",
+            "PEM file of the CA(s) to trust for the mail server's certificate, for a private "
+            "CA; empty uses the system's CAs."),
     Setting("TRELLIS_SMTP_TIMEOUT", "SMTP_TIMEOUT", _int_range(1, 120), 10,
             "Seconds to wait for the mail server before an attempt counts as failed."),
     Setting("TRELLIS_MAIL_FROM", "MAIL_FROM", _mail_from, "Trellis <no-reply@localhost>",
@@ -238,6 +241,10 @@ SETTINGS: tuple[Setting, ...] = (
             "with each acceptance."),
     Setting("TRELLIS_TERMS_URL", "TERMS_URL", _base_url, "",
             "Where the terms of use are published (linked from the registration form)."),
+    Setting("TRELLIS_CONSENT_PURPOSES", "CONSENT_PURPOSES", _text,
+            str(ROOT / "portal" / "consent_purposes.yaml"),
+            "YAML file listing the purposes (e.g. product news by email) people grant or "
+            "withdraw on their account page; each change is recorded in the consent ledger."),
     Setting("TRELLIS_RESET_MINUTES", "RESET_MINUTES", _int_range(5, 1440), 30,
             "How long a password reset link works."),
     Setting("TRELLIS_VERIFY_HOURS", "VERIFY_HOURS", _int_range(1, 168), 24,
@@ -325,6 +332,8 @@ def settings_table() -> str:
         default = setting.default
         if setting.key in ("INSTANCE_PATH", "POLICY_DIR"):
             default = Path(default).name
+        if setting.key == "CONSENT_PURPOSES":
+            default = "portal/consent_purposes.yaml"
         shown = "—" if default in (None, "") else f"`{default}`"
         rows.append(f"| `{setting.env}` | {shown} | {setting.doc} |")
     return "\n".join(rows)

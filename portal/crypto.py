@@ -10,7 +10,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from portal.errors import TrellisError
@@ -47,10 +47,15 @@ def generate_key() -> str:
     return Fernet.generate_key().decode()
 
 
-def self_signed_pair(common_name: str, days: int) -> tuple[str, str, datetime]:
-    """A new RSA-2048 key and a self-signed certificate for it, as PEM text (SAML trusts the
-    key in the certificate, not a CA), and the certificate's expiry."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+def self_signed_pair(common_name: str, days: int, kind: str = "rsa"
+                     ) -> tuple[str, str, datetime]:
+    """A new RSA-2048 key (or, with ``kind="ec"``, a P-256 key) and a self-signed
+    certificate for it, as PEM text (SAML trusts the key in the certificate, not a CA), and
+    the certificate's expiry."""
+    if kind == "ec":
+        key = ec.generate_private_key(ec.SECP256R1())
+    else:
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     now = datetime.now(UTC)
     not_after = now + timedelta(days=days)

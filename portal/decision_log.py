@@ -53,8 +53,10 @@ class DecisionLog:
 
     def add(self, decision_id: str, subject: dict, org: str, obj: dict, action: str,
             context: dict, decision, caller: str) -> None:
-        entry = {"decision_id": decision_id, "org": org, "subject": _cut(subject),
-                 "object": _cut(obj), "action": action[:200], "context": _cut(context),
+        # Only references here (the caller does not change them afterwards); copying,
+        # serializing and cutting happen on the writer thread.
+        entry = {"decision_id": decision_id, "org": org, "subject": subject,
+                 "object": obj, "action": action[:200], "context": context,
                  "allowed": decision.allowed,
                  "rule": list(decision.rule) if decision.rule else None,
                  "reason": decision.reason or None, "policy_version": decision.version,
@@ -92,6 +94,9 @@ class DecisionLog:
             self.written += len(batch)
 
     def _write(self, batch: list[dict[str, Any]], dropped: int) -> None:
+        for entry in batch:
+            for key in ("subject", "object", "context"):
+                entry[key] = _cut(entry[key])
         with self.db.transaction() as session:
             slugs = {entry["org"] for entry in batch}
             query = sa.select(Organization.slug, Organization.id).where(

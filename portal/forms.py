@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from flask_wtf import FlaskForm
-from wtforms import EmailField, HiddenField, PasswordField
+from wtforms import BooleanField, EmailField, HiddenField, PasswordField, StringField
 from wtforms.validators import DataRequired, Length, Optional, Regexp
 
 # NUL and other control characters are never part of an address (and PostgreSQL refuses NUL).
@@ -32,3 +32,40 @@ class LinkForm(FlaskForm):
     password = PasswordField("Password of your existing account",
                              validators=[DataRequired(), Length(max=1024)],
                              render_kw={"autocomplete": "current-password"})
+
+
+def _new_password(label: str = "New password") -> PasswordField:
+    return PasswordField(label, validators=[DataRequired(), Length(max=1024)],
+                         render_kw={"autocomplete": "new-password"})
+
+
+def _email() -> EmailField:
+    return EmailField("Email", validators=[DataRequired(), Length(max=320),
+                                           Regexp(NO_CONTROL_CHARACTERS)],
+                      render_kw={"autocomplete": "email"})
+
+
+class ForgotPasswordForm(FlaskForm):
+    email = _email()
+
+
+class ResetPasswordForm(FlaskForm):
+    password = _new_password()
+    confirm = _new_password("New password again")
+
+
+class ChangePasswordForm(FlaskForm):
+    current = PasswordField("Current password", validators=[DataRequired(), Length(max=1024)],
+                            render_kw={"autocomplete": "current-password"})
+    password = _new_password()
+    confirm = _new_password("New password again")
+
+
+class RegisterForm(FlaskForm):
+    email = _email()
+    display_name = StringField("Your name", validators=[Optional(), Length(max=200),
+                                                        Regexp(NO_CONTROL_CHARACTERS)],
+                               render_kw={"autocomplete": "name"})
+    password = _new_password("Password")
+    confirm = _new_password("Password again")
+    accept_terms = BooleanField("I accept the terms of use")

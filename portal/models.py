@@ -110,7 +110,8 @@ class User(Base):
     status: Mapped[UserStatus] = mapped_column(_enum(UserStatus, "user_status"),
                                                default=UserStatus.ACTIVE)
     password_hash: Mapped[str | None] = mapped_column(sa.String(255))
-    is_operator: Mapped[bool] = mapped_column(default=False)
+    # Indexed: every organization's policy version counts the operators.
+    is_operator: Mapped[bool] = mapped_column(default=False, index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
@@ -494,6 +495,19 @@ class OAuthApp(Base):
     refresh_token_seconds: Mapped[int] = mapped_column(default=30 * 86400)
     consent_required: Mapped[bool] = mapped_column(default=True)
     enabled: Mapped[bool] = mapped_column(default=True)
+    # A rotated secret keeps working until ``previous_secret_expires_at`` (the grace period
+    # lets the app's servers pick up the new one without an outage).
+    previous_secret_hash: Mapped[str | None] = mapped_column(sa.String(64))
+    previous_secret_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Where the portal's app tile sends a member (OpenID Connect third-party initiated login).
+    initiate_login_uri: Mapped[str] = mapped_column(sa.String(500), default="")
+    id_token_signed_response_alg: Mapped[str] = mapped_column(sa.String(16), default="RS256")
+    # ``pairwise``: each sector sees its own ``sub`` for a user, derived with the salt
+    # (apps registered for the same sector share it, and so see the same ``sub``).
+    subject_type: Mapped[str] = mapped_column(sa.String(16), default="public")
+    sector_identifier: Mapped[str] = mapped_column(sa.String(255), default="")
+    pairwise_salt: Mapped[str] = mapped_column(sa.String(64), default="")
+    frontchannel_logout_uri: Mapped[str] = mapped_column(sa.String(500), default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
@@ -640,8 +654,9 @@ class OutboxMessage(Base):
 
 
 class UserToken(Base):
-    """A single-use, short-lived token sent by email (password reset). Only its SHA-256 is
-    stored; using it is one conditional UPDATE of ``used_at``."""
+    """A single-use, short-lived token sent by email (password reset, confirmation of a new
+    email address). Only its SHA-256 is stored; using it is one conditional UPDATE of
+    ``used_at``."""
 
     __tablename__ = "user_tokens"
 
@@ -649,6 +664,8 @@ class UserToken(Base):
     user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"),
                                          index=True)
     purpose: Mapped[str] = mapped_column(sa.String(32))
+    # The address the link went to, when it is not the account's own (a new email).
+    email: Mapped[str] = mapped_column(sa.String(320), default="", server_default="")
     token_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -125,10 +125,11 @@ def query_client(client_id: str) -> AppClient | None:
 
 # --- tokens -------------------------------------------------------------------------------
 
-def sign(claims: dict[str, Any], typ: str = "JWT") -> str:
-    ring = key_ring()
-    header = {"alg": provider_keys.ALGORITHM, "kid": ring.kid, "typ": typ}
-    return jwt.encode(header, claims, ring.signing_key, algorithms=[provider_keys.ALGORITHM])
+def sign(claims: dict[str, Any], typ: str = "JWT", alg: str = provider_keys.ALGORITHM) -> str:
+    """Sign with the active key of the ``alg`` ring (RS256 or ES256)."""
+    key = key_ring().key_for(alg)
+    header = {"alg": alg, "kid": key.kid, "typ": typ}
+    return jwt.encode(header, claims, key, algorithms=[alg])
 
 
 def verify(token: str, typ: str | None = None) -> dict[str, Any] | None:
@@ -136,7 +137,8 @@ def verify(token: str, typ: str | None = None) -> dict[str, Any] | None:
     if not isinstance(token, str) or token.count(".") != 2 or len(token) > 8192:
         return None
     try:
-        decoded = jwt.decode(token, key_ring().public, algorithms=[provider_keys.ALGORITHM])
+        decoded = jwt.decode(token, key_ring().public,
+                             algorithms=list(provider_keys.ALGORITHMS))
         if typ and decoded.header.get("typ") != typ:
             return None
         jwt.JWTClaimsRegistry(iss={"essential": True, "value": issuer()},
@@ -174,7 +176,8 @@ def generate_token(grant_type: str, client: AppClient, user: Principal | None = 
     if user is None:
         claims["sub"] = client.client_id
     else:
-        claims.update(sub=str(user.user_id), sid=user.sid, acr=user.acr, amr=list(user.amr),
+        claims.update(sub=provider.subject_for(client.app, user.user_id), sid=user.sid,
+                      acr=user.acr, amr=list(user.amr),
                       auth_time=int(user.auth_time.timestamp()))
         if user.org and scopes & {"org", "roles"}:
             claims["org"] = {"id": user.org.id, "slug": user.org.slug}
@@ -193,16 +196,18 @@ def generate_token(grant_type: str, client: AppClient, user: Principal | None = 
 
 def _id_token(client: AppClient, who: Principal, scopes: set[str], access_token: str,
               now: int) -> str:
+    alg = client.app.id_token_signed_response_alg or provider_keys.ALGORITHM
     claims: dict[str, Any] = {
-        "iss": issuer(), "sub": str(who.user_id), "aud": client.client_id,
+        "iss": issuer(), "sub": provider.subject_for(client.app, who.user_id),
+        "aud": client.client_id,
         "azp": client.client_id, "iat": now, "exp": now + provider_keys.ID_TOKEN_SECONDS,
         "auth_time": int(who.auth_time.timestamp()), "acr": who.acr, "amr": list(who.amr),
         "sid": who.sid,
-        "at_hash": create_half_hash(access_token, provider_keys.ALGORITHM).decode()}
+        "at_hash": create_half_hash(access_token, alg).decode()}
     if who.nonce:
         claims["nonce"] = who.nonce
     claims.update(scope_claims(who, scopes))
-    return sign(claims)
+    return sign(claims, alg=alg)
 
 
 def save_token(token: dict[str, Any], req) -> None:
@@ -317,8 +322,9 @@ class ClientCredentials(grants.ClientCredentialsGrant):
 
     def validate_token_request(self):
         super().validate_token_request()
-        if set((self.request.payload.scope or "").split()) - {"authz"}:
-            raise InvalidScopeError("client_credentials tokens carry only the authz scope.")
+        if set((self.request.payload.scope or "").split()) - set(apps.BACKEND_SCOPES):
+            raise InvalidScopeError("client_credentials tokens carry only the authz and "
+                                    "apps:manage scopes.")
 
 
 class PrivateKeyJWT(JWTBearerClientAssertion):
@@ -390,7 +396,8 @@ class Introspection(IntrospectionEndpoint):
                               else row.access_expires_at).timestamp()),
                   "iat": int(row.created_at.timestamp())}
         if row.user_id is not None:
-            answer["sub"] = str(row.user_id)
+            app = db_session().get(OAuthApp, row.app_id)
+            answer["sub"] = provider.subject_for(app, row.user_id)
         if row.organization_id is not None:
             session = db_session()
             from portal.models import Organization
@@ -506,3 +513,18 @@ def api_caller(token: str):
         return None
     app = session.get(OAuthApp, row.app_id)
     return Caller(-app.id, frozenset(app.organizations or ()))
+
+
+def scoped_app(token: str, scope: str) -> str | None:
+    """The client id of an app calling with a live client-credentials access token that
+    carries ``scope``; a token issued to a user never qualifies."""
+    claims = verify(token, ACCESS_TOKEN_TYPE)
+    if not claims or claims.get("aud") != issuer() or \
+            scope not in str(claims.get("scope", "")).split():
+        return None
+    session = db_session()
+    row = provider.find_token(session, jti=claims.get("jti"))
+    if row is None or row.user_id is not None or not provider.token_active(session, row):
+        return None
+    app = session.get(OAuthApp, row.app_id)
+    return app.client_id if app else None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
@@ -41,3 +43,35 @@ def check_strength(password: str) -> None:
     if len(password) > MAX_LENGTH:
         raise ValidationError(f"Passwords must be at most {MAX_LENGTH} characters long.",
                               code="weak_password")
+
+
+GUESSABLE_SCORE = 3  # zxcvbn's 0-4 scale: 3 is "safely unguessable" against online attacks
+SCORED_PREFIX = 100  # zxcvbn's cost grows with length; a longer password is not weaker
+
+
+def check_new_password(password: str, email: str = "", name: str = "") -> None:
+    """The rules for a password a person chooses (registration, reset, change): the length
+    bounds, not on the list of common passwords shipped with zxcvbn (30,000, from breach
+    corpora; checked offline), not built from the person's own email or name, and not easy to
+    guess by zxcvbn's estimate. The message says what to change."""
+    check_strength(password)
+    lowered = password.lower()
+    if lowered in _common_passwords() or lowered.strip("0123456789!.?") in _common_passwords():
+        raise ValidationError("This password is on a list of commonly used passwords. "
+                              "Choose another.", code="common_password")
+    local = email.lower().partition("@")[0]
+    if email and (email.lower() in lowered or (len(local) >= 4 and local in lowered)):
+        raise ValidationError("The password must not contain your email address.",
+                              code="weak_password")
+    from zxcvbn import zxcvbn
+    result = zxcvbn(password[:SCORED_PREFIX], user_inputs=[v for v in (email, local, name) if v])
+    if result["score"] < GUESSABLE_SCORE:
+        hint = result["feedback"].get("warning") or "Add more words or characters."
+        raise ValidationError(f"This password is too easy to guess. {hint}".strip(),
+                              code="weak_password")
+
+
+@lru_cache(maxsize=1)
+def _common_passwords() -> frozenset[str]:
+    from zxcvbn.frequency_lists import FREQUENCY_LISTS
+    return frozenset(FREQUENCY_LISTS["passwords"])

@@ -60,7 +60,8 @@ def _finish_request(response):
     headers["Permissions-Policy"] = "camera=(), microphone=(), geolocation=()"
     if request.is_secure:
         headers["Strict-Transport-Security"] = "max-age=63072000; includeSubDomains"
-    if g.get("no_store") or current_user.is_authenticated:
+    # Machine APIs carry no cookie: their answers are never cached, and no user is loaded.
+    if g.get("no_store") or request.blueprint == "api" or current_user.is_authenticated:
         headers["Cache-Control"] = "no-store"
         headers["Pragma"] = "no-cache"
     elapsed = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000

@@ -39,6 +39,24 @@ def create_app(issuer: str, client_id: str, client_secret: str, secret_key: str)
         client_kwargs={"scope": "openid profile email org roles",
                        "code_challenge_method": "S256"})
 
+    ended_sessions: set[str] = set()  # Trellis sessions that signed out (front channel)
+
+    @app.before_request
+    def forget_ended_session():
+        user = session.get("user")
+        if user and user.get("sid") in ended_sessions:
+            session.clear()
+
+    @app.get("/frontchannel-logout")
+    def frontchannel_logout():
+        """Trellis loads this in a hidden frame when the user signs out there (OpenID
+        Connect Front-Channel Logout): every local session of that Trellis session ends."""
+        if request.args.get("iss") != issuer or not request.args.get("sid"):
+            abort(400)
+        ended_sessions.add(request.args["sid"])
+        session.clear()
+        return "<!doctype html><title>Signed out</title><p>Signed out of Supplier Portal.</p>"
+
     @app.get("/")
     def home():
         return render_template_string(PAGE, user=session.get("user"))
@@ -56,7 +74,8 @@ def create_app(issuer: str, client_id: str, client_secret: str, secret_key: str)
             "iss": {"essential": True, "value": issuer},
             "aud": {"essential": True, "value": client_id}})
         claims = token["userinfo"]
-        session["user"] = {"sub": claims["sub"], "email": claims.get("email"),
+        session["user"] = {"sub": claims["sub"], "sid": claims.get("sid"),
+                           "email": claims.get("email"),
                            "org": claims.get("org"), "roles": claims.get("roles", [])}
         session["id_token"] = token["id_token"]
         return redirect(url_for("home"))

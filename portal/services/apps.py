@@ -12,6 +12,7 @@ import hmac
 import ipaddress
 import secrets
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -19,6 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from portal import audit
+from portal.db import utcnow
 from portal.errors import InvalidRequest, NotFound, ValidationError
 from portal.models import ClientType, OAuthApp
 from portal.services import organizations
@@ -39,10 +41,27 @@ SCOPES = {
     "roles": "Your roles in that organization",
     "offline_access": "Stay signed in (refresh tokens)",
     "authz": "Ask Trellis's decision API",
+    "apps:manage": "Manage Trellis's app registry (operators' automation only)",
 }
+# Scopes a backend may hold without a user (client credentials).
+BACKEND_SCOPES = ("authz", "apps:manage")
 DEFAULT_SCOPES = ("openid", "profile", "email", "org", "roles")
 MAX_ACCESS_SECONDS = 86_400  # also how long a replaced signing key stays published
 MAX_REFRESH_SECONDS = 365 * 86_400
+# ``organizations: ["*"]`` offers sign-in to the members of every organization (a
+# platform-wide app). The decision API still answers such an app's backend only about
+# organizations it names.
+EVERY_ORGANIZATION = "*"
+ID_TOKEN_ALGORITHMS = ("RS256", "ES256")
+SUBJECT_TYPES = ("public", "pairwise")
+DEFAULT_GRACE_SECONDS = 86_400  # how long a replaced client secret keeps working
+MAX_GRACE_SECONDS = 30 * 86_400
+# What an operator may change after registration. The client type, authentication method and
+# subject type stay: changing them would break the app's credentials or its users' ``sub``.
+EDITABLE = ("name", "redirect_uris", "grant_types", "scopes", "organizations",
+            "access_token_seconds", "refresh_token_seconds", "consent_required", "logo_url",
+            "post_logout_redirect_uris", "backchannel_logout_uri", "frontchannel_logout_uri",
+            "initiate_login_uri", "id_token_signed_response_alg", "jwks")
 
 
 @dataclass
@@ -63,12 +82,19 @@ class AppSpec:
     post_logout_redirect_uris: list[str] = field(default_factory=list)
     backchannel_logout_uri: str = ""
     jwks: dict[str, Any] = field(default_factory=dict)
+    frontchannel_logout_uri: str = ""
+    initiate_login_uri: str = ""
+    id_token_signed_response_alg: str = "RS256"  # noqa: S105  (an algorithm name)
+    subject_type: str = "public"
+    sector_identifier: str = ""
 
 
 def create(session: Session, ctx: audit.Context, spec: AppSpec) -> tuple[OAuthApp, str | None]:
     """Register an app; return it and its secret (None for public and private_key_jwt
     apps). The secret is stored only as a hash and cannot be shown again."""
     values = _validated(session, spec)
+    if values["subject_type"] == "pairwise":
+        values["pairwise_salt"] = _sector_salt(session, values["sector_identifier"])
     app = OAuthApp(client_id="app_" + secrets.token_hex(10), **values)
     secret = None
     if app.auth_method in ("client_secret_basic", "client_secret_post"):
@@ -76,18 +102,69 @@ def create(session: Session, ctx: audit.Context, spec: AppSpec) -> tuple[OAuthAp
     session.add(app)
     session.flush()
     audit.record(session, ctx, "app.create", target=f"app:{app.client_id}",
-                 details={k: v for k, v in values.items() if k != "jwks"})
+                 details={k: v for k, v in values.items() if k not in ("jwks", "pairwise_salt")})
     return app, secret
 
 
-def rotate_secret(session: Session, ctx: audit.Context, client_id: str) -> str:
-    """A new secret replaces the old one at once (the old one stops working)."""
+def spec_of(app: OAuthApp) -> AppSpec:
+    """The registration as it stands, for editing."""
+    return AppSpec(
+        name=app.name, redirect_uris=list(app.redirect_uris), client_type=app.client_type.value,
+        auth_method=app.auth_method, grant_types=list(app.grant_types),
+        scopes=list(app.scopes), organizations=list(app.organizations),
+        access_token_seconds=app.access_token_seconds,
+        refresh_token_seconds=app.refresh_token_seconds,
+        consent_required=app.consent_required, logo_url=app.logo_url,
+        post_logout_redirect_uris=list(app.post_logout_redirect_uris),
+        backchannel_logout_uri=app.backchannel_logout_uri, jwks=dict(app.jwks or {}),
+        frontchannel_logout_uri=app.frontchannel_logout_uri,
+        initiate_login_uri=app.initiate_login_uri,
+        id_token_signed_response_alg=app.id_token_signed_response_alg,
+        subject_type=app.subject_type, sector_identifier=app.sector_identifier)
+
+
+def update(session: Session, ctx: audit.Context, client_id: str, changes: dict[str, Any]
+           ) -> OAuthApp:
+    """Change what may change after registration; everything is validated as at creation,
+    and the audit event holds each changed field's old and new value."""
+    app = get(session, client_id)
+    fixed = sorted(set(changes) - set(EDITABLE))
+    if fixed:
+        raise InvalidRequest(fixed[0], "cannot be changed after registration")
+    spec = spec_of(app)
+    for key, value in changes.items():
+        setattr(spec, key, value)
+    values = _validated(session, spec)
+    diff = {}
+    for key in EDITABLE:
+        if values[key] != getattr(app, key):
+            if key != "jwks":
+                diff[key] = [getattr(app, key), values[key]]
+            else:
+                diff[key] = "replaced"
+            setattr(app, key, values[key])
+    if diff:
+        audit.record(session, ctx, "app.update", target=f"app:{app.client_id}", details=diff)
+    return app
+
+
+def rotate_secret(session: Session, ctx: audit.Context, client_id: str,
+                  grace_seconds: int = DEFAULT_GRACE_SECONDS) -> str:
+    """A new secret; the one it replaces keeps working for ``grace_seconds`` (0: stops at
+    once), so the app's servers can switch over without an outage. A secret replaced
+    earlier stops now."""
     app = get(session, client_id)
     if app.auth_method not in ("client_secret_basic", "client_secret_post"):
         raise ValidationError(f"App {client_id} authenticates with {app.auth_method}, not a "
                               "secret.", code="no_secret")
+    grace = _seconds(grace_seconds, "grace_seconds", 0, MAX_GRACE_SECONDS)
+    until = utcnow() + timedelta(seconds=grace)
+    app.previous_secret_hash = app.secret_hash if grace else None
+    app.previous_secret_expires_at = until if grace else None
     secret = _new_secret(app)
-    audit.record(session, ctx, "app.rotate_secret", target=f"app:{app.client_id}")
+    audit.record(session, ctx, "app.rotate_secret", target=f"app:{app.client_id}",
+                 details={"grace_seconds": grace,
+                          "old_secret_valid_until": until.isoformat() if grace else None})
     return secret
 
 
@@ -111,9 +188,46 @@ def list_all(session: Session) -> list[OAuthApp]:
 
 
 def check_secret(app: OAuthApp, secret: str) -> bool:
-    if not app.secret_hash or not secret:
+    """The current secret, or the replaced one during its grace period."""
+    if not app.secret_hash or not isinstance(secret, str) or not secret:
         return False
-    return hmac.compare_digest(app.secret_hash, _digest(secret))
+    given = _digest(secret)
+    if hmac.compare_digest(app.secret_hash, given):
+        return True
+    return bool(app.previous_secret_hash and app.previous_secret_expires_at
+                and app.previous_secret_expires_at > utcnow()
+                and hmac.compare_digest(app.previous_secret_hash, given))
+
+
+def tiles(session: Session, user_id: int) -> list[tuple[OAuthApp, list[str]]]:
+    """The apps a member may open from the portal: enabled, signing users in with the code
+    flow, with an initiate-login URI, and offered to one of the member's active
+    organizations (with the slugs of those organizations)."""
+    from portal.models import Membership, MembershipStatus, Organization, OrgStatus
+    slugs = set(session.scalars(
+        sa.select(Organization.slug).join(Membership,
+                                          Membership.organization_id == Organization.id)
+        .where(Membership.user_id == user_id, Membership.status == MembershipStatus.ACTIVE,
+               Organization.status == OrgStatus.ACTIVE)))
+    if not slugs:
+        return []
+    rows = session.scalars(sa.select(OAuthApp).where(OAuthApp.enabled.is_(True),
+                                                     OAuthApp.initiate_login_uri != "")
+                           .order_by(OAuthApp.name))
+    found = []
+    for app in rows:
+        offered = sorted(s for s in slugs if offered_to(app, s))
+        if offered and AUTHORIZATION_CODE in app.grant_types:
+            found.append((app, offered))
+    return found
+
+
+def _sector_salt(session: Session, sector: str) -> str:
+    """Apps of one sector see the same pairwise ``sub``: they share the salt."""
+    salt = session.scalar(sa.select(OAuthApp.pairwise_salt).where(
+        OAuthApp.subject_type == "pairwise", OAuthApp.sector_identifier == sector,
+        OAuthApp.pairwise_salt != "").limit(1))
+    return salt or secrets.token_hex(32)
 
 
 def _new_secret(app: OAuthApp) -> str:
@@ -161,8 +275,7 @@ def _validated(session: Session, spec: AppSpec) -> dict[str, Any]:
     return {
         "name": name, "client_type": client_type, "auth_method": auth_method,
         "grant_types": grants, "scopes": scopes, "redirect_uris": redirect_uris,
-        "organizations": sorted({organizations.get(session, s).slug
-                                 for s in spec.organizations}),
+        "organizations": _organizations(session, spec.organizations),
         "access_token_seconds": _seconds(spec.access_token_seconds, "access_token_seconds",
                                          60, MAX_ACCESS_SECONDS),
         "refresh_token_seconds": _seconds(spec.refresh_token_seconds, "refresh_token_seconds",
@@ -175,7 +288,56 @@ def _validated(session: Session, spec: AppSpec) -> dict[str, Any]:
                                                  "backchannel_logout_uri")
                                    if spec.backchannel_logout_uri else ""),
         "jwks": jwks,
+        "frontchannel_logout_uri": (_redirect_uri(spec.frontchannel_logout_uri, False,
+                                                  "frontchannel_logout_uri")
+                                    if spec.frontchannel_logout_uri else ""),
+        "initiate_login_uri": (_redirect_uri(spec.initiate_login_uri, False,
+                                             "initiate_login_uri")
+                               if spec.initiate_login_uri else ""),
+        "id_token_signed_response_alg": _choice(spec.id_token_signed_response_alg or "RS256",
+                                                ID_TOKEN_ALGORITHMS,
+                                                "id_token_signed_response_alg"),
+        **_subject(spec, redirect_uris),
     }
+
+
+def _organizations(session: Session, slugs: list[str]) -> list[str]:
+    slugs = _unique(slugs)
+    if EVERY_ORGANIZATION in slugs:
+        if len(slugs) > 1:
+            raise InvalidRequest("organizations", "* (every organization) stands alone")
+        return [EVERY_ORGANIZATION]
+    return sorted({organizations.get(session, s).slug for s in slugs})
+
+
+def offered_to(app: OAuthApp, slug: str) -> bool:
+    offered = app.organizations or ()
+    return EVERY_ORGANIZATION in offered or slug in offered
+
+
+def _choice(value: str, allowed: tuple[str, ...], name: str) -> str:
+    if value not in allowed:
+        raise InvalidRequest(name, f"must be one of {', '.join(allowed)}")
+    return value
+
+
+def _subject(spec: AppSpec, redirect_uris: list[str]) -> dict[str, str]:
+    """A pairwise app's sector is the host named by the operator, or else the one host of
+    its redirect URIs (OpenID Connect Core 8.1)."""
+    subject_type = _choice(spec.subject_type or "public", SUBJECT_TYPES, "subject_type")
+    if subject_type == "public":
+        return {"subject_type": subject_type, "sector_identifier": ""}
+    sector = (spec.sector_identifier or "").strip().lower()
+    if not sector:
+        hosts = {urlsplit(uri).hostname or urlsplit(uri).scheme for uri in redirect_uris}
+        if len(hosts) != 1:
+            raise InvalidRequest("sector_identifier", "is required when the redirect URIs "
+                                                      "name several hosts (or none)")
+        sector = hosts.pop()
+    if len(sector) > 255 or not all(part and part.replace("-", "").isalnum()
+                                    for part in sector.split(".")):
+        raise InvalidRequest("sector_identifier", "must be a host name")
+    return {"subject_type": subject_type, "sector_identifier": sector}
 
 
 def _unique(items) -> list[str]:

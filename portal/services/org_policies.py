@@ -15,10 +15,10 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from policies.errors import PolicyError
-from policies.files import PolicyFiles, parse_org_policy
+from policies.files import MAX_ORG_POLICY_BYTES, PolicyFiles, parse_org_policy
 from policies.lint import lint
 from portal import audit
-from portal.db import utcnow
+from portal.db import Database, utcnow
 from portal.errors import NotFound, ValidationError
 from portal.models import Organization, OrgPolicy
 from portal.services import organizations
@@ -75,6 +75,29 @@ def upload(session: Session, ctx: audit.Context, files: PolicyFiles, slug: str,
                                        if line.strip() and not line.strip().startswith("#")),
                           "warnings": warnings})
     return policy, warnings
+
+
+MAX_BYTES = MAX_ORG_POLICY_BYTES  # larger uploads are refused with the reason
+
+
+def upload_or_refuse(db: Database, ctx: audit.Context, files: PolicyFiles, slug: str,
+                     text: str) -> list[str]:
+    """Upload in one transaction; when refused, audit the refusal in another (the upload's
+    was rolled back) and raise ``PolicyRefused``. Returns lint's warnings."""
+    try:
+        with db.transaction() as session:
+            _, warnings = upload(session, ctx, files, slug, text)
+    except PolicyRefused as refused:
+        with db.transaction() as session:
+            record_refusal(session, ctx, slug, text, refused.where)
+        raise
+    return warnings
+
+
+def listing(session: Session) -> list[tuple[str, OrgPolicy]]:
+    """(slug, uploaded policy) for every organization that has one, by slug."""
+    return list(session.execute(sa.select(Organization.slug, OrgPolicy).join(
+        OrgPolicy, OrgPolicy.organization_id == Organization.id).order_by(Organization.slug)))
 
 
 def record_refusal(session: Session, ctx: audit.Context, slug: str, text: str,

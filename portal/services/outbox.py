@@ -47,6 +47,9 @@ SUBJECTS = {
     "invitation": "You are invited to join {site}",
     "test": "Test message from {site}",
     "mfa_changed": "The sign-in protection of your {site} account changed",
+    "email_confirm": "Confirm your new email address for {site}",
+    "email_taken": "About your {site} account",
+    "email_changed": "Your {site} email address was changed",
 }
 
 
@@ -59,6 +62,7 @@ class MailConfig:
     security: str = "starttls"
     user: str = ""
     password: str = ""
+    ca_file: str = ""
     timeout: int = 10
     sender: str = "Trellis <no-reply@localhost>"
     max_attempts: int = 10
@@ -68,7 +72,8 @@ class MailConfig:
     def from_settings(cls, config: Mapping[str, Any]) -> MailConfig:
         return cls(host=config["SMTP_HOST"], port=config["SMTP_PORT"],
                    security=config["SMTP_SECURITY"], user=config["SMTP_USER"],
-                   password=config["SMTP_PASSWORD"], timeout=config["SMTP_TIMEOUT"],
+                   password=config["SMTP_PASSWORD"], ca_file=config["SMTP_CA_FILE"],
+                   timeout=config["SMTP_TIMEOUT"],
                    sender=config["MAIL_FROM"], max_attempts=config["MAIL_MAX_ATTEMPTS"],
                    keep_locally=config["ENV"] != "production")
 
@@ -109,6 +114,17 @@ def enqueue(session: Session, *, to: str, template: str, org: Organization | Non
     session.add(message)
     session.flush()
     return message
+
+
+def recently_written(session: Session, to: str, templates: tuple[str, ...],
+                     within: timedelta = timedelta(minutes=1)) -> bool:
+    """Whether such a message to this address was written lately: pages anyone can submit
+    (reset, registration) send one per address per window, so they cannot be used to flood
+    someone's mailbox. The page answers the same either way."""
+    since = utcnow() - within
+    return session.scalar(sa.select(OutboxMessage.id).where(
+        OutboxMessage.to_address == to, OutboxMessage.template.in_(templates),
+        OutboxMessage.created_at > since).limit(1)) is not None
 
 
 @lru_cache(maxsize=1)
@@ -199,7 +215,7 @@ def backoff(attempts: int) -> timedelta:
 def send(mail: MailConfig, message: OutboxMessage) -> None:
     """One SMTP transaction. The certificate is checked for both TLS modes."""
     email = to_email(mail, message)
-    context = ssl.create_default_context()
+    context = ssl.create_default_context(cafile=mail.ca_file or None)
     if mail.security == "tls":
         client: smtplib.SMTP = smtplib.SMTP_SSL(mail.host, mail.port, timeout=mail.timeout,
                                                 context=context)

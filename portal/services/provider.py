@@ -7,6 +7,7 @@ as theft and revokes everything issued from it.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import secrets
 from collections.abc import Callable
@@ -39,6 +40,16 @@ CODE_SECONDS = 60
 
 def digest(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
+
+
+def subject_for(app: OAuthApp, user_id: int) -> str:
+    """The ``sub`` an app sees: the user id, or for a pairwise app a value derived from the
+    app's sector, the user and the sector's secret salt (OpenID Connect Core 8.1), so apps of
+    different sectors cannot correlate users by ``sub``."""
+    if app.subject_type != "pairwise":
+        return str(user_id)
+    raw = hashlib.sha256(f"{app.sector_identifier}|{user_id}|{app.pairwise_salt}".encode())
+    return base64.urlsafe_b64encode(raw.digest()).rstrip(b"=").decode()
 
 
 def sid_for(token_hash: str) -> str:
@@ -81,13 +92,15 @@ class Principal:
 
 def eligible_orgs(session: Session, user_id: int, app: OAuthApp) -> list[OrgRef]:
     """The user's active organizations that the app is offered to."""
-    rows = session.execute(
-        sa.select(Organization.id, Organization.slug, Organization.name)
-        .join(Membership, Membership.organization_id == Organization.id)
-        .where(Membership.user_id == user_id, Membership.status == MembershipStatus.ACTIVE,
-               Organization.status == OrgStatus.ACTIVE,
-               Organization.slug.in_(app.organizations or []))
-        .order_by(Organization.name)).all()
+    query = (sa.select(Organization.id, Organization.slug, Organization.name)
+             .join(Membership, Membership.organization_id == Organization.id)
+             .where(Membership.user_id == user_id,
+                    Membership.status == MembershipStatus.ACTIVE,
+                    Organization.status == OrgStatus.ACTIVE)
+             .order_by(Organization.name))
+    if "*" not in (app.organizations or []):  # "*": offered to every organization
+        query = query.where(Organization.slug.in_(app.organizations or []))
+    rows = session.execute(query).all()
     return [OrgRef(*row) for row in rows]
 
 

@@ -1,9 +1,11 @@
-"""The OpenID Provider's token signing keys, on the ``signing_keys`` lifecycle.
+"""The OpenID Provider's token signing keys, on the ``signing_keys`` lifecycle: one ring of
+RSA keys (RS256, purpose ``oidc``) and one of P-256 keys (ES256, purpose ``oidc_es256``).
+Access tokens are RS256; each app chooses the algorithm of its ID tokens.
 
-Apps cache the JWKS, so a rollover must never sign with a key they have not seen: there is
-always a *next* key published one rotation ahead, ``trellis keys rotate-signing`` promotes it
-and publishes a new next key, and the replaced key stays published (as *previous*) until
-every token it signed has expired.
+Apps cache the JWKS, so a rollover must never sign with a key they have not seen: each ring
+always has a *next* key published one rotation ahead, ``trellis keys rotate-signing``
+promotes it and publishes a new next key, and the replaced key stays published (as
+*previous*) until every token it signed has expired.
 """
 
 from __future__ import annotations
@@ -14,8 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-import sqlalchemy as sa
-from joserfc.jwk import KeySet, RSAKey
+from joserfc.jwk import ECKey, KeySet, RSAKey
 from sqlalchemy.orm import Session
 
 from portal import audit
@@ -26,8 +27,10 @@ from portal.models import KeyState, SigningKey
 from portal.services import signing_keys
 from portal.services.apps import MAX_ACCESS_SECONDS
 
-PURPOSE = "oidc"
-ALGORITHM = "RS256"
+ALGORITHM = "RS256"  # access tokens, and ID tokens unless an app asks for ES256
+PURPOSES = {"RS256": "oidc", "ES256": "oidc_es256"}
+ALGORITHMS = tuple(PURPOSES)
+PURPOSE = PURPOSES[ALGORITHM]
 ID_TOKEN_SECONDS = 3600
 # A replaced key verifies every token it signed: the longest access token or ID token.
 OVERLAP = timedelta(seconds=max(MAX_ACCESS_SECONDS, ID_TOKEN_SECONDS) + 300)
@@ -35,51 +38,67 @@ OVERLAP = timedelta(seconds=max(MAX_ACCESS_SECONDS, ID_TOKEN_SECONDS) + 300)
 
 @dataclass(frozen=True)
 class KeyRing:
-    signing_key: RSAKey  # the active private key, with its kid
-    public: KeySet  # every published public key (active, next, previous)
+    signing: dict[str, RSAKey | ECKey]  # algorithm -> the active private key, with its kid
+    public: KeySet  # every published public key of both rings (active, next, previous)
     loaded_at: float
 
     @property
+    def signing_key(self) -> RSAKey:
+        return self.signing[ALGORITHM]
+
+    @property
     def kid(self) -> str:
-        return self.signing_key.kid
+        return self.signing[ALGORITHM].kid
+
+    def key_for(self, alg: str) -> RSAKey | ECKey:
+        return self.signing[alg]
 
     def jwks(self) -> dict:
         return self.public.as_dict(private=False)
 
 
-def _jwk(pem: str, key_id: int, private: bool) -> RSAKey:
-    key = RSAKey.import_key(pem)
+def _jwk(pem: str, alg: str, private: bool) -> RSAKey | ECKey:
+    kind = ECKey if alg == "ES256" else RSAKey
+    key = kind.import_key(pem)
     if not private:
-        key = RSAKey.import_key(key.as_dict(private=False))
+        key = kind.import_key(key.as_dict(private=False))
     # The kid is derived from the key itself, so every worker names it the same way.
     key.ensure_kid()
-    return RSAKey.import_key(key.as_dict(private=private),
-                             {"kid": key.kid, "use": "sig", "alg": ALGORITHM})
+    return kind.import_key(key.as_dict(private=private),
+                           {"kid": key.kid, "use": "sig", "alg": alg})
 
 
 def ensure_keys(session: Session, ctx: audit.Context, box: SecretBox) -> None:
-    """The first token needs an active key, and a next key is published from the start."""
-    states = set(session.scalars(sa.select(SigningKey.state).where(
-        SigningKey.purpose == PURPOSE, SigningKey.state != KeyState.RETIRED)))
-    if KeyState.ACTIVE not in states:
-        signing_keys.generate(session, ctx, box, PURPOSE, state=KeyState.ACTIVE)
-    if KeyState.NEXT not in states:
-        signing_keys.generate(session, ctx, box, PURPOSE, state=KeyState.NEXT)
+    """The first token needs an active key in each ring, and a next key is published from
+    the start."""
+    import sqlalchemy as sa
+    for purpose in PURPOSES.values():
+        states = set(session.scalars(sa.select(SigningKey.state).where(
+            SigningKey.purpose == purpose, SigningKey.state != KeyState.RETIRED)))
+        if KeyState.ACTIVE not in states:
+            signing_keys.generate(session, ctx, box, purpose, state=KeyState.ACTIVE)
+        if KeyState.NEXT not in states:
+            signing_keys.generate(session, ctx, box, purpose, state=KeyState.NEXT)
 
 
 def load(session: Session, box: SecretBox, now: datetime | None = None) -> KeyRing | None:
-    keys = signing_keys.published(session, PURPOSE)
-    active = next((k for k in keys if k.state == KeyState.ACTIVE), None)
-    if active is None:
-        return None
+    """Both rings, or None when one has no active key yet."""
     now = now or utcnow()
-    visible = [k for k in keys if k.state != KeyState.PREVIOUS
-               or not overlap_over(active, now)]
-    private_pem = box.open(active.sealed_private_key)["private_key"]
-    public = KeySet([_jwk(private_pem, active.id, private=False)] +
-                    [_jwk(_public_pem(k.certificate), k.id, private=False)
-                     for k in visible if k.id != active.id])
-    return KeyRing(_jwk(private_pem, active.id, private=True), public, time.monotonic())
+    signing: dict[str, RSAKey | ECKey] = {}
+    public: list[RSAKey | ECKey] = []
+    for alg, purpose in PURPOSES.items():
+        keys = signing_keys.published(session, purpose)
+        active = next((k for k in keys if k.state == KeyState.ACTIVE), None)
+        if active is None:
+            return None
+        visible = [k for k in keys if k.state != KeyState.PREVIOUS
+                   or not overlap_over(active, now)]
+        private_pem = box.open(active.sealed_private_key)["private_key"]
+        signing[alg] = _jwk(private_pem, alg, private=True)
+        public.append(_jwk(private_pem, alg, private=False))
+        public.extend(_jwk(_public_pem(k.certificate), alg, private=False)
+                      for k in visible if k.id != active.id)
+    return KeyRing(signing, KeySet(public), time.monotonic())
 
 
 def overlap_over(active: SigningKey, now: datetime) -> bool:
@@ -87,25 +106,34 @@ def overlap_over(active: SigningKey, now: datetime) -> bool:
     return active.activated_at is not None and active.activated_at + OVERLAP <= now
 
 
-def rotate(session: Session, ctx: audit.Context, box: SecretBox, force: bool = False
-           ) -> dict[str, int | None]:
-    """Promote the published next key, publish a new next key, retire a previous key whose
-    tokens have expired. Refused while the previous key still verifies live tokens (a second
-    rotation would retire it early), unless ``force``."""
+def rotate(session: Session, ctx: audit.Context, box: SecretBox, force: bool = False,
+           alg: str | None = None) -> dict[str, dict[str, int | None]]:
+    """For each ring (or the one of ``alg``): promote the published next key, publish a new
+    next key, retire a previous key whose tokens have expired. Refused while the previous
+    key still verifies live tokens (a second rotation would retire it early), unless
+    ``force``."""
     ensure_keys(session, ctx, box)
-    keys = signing_keys.published(session, PURPOSE)
-    active = next(k for k in keys if k.state == KeyState.ACTIVE)
-    previous = [k for k in keys if k.state == KeyState.PREVIOUS]
-    if previous and not overlap_over(active, utcnow()) and not force:
-        until = active.activated_at + OVERLAP
-        raise ValidationError(
-            f"Key {previous[0].id} still verifies tokens until {until:%Y-%m-%d %H:%M} UTC; "
-            "rotate after that (or pass --force to cut those tokens off).",
-            code="rotation_too_soon")
-    nxt = next(k for k in keys if k.state == KeyState.NEXT)
-    signing_keys.activate(session, ctx, nxt.id)  # retires the older previous key
-    new_next = signing_keys.generate(session, ctx, box, PURPOSE, state=KeyState.NEXT)
-    return {"active": nxt.id, "previous": active.id, "next": new_next.id}
+    if alg is not None and alg not in PURPOSES:
+        raise ValidationError(f"Unknown algorithm {alg}; use {', '.join(PURPOSES)}.",
+                              code="unknown_algorithm")
+    done = {}
+    for name, purpose in PURPOSES.items():
+        if alg is not None and name != alg:
+            continue
+        keys = signing_keys.published(session, purpose)
+        active = next(k for k in keys if k.state == KeyState.ACTIVE)
+        previous = [k for k in keys if k.state == KeyState.PREVIOUS]
+        if previous and not overlap_over(active, utcnow()) and not force:
+            until = active.activated_at + OVERLAP
+            raise ValidationError(
+                f"{name} key {previous[0].id} still verifies tokens until "
+                f"{until:%Y-%m-%d %H:%M} UTC; rotate after that (or pass --force to cut those "
+                "tokens off).", code="rotation_too_soon")
+        nxt = next(k for k in keys if k.state == KeyState.NEXT)
+        signing_keys.activate(session, ctx, nxt.id)  # retires the older previous key
+        new_next = signing_keys.generate(session, ctx, box, purpose, state=KeyState.NEXT)
+        done[name] = {"active": nxt.id, "previous": active.id, "next": new_next.id}
+    return done
 
 
 def _public_pem(certificate: str) -> str:

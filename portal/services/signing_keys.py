@@ -21,6 +21,8 @@ from portal.models import KeyState, SigningKey
 
 SAML = "saml"
 VALID_DAYS = 3 * 365
+# Purposes whose keys are elliptic-curve (P-256) rather than RSA-2048.
+EC_PURPOSES = frozenset({"oidc_es256"})
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,8 @@ def generate(session: Session, ctx: audit.Context, box: SecretBox, purpose: str 
             SigningKey.purpose == purpose, SigningKey.state == KeyState.NEXT)):
         raise ValidationError("A next key is already published; activate or retire it first.",
                               code="next_key_exists")
-    cert, private_key, not_after = self_signed_pair(f"Trellis {purpose} key", VALID_DAYS)
+    cert, private_key, not_after = self_signed_pair(
+        f"Trellis {purpose} key", VALID_DAYS, "ec" if purpose in EC_PURPOSES else "rsa")
     key = SigningKey(purpose=purpose, state=state, certificate=cert, not_after=not_after,
                      sealed_private_key=box.seal({"private_key": private_key}),
                      activated_at=utcnow() if state == KeyState.ACTIVE else None)

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-import sqlalchemy as sa
-from flask import Blueprint, render_template
+import json
+from typing import Any
 
-from portal.extensions import db_session
+import sqlalchemy as sa
+from flask import Blueprint, flash, redirect, render_template, request, url_for
+
+from portal.errors import TrellisError
+from portal.extensions import audit_context, db_session, services
 from portal.models import Connection, Domain, Membership, Organization
 from portal.permissions import require
+from portal.services import apps
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
@@ -39,7 +44,6 @@ def connections():
 @bp.get("/apps")
 @require("read", "app")
 def apps_page():
-    from portal.services import apps
     return render_template("admin/apps.html", rows=apps.list_all(db_session()))
 
 
@@ -47,16 +51,153 @@ def apps_page():
 @require("update", "app")
 def app_enabled(client_id: str):
     """Stop or resume an app from the page; the form's CSRF token was checked already."""
-    from flask import flash, redirect, request, url_for
-
-    from portal.extensions import audit_context, services
-    from portal.services import apps
     enable = request.form.get("enabled") == "1"
     with services().db.transaction() as tx:
         app = apps.set_enabled(tx, audit_context(), client_id, enable)
         name = app.name
+    forget_client(client_id)
     flash(f"{name} is {'enabled' if enable else 'disabled'}.", "info")
     return redirect(url_for("admin.apps_page"))
+
+
+@bp.route("/apps/new", methods=["GET", "POST"])
+@require("create", "app")
+def app_new():
+    """Register an app from the page; its secret is shown once, on the answer to this POST
+    (never stored in the session or a redirect)."""
+    if request.method == "GET":
+        return _app_form(apps.AppSpec(name=""), new=True)
+    try:
+        spec = spec_from_form(request.form)
+        with services().db.transaction() as tx:
+            app, secret = apps.create(tx, audit_context(), spec)
+            client_id, name = app.client_id, app.name
+    except TrellisError as error:
+        return _app_form(_form_spec(request.form), new=True, error=error.message,
+                         status=error.status)
+    return render_template("admin/app_secret.html", client_id=client_id, name=name,
+                           secret=secret, created=True)
+
+
+@bp.route("/apps/<client_id>", methods=["GET", "POST"])
+@require("update", "app")
+def app_edit(client_id: str):
+    """Change an app's redirect URIs, grants, scopes, organizations, lifetimes and logout
+    URIs; the audit event names every changed field."""
+    app = apps.get(db_session(), client_id)
+    if request.method == "GET":
+        return _app_form(apps.spec_of(app), app=app)
+    try:
+        changes = changes_from_form(request.form, app.auth_method)
+        with services().db.transaction() as tx:
+            apps.update(tx, audit_context(), client_id, changes)
+    except TrellisError as error:
+        return _app_form(_form_spec(request.form, apps.spec_of(app)), app=app,
+                         error=error.message, status=error.status)
+    forget_client(client_id)
+    flash(f"{app.name} was saved.", "info")
+    return redirect(url_for("admin.app_edit", client_id=client_id))
+
+
+@bp.post("/apps/<client_id>/secret")
+@require("update", "app")
+def app_rotate_secret(client_id: str):
+    """A new client secret, shown once; the old one works for the chosen grace period."""
+    try:
+        grace = int(request.form.get("grace_seconds", apps.DEFAULT_GRACE_SECONDS))
+    except ValueError:
+        grace = -1  # refused by the service with the allowed range
+    with services().db.transaction() as tx:
+        secret = apps.rotate_secret(tx, audit_context(), client_id, grace)
+        name = apps.get(tx, client_id).name
+    forget_client(client_id)
+    return render_template("admin/app_secret.html", client_id=client_id, name=name,
+                           secret=secret, created=False, grace_seconds=grace)
+
+
+def forget_client(client_id: str) -> None:
+    """This worker sees a changed app at once (others within the client cache's seconds)."""
+    from flask import current_app
+    current_app.extensions.get("trellis_oauth_clients", {}).pop(client_id, None)
+
+
+def _lines(value: str) -> list[str]:
+    return [part for part in value.replace(",", " ").split() if part]
+
+
+def spec_from_form(form) -> apps.AppSpec:
+    spec = _form_spec(form)
+    spec.access_token_seconds = _int(form, "access_token_seconds", 600)
+    spec.refresh_token_seconds = _int(form, "refresh_token_seconds", 30 * 86_400)
+    if spec.auth_method == "private_key_jwt":
+        spec.jwks = _jwks_field(form)
+    return spec
+
+
+def _jwks_field(form) -> dict[str, Any]:
+    from portal.errors import InvalidRequest
+    try:
+        value = json.loads(form.get("jwks") or "{}")
+    except ValueError:
+        raise InvalidRequest("jwks", "is not JSON") from None
+    return value if isinstance(value, dict) else {}
+
+
+def _int(form, name: str, default: int) -> int:
+    from portal.errors import InvalidRequest
+    try:
+        return int(form.get(name) or default)
+    except ValueError:
+        raise InvalidRequest(name, "must be a whole number of seconds") from None
+
+
+def _form_spec(form, base: apps.AppSpec | None = None) -> apps.AppSpec:
+    """The form's values as a registration (also to show the form again after an error)."""
+    base = base or apps.AppSpec(name="")
+    public = form.get("client_type", base.client_type) == "public"
+    try:
+        access = _int(form, "access_token_seconds", base.access_token_seconds)
+        refresh = _int(form, "refresh_token_seconds", base.refresh_token_seconds)
+    except TrellisError:
+        access, refresh = base.access_token_seconds, base.refresh_token_seconds
+    return apps.AppSpec(
+        name=form.get("name", ""), client_type="public" if public else "confidential",
+        auth_method=form.get("auth_method", base.auth_method) if not public else "none",
+        redirect_uris=_lines(form.get("redirect_uris", "")),
+        grant_types=form.getlist("grant_types"), scopes=form.getlist("scopes"),
+        organizations=_lines(form.get("organizations", "")),
+        access_token_seconds=access, refresh_token_seconds=refresh,
+        consent_required=form.get("consent_required") == "1",
+        logo_url=form.get("logo_url", "").strip(),
+        post_logout_redirect_uris=_lines(form.get("post_logout_redirect_uris", "")),
+        backchannel_logout_uri=form.get("backchannel_logout_uri", "").strip(),
+        frontchannel_logout_uri=form.get("frontchannel_logout_uri", "").strip(),
+        initiate_login_uri=form.get("initiate_login_uri", "").strip(),
+        id_token_signed_response_alg=form.get("id_token_signed_response_alg", "RS256"),
+        subject_type=form.get("subject_type", base.subject_type),
+        sector_identifier=form.get("sector_identifier", base.sector_identifier).strip())
+
+
+def changes_from_form(form, auth_method: str) -> dict[str, Any]:
+    spec = _form_spec(form)
+    changes = {key: getattr(spec, key) for key in apps.EDITABLE if key != "jwks"}
+    changes["access_token_seconds"] = _int(form, "access_token_seconds", 600)
+    changes["refresh_token_seconds"] = _int(form, "refresh_token_seconds", 30 * 86_400)
+    if auth_method == "private_key_jwt" and (form.get("jwks") or "").strip():
+        changes["jwks"] = _jwks_field(form)
+    return changes
+
+
+def _app_form(spec: apps.AppSpec, new: bool = False, app=None, error: str | None = None,
+              status: int = 200):
+    return render_template("admin/app_form.html", spec=spec, new=new, app=app, error=error,
+                           scopes=apps.SCOPES, grant_types=apps.GRANT_TYPES,
+                           algorithms=apps.ID_TOKEN_ALGORITHMS,
+                           graces=GRACE_CHOICES), status
+
+
+GRACE_CHOICES = [(0, "none: the old secret stops now"), (3600, "1 hour"),
+                 (86_400, "1 day"), (7 * 86_400, "7 days")]
 
 
 @bp.route("/policy/simulate", methods=["GET", "POST"])
@@ -99,10 +240,68 @@ def outbox_retry(message_id: int):
 
     from portal.extensions import audit_context, services
     from portal.services import outbox
-    from portal.views.devmail import deliver_now
+    from portal.views.mail import deliver_now
     with services().db.transaction() as tx:
         outbox.retry(tx, audit_context(), message_id)
     report = deliver_now([message_id])
     flash("Sent." if report.sent else "The mail server did not take it yet; it stays in the "
           "outbox and will be tried again.", "info")
     return redirect(url_for("admin.outbox_page"))
+
+
+@bp.get("/policy")
+@require("manage", "policy")
+def policies():
+    """Organizations' uploaded policies: what is in force, upload a new one, remove one."""
+    from portal.extensions import services
+    from portal.models import Organization
+    from portal.services import org_policies
+    session = db_session()
+    engine = services().policy
+    return render_template(
+        "admin/policies.html", rows=org_policies.listing(session),
+        orgs=session.scalars(sa.select(Organization.slug).order_by(Organization.slug)).all(),
+        errors=engine.org_errors, reload_error=engine.reload_error,
+        fingerprint=engine.files.fingerprint, folder_orgs=sorted(engine.files.orgs))
+
+
+@bp.post("/policy/upload")
+@require("manage", "policy")
+def policy_upload():
+    """Upload an organization's policy file; a broken one is refused with line and reason."""
+    from flask import flash, redirect, request, url_for
+
+    from portal.errors import ValidationError
+    from portal.extensions import audit_context, services
+    from portal.services import org_policies
+    slug = request.form.get("org", "")
+    upload = request.files.get("file")
+    if upload is None or not upload.filename:
+        raise ValidationError("Choose a policy file to upload.", code="file_missing")
+    try:
+        text = upload.read(org_policies.MAX_BYTES + 1).decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValidationError("The policy file is not UTF-8 text.", code="policy_invalid") \
+            from None
+    try:
+        warnings = org_policies.upload_or_refuse(services().db, audit_context(),
+                                                 services().policy.files, slug, text)
+    except org_policies.PolicyRefused as refused:
+        flash(refused.message, "error")
+        return redirect(url_for("admin.policies"))
+    flash(f"The policy of {slug} is in force." + "".join(f" Warning: {w}." for w in warnings),
+          "info")
+    return redirect(url_for("admin.policies"))
+
+
+@bp.post("/policy/<slug>/remove")
+@require("manage", "policy")
+def policy_remove(slug: str):
+    from flask import flash, redirect, url_for
+
+    from portal.extensions import audit_context, services
+    from portal.services import org_policies
+    with services().db.transaction() as tx:
+        org_policies.remove(tx, audit_context(), slug)
+    flash(f"The uploaded policy of {slug} was removed.", "info")
+    return redirect(url_for("admin.policies"))

@@ -224,8 +224,10 @@ def _render(form: LoginForm, org, *, step: str = "email", error: str | None = No
     if step == "email":  # the organization's own, or the platform's social sign-ins
         connections = (discovery.connections_for_org(db_session(), org.id) if org is not None
                        else discovery.platform_connections(db_session()))
+    can_register = (org.registration.value != "invite" if org is not None
+                    else current_app.config["REGISTRATION"] == "open")
     page = render_template("auth/login.html", form=form, org=org, step=step, error=error,
-                           connections=connections, action=action)
+                           connections=connections, action=action, can_register=can_register)
     return page, status, headers or {}
 
 
@@ -303,13 +305,17 @@ def _remember_device(user) -> None:
 @signed_in
 def logout():
     # CSRFProtect has already checked the token of this POST.
-    from portal.views.provider import sign_out
+    from portal.views.provider import sign_out, signed_out_page
     saml_session = session.get("saml")
-    sign_out()  # also revokes apps' tokens from this session and tells apps that listen
+    frames = sign_out()  # also revokes apps' tokens from this session and tells apps
     if saml_session:  # signed in through SAML: end the IdP's session as well
         from portal.views.saml import logout_redirect
         response = logout_redirect(saml_session)
         if response is not None:
+            if frames:  # the apps' frames first, then on to the IdP
+                return signed_out_page(frames, response.headers["Location"])
             return response
+    if frames:
+        return signed_out_page(frames, url_for("auth.login"))
     flash("You have signed out.", "info")
     return redirect(url_for("auth.login"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from flask import Blueprint, render_template
 from flask_login import current_user
 
@@ -21,7 +23,8 @@ def index():
     current = memberships[0].organization if len(memberships) == 1 else None
     use_branding(current)
     return render_template("home/index.html", memberships=memberships, current=current,
-                           apps=[], admin_sections=_admin_sections(current))
+                           apps=_tiles(current.slug if current else None),
+                           admin_sections=_admin_sections(current))
 
 
 @bp.get("/o/<slug>/")
@@ -33,8 +36,34 @@ def organization(slug: str):
         raise NotFound()  # the same answer whether the org exists or not
     use_branding(match[0].organization)
     return render_template("home/index.html", memberships=memberships,
-                           current=match[0].organization, apps=[],
+                           current=match[0].organization, apps=_tiles(slug),
                            admin_sections=_admin_sections(match[0].organization))
+
+
+@dataclass(frozen=True)
+class Tile:
+    name: str
+    url: str
+    logo_url: str
+    organizations: tuple[str, ...]
+
+
+def _tiles(slug: str | None) -> list[Tile]:
+    """The apps this member may open (offered to one of their organizations; on an
+    organization's page, to that one). A tile starts the app's own login (OpenID Connect
+    third-party initiated login): the app then sends the user to Trellis, whose session
+    signs them straight in."""
+    from authlib.common.urls import add_params_to_uri
+
+    from portal import oauth
+    from portal.services import apps
+    found = []
+    for app, offered in apps.tiles(db_session(), current_user.id):
+        if slug and slug not in offered:
+            continue
+        url = add_params_to_uri(app.initiate_login_uri, [("iss", oauth.issuer())])
+        found.append(Tile(app.name, url, app.logo_url, tuple(offered)))
+    return found
 
 
 def _admin_sections(org) -> list[tuple[str, str]]:

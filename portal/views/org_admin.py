@@ -224,7 +224,8 @@ def invite(slug: str):
             request.form.get("email", ""), request.form.get("role", "member"),
             _known_roles(org))
         email = invitation.email
-    return _show_link(org, email, token)
+        message_id = _mail_invitation(tx, invitation, token)
+    return _show_link(org, email, token, message_id)
 
 
 @bp.post("/invitations/<int:invitation_id>/resend")
@@ -235,7 +236,8 @@ def resend(slug: str, invitation_id: int):
         invitation, token = members.resend(tx, audit_context(), tx.get(Organization, org.id),
                                            invitation_id)
         email = invitation.email
-    return _show_link(org, email, token)
+        message_id = _mail_invitation(tx, invitation, token)
+    return _show_link(org, email, token, message_id)
 
 
 @bp.post("/invitations/<int:invitation_id>/revoke")
@@ -249,11 +251,29 @@ def revoke_invitation(slug: str, invitation_id: int):
     return redirect(url_for("orgadmin.invitations", slug=slug))
 
 
-def _show_link(org: Organization, email: str, token: str):
-    """The link is shown once, to the admin who created it (only its hash is stored)."""
+def _mail_invitation(tx, invitation, token: str) -> int:
+    """The invitation email, written in the invitation's own transaction."""
+    from portal.services import outbox
+    inviter = current_user.display_name or current_user.email
+    message = outbox.enqueue(
+        tx, to=invitation.email, template="invitation",
+        org=tx.get(Organization, invitation.organization_id),
+        context={"link": url_for("invites.accept", token=token, _external=True),
+                 "inviter": inviter, "role": invitation.role,
+                 "expires": invitation.expires_at.strftime("%Y-%m-%d %H:%M")})
+    return message.id
+
+
+def _show_link(org: Organization, email: str, token: str, message_id: int):
+    """The link is emailed, and shown once to the admin who created it (only its hash is
+    stored), for when the email does not reach the person."""
+    from portal.views.mail import deliver_now
     link = url_for("invites.accept", token=token, _external=True)
-    flash(f"Invitation for {email} created. Send them this link; it works once, for seven "
-          "days, and only for that address.", "info")
+    sent = deliver_now([message_id]).sent
+    flash(f"Invitation for {email} created and " + (
+        "emailed to them." if sent else "will be emailed to them shortly (the mail server "
+        "did not take it yet).") + " You can also send them this link yourself; it works "
+        "once, for seven days, and only for that address.", "info")
     return _render("orgadmin/invitations.html", org, roles=_known_roles(org),
                    pending=members.pending_invitations(db_session(), org), link=link)
 

@@ -15,7 +15,9 @@ from authlib.common.urls import add_params_to_uri
 from authlib.oauth2.rfc6749.errors import OAuth2Error
 from flask import (
     Blueprint,
+    current_app,
     jsonify,
+    make_response,
     redirect,
     render_template,
     request,
@@ -27,9 +29,10 @@ from flask_login import current_user, logout_user
 from portal import audit, oauth
 from portal.errors import TrellisError
 from portal.extensions import audit_context, csrf, db_session, services
+from portal.models import OAuthApp as OAuthAppModel
 from portal.models import Organization
 from portal.permissions import ACCESS, public, signed_in
-from portal.services import apps, backchannel, device, provider
+from portal.services import apps, backchannel, device, provider, provider_keys
 from portal.services import auth as auth_service
 from portal.views import use_branding
 
@@ -62,8 +65,8 @@ def discovery():
         "response_types_supported": ["code"],
         "response_modes_supported": ["query"],
         "grant_types_supported": list(apps.GRANT_TYPES),
-        "subject_types_supported": ["public"],
-        "id_token_signing_alg_values_supported": ["RS256"],
+        "subject_types_supported": list(apps.SUBJECT_TYPES),
+        "id_token_signing_alg_values_supported": list(provider_keys.ALGORITHMS),
         "token_endpoint_auth_methods_supported": oauth.ALL_METHODS,
         "token_endpoint_auth_signing_alg_values_supported": ["RS256", "ES256"],
         "introspection_endpoint_auth_methods_supported": oauth.CONFIDENTIAL_METHODS,
@@ -74,12 +77,15 @@ def discovery():
                              "amr", "sid", "azp", "at_hash", "name", "email",
                              "email_verified", "org", "roles"],
         "prompt_values_supported": sorted(PROMPTS),
-        "acr_values_supported": list(ACR_VALUES),
+        "acr_values_supported": ACR_VALUES,
+        "claims_parameter_supported": True,
         "request_parameter_supported": False,
         "request_uri_parameter_supported": False,
         "authorization_response_iss_parameter_supported": True,
         "backchannel_logout_supported": True,
         "backchannel_logout_session_supported": True,
+        "frontchannel_logout_supported": True,
+        "frontchannel_logout_session_supported": True,
     })
 
 
@@ -115,11 +121,23 @@ def authorize():
         if "none" in prompts:
             return _to_client(redirect_uri, "login_required", "Sign-in is required.", state)
         return _send_to_login(prompts, force=reauthenticate)
-    if _second_factor_wanted():
-        if "none" in prompts:
+    try:
+        needed, essential = requested_level(request.values.get("acr_values", ""),
+                                            request.values.get("claims"))
+    except ValueError as exc:
+        return _to_client(redirect_uri, "invalid_request", str(exc), state)
+    if needed and session.get("assurance", 1) < needed:
+        if "none" in prompts and _can_step_up():
             return _to_client(redirect_uri, "interaction_required",
-                              "A second factor is required.", state)
-        return redirect(url_for("mfa.step_up", next=request.full_path))
+                              "The user must confirm their second factor.", state)
+        step_up = None if "none" in prompts else _step_up_url()
+        if step_up:
+            return redirect(step_up)
+        if essential:
+            _audit_denied(client, "unmet_authentication_requirements")
+            return _to_client(redirect_uri, "unmet_authentication_requirements",
+                              "This sign-in cannot reach the authentication level the app "
+                              "requires.", state)
 
     orgs = provider.eligible_orgs(db_session(), current_user.id, client.app)
     wanted = request.values.get("org")
@@ -171,24 +189,68 @@ def _issue_code(grant, org: provider.OrgRef):
                                                                            token_hash)
     who = provider.principal(
         db_session(), current_user, org, token_hash,
-        auth_time=_auth_time(), acr=f"urn:trellis:loa:{session.get('assurance', 1)}",
+        auth_time=_auth_time(), acr=f"{ACR_PREFIX}{session.get('assurance', 1)}",
         amr=tuple(session.get("amr") or ("pwd",)), session_id=session_id)
     return oauth.server().create_authorization_response(grant_user=who, grant=grant)
 
 
-ACR_VALUES = ("urn:trellis:loa:1", "urn:trellis:loa:2")
+ACR_PREFIX = "urn:trellis:loa:"
+ACR_VALUES = [f"{ACR_PREFIX}{level}" for level in (1, 2)]
+# The page that raises the session's assurance with the user's second factor; it takes
+# ``next`` and sends the user back here, where the level is read again.
+STEP_UP_ENDPOINT = "mfa.step_up"
+UNREACHABLE = 99
 
 
-def _second_factor_wanted() -> bool:
-    """The app asked for ``acr_values=urn:trellis:loa:2``, the session is at level 1 and the
-    user has a second factor: ask for it first (step-up). A user without one is signed in at
-    level 1; the ID token's ``acr`` says so and the app decides."""
-    if ACR_VALUES[1] not in request.values.get("acr_values", "").split():
-        return False
-    if session.get("assurance", 1) >= 2:
-        return False
+def requested_level(acr_values: str, claims: str | None) -> tuple[int | None, bool]:
+    """The lowest assurance level the app accepts, and whether it is essential. ``acr``
+    requested as an essential claim (the ``claims`` parameter) is a demand; ``acr_values``
+    is a preference (OpenID Connect Core 3.1.2.1, 5.5.1.1). Values Trellis does not know are
+    never met."""
+    if claims:
+        import json
+        try:
+            parsed = json.loads(claims)
+        except ValueError:
+            raise ValueError("claims is not JSON.") from None
+        if not isinstance(parsed, dict):
+            raise ValueError("claims must be a JSON object.")
+        acr = (parsed.get("id_token") or {}).get("acr") if isinstance(
+            parsed.get("id_token"), dict) else None
+        if isinstance(acr, dict) and acr.get("essential") is True:
+            values = acr.get("values") or ([acr["value"]] if "value" in acr else [])
+            if not isinstance(values, list) or not values:
+                return None, False  # any level will do
+            return _lowest(values), True
+    values = acr_values.split()
+    return (_lowest(values), False) if values else (None, False)
+
+
+def _lowest(values: list) -> int:
+    levels = [int(v[len(ACR_PREFIX):]) for v in values if isinstance(v, str)
+              and v.startswith(ACR_PREFIX) and v[len(ACR_PREFIX):] in ("1", "2")]
+    return min(levels) if levels else UNREACHABLE
+
+
+def _can_step_up() -> bool:
+    from flask import current_app
+
     from portal.services import mfa
-    return mfa.has_second_factor(db_session(), current_user.id)
+    return STEP_UP_ENDPOINT in current_app.view_functions and \
+        mfa.has_second_factor(db_session(), current_user.id)
+
+
+def _step_up_url() -> str | None:
+    """The second-factor step-up page, when the user has a second factor, once per
+    authorization request: coming back at the same level means the user could not, and the
+    request is then answered truthfully."""
+    if not _can_step_up():
+        return None
+    marker = provider.digest(request.full_path)
+    if session.get("step_up_tried") == marker:
+        return None
+    session["step_up_tried"] = marker
+    return url_for(STEP_UP_ENDPOINT, next=request.full_path)
 
 
 def _auth_time():
@@ -344,7 +406,8 @@ def userinfo():
         response.headers["WWW-Authenticate"] = 'Bearer error="insufficient_scope"'
         return response
     who = provider.refresh_principal(db_session(), row)
-    claims: dict[str, Any] = {"sub": str(row.user_id)}
+    app = db_session().get(OAuthAppModel, row.app_id)
+    claims: dict[str, Any] = {"sub": provider.subject_for(app, row.user_id)}
     if who:
         claims.update(oauth.scope_claims(who, scopes))
     return jsonify(claims)
@@ -378,39 +441,70 @@ def end_session():
     if claims is None and request.method != "POST":
         return render_template("provider/logout.html", client=client,
                                values=request.values)
-    if current_user.is_authenticated and (
-            claims is None or claims.get("sub") == str(current_user.id)):
-        sign_out()
+    if current_user.is_authenticated and (claims is None or _hint_names_user(claims)):
+        frames = sign_out()
+    else:
+        frames = []
     if target:
         state = request.values.get("state")
-        return redirect(add_params_to_uri(target, [("state", state)] if state else []))
-    return render_template("provider/logged_out.html")
+        target = add_params_to_uri(target, [("state", state)] if state else [])
+        if not frames:
+            return redirect(target)
+    return signed_out_page(frames, target)
+
+
+def _hint_names_user(claims: dict[str, Any]) -> bool:
+    """The hint's ``sub`` is the signed-in user as its app sees them (pairwise or not; the
+    app may be disabled since)."""
+    from sqlalchemy import select
+    app = db_session().scalar(select(OAuthAppModel).where(
+        OAuthAppModel.client_id == str(claims.get("aud"))))
+    return app is not None and claims.get("sub") == provider.subject_for(app, current_user.id)
 
 
 def _expired_hint(hint: str) -> dict[str, Any] | None:
     from joserfc import jwt
     from joserfc.errors import JoseError
     try:
-        decoded = jwt.decode(hint, oauth.key_ring().public, algorithms=["RS256"])
+        decoded = jwt.decode(hint, oauth.key_ring().public,
+                             algorithms=list(provider_keys.ALGORITHMS))
     except (JoseError, ValueError):
         return None
     claims = dict(decoded.claims)
     return claims if claims.get("iss") == oauth.issuer() else None
 
 
-def sign_out() -> None:
-    """End the Trellis session, revoke what apps got from it, tell apps that listen."""
+def sign_out() -> list[backchannel.Frame]:
+    """End the Trellis session, revoke what apps got from it, tell apps that listen on the
+    back channel; returns the front-channel frames the signed-out page must load."""
     ctx = audit_context()
     sid_token = session.get("sid")
-    notify: list[tuple[Any, str, int]] = []
+    found = backchannel.Collected()
     with services().db.transaction() as tx:
         auth_service.end_session(tx, sid_token)
         if sid_token:
-            notify = backchannel.revoke_and_collect(tx, provider.digest(sid_token))
-        audit.record(tx, ctx, "auth.logout", target=f"user:{current_user.email}")
+            found = backchannel.revoke_and_collect(tx, provider.digest(sid_token),
+                                                   oauth.issuer())
+        audit.record(tx, ctx, "auth.logout", target=f"user:{current_user.email}",
+                     details={"frontchannel": [f.client_id for f in found.front]}
+                     if found.front else None)
     logout_user()
     session.clear()
-    backchannel.notify(notify, issuer=oauth.issuer(), sign=oauth.sign)
+    backchannel.notify(found.back, issuer=oauth.issuer(), sign=oauth.sign)
+    return found.front
+
+
+def signed_out_page(frames: list[backchannel.Frame], next_url: str | None = None):
+    """The signed-out page. With front-channel frames it loads each app's logout URI in a
+    hidden frame (its CSP lets it frame those origins and nothing else), then moves on to
+    ``next_url`` after a moment, without script."""
+    response = make_response(render_template("provider/logged_out.html", frames=frames,
+                                             next_url=next_url))
+    if frames:
+        origins = " ".join(backchannel.frame_origins(frames))
+        response.headers["Content-Security-Policy"] = (
+            current_app.config["CONTENT_SECURITY_POLICY"] + f"; frame-src {origins}")
+    return response
 
 
 # --- device authorization: the user's page --------------------------------------------------

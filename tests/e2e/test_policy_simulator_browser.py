@@ -44,3 +44,25 @@ def test_simulator_at_phone_width(browsing, live, acme_with_owner):  # noqa: F81
     width = page.evaluate("document.documentElement.scrollWidth")
     assert width <= PHONE["width"]
     screenshot(page, "policy-simulator-phone.png")
+
+
+def test_operator_uploads_an_organization_policy(browsing, live, acme_with_owner, make_user,  # noqa: F811
+                                                 tmp_path):
+    make_user("olga@trellis.test", operator=True, display_name="Olga Operator")
+    broken = tmp_path / "broken.csv"
+    broken.write_text("p, buyer, *, report, export, True, alow\n")
+    good = tmp_path / "acme.csv"
+    good.write_text("# Acme's buyers also export reports.\n"
+                    "p, buyer, *, report, export, True, allow\n")
+    page = browsing.page()
+    sign_in(page, live.url, email="olga@trellis.test")
+    page.get_by_role("link", name="Policies").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Policies")
+    page.get_by_label("Policy file (CSV)").set_input_files(str(broken))
+    page.get_by_role("button", name="Upload").click()
+    expect(page.get_by_text("orgs/acme.csv:1: effect must be allow or deny")).to_be_visible()
+    page.get_by_label("Policy file (CSV)").set_input_files(str(good))
+    page.get_by_role("button", name="Upload").click()
+    expect(page.get_by_text("The policy of acme is in force.")).to_be_visible()
+    expect(page.get_by_role("cell", name="acme", exact=True)).to_be_visible()
+    screenshot(page, "admin-policies.png")

@@ -40,7 +40,9 @@ def vendor(app, live, make_org, make_user):
         port = probe.getsockname()[1]
     base = f"http://127.0.0.1:{port}"
     registered = register(app, name="Supplier Portal", redirect_uris=[base + "/callback"],
-                          post_logout_redirect_uris=[base + "/"])
+                          post_logout_redirect_uris=[base + "/"],
+                          frontchannel_logout_uri=base + "/frontchannel-logout",
+                          initiate_login_uri=base + "/login")
     vendor_app = load_vendor_app().create_app(live.url, registered.client_id,
                                               registered.secret, secrets.token_hex(16))
     server = make_server("127.0.0.1", port, vendor_app, threaded=True)
@@ -83,6 +85,34 @@ def test_vendor_app_sign_in_with_consent_and_logout(page, live, vendor):
     assert page.get_by_role("link", name="Sign in with Trellis").is_visible()
     page.goto(live.url + "/")
     page.wait_for_url(re.compile(re.escape(live.url) + "/login"))  # Trellis session ended too
+
+
+def test_tile_opens_the_app_and_signing_out_of_trellis_signs_out_of_it(page, live, vendor):
+    """From the portal home a member opens the app by its tile (the app's own login, which
+    comes back to Trellis and is signed in at once); signing out of Trellis then loads the
+    app's front-channel logout URI in a frame, and the app's session is gone."""
+    page.goto(live.url + "/login")
+    sign_in_at_trellis(page)
+    page.wait_for_url(live.url + "/")
+    tile = page.get_by_role("link", name="Supplier Portal")
+    assert tile.is_visible()
+    screenshot(page, "provider-app-tiles.png")
+    tile.click()
+    page.wait_for_url(re.compile(re.escape(live.url) + "/oauth/authorize"))
+    page.get_by_role("button", name="Allow").click()
+    page.wait_for_url(vendor + "/")
+    assert "alice@acme.test" in page.locator("#who").inner_text()
+
+    page.goto(live.url + "/")
+    page.get_by_role("button", name="Sign out").click()
+    page.wait_for_url(live.url + "/logout")
+    assert page.get_by_role("heading", name="You have signed out").is_visible()
+    frame = page.frame_locator("iframe.logout-frame")
+    frame.get_by_text("Signed out of Supplier Portal.").wait_for(state="attached")
+    screenshot(page, "provider-frontchannel-logout.png")
+    page.wait_for_url(re.compile(re.escape(live.url) + "/login"))  # moves on by itself
+    page.goto(vendor + "/")
+    assert page.get_by_role("link", name="Sign in with Trellis").is_visible()
 
 
 def test_consent_page_keyboard_and_phone(browsing, live, vendor):
@@ -158,3 +188,33 @@ def test_broker_path_through_the_partners_identity_provider(browsing, app, live,
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_operator_registers_an_app_in_the_page(page, live, app, make_org, make_user):
+    make_org("acme", "Acme Supplies")
+    make_user("ops@trellis.test", operator=True)
+    page.goto(live.url + "/login")
+    page.get_by_label("Work email").fill("ops@trellis.test")
+    page.get_by_role("button", name="Continue").click()
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    page.goto(live.url + "/admin/apps")
+    page.get_by_role("link", name="Register an app").click()
+    page.get_by_label("Name (shown on the consent page").fill("Ticketing")
+    page.get_by_label("Redirect URIs, one per line", exact=False).first.fill("https://tickets.example/callback")
+    page.get_by_label("Organizations offered the app").fill("acme")
+    page.get_by_label("ID token signature").select_option("ES256")
+    page.get_by_label("Initiate-login URI").fill("https://tickets.example/login")
+    screenshot(page, "admin-app-register.png")
+    page.get_by_role("button", name="Register").click()
+    assert page.get_by_role("heading", name="Ticketing is registered").is_visible()
+    secret = page.locator("code.secret").inner_text()
+    assert secret.startswith("trs_")
+    screenshot(page, "admin-app-secret-once.png")
+    page.get_by_role("link", name="Settings of Ticketing").click()
+    assert secret not in page.content()
+    screenshot(page, "admin-app-settings.png")
+    page.get_by_label("The old secret keeps working for").select_option("3600")
+    page.get_by_role("button", name="Make a new secret").click()
+    assert page.get_by_role("heading", name="Ticketing has a new secret").is_visible()
+    assert page.locator("code.secret").inner_text() != secret

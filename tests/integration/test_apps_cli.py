@@ -77,14 +77,15 @@ def test_signing_key_rotation_publishes_before_use_and_keeps_the_old_key(trellis
     server = LiveServer(app)
     try:
         before = http.get(server.url + "/oauth/jwks").json()["keys"]
-        assert len(before) == 2  # active and next, from the first request
+        assert len(before) == 4  # active and next of each ring, from the first request
+        assert sorted(k["alg"] for k in before) == ["ES256", "ES256", "RS256", "RS256"]
         out = trellis("keys", "rotate-signing").output
-        assert "signing with key" in out
+        assert "RS256: signing with key" in out and "ES256: signing with key" in out
         app.extensions["trellis_oidc_keys"].clear()
         after = http.get(server.url + "/oauth/jwks").json()["keys"]
         kids_before = {k["kid"] for k in before}
         kids_after = {k["kid"] for k in after}
-        assert kids_before <= kids_after and len(after) == 3  # old kept, a new next published
+        assert kids_before <= kids_after and len(after) == 6  # old kept, a new next published
         # A second rotation would retire the previous key while its tokens live.
         refused = trellis("keys", "rotate-signing", expect=1).stderr
         assert "still verifies tokens until" in refused
@@ -92,5 +93,8 @@ def test_signing_key_rotation_publishes_before_use_and_keeps_the_old_key(trellis
             states = sorted(s.value for s in session.scalars(sa.select(SigningKey.state).where(
                 SigningKey.purpose == "oidc")))
         assert states == ["active", "next", "previous"]
+        # One ring can be rotated alone (with --force while its previous key lives).
+        out = trellis("keys", "rotate-signing", "--alg", "ES256", "--force").output
+        assert "ES256: signing with key" in out and "RS256" not in out
     finally:
         server.stop()

@@ -34,6 +34,7 @@ def test_check_allows_and_denies_with_the_rule_and_version(client, world):
     assert allowed.status_code == 200 and body["allowed"] is True
     assert body["matched_rule"][:4] == ["buyer", "*", "purchase_order", "approve"]
     assert body["policy_version"] and len(body["decision_id"]) == 16
+    assert allowed.headers["Cache-Control"] == "no-store"  # no proxy keeps a decision
     denied = call(client, world["key"], "/authz/check", {
         "subject": {"id": world["alice"]}, "organization": "acme", "object": order(100),
         "action": "approve", "context": {"assurance": 1}}).get_json()

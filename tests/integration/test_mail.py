@@ -195,3 +195,34 @@ def test_mail_test_command_sends_and_reports_an_outage(trellis, smtp_server, app
     assert statuses == [OutboxStatus.SENT, OutboxStatus.PENDING]
     assert CLI_CTX  # the CLI audits as cli:<user>
     assert trellis("worker", "--once").exit_code == 0
+
+
+@pytest.mark.parametrize("security", ["starttls", "tls"])
+def test_mail_goes_over_starttls_or_implicit_tls_with_authentication(settings, tmp_path,
+                                                                      security):
+    from portal import create_app
+    from tests.peers.smtp import SmtpServer
+    server = SmtpServer(security, tmp_path, credentials=("trellis", "s3cret")).start()
+    app = create_app({**settings, **server.settings()})
+    try:
+        db = services_of(app).db
+        with db.transaction() as session:
+            message_id = outbox.enqueue(session, to="tls@example.test", template="test",
+                                        org=None, context={"sender": "t"}).id
+        assert outbox.deliver(db, _config(app), [message_id]).sent == [message_id]
+        assert len(server.wait_for("tls@example.test")) == 1
+        with db.transaction() as session:
+            second = outbox.enqueue(session, to="tls2@example.test", template="test",
+                                    org=None, context={"sender": "t"}).id
+        # Wrong credentials: refused by the server, the message waits.
+        wrong = outbox.MailConfig(**{**_config(app).__dict__, "password": "nope"})
+        assert outbox.deliver(db, wrong, [second]).retrying == [second]
+        assert "SMTPAuthenticationError" in _row(app, second).last_error
+        # A certificate the configured CA did not sign is refused, and the message waits.
+        untrusted = outbox.MailConfig(**{**_config(app).__dict__, "ca_file": ""})
+        outbox.deliver(db, untrusted, now=utcnow() + timedelta(minutes=5))
+        assert "CERTIFICATE_VERIFY_FAILED" in _row(app, second).last_error
+        assert server.to("tls2@example.test") == []
+    finally:
+        server.stop()
+        services_of(app).db.dispose()

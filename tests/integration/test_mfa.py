@@ -505,3 +505,24 @@ def test_directory_admins_must_set_up_a_second_factor(client, app, tx, make_org,
     # A bind proves a password only: a directory cannot be trusted for MFA.
     with tx() as session, pytest.raises(ValidationError, match="cannot vouch"):
         mfa.set_idp_mfa_trust(session, CLI_CTX, session.get(Connection, connection_id), True)
+
+
+def test_password_and_email_changes_need_step_up(client, app, alice):
+    """Security settings on the account page: a user with a second factor last used an
+    hour ago is sent to confirm it before changing the password or the email."""
+    sign_in(client, "alice@acme.test")
+    enroll(client)
+    _age_second_factor(client)
+    token = csrf_token(client, "/account/password")
+    response = client.post("/account/password", data={
+        "current": PASSWORD, "password": "a whole new passphrase 42",
+        "confirm": "a whole new passphrase 42", "csrf_token": token},
+        headers={"Referer": "http://localhost/account/password"})
+    assert response.status_code == 302
+    assert response.headers["Location"] == "/login/step-up?next=/account/password"
+    response = client.post("/account/email", data={"email": "alice@new.test",
+                                                   "csrf_token": token})
+    assert "/login/step-up" in response.headers["Location"]
+    assert [e.details["endpoint"] for e in audit_events(app, "auth.step_up")] == [
+        "account.change_password", "account.change_email"]
+    assert audit_events(app, "password.change") == []

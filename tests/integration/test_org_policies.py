@@ -83,3 +83,50 @@ def test_a_stored_policy_that_no_longer_loads_keeps_its_last_good_rules(
     assert run(app, "policy", "remove", "acme").exit_code == 0
     assert not exports(app, alice.id) and "acme" not in engine.org_errors
     assert [e.action for e in audit_events(app)][-1] == "org_policy.remove"
+
+
+def test_operators_upload_and_remove_from_the_policies_page(app, tx, make_org, make_user):
+    import io
+
+    from tests.conftest import csrf_token, sign_in
+    make_org("acme", "Acme")
+    alice = make_user("alice@acme.test", org="acme")
+    run(app, "role", "grant", "alice@acme.test", "acme", "buyer")
+    make_user("olga@trellis.test", operator=True)
+    client = app.test_client()
+    assert sign_in(client, "olga@trellis.test").status_code == 302
+    page = client.get("/admin/policy")
+    assert page.status_code == 200 and "No organization has an uploaded policy" in page.text
+
+    def upload(text: str, org: str = "acme"):
+        return client.post("/admin/policy/upload", data={
+            "csrf_token": csrf_token(client, "/admin/policy"), "org": org,
+            "file": (io.BytesIO(text.encode()), "acme.csv")},
+            content_type="multipart/form-data", follow_redirects=True)
+
+    refused = upload("p, buyer, *, report, export, True, allow\np, buyer, *, x, y\n")
+    assert "orgs/acme.csv:2: a p rule has 6 fields" in refused.text
+    assert not exports(app, alice.id)
+    done = upload(GOOD)
+    assert "The policy of acme is in force." in done.text and "report, export" in done.text
+    assert exports(app, alice.id)
+    assert [e.outcome for e in audit_events(app, "org_policy.upload")] == ["failure",
+                                                                            "success"]
+    assert audit_events(app, "org_policy.upload")[1].actor == "olga@trellis.test"
+    removed = client.post("/admin/policy/acme/remove", data={
+        "csrf_token": csrf_token(client, "/admin/policy")}, follow_redirects=True)
+    assert "The uploaded policy of acme was removed." in removed.text
+    assert not exports(app, alice.id)
+    no_csrf = client.post("/admin/policy/upload", data={"org": "acme", "file": (
+        io.BytesIO(GOOD.encode()), "acme.csv")}, content_type="multipart/form-data")
+    assert no_csrf.status_code == 400
+
+    member = app.test_client()
+    assert sign_in(member, "alice@acme.test").status_code == 302
+    assert member.get("/admin/policy").status_code == 403
+    assert member.post("/admin/policy/upload", data={
+        "csrf_token": csrf_token(member, "/"), "org": "acme",
+        "file": (io.BytesIO(GOOD.encode()), "acme.csv")},
+        content_type="multipart/form-data").status_code == 403
+    with services_of(app).db.sessions() as session:
+        assert session.scalar(sa.select(sa.func.count(OrgPolicy.id))) == 0

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from policies import PolicyEngine, Sources
+from policies import PolicyEngine, PolicyError, Sources
 from tests.conftest import services_of
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -186,3 +186,34 @@ def test_two_app_instances_share_changes_through_redis(settings, redis_url, chan
         for app in (first, second):
             services_of(app).policy.close()
             services_of(app).db.dispose()
+
+
+def test_a_file_reload_reaches_the_other_worker_at_once(redis_url, channel, tmp_path):
+    """The other worker's clock stands still, so it never re-reads the folder by itself: only
+    the reload message over Redis can make it."""
+    import shutil
+    folder = tmp_path / "policies"
+    shutil.copytree(POLICIES, folder)
+    world = World()
+    first = PolicyEngine(folder, world.sources(), version_check_seconds=HOUR,
+                         redis_url=redis_url, redis_channel=channel)
+    second = PolicyEngine(folder, world.sources(), version_check_seconds=HOUR,
+                          redis_url=redis_url, redis_channel=channel, clock=lambda: 0.0)
+    try:
+        assert first.notifier.wait_until_listening() and second.notifier.wait_until_listening()
+
+        def exports(engine):
+            return engine.decide({"id": "bob"}, "acme", {"type": "report"}, "export").allowed
+        assert not exports(first) and not exports(second)
+        (folder / "orgs" / "acme.csv").write_text("p, *, *, report, export, True, allow\n")
+        first.reload_files()
+        assert exports(first)
+        assert until(lambda: exports(second)) < 1.0
+        (folder / "orgs" / "acme.csv").write_text("p, *, *, report, export, True, alow\n")
+        with pytest.raises(PolicyError) as refused:
+            first.reload_files()
+        assert "orgs/acme.csv:1: effect must be allow or deny" in refused.value.detail
+        assert exports(first) and exports(second)  # the broken edit is kept out everywhere
+    finally:
+        first.close()
+        second.close()

@@ -303,3 +303,21 @@ def test_refresh_keeps_org_and_current_roles(app, op):
         http.get(op + "/oauth/jwks").json()), algorithms=["RS256"]).claims
     assert claims["org"]["slug"] == "acme" and claims["roles"] == ["buyer", "member"]
     assert REDIRECT  # registered redirect is the one used throughout
+
+
+def test_back_channel_logout_token_of_a_pairwise_es256_app(app, op, logout_receiver):
+    """The logout token is signed like the app's ID tokens and names the user by the app's
+    own pairwise sub."""
+    uri, received = logout_receiver
+    registered = register(app, backchannel_logout_uri=uri, subject_type="pairwise",
+                          id_token_signed_response_alg="ES256")
+    _, token, _, browser = full_login(op, registered)
+    keys = KeySet.import_key_set(http.get(op + "/oauth/jwks").json())
+    id_claims = jwt.decode(token["id_token"], keys, algorithms=["ES256"]).claims
+    page = browser.get(op + "/")
+    browser.post(op + "/logout", data={"csrf_token": CSRF.search(page.text).group(1)},
+                 headers={"Referer": op + "/"}, allow_redirects=False)
+    assert len(received) == 1
+    logout = jwt.decode(received[0], keys, algorithms=["ES256"])
+    assert logout.header["alg"] == "ES256" and logout.header["typ"] == "logout+jwt"
+    assert logout.claims["sub"] == id_claims["sub"] and logout.claims["sid"] == id_claims["sid"]

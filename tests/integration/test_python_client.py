@@ -23,7 +23,9 @@ def test_check_batch_explain_and_permissions(trellis, world):  # noqa: F811
     results = trellis.batch([{"subject": alice, "organization": "acme", "object": order(1),
                               "action": a} for a in ("approve", "delete")])
     assert [r["allowed"] for r in results] == [False, False]  # approve needs MFA context
-    assert "buyer" in trellis.explain(alice, "acme", order(1), "read")["roles"]
+    explained = trellis.explain(alice, "acme", order(1), "read")
+    assert "buyer" in explained["roles"] and explained["chain"] == [alice, "buyer"]
+    assert explained["rule_source"].startswith("kinds/partner.csv:")
     assert {"object": "organization", "action": "read", "condition": None} in \
         trellis.permissions(alice, "acme")
 

@@ -35,14 +35,47 @@ class _Keep:
 
 
 class SmtpServer:
-    def __init__(self) -> None:
+    """``security``: ``none``, ``starttls`` (required before MAIL) or ``tls`` (implicit), with
+    a certificate from a CA made for the test (``tls_folder``). ``credentials`` makes the
+    server require AUTH with that user and password."""
+
+    def __init__(self, security: str = "none", tls_folder=None,
+                 credentials: tuple[str, str] | None = None) -> None:
         self.port = free_port()
         self.messages: list[EmailMessage] = []
         self.lock = threading.Lock()
         self.controller: Controller | None = None
+        self.security = security
+        self.credentials = credentials
+        self.ca_file = None
+        self.context = None
+        if security != "none":
+            import ssl
+
+            from tests.peers.slapd import make_tls
+            files = make_tls(tls_folder, "127.0.0.1")
+            self.ca_file = tls_folder / "ca.pem"
+            self.ca_file.write_text(files.ca_pem)
+            self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            self.context.load_cert_chain(files.cert_file, files.key_file)
+
+    def _authenticate(self, server, session, envelope, mechanism, auth_data):
+        from aiosmtpd.smtp import AuthResult, LoginPassword
+        ok = isinstance(auth_data, LoginPassword) and self.credentials == (
+            auth_data.login.decode(), auth_data.password.decode())
+        return AuthResult(success=ok, handled=False)  # False: the server answers 535
 
     def start(self) -> SmtpServer:
-        self.controller = Controller(_Keep(self), hostname="127.0.0.1", port=self.port)
+        options: dict = {}
+        if self.security == "starttls":
+            options.update(tls_context=self.context, require_starttls=True)
+        elif self.security == "tls":
+            # aiosmtpd sees only its own STARTTLS, not a TLS listener: AUTH is safe here anyway
+            options.update(ssl_context=self.context, auth_require_tls=False)
+        if self.credentials:
+            options.update(authenticator=self._authenticate, auth_required=True)
+        self.controller = Controller(_Keep(self), hostname="127.0.0.1", port=self.port,
+                                     **options)
         self.controller.start()
         return self
 
@@ -53,8 +86,14 @@ class SmtpServer:
 
     def settings(self) -> dict:
         """The app's settings that send to this server (plain SMTP: loopback only)."""
-        return {"SMTP_HOST": "127.0.0.1", "SMTP_PORT": self.port, "SMTP_SECURITY": "none",
-                "SMTP_TIMEOUT": 5, "MAIL_FROM": "Trellis <no-reply@trellis.test>"}
+        settings = {"SMTP_HOST": "127.0.0.1", "SMTP_PORT": self.port,
+                    "SMTP_SECURITY": self.security, "SMTP_TIMEOUT": 5,
+                    "MAIL_FROM": "Trellis <no-reply@trellis.test>"}
+        if self.ca_file:
+            settings["SMTP_CA_FILE"] = str(self.ca_file)
+        if self.credentials:
+            settings["SMTP_USER"], settings["SMTP_PASSWORD"] = self.credentials
+        return settings
 
     def to(self, address: str) -> list[EmailMessage]:
         with self.lock:

@@ -19,7 +19,10 @@ def test_every_route_declares_who_may_reach_it(app):
 def test_public_routes_are_the_expected_ones(app):
     public = sorted(rule.endpoint for rule in app.url_map.iter_rules()
                     if getattr(app.view_functions.get(rule.endpoint), ACCESS, "") == "public")
-    assert public == ["auth.login", "auth.org_login", "branding.stylesheet",
+    assert public == ["account.confirm_email", "account.forgot_password",
+                      "account.org_register", "account.register",
+                      "account.reset_password", "account.verify_email", "auth.login",
+                      "auth.org_login", "branding.stylesheet",
                       "devmail.html", "devmail.index", "health.healthz",
                       "health.readyz", "mfa.challenge", "mfa.passkey_options",
                       "mfa.passkey_verify", "mfa.setup_at_sign_in",

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from portal.config import SETTINGS, ConfigError, load_settings
@@ -79,3 +81,18 @@ def test_every_setting_is_documented_in_the_readme():
     table = readme.split(start, 1)[1].split(end, 1)[0].strip()
     assert table == settings_table(), "README settings table is stale: paste settings_table()"
     assert all(f"`{s.env}`" in table for s in SETTINGS)
+
+
+def test_a_malformed_consent_purposes_file_stops_the_start(tmp_path):
+    from portal.services.consent import load_purposes
+    shipped = load_purposes(Path(__file__).resolve().parents[2] / "portal" /
+                            "consent_purposes.yaml")
+    assert [p.key for p in shipped] == ["product_news", "usage_analytics"]
+    bad = tmp_path / "purposes.yaml"
+    for text, problem in (("purposes: [{key: terms, version: '1', label: T}]", "not 'terms'"),
+                          ("purposes: [{key: news, label: News}]", "needs a label and a version"),
+                          ("purposes: [oops]", "not a mapping"),
+                          ("purposes: [{key: a b}", "cannot read")):
+        bad.write_text(text)
+        with pytest.raises(ValueError, match=problem):
+            load_purposes(bad)

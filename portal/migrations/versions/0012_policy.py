@@ -1,4 +1,5 @@
-"""Policy: organizations' uploaded policy files; API key rotation with a grace period.
+"""Policy: organizations' uploaded policy files; API key rotation with a grace period;
+an index on users.is_operator (counted by every policy version check).
 
 Revision ID: 0012
 Revises: 0010
@@ -16,6 +17,8 @@ depends_on = None
 
 
 def upgrade() -> None:
+    with op.batch_alter_table('users', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_users_is_operator'), ['is_operator'], unique=False)
     op.create_table('org_policies',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('organization_id', sa.Integer(), nullable=False),
@@ -43,3 +46,5 @@ def downgrade() -> None:
         batch_op.drop_column('previous_key_hash')
 
     op.drop_table('org_policies')
+    with op.batch_alter_table('users', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_users_is_operator'))

@@ -8,7 +8,7 @@ const input = JSON.parse(raw || '{}');
 
 async function configuration() {
   const auth = input.client_secret ? client.ClientSecretBasic(input.client_secret) : client.None();
-  return client.discovery(new URL(input.issuer), input.client_id, undefined, auth,
+  return client.discovery(new URL(input.issuer), input.client_id, input.metadata, auth,
                           { execute: [client.allowInsecureRequests] });
 }
 
@@ -56,5 +56,6 @@ try {
   console.log(JSON.stringify({ ok: true, ...(await steps[step](config)) }));
 } catch (error) {
   console.log(JSON.stringify({ ok: false, error: error.code || error.name,
-                               message: error.message, cause: error.cause?.error ?? null }));
+                               message: error.message, cause: error.cause?.error ?? null,
+                               detail: error.cause?.message ?? null }));
 }

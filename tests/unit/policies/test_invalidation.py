@@ -74,6 +74,11 @@ def test_unreachable_redis_keeps_local_invalidation_and_the_version_check(folder
             world.grants["acme"].append(("bob", "user_manager"))
             engine.invalidate("acme")  # publishing fails, logged; this process still sees it
             assert manages(engine)
+            calls = []
+            engine.notifier.client.publish = lambda *args: calls.append(args)
+            for _ in range(20):  # then publishing pauses: no connection timeout per change
+                assert engine.notifier.publish("acme") is False
+            assert calls == []
             world.grants["acme"].clear()
             world.version += 1  # another worker's change: the version check still works
             clock[0] += 1

@@ -1,4 +1,7 @@
-"""The development mail sink: with no mail server configured, outside production, the mail
+"""Mail from the web layer: an attempt right after the commit that wrote the message, and
+the development mail sink.
+
+The development mail sink: with no mail server configured, outside production, the mail
 Trellis would send is kept in the outbox and shown here, so `make run` shows sign-up and
 reset links. The blueprint is not registered at all in production."""
 
@@ -47,3 +50,25 @@ def deliver_now(ids: list[int]) -> outbox.Report:
     waits when the server is up; otherwise the worker retries."""
     return outbox.deliver(services().db, outbox.MailConfig.from_settings(current_app.config),
                           ids=ids)
+
+
+def deliver_after_response(ids: list[int]) -> None:
+    """For pages whose answer must not tell whether an account exists (reset, registration):
+    the attempt happens after the response is sent, so its timing reveals nothing. Under the
+    test client, at once."""
+    ids = [i for i in ids if i is not None]
+    if not ids:
+        return
+    app = current_app._get_current_object()
+    if app.testing and not app.config.get("MAIL_AFTER_RESPONSE"):
+        deliver_now(ids)
+        return
+    from flask import after_this_request
+
+    @after_this_request
+    def later(response):
+        def attempt() -> None:
+            with app.app_context():
+                deliver_now(ids)
+        response.call_on_close(attempt)
+        return response

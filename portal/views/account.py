@@ -1,0 +1,417 @@
+"""Self-service for people, signed in or not: forgotten and changed passwords, registration
+and email verification.
+
+Pages that take an email address from someone not signed in answer the same whether an
+account exists or not; what differs goes to the mailbox, after the response is sent.
+"""
+
+from __future__ import annotations
+
+from flask import (
+    Blueprint,
+    abort,
+    current_app,
+    flash,
+    g,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
+from flask_login import current_user
+
+from portal.errors import NotFound, TooManyAttempts, TrellisError
+from portal.extensions import audit_context, db_session, services
+from portal.forms import (
+    ChangePasswordForm,
+    ForgotPasswordForm,
+    PostForm,
+    RegisterForm,
+    ResetPasswordForm,
+)
+from portal.permissions import public, recent_second_factor, signed_in
+from portal.services import credentials, organizations, registration
+from portal.views import use_branding
+from portal.views.mail import deliver_after_response, deliver_now
+
+bp = Blueprint("account", __name__)
+MAX_TOKEN = 100
+
+
+# -- forgotten password ------------------------------------------------------------------
+
+@bp.route("/password/forgot", methods=["GET", "POST"])
+@public
+def forgot_password():
+    org = _org_from_query()
+    form = ForgotPasswordForm()
+    if request.method in ("GET", "HEAD"):
+        return render_template("account/forgot.html", form=form, org=org)
+    if not form.validate_on_submit():
+        return render_template("account/forgot.html", form=form, org=org,
+                               error="Enter your email address."), 400
+    try:
+        with services().db.transaction() as tx:
+            message = credentials.request_reset(
+                tx, audit_context(), form.email.data, minutes=current_app.config[
+                    "RESET_MINUTES"],
+                reset_link=lambda token: url_for("account.reset_password", token=token,
+                                                 _external=True),
+                sign_in_link=url_for("auth.login", _external=True))
+            message_id = message.id if message is not None else None
+    except TrellisError as exc:
+        if exc.code != "invalid_email":
+            raise
+        return render_template("account/forgot.html", form=form, org=org,
+                               error=exc.message), 400
+    deliver_after_response([message_id])
+    return render_template("account/sent.html", org=org, title="Check your email",
+                           email=form.email.data.strip(), what="reset")
+
+
+@bp.route("/password/reset/<token>", methods=["GET", "POST"])
+@public
+def reset_password(token: str):
+    g.no_store = True
+    if len(token) > MAX_TOKEN:
+        abort(404)
+    form = ResetPasswordForm()
+    try:
+        user = credentials.open_reset(db_session(), token)
+    except credentials.InvalidToken as exc:
+        _audit_bad_token("password.reset", token)
+        return render_template("account/link_invalid.html", message=exc.message,
+                               again=url_for("account.forgot_password")), 400
+    org = credentials.home_organization(db_session(), user)
+    use_branding(org)
+    if request.method in ("GET", "HEAD"):
+        return render_template("account/reset.html", form=form, email=user.email)
+    error = None
+    if form.validate_on_submit():
+        try:
+            with services().db.transaction() as tx:
+                credentials.reset(tx, audit_context(), services().passwords, token,
+                                  form.password.data, form.confirm.data,
+                                  sign_in_link=url_for("auth.login", _external=True),
+                                  reset_page=url_for("account.forgot_password",
+                                                     _external=True))
+        except credentials.InvalidToken as exc:
+            return render_template("account/link_invalid.html", message=exc.message,
+                                   again=url_for("account.forgot_password")), 400
+        except TrellisError as exc:
+            error = exc.message
+        else:
+            _deliver_pending_for(user.email)
+            if current_user.is_authenticated:  # the session just ended with all the others
+                session.clear()
+            flash("Your password was changed and every session of your account was signed "
+                  "out. Sign in with the new password.", "info")
+            return redirect(url_for("auth.login"))
+    return render_template("account/reset.html", form=form, email=user.email,
+                           error=error or "Enter the new password twice."), 400
+
+
+# -- changing the password while signed in -----------------------------------------------
+
+@bp.route("/account/password", methods=["GET", "POST"])
+@signed_in
+@recent_second_factor
+def change_password():
+    g.no_store = True
+    form = ChangePasswordForm()
+    managed_by = None
+    if current_user.password_hash is None:
+        managed_by = credentials.managing_provider(db_session(), current_user.id)
+    if request.method in ("GET", "HEAD") or managed_by:
+        return render_template("account/change.html", form=form, managed_by=managed_by)
+    if not form.validate_on_submit():
+        return render_template("account/change.html", form=form,
+                               error="Fill in every field."), 400
+    s = services()
+    try:
+        ended = credentials.change(
+            s.db, audit_context(), s.passwords, s.throttle, current_user.id,
+            form.current.data, form.password.data, form.confirm.data,
+            session_token=session.get("sid", ""),
+            reset_page=url_for("account.forgot_password", _external=True))
+    except TooManyAttempts as exc:
+        return render_template("account/change.html", form=form, error=exc.message), \
+            exc.status, exc.headers
+    except TrellisError as exc:
+        return render_template("account/change.html", form=form, error=exc.message), \
+            exc.status
+    _deliver_pending_for(current_user.email)
+    flash("Your password was changed." + (f" {ended} other session"
+                                          f"{'s were' if ended != 1 else ' was'} signed out."
+                                          if ended else ""), "info")
+    return redirect(url_for("account.change_password"))
+
+
+# -- the account page --------------------------------------------------------------------
+
+@bp.get("/account/")
+@signed_in
+def index():
+    from portal.services import account
+    g.no_store = True
+    read = db_session()
+    from portal.services import consent
+    consents = consent.current(read, current_user.id)
+    return render_template(
+        "account/index.html", profile=account.profile(read, current_user.id),
+        purposes=current_app.extensions["trellis_purposes"],
+        granted={key for key, row in consents.items() if row.granted},
+        consents=consents,
+        sessions=account.sessions(read, current_user.id, session.get("sid", "")),
+        history=account.sign_in_history(read, current_user.email), form=PostForm())
+
+
+@bp.post("/account/profile")
+@signed_in
+def update_profile():
+    from portal.services import account
+    try:
+        with services().db.transaction() as tx:
+            account.update_name(tx, audit_context(), current_user.id,
+                                request.form.get("display_name", ""))
+    except TrellisError as exc:
+        if exc.status >= 500:
+            raise
+        flash(exc.message, "error")
+    else:
+        flash("Your profile was saved.", "info")
+    return redirect(url_for("account.index"))
+
+
+@bp.post("/account/sessions/<int:session_id>/revoke")
+@signed_in
+def revoke_session(session_id: int):
+    from portal.services import account
+    with services().db.transaction() as tx:
+        account.revoke_session(tx, audit_context(), current_user.id, session_id,
+                               session.get("sid", ""))
+    flash("That session was signed out.", "info")
+    return redirect(url_for("account.index"))
+
+
+@bp.post("/account/sessions/revoke-others")
+@signed_in
+def revoke_other_sessions():
+    from portal.services import account
+    with services().db.transaction() as tx:
+        ended = account.revoke_others(tx, audit_context(), current_user.id,
+                                      session.get("sid", ""))
+    flash(f"{ended} other session{'s' if ended != 1 else ''} signed out.", "info")
+    return redirect(url_for("account.index"))
+
+
+@bp.post("/account/consents")
+@signed_in
+def update_consents():
+    """Grant or withdraw each purpose; every change is a new row of the consent ledger."""
+    from portal.services import consent
+    wanted = set(request.form.getlist("purpose"))
+    with services().db.transaction() as tx:
+        changed = consent.change(tx, audit_context(), current_user.id,
+                                 current_app.extensions["trellis_purposes"], wanted,
+                                 method="account_page", key=current_app.config["SECRET_KEY"])
+    flash("Your choices were saved." if changed else "Nothing changed.", "info")
+    return redirect(url_for("account.index"))
+
+
+@bp.post("/account/email")
+@signed_in
+@recent_second_factor
+def change_email():
+    """Ask for a new address: a link goes to it; the account's address changes when the
+    link is used."""
+    from portal.services import account
+    new_email = request.form.get("new_email", "")[:320]
+    try:
+        with services().db.transaction() as tx:
+            message_id = account.request_email_change(
+                tx, audit_context(), services().passwords, current_user.id, new_email,
+                request.form.get("password", "")[:1024],
+                hours=current_app.config["VERIFY_HOURS"],
+                confirm_link=lambda token: url_for("account.confirm_email", token=token,
+                                                   _external=True))
+    except TrellisError as exc:
+        if exc.status >= 500:
+            raise
+        flash(exc.message, "error")
+        return redirect(url_for("account.index"))
+    deliver_after_response([message_id])
+    flash(f"We are sending a link to {new_email.strip()}. Your address changes when you open "
+          "it; until then you keep signing in with the current one.", "info")
+    return redirect(url_for("account.index"))
+
+
+@bp.route("/account/email/confirm/<token>", methods=["GET", "POST"])
+@public
+def confirm_email(token: str):
+    """Works from any browser (the link proves the new mailbox); GET shows a button only."""
+    from portal.services import account
+    g.no_store = True
+    if len(token) > MAX_TOKEN:
+        abort(404)
+    try:
+        pending = account.open_email_change(db_session(), token)
+    except credentials.InvalidToken as exc:
+        _audit_bad_token("user.email_change", token)
+        return render_template("account/link_invalid.html", message=exc.message,
+                               again=url_for("account.index")), 400
+    form = PostForm()
+    if request.method in ("GET", "HEAD") or not form.validate_on_submit():
+        return render_template("account/confirm_email.html", form=form, email=pending.email)
+    try:
+        with services().db.transaction() as tx:
+            _user, notice_id = account.confirm_email_change(tx, audit_context(), token)
+    except credentials.InvalidToken as exc:
+        return render_template("account/link_invalid.html", message=exc.message,
+                               again=url_for("account.index")), 400
+    except TrellisError as exc:
+        if exc.code != "duplicate_email":
+            raise
+        return render_template("account/link_invalid.html", message=exc.message,
+                               again=url_for("account.index")), 409
+    deliver_now([notice_id])
+    flash(f"Your email address is now {pending.email}. Sign in with it from now on.", "info")
+    if current_user.is_authenticated:
+        return redirect(url_for("account.index"))
+    return redirect(url_for("auth.login"))
+
+
+# -- registration ------------------------------------------------------------------------
+
+@bp.route("/register", methods=["GET", "POST"])
+@public
+def register():
+    return _register_page(None)
+
+
+@bp.route("/o/<slug>/register", methods=["GET", "POST"])
+@public
+def org_register(slug: str):
+    try:
+        org = organizations.get(db_session(), slug)
+    except NotFound:
+        raise NotFound() from None
+    use_branding(org)
+    return _register_page(org)
+
+
+def _register_page(org):
+    config = current_app.config
+    if not registration.open_for(db_session(), org, config["REGISTRATION"] == "open"):
+        return render_template("account/register_closed.html", org=org), 404
+    form = RegisterForm()
+    if request.method in ("GET", "HEAD"):
+        return _register_form(form, org)
+    if not form.validate_on_submit():
+        return _register_form(form, org, "Enter your email address and a password twice."), 400
+    signup = registration.SignUp(
+        email=form.email.data, password=form.password.data, confirm=form.confirm.data,
+        display_name=form.display_name.data or "", accepted_terms=bool(form.accept_terms.data),
+        ip=request.remote_addr or "", user_agent=request.headers.get("User-Agent", ""))
+    login = url_for("auth.org_login", slug=org.slug, _external=True) if org else \
+        url_for("auth.login", _external=True)
+    links = registration.Links(
+        verify=lambda token: url_for("account.verify_email", token=token, _external=True),
+        sign_in=login, reset=url_for("account.forgot_password", _external=True))
+    try:
+        with services().db.transaction() as tx:
+            message = registration.start(
+                tx, audit_context(), services().passwords, signup,
+                tx.get(type(org), org.id) if org is not None else None,
+                platform_open=config["REGISTRATION"] == "open",
+                terms_version=config["TERMS_VERSION"], hours=config["VERIFY_HOURS"],
+                links=links)
+            message_id = message.id if message is not None else None
+    except TrellisError as exc:
+        if exc.status >= 500 or exc.status == 404:
+            raise
+        return _register_form(form, org, exc.message), exc.status
+    deliver_after_response([message_id])
+    return render_template("account/sent.html", org=org, title="Confirm your email",
+                           email=signup.email.strip(), what="verify")
+
+
+def _register_form(form, org, error: str | None = None):
+    return render_template("account/register.html", form=form, org=org, error=error,
+                           terms_url=current_app.config["TERMS_URL"],
+                           terms_version=current_app.config["TERMS_VERSION"])
+
+
+@bp.route("/register/verify/<token>", methods=["GET", "POST"])
+@public
+def verify_email(token: str):
+    """GET only shows a button: mail scanners open links, and must not create accounts."""
+    g.no_store = True
+    if len(token) > MAX_TOKEN:
+        abort(404)
+    try:
+        pending = registration.open_link(db_session(), token)
+    except registration.InvalidLink as exc:
+        _audit_bad_token("registration.verify", token)
+        return render_template("account/link_invalid.html", message=exc.message,
+                               again=url_for("account.register")), 400
+    from portal.models import Organization
+    org = db_session().get(Organization, pending.organization_id) \
+        if pending.organization_id else None
+    use_branding(org)
+    form = PostForm()
+    if request.method in ("GET", "HEAD") or not form.validate_on_submit():
+        return render_template("account/verify.html", form=form, email=pending.email, org=org)
+    try:
+        with services().db.transaction() as tx:
+            registration.verify(tx, audit_context(), token,
+                                 key=current_app.config["SECRET_KEY"])
+    except registration.InvalidLink as exc:
+        return render_template("account/link_invalid.html", message=exc.message,
+                               again=url_for("account.register")), 400
+    except TrellisError as exc:
+        if exc.code != "duplicate_email":
+            raise
+        flash(exc.message, "info")
+    else:
+        flash("Your email address is confirmed and your account is ready. Sign in.", "info")
+    if org is not None:
+        return redirect(url_for("auth.org_login", slug=org.slug))
+    return redirect(url_for("auth.login"))
+
+
+# -- helpers -----------------------------------------------------------------------------
+
+def _org_from_query():
+    """A page reached from an organization's sign-in page keeps its branding."""
+    slug = request.args.get("org", "")
+    if not slug:
+        return None
+    try:
+        org = organizations.get(db_session(), slug)
+    except (NotFound, TrellisError):
+        return None
+    use_branding(org)
+    return org
+
+
+def _deliver_pending_for(email: str) -> None:
+    """An attempt now for the notice just written to this address (no secret depends on
+    its timing: the person is already known to the page)."""
+    import sqlalchemy as sa
+
+    from portal.models import OutboxMessage, OutboxStatus
+    ids = list(db_session().scalars(
+        sa.select(OutboxMessage.id).where(OutboxMessage.to_address == email,
+                                          OutboxMessage.status == OutboxStatus.PENDING,
+                                          OutboxMessage.attempts == 0)))
+    if ids:
+        deliver_now(ids)
+
+
+def _audit_bad_token(action: str, token: str) -> None:
+    from portal import audit
+    with services().db.transaction() as tx:
+        audit.record(tx, audit_context(), action, outcome="failure", reason="invalid_token",
+                     details={"token_hash_prefix": credentials.digest(token)[:12]})

@@ -1,0 +1,101 @@
+"""Registration as a person does it: the form, the email read from a real SMTP server on
+loopback, the confirmation, the first sign-in; then a forgotten password."""
+
+import pytest
+from playwright.sync_api import expect
+
+from portal import create_app
+from tests.conftest import CLI_CTX, services_of
+from tests.e2e.conftest import screenshot
+from tests.peers.smtp import links_in, text_of
+
+pytestmark = pytest.mark.e2e
+
+PASSPHRASE = "tangerine lighthouse okapi"
+
+
+@pytest.fixture
+def mail_app(settings, smtp_server):
+    # The real path: delivery after the response, as under a server.
+    app = create_app({**settings, **smtp_server.settings(), "MAIL_AFTER_RESPONSE": True})
+    yield app
+    services_of(app).db.dispose()
+
+
+@pytest.fixture
+def open_acme(mail_app, make_org, tx):
+    from portal.services import registration
+    make_org("acme", "Acme Supplies", branding={"primary_color": "#0b6e4f"})
+    with tx() as session:
+        registration.set_mode(session, CLI_CTX, "acme", "open")
+
+
+def _link(smtp_server, email, part, count=1):
+    mail = smtp_server.wait_for(email, count)[count - 1]
+    return next(u for u in links_in(mail) if part in u), mail
+
+
+def test_register_verify_by_email_then_sign_in(page, serve, mail_app, open_acme,
+                                               smtp_server):
+    live = serve(mail_app)
+    page.goto(f"{live.url}/o/acme/login")
+    page.get_by_role("link", name="Create an account").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text(
+        "Create an account at Acme Supplies")
+    page.get_by_label("Email").fill("nora@example.test")
+    page.get_by_label("Your name").fill("Nora New")
+    page.get_by_label("Password", exact=True).fill(PASSPHRASE)
+    page.get_by_label("Password again").fill(PASSPHRASE)
+    page.get_by_label("I accept the terms of use").check()
+    screenshot(page, "register-form.png")
+    page.get_by_role("button", name="Create account").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Confirm your email")
+    screenshot(page, "register-sent.png")
+
+    link, mail = _link(smtp_server, "nora@example.test", "/register/verify/")
+    assert "Acme Supplies" in mail["Subject"] and "Nora New" in text_of(mail)
+    assert link.startswith(live.url)
+    page.goto(link)
+    screenshot(page, "register-confirm.png")
+    page.get_by_role("button", name="Confirm and create my account").click()
+    expect(page).to_have_url(f"{live.url}/o/acme/login")
+    expect(page.get_by_role("status")).to_contain_text("Your email address is confirmed")
+
+    page.get_by_label("Work email").fill("nora@example.test")
+    page.get_by_label("Password").fill(PASSPHRASE)
+    page.get_by_role("button", name="Continue").click()
+    expect(page.get_by_role("heading", level=1)).to_contain_text("Nora New")
+    screenshot(page, "register-signed-in.png")
+    page.get_by_role("link", name="Account").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Your account")
+    expect(page.get_by_label("Name", exact=True)).to_have_value("Nora New")
+    expect(page.get_by_text("This browser")).to_be_visible()
+    screenshot(page, "account-page.png")
+
+
+def test_forgotten_password_by_email(page, serve, mail_app, open_acme, make_user,
+                                     smtp_server):
+    make_user("alice@acme.test", org="acme", display_name="Alice Acme")
+    live = serve(mail_app)
+    page.goto(f"{live.url}/o/acme/login")
+    page.get_by_label("Work email").fill("alice@acme.test")
+    page.get_by_role("button", name="Continue").click()
+    page.get_by_role("link", name="Forgot your password?").click()
+    page.get_by_label("Email").fill("alice@acme.test")
+    page.get_by_role("button", name="Send me a link").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Check your email")
+    link, _mail = _link(smtp_server, "alice@acme.test", "/password/reset/")
+    page.goto(link)
+    page.get_by_label("New password", exact=True).fill("a weak one")
+    page.get_by_label("New password again").fill("a weak one")
+    page.get_by_role("button", name="Set the new password").click()
+    expect(page.get_by_role("alert")).to_contain_text("at least 12 characters")
+    screenshot(page, "reset-error.png")
+    page.get_by_label("New password", exact=True).fill(PASSPHRASE)
+    page.get_by_label("New password again").fill(PASSPHRASE)
+    page.get_by_role("button", name="Set the new password").click()
+    expect(page.get_by_role("status")).to_contain_text("Your password was changed")
+    page.get_by_label("Work email").fill("alice@acme.test")
+    page.get_by_label("Password").fill(PASSPHRASE)
+    page.get_by_role("button", name="Continue").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Welcome, Alice Acme")

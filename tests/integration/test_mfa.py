@@ -526,3 +526,17 @@ def test_password_and_email_changes_need_step_up(client, app, alice):
     assert [e.details["endpoint"] for e in audit_events(app, "auth.step_up")] == [
         "account.change_password", "account.change_email"]
     assert audit_events(app, "password.change") == []
+
+
+def test_organization_admins_see_their_members_sign_in_risk_only(app, tx, alice, make_org,
+                                                                 make_user):
+    make_org("globex", "Globex")
+    make_user("gina@globex.test", org="globex")
+    grant(tx, "alice@acme.test", "org_owner")
+    sign_in(app.test_client(), "gina@globex.test")
+    owner = app.test_client()
+    sign_in(owner, "alice@acme.test")
+    page = owner.get("/o/acme/admin/security").get_data(as_text=True)
+    assert "Recent sign-ins and their risk" in page
+    assert "alice@acme.test" in page and "new_device, new_network" in page
+    assert "gina@globex.test" not in page

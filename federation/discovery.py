@@ -14,7 +14,8 @@ def connections_for_email(session: Session, email: str) -> list[Connection]:
     if not domain:
         return []
     org_id = session.scalar(sa.select(Domain.organization_id).where(
-        Domain.name == domain, Domain.verified.is_(True)))
+        Domain.name == domain, Domain.verified.is_(True),
+        Domain.suspended_at.is_(None)))
     if org_id is None:
         return []
     return connections_for_org(session, org_id)

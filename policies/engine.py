@@ -96,6 +96,8 @@ class Sources:
     version: Callable[[str], int] = field(default=lambda org: 0)  # bumps on grant changes
     # org -> the organization's uploaded policy text, None when it has none
     org_policy: Callable[[str], str | None] = field(default=lambda org: None)
+    # org -> rows its admins composed (custom roles): ["p", role, org, obj, act, cond, eft]
+    custom_rules: Callable[[str], Iterable[list[str]]] = field(default=lambda org: ())
     # Optional: org -> (kind, grants, platform roles, uploaded policy) in one go, for sources
     # where that saves round trips (a database); the separate callables otherwise.
     load: Callable[[str], tuple[str | None, Iterable[tuple[str, str]],
@@ -492,6 +494,17 @@ class PolicyEngine:
         self.org_errors.pop(org, None)
         return rules
 
+    def _custom_rules(self, org: str, kind: str) -> list[list[str]]:
+        """Custom roles' rows, each kept only while the kind's template (or the organization's
+        file) still allows that permission unconditionally: shrinking a template shrinks the
+        custom roles built from it."""
+        offered = {(line[3], line[4]) for line in (*self.files.kinds.get(kind, []),
+                                                   *self.files.orgs.get(org, []))
+                   if line[0] == "p" and line[1] != "*" and line[5] == "True"
+                   and line[6] == "allow"}
+        return [["p", row[1], org, row[3], row[4], "True", "allow"]
+                for row in self.sources.custom_rules(org) if (row[3], row[4]) in offered]
+
     def _build(self, org: str) -> casbin.Enforcer | None:
         sources = self.sources
         if sources.load is not None:
@@ -505,6 +518,7 @@ class PolicyEngine:
         if kind is None:
             return None
         lines = self.files.lines_for(org, kind, self._uploaded_rules(org, text))
+        lines += self._custom_rules(org, kind)
         lines += [["g", user, role, org] for user, role in grants]
         lines += [["g2", user, role] for user, role in platform_roles]
         enforcer = casbin.Enforcer(str(MODEL), _LinesAdapter(lines))

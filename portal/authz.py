@@ -23,7 +23,15 @@ from sqlalchemy.sql import visitors
 from policies import PolicyEngine, Sources
 from policies.engine import PLATFORM
 from portal.db import Database
-from portal.models import Membership, MembershipStatus, Organization, OrgPolicy, RoleGrant, User
+from portal.models import (
+    CustomRole,
+    Membership,
+    MembershipStatus,
+    Organization,
+    OrgPolicy,
+    RoleGrant,
+    User,
+)
 
 log = logging.getLogger("trellis.policy")
 
@@ -48,7 +56,13 @@ VERSION = sa.select(
     sa.select(Organization.kind).where(Organization.slug == sa.bindparam("slug"))
     .scalar_subquery(),
     sa.select(OrgPolicy.sha256).join(Organization)
+    .where(Organization.slug == sa.bindparam("slug")).scalar_subquery(),
+    sa.select(sa.func.count(CustomRole.id)).join(Organization)
+    .where(Organization.slug == sa.bindparam("slug")).scalar_subquery(),
+    sa.select(sa.func.max(CustomRole.updated_at)).join(Organization)
     .where(Organization.slug == sa.bindparam("slug")).scalar_subquery())
+CUSTOM_ROLES = sa.select(CustomRole.name, CustomRole.permissions).join(Organization).where(
+    Organization.slug == sa.bindparam("slug")).order_by(CustomRole.name)
 ORG_POLICY = sa.select(OrgPolicy.text).join(Organization).where(
     Organization.slug == sa.bindparam("slug"))
 KIND = sa.select(Organization.kind).where(Organization.slug == sa.bindparam("slug"))
@@ -101,8 +115,19 @@ def database_sources(db: Database) -> Sources:
             text = connection.execute(ORG_POLICY, {"slug": slug}).scalar()
         return kind.value, grants, operators, text
 
+    def custom_rules(slug: str) -> list[list[str]]:
+        """Each permission of each custom role, as an unconditional allow in this
+        organization only."""
+        if slug == PLATFORM:
+            return []
+        with db.engine.connect() as connection:
+            rows = connection.execute(CUSTOM_ROLES, {"slug": slug}).all()
+        return [["p", name, slug, obj, act, "True", "allow"]
+                for name, permissions in rows for obj, act in permissions]
+
     return Sources(grants=grants, platform_roles=platform_roles, org_kind=org_kind,
-                   version=version, org_policy=org_policy, load=load)
+                   version=version, org_policy=org_policy, load=load,
+                   custom_rules=custom_rules)
 
 
 def create_engine(folder: Path, db: Database, redis_url: str = "",
@@ -181,7 +206,7 @@ def _chain_text(chain) -> str:
 
 CHANGES = "trellis_policy_changes"  # session.info key: organization ids, slugs, or ALL
 ALL = "*"
-_BY_ORG_ID = (RoleGrant, Membership, OrgPolicy)
+_BY_ORG_ID = (RoleGrant, Membership, OrgPolicy, CustomRole)
 _TABLES = {model.__tablename__ for model in _BY_ORG_ID}
 
 

@@ -340,18 +340,65 @@ def domain_add(slug: str, name: str) -> None:
 
 @domain.command("verify")
 @click.argument("name")
-@click.option("--manual", is_flag=True, help="Mark verified on the operator's word (audited).")
+@click.option("--org", "slug", help="The organization whose claim to verify (when several "
+              "organizations claim NAME).")
+@click.option("--manual", is_flag=True, help="Mark verified on the operator's word (audited), "
+              "without the DNS check.")
 @with_appcontext
-def domain_verify(name: str, manual: bool) -> None:
-    """Mark a domain verified."""
-    from portal.services import organizations
-    if not manual:
-        raise TrellisError("Only manual verification is available: run again with --manual "
-                           "once you have confirmed the organization owns the domain.",
-                           code="manual_only")
-    with services().db.transaction() as session:
-        verified = organizations.verify_domain_manually(session, cli_context(), name)
-        click.echo(f"{verified.name} is verified")
+def domain_verify(name: str, slug: str | None, manual: bool) -> None:
+    """Verify a domain: look its TXT record up now (or --manual)."""
+    from portal.services import domains, organizations
+    if manual:
+        with services().db.transaction() as session:
+            verified = organizations.verify_domain_manually(session, cli_context(), name, slug)
+            click.echo(f"{verified.name} is verified")
+        return
+    with services().db.sessions() as session:
+        found = _claimed_domain(session, name, slug)
+        org_id, domain_id = found.organization_id, found.id
+    result = domains.verify(services().db, cli_context(), org_id, domain_id,
+                            domains.dns_settings(current_app.config))
+    if result.error is not None:
+        raise result.error
+    click.echo(f"{result.name} is verified")
+
+
+def _claimed_domain(session, name: str, slug: str | None):
+    import sqlalchemy as sa
+
+    from portal.models import Domain, Organization
+    from portal.validation import normalize_domain
+    query = sa.select(Domain).where(Domain.name == normalize_domain(name))
+    if slug:
+        query = query.join(Organization).where(Organization.slug == slug.lower())
+    found = list(session.scalars(query))
+    if len(found) != 1:
+        raise TrellisError(f"The domain {name} has not been added to any organization."
+                           if not found else
+                           f"Several organizations claim {name}; name one with --org.",
+                           code="unknown_domain")
+    return found[0]
+
+
+@domain.command("reverify")
+@with_appcontext
+def domain_reverify() -> None:
+    """Look up every verified domain's TXT record again; suspend home-realm discovery for
+    those whose record is gone, restore those whose record is back (run it from cron)."""
+    from portal.services import domains
+    summary = domains.reverify_all(services().db, cli_context(),
+                                   domains.dns_settings(current_app.config))
+    click.echo(f"checked {summary.checked}: {summary.still_valid} still verified, "
+               f"{len(summary.suspended)} suspended, {len(summary.restored)} restored, "
+               f"{len(summary.failed)} without an answer")
+    for name in summary.suspended:
+        click.echo(f"suspended {name}: its verification record is gone")
+    for name in summary.restored:
+        click.echo(f"restored {name}")
+    for name in summary.failed:
+        click.echo(f"no answer for {name} (left as it was)")
+    if summary.failed:
+        sys.exit(2)
 
 
 # --- users ------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""``trellis mail …``, ``trellis worker`` and ``trellis org registration``: the outbox seen
-from the command line, the loop that delivers it, and who may sign up to an organization."""
+"""``trellis mail …``, ``trellis worker``, ``trellis gdpr export`` and ``trellis org
+registration``: the outbox seen from the command line, the loop that delivers it, a copy of a
+person's data, and who may sign up to an organization."""
 
 from __future__ import annotations
 
@@ -80,9 +81,11 @@ def register(main: click.Group, cli_context) -> None:
     @with_appcontext
     def worker(interval: int, once: bool) -> None:
         """Deliver the outbox in a loop (run it under systemd or a container supervisor), and
-        delete expired sign-ups and reset links."""
+        delete expired sign-ups and reset links, and re-verify domains whose last check is
+        older than TRELLIS_DOMAIN_RECHECK_HOURS."""
         click.echo(f"trellis worker: delivering mail every {interval}s")
         while True:
+            _recheck_domains()
             purged = _purge_expired()
             if purged:
                 click.echo(f"purged {purged} expired sign-up and reset link"
@@ -94,6 +97,23 @@ def register(main: click.Group, cli_context) -> None:
             if once:
                 return
             time.sleep(interval)
+
+    @main.group("gdpr")
+    def gdpr_group() -> None:
+        """Data protection requests served by operators."""
+
+    @gdpr_group.command("export")
+    @click.argument("email")
+    @with_appcontext
+    def gdpr_export(email: str) -> None:
+        """Print everything held about the user with EMAIL as JSON (audited)."""
+        import json
+
+        from portal.services import gdpr, users
+        with services().db.transaction() as session:
+            user = users.get_by_email(session, email)
+            data = gdpr.export(session, cli_context(), user.id)
+        click.echo(json.dumps(data, indent=2, ensure_ascii=False))
 
     org_group = main.commands["org"]
 
@@ -108,6 +128,18 @@ def register(main: click.Group, cli_context) -> None:
         with services().db.transaction() as session:
             registration.set_mode(session, cli_context(), slug, mode)
         click.echo(f"{slug}: registration {mode}")
+
+
+def _recheck_domains() -> None:
+    from portal.cli import cli_context
+    from portal.services import domains
+    summary = domains.reverify_due(services().db, cli_context(),
+                                   domains.dns_settings(current_app.config),
+                                   current_app.config["DOMAIN_RECHECK_HOURS"])
+    for name in summary.suspended:
+        click.echo(f"domain {name}: verification record gone, suspended")
+    for name in summary.restored:
+        click.echo(f"domain {name}: verification record back, restored")
 
 
 def _purge_expired() -> int:

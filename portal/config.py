@@ -122,6 +122,27 @@ def _base_url(raw: str) -> str:
     return raw.rstrip("/")
 
 
+def _dns_servers(raw: str) -> tuple[tuple[str, int], ...]:
+    """``10.0.0.53, 127.0.0.1:5353, [::1]:53`` -> ((address, port), ...)."""
+    import ipaddress
+    servers = []
+    for part in (p.strip() for p in raw.split(",")):
+        if not part:
+            continue
+        match = re.fullmatch(
+            r"\[([0-9A-Fa-f:.]+)\](?::(\d+))?|([0-9.]+)(?::(\d+))?|([0-9A-Fa-f:]+)", part)
+        if not match:
+            raise ValueError(f"{part!r} is not an IP address with an optional :port")
+        address = match.group(1) or match.group(3) or match.group(5)
+        port = int(match.group(2) or match.group(4) or 53)
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            raise ValueError(f"{address!r} is not an IP address") from None
+        if not 1 <= port <= 65535:
+            raise ValueError(f"port {port} is out of range")
+        servers.append((address, port))
+    return tuple(servers)
 def _mail_from(raw: str) -> str:
     from email.utils import parseaddr
     _name, address = parseaddr(raw)
@@ -203,12 +224,21 @@ SETTINGS: tuple[Setting, ...] = (
             "How long an identity provider's discovery document is cached."),
     Setting("TRELLIS_POLICY_DIR", "POLICY_DIR", _text, str(ROOT / "policies"),
             "Folder with `model.conf`, `platform.csv`, `kinds/` and `orgs/` policy files."),
+    Setting("TRELLIS_DNS_RESOLVERS", "DNS_RESOLVERS", _dns_servers, (),
+            "Comma-separated DNS servers (`10.0.0.53`, `127.0.0.1:5353`, `[::1]:53`) asked for "
+            "domain verification TXT records. Empty: the system's resolvers."),
+    Setting("TRELLIS_DNS_TIMEOUT_SECONDS", "DNS_TIMEOUT_SECONDS", _int_range(1, 60), 5,
+            "How long one domain verification lookup may take before it counts as timed out."),
+    Setting("TRELLIS_DOMAIN_RECHECK_HOURS", "DOMAIN_RECHECK_HOURS", _int_range(1, 720), 24,
+            "How often `trellis worker` looks every verified domain's TXT record up again; "
+            "a domain whose record is gone stops routing sign-ins."),
     Setting("TRELLIS_DECISION_LOG_SAMPLE", "DECISION_LOG_SAMPLE", _fraction, 0.0,
-            "Share of decision-API decisions (0 to 1, e.g. `0.01`) written to the audit trail "
-            "as `authz.decision` events, in batches off the request path."),
+            "Share of authorization decisions (0 to 1, e.g. `0.01`) — the decision API's and "
+            "the portal's own page checks — written to the audit trail as `authz.decision` "
+            "events, in batches off the request path."),
     Setting("TRELLIS_DECISION_LOG_DENIES", "DECISION_LOG_DENIES", _bool, False,
-            "Also write every denied decision-API decision to the audit trail, whatever the "
-            "sample."),
+            "Also write every denied decision (decision API and portal pages) to the audit "
+            "trail, whatever the sample."),
     Setting("TRELLIS_SMTP_HOST", "SMTP_HOST", _host, "",
             "Mail server that delivers Trellis's email. Empty: outside production, mail is "
             "kept and shown at `/dev/mail` instead of being sent; in production it waits in "
@@ -334,6 +364,6 @@ def settings_table() -> str:
             default = Path(default).name
         if setting.key == "CONSENT_PURPOSES":
             default = "portal/consent_purposes.yaml"
-        shown = "—" if default in (None, "") else f"`{default}`"
+        shown = "—" if default in (None, "", ()) else f"`{default}`"
         rows.append(f"| `{setting.env}` | {shown} | {setting.doc} |")
     return "\n".join(rows)

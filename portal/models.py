@@ -87,15 +87,26 @@ class Organization(Base):
 
 
 class Domain(Base):
+    """An email domain an organization claims. Several organizations may claim the same name
+    while it is unverified (nobody can squat it); ``verified_name`` holds the name only while
+    verified, and its unique constraint lets one organization at a time own it."""
+
     __tablename__ = "domains"
+    __table_args__ = (sa.UniqueConstraint("organization_id", "name"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    name: Mapped[str] = mapped_column(sa.String(253), unique=True)
+    name: Mapped[str] = mapped_column(sa.String(253), index=True)
     organization_id: Mapped[int] = mapped_column(
         sa.ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
     verified: Mapped[bool] = mapped_column(default=False)
+    verified_name: Mapped[str | None] = mapped_column(sa.String(253), unique=True)
     verification_token: Mapped[str] = mapped_column(sa.String(64))
     verified_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Set when re-verification no longer finds the TXT record: the domain stays the
+    # organization's, but home-realm discovery stops routing sign-ins by it.
+    suspended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_checked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_check_error: Mapped[str] = mapped_column(sa.String(300), default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     organization: Mapped[Organization] = relationship(back_populates="domains")
@@ -621,6 +632,38 @@ class OAuthDeviceCode(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+class CustomRole(Base):
+    """A role an organization's owner composed from the permissions its kind allows. The
+    policy engine reads these as ``p`` rows of that organization only."""
+
+    __tablename__ = "custom_roles"
+    __table_args__ = (sa.UniqueConstraint("organization_id", "name"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    organization_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(sa.String(63))
+    description: Mapped[str] = mapped_column(sa.String(300), default="")
+    # [[object type, action], ...]: each one a permission the kind's template allows
+    permissions: Mapped[list[Any]] = mapped_column(sa.JSON, default=list)
+    created_by_id: Mapped[int | None] = mapped_column()  # no FK: outlives its creator
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class OrgLogo(Base):
+    """An organization's uploaded logo: a sniffed PNG, JPEG or WebP, served from Trellis
+    itself (no third-party host in the sign-in page, and the CSP stays same-origin)."""
+
+    __tablename__ = "org_logos"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    organization_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("organizations.id", ondelete="CASCADE"), unique=True)
+    content_type: Mapped[str] = mapped_column(sa.String(32))
+    data: Mapped[bytes] = mapped_column(sa.LargeBinary)
+    sha256: Mapped[str] = mapped_column(sa.String(64))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 class OutboxStatus(enum.StrEnum):
     PENDING = "pending"  # waiting for its first or next attempt
     SENT = "sent"

@@ -18,6 +18,11 @@ PROBLEM = {"type": "object", "required": ["title", "status", "reference"], "prop
     "detail": {"type": "string"}, "code": {"type": "string"}, "reference": {"type": "string"}}}
 
 
+CREATED = {"create_invitation", "add_domain", "create_role"}
+REQUIRED_BODY = {"grant_role", "create_invitation", "add_domain", "create_role", "update_role",
+                 "set_branding", "set_logo"}
+
+
 def document() -> dict[str, Any]:
     from portal.views.admin_api import OPERATIONS, SCHEMAS
     paths: dict[str, dict[str, Any]] = {}
@@ -57,6 +62,8 @@ def _operation(op) -> dict[str, Any]:
             ("status", {"enum": ["active", "suspended"]}), ("role", {"type": "string"}),
             ("after", {"type": "string"}), ("limit", {"type": "integer", "minimum": 1,
                                                       "maximum": 500}))]
+    parameters += [{"name": name, "in": "query", "required": False, "schema": schema}
+                   for name, schema in op.query]
     problem = {"description": "Refused; the body says why and carries a reference.",
                "content": {"application/problem+json": {
                    "schema": {"$ref": "#/components/schemas/Problem"}}}}
@@ -65,13 +72,13 @@ def _operation(op) -> dict[str, Any]:
         "description": f"Needs the scope `{op.scope}` and the permission "
                        f"`{op.action} {op.object_type}` in the organization.",
         "parameters": parameters,
-        "responses": {"200" if op.name != "create_invitation" else "201": {
+        "responses": {"201" if op.name in CREATED else "200": {
             "description": "Done.", "content": {"application/json": {
                 "schema": {"$ref": f"#/components/schemas/{op.response}"}}}},
-            **{code: problem for code in ("400", "401", "403", "404", "409", "422")}},
+            **{code: problem for code in ("400", "401", "403", "404", "409", "422", "503")}},
     }
     if op.body is not None:
-        result["requestBody"] = {"required": op.name in ("grant_role", "create_invitation"),
+        result["requestBody"] = {"required": op.name in REQUIRED_BODY,
                                  "content": {"application/json": {"schema": op.body}}}
     return result
 

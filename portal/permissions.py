@@ -65,8 +65,13 @@ def authorize(action: str, object_type: str, org: str, obj: dict[str, Any] | Non
     organization that does not exist; members lacking a role get 403."""
     engine = services().policy
     subject, context = subject or current_subject(), request_context(org)
-    decision = engine.decide(subject, org, {"type": object_type, **(obj or {})}, action,
-                             context)
+    target = {"type": object_type, **(obj or {})}
+    decision = engine.decide(subject, org, target, action, context)
+    decisions = services().decisions
+    if decisions.enabled and decisions.wants(decision.allowed):
+        from flask import g
+        decisions.add(g.get("request_id", ""), subject, org, target, action, context, decision,
+                      "portal")
     if decision.allowed:
         if action not in READ_ACTIONS:
             require_recent_second_factor(f"{action} {object_type} in {org}")

@@ -10,6 +10,7 @@ from portal.errors import ValidationError
 SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 COLOR = re.compile(r"^#[0-9a-fA-F]{6}$")
+LOGO_VERSION = re.compile(r"^[0-9a-f]{16}$")
 LOGO_URL = re.compile(r"^(https://[A-Za-z0-9.-]+(:\d+)?|/static)/[A-Za-z0-9._~/%+-]*$")
 
 
@@ -62,10 +63,20 @@ def clean_branding(raw: dict[str, str | None]) -> dict[str, str]:
             raise ValidationError("The logo must be an https:// URL of an image.",
                                   code="invalid_branding")
         branding["logo_url"] = logo
-    footer = (raw.get("footer_text") or "").strip()
-    if footer:
-        if len(footer) > 300:
-            raise ValidationError("The footer text must be at most 300 characters.",
+    accent = (raw.get("accent_color") or "").strip()
+    if accent:
+        if not COLOR.match(accent):
+            raise ValidationError("The accent colour must look like #1a73e8.",
                                   code="invalid_branding")
-        branding["footer_text"] = footer
+        branding["accent_color"] = accent.lower()
+    for key, label in (("footer_text", "footer text"), ("signin_text", "sign-in text")):
+        text = (raw.get(key) or "").strip()
+        if text:
+            if len(text) > 300 or any(not ch.isprintable() for ch in text):
+                raise ValidationError(f"The {label} must be at most 300 printable characters.",
+                                      code="invalid_branding")
+            branding[key] = text
+    logo = (raw.get("logo") or "").strip()
+    if LOGO_VERSION.match(logo):  # an uploaded logo's fingerprint (set by the upload only)
+        branding["logo"] = logo
     return branding

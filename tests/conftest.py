@@ -186,4 +186,15 @@ from tests.peers.oidc_provider import (  # noqa: E402, F401  (session-wide peers
 from tests.peers.rogue_op import rogue_provider  # noqa: E402, F401
 from tests.peers.saml_idp import saml_idp  # noqa: E402, F401
 from tests.peers.slapd import bulk_slapd, fresh_slapd, slapd  # noqa: E402, F401
+
+
+@pytest.fixture
+def dns_server(app):
+    """A DNS server on a loopback UDP port that the app asks for verification records."""
+    from tests.peers.dns_server import DnsPeer
+    peer = DnsPeer().start()
+    app.config["DNS_RESOLVERS"] = (peer.address,)
+    app.config["DNS_TIMEOUT_SECONDS"] = 1
+    yield peer
+    peer.stop()
 from tests.peers.smtp import smtp_server  # noqa: E402, F401

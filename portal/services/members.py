@@ -53,9 +53,27 @@ class Actor:
     user_id: int
     roles: frozenset[str]
     operator: bool = False
+    # custom roles whose every permission this admin holds (granting them is no escalation)
+    custom: frozenset[str] = frozenset()
 
     def may_grant(self, role: str) -> bool:
-        return self.operator or role in self.roles
+        return self.operator or role in self.roles or role in self.custom
+
+
+def actor_for(engine: Any, session: Session, org: Organization, user_id: int,
+              operator: bool) -> Actor:
+    """The acting admin as the policy sees them right now, custom roles included."""
+    from portal.services import custom_roles
+    subject = {"id": str(user_id), "platform_operator": operator}
+    held = custom_roles.held_permissions(engine, subject, org)
+    return Actor(user_id, engine.held_roles(subject, org.slug), operator,
+                 custom_roles.grantable(session, org, held))
+
+
+def known_roles(files: Any, session: Session, org: Organization) -> list[str]:
+    """Roles that exist in this organization: the policy's and its custom roles."""
+    from portal.services import custom_roles
+    return sorted({*assignable_roles(files, org), *custom_roles.names(session, org)})
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,12 @@ SCOPES = {
     "invitations:write": "create, resend and revoke invitations",
     "connections:read": "read single sign-on connections",
     "connections:write": "switch single sign-on connections on and off",
+    "domains:read": "read the organization's domains and their verification records",
+    "domains:write": "add, verify and remove domains",
+    "audit:read": "read and export the organization's audit trail",
+    "roles:read": "read custom roles and the permissions they may use",
+    "roles:write": "create, change and delete custom roles",
+    "branding:write": "change colours, texts and the logo",
 }
 MAX_DAYS = 365
 

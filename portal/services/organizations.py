@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import secrets
-
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from portal import audit
-from portal.db import flush_or_conflict, utcnow
+from portal.db import flush_or_conflict
 from portal.errors import Conflict, NotFound, ValidationError
 from portal.models import Domain, Organization, OrgKind, OrgStatus
-from portal.validation import clean_branding, normalize_domain, normalize_slug
+from portal.validation import clean_branding, normalize_slug
 
 
 def create(session: Session, ctx: audit.Context, *, slug: str, name: str, kind: str,
@@ -73,30 +71,13 @@ def list_all(session: Session) -> list[Organization]:
 
 
 def add_domain(session: Session, ctx: audit.Context, slug: str, name: str) -> Domain:
-    org = get(session, slug)
-    name = normalize_domain(name)
-    existing = session.scalar(sa.select(Domain).where(Domain.name == name))
-    if existing is not None:
-        raise Conflict(f"The domain {name} is already claimed by an organization.",
-                       code="duplicate_domain")
-    domain = Domain(name=name, organization=org, verification_token=secrets.token_hex(16))
-    session.add(domain)
-    flush_or_conflict(session, f"The domain {name} is already claimed by an organization.",
-                       "duplicate_domain")
-    audit.record(session, ctx, "domain.add", target=f"domain:{name}", organization_id=org.id)
-    return domain
+    """Claim a domain for the organization (unverified); see ``services.domains``."""
+    from portal.services import domains
+    return domains.add(session, ctx, get(session, slug), name)
 
 
-def verify_domain_manually(session: Session, ctx: audit.Context, name: str) -> Domain:
+def verify_domain_manually(session: Session, ctx: audit.Context, name: str,
+                           slug: str | None = None) -> Domain:
     """An operator vouches for the domain; the audit event records who did."""
-    name = normalize_domain(name)
-    domain = session.scalar(sa.select(Domain).where(Domain.name == name))
-    if domain is None:
-        raise NotFound(f"The domain {name} has not been added to any organization.",
-                       code="unknown_domain")
-    if not domain.verified:
-        domain.verified, domain.verified_at = True, utcnow()
-        audit.record(session, ctx, "domain.verify", target=f"domain:{name}",
-                     organization_id=domain.organization_id, details={"method": "manual"})
-    return domain
-
+    from portal.services import domains
+    return domains.verify_manually(session, ctx, name, slug)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from functools import wraps
 from typing import Any
 
-from flask import Blueprint, g, jsonify, request
+from flask import Blueprint, current_app, g, jsonify, request
 from flask_login import current_user
 from flask_wtf.csrf import CSRFError, validate_csrf
 from wtforms import ValidationError as CsrfInvalid
@@ -26,8 +26,17 @@ from portal.errors import InvalidRequest, NotFound, TrellisError
 from portal.extensions import audit_context, csrf, db_session, services
 from portal.models import Connection, Organization, User
 from portal.permissions import ACCESS, authorize
+from portal.services import branding as branding_service
 from portal.services import connections as connections_service
-from portal.services import identity_links, members, org_tokens, organizations
+from portal.services import (
+    custom_roles,
+    identity_links,
+    members,
+    org_audit,
+    org_tokens,
+    organizations,
+)
+from portal.services import domains as domains_service
 
 bp = Blueprint("adminapi", __name__, url_prefix="/api/v1/orgs/<slug>")
 csrf.exempt(bp)  # checked below for session callers; token callers send no cookie
@@ -50,6 +59,7 @@ class Operation:
     object_type: str
     body: dict[str, Any] | None = None
     response: str = "Ok"
+    query: tuple[tuple[str, dict[str, Any]], ...] = ()  # documented query parameters
 
 
 OPERATIONS: list[Operation] = []
@@ -57,12 +67,13 @@ OPERATIONS: list[Operation] = []
 
 def operation(method: str, path: str, summary: str, scope: str, action: str,
               object_type: str, body: dict[str, Any] | None = None,
-              response: str = "Ok") -> Callable:
+              response: str = "Ok",
+              query: tuple[tuple[str, dict[str, Any]], ...] = ()) -> Callable:
     """Register a route and its OpenAPI description from one place."""
 
     def decorate(view: Callable) -> Callable:
         op = Operation(method, path, view.__name__, summary, scope, action, object_type, body,
-                       response)
+                       response, query)
         OPERATIONS.append(op)
 
         @wraps(view)
@@ -118,13 +129,12 @@ def _mark_used(token_id: int) -> None:
 
 def _actor(org: Organization) -> members.Actor:
     user = g.api_actor
-    subject = {"id": str(user.id), "platform_operator": bool(user.is_operator)}
-    return members.Actor(user.id, services().policy.held_roles(subject, org.slug),
-                         bool(user.is_operator))
+    return members.actor_for(services().policy, db_session(), org, user.id,
+                             bool(user.is_operator))
 
 
 def _known(org: Organization) -> list[str]:
-    return members.assignable_roles(services().policy.files, org)
+    return members.known_roles(services().policy.files, db_session(), org)
 
 
 def _body() -> dict[str, Any]:
@@ -449,6 +459,269 @@ def set_allowed_domains(org: Organization, connection_id: int):
     return jsonify(_connection_json(_connection(org, connection_id)))
 
 
+# -- domains -----------------------------------------------------------------------------
+
+DOMAIN = {"type": "object", "required": ["id", "name", "state", "txt_record"], "properties": {
+    "id": {"type": "integer"}, "name": {"type": "string"},
+    "state": {"enum": ["pending", "verified", "suspended"]},
+    "txt_record": {"type": "string"}, "verified_at": {"type": ["string", "null"]},
+    "last_checked_at": {"type": ["string", "null"]}, "last_check_error": {"type": "string"}}}
+NEW_DOMAIN = {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}}
+
+
+def _domain_json(row) -> dict[str, Any]:
+    return {"id": row.id, "name": row.name, "state": domains_service.state(row),
+            "txt_record": domains_service.record_value(row),
+            "verified_at": row.verified_at.isoformat() if row.verified_at else None,
+            "last_checked_at": row.last_checked_at.isoformat() if row.last_checked_at else None,
+            "last_check_error": row.last_check_error or ""}
+
+
+@operation("GET", "/domains", "This organization's domains and their TXT records.",
+           "domains:read", "manage", "domain", response="DomainList")
+def list_domains(org: Organization):
+    return jsonify({"domains": [_domain_json(r)
+                                for r in domains_service.list_for(db_session(), org)]})
+
+
+@operation("POST", "/domains", "Add a domain; publish its txt_record, then verify it.",
+           "domains:write", "manage", "domain", body=NEW_DOMAIN, response="Domain")
+def add_domain(org: Organization):
+    name = _string(_body(), "name")[:300]
+    domain_id = domains_service.add_audited(services().db, _ctx(), org.id, name)
+    return jsonify(_domain_json(domains_service.get(db_session(), org, domain_id))), 201
+
+
+@operation("GET", "/domains/<int:domain_id>", "One domain.",
+           "domains:read", "manage", "domain", response="Domain")
+def get_domain(org: Organization, domain_id: int):
+    return jsonify(_domain_json(domains_service.get(db_session(), org, domain_id)))
+
+
+@operation("POST", "/domains/<int:domain_id>/verify",
+           "Look the TXT record up now (a failed lookup answers 409 or 503 with the reason).",
+           "domains:write", "manage", "domain", response="Domain")
+def verify_domain(org: Organization, domain_id: int):
+    result = domains_service.verify(services().db, _ctx(), org.id, domain_id,
+                                    domains_service.dns_settings(current_app.config))
+    if result.error is not None:
+        raise result.error
+    db_session().expire_all()
+    return jsonify(_domain_json(domains_service.get(db_session(), org, domain_id)))
+
+
+@operation("DELETE", "/domains/<int:domain_id>", "Remove a domain from this organization.",
+           "domains:write", "manage", "domain", response="Ok")
+def remove_domain(org: Organization, domain_id: int):
+    with services().db.transaction() as tx:
+        domains_service.remove(tx, _ctx(), tx.get(Organization, org.id), domain_id)
+    return jsonify({"ok": True})
+
+
+# -- audit trail -------------------------------------------------------------------------
+
+AUDIT_EVENT = {"type": "object", "required": ["seq", "occurred_at", "action", "outcome"],
+               "properties": {"seq": {"type": "integer"}, "occurred_at": {"type": "string"},
+                              "actor": {"type": "string"}, "action": {"type": "string"},
+                              "target": {"type": "string"}, "outcome": {"type": "string"},
+                              "reason": {"type": "string"}, "ip": {"type": "string"},
+                              "details": {"type": "object"}}}
+AUDIT_QUERY = (("actor", {"type": "string", "maxLength": 200}),
+               ("action", {"type": "string", "maxLength": 64}),
+               ("from", {"type": "string", "format": "date"}),
+               ("to", {"type": "string", "format": "date"}),
+               ("before", {"type": "integer", "minimum": 1}),
+               ("limit", {"type": "integer", "minimum": 1, "maximum": 500}))
+
+
+@operation("GET", "/audit", "This organization's audit events, newest first (filters, keyset "
+           "pages through next_before).", "audit:read", "read", "audit",
+           response="AuditPage", query=AUDIT_QUERY)
+def list_audit(org: Organization):
+    filters = org_audit.parse_filters(request.args)
+    before = _int_arg("before", 0) or None
+    found = org_audit.page(db_session(), org, filters, before=before,
+                           limit=min(_int_arg("limit", org_audit.PAGE_SIZE), 500))
+    return jsonify({"events": [org_audit.as_dict(e) for e in found.events],
+                    "next_before": found.next_before})
+
+
+# -- custom roles ------------------------------------------------------------------------
+
+ROLE_ROW = {"type": "object", "required": ["id", "name", "permissions", "held_by"],
+            "properties": {"id": {"type": "integer"}, "name": {"type": "string"},
+                           "description": {"type": "string"},
+                           "permissions": {"type": "array", "items": {"type": "string"}},
+                           "held_by": {"type": "integer"}}}
+NEW_ROLE = {"type": "object", "required": ["name", "permissions"], "properties": {
+    "name": {"type": "string", "maxLength": 40}, "description": {"type": "string"},
+    "permissions": {"type": "array", "items": {"type": "string"}}}}
+CHANGE_ROLE = {"type": "object", "required": ["permissions"], "properties": {
+    "description": {"type": "string"},
+    "permissions": {"type": "array", "items": {"type": "string"}}}}
+
+
+def _role_json(org: Organization, row) -> dict[str, Any]:
+    return {"id": row.id, "name": row.name, "description": row.description,
+            "permissions": [f"{o}/{a}" for o, a in row.permissions],
+            "held_by": custom_roles.usage(db_session(), org, row.name).grants}
+
+
+def _role_inputs(org: Organization) -> dict[str, Any]:
+    user = g.api_actor
+    subject = {"id": str(user.id), "platform_operator": bool(user.is_operator)}
+    engine = services().policy
+    return {"offered": custom_roles.catalogue(engine.files, org),
+            "held": custom_roles.held_permissions(engine, subject, org),
+            "operator": bool(user.is_operator)}
+
+
+def _permission_list(data: dict[str, Any]) -> list[str]:
+    value = data.get("permissions")
+    if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
+        raise InvalidRequest("permissions", "send a list such as [\"member/read\"]")
+    return value[:200]
+
+
+def _text(data: dict[str, Any], key: str) -> str:
+    value = data.get(key, "")
+    if not isinstance(value, str):
+        raise InvalidRequest(key, "must be a string")
+    return value
+
+
+@operation("GET", "/roles", "Custom roles, and the permissions roles here can have.",
+           "roles:read", "manage", "organization", response="RoleList")
+def list_roles(org: Organization):
+    inputs = _role_inputs(org)
+    return jsonify({"roles": [_role_json(org, r)
+                              for r in custom_roles.list_for(db_session(), org)],
+                    "permissions": [{"permission": f"{o}/{a}",
+                                     "label": custom_roles.label((o, a)),
+                                     "held": (o, a) in inputs["held"]}
+                                    for o, a in inputs["offered"]]})
+
+
+@operation("POST", "/roles", "Create a custom role from permissions you hold.",
+           "roles:write", "manage", "organization", body=NEW_ROLE, response="Role")
+def create_role(org: Organization):
+    from portal.views.org_admin import reserved_role_names
+    data, inputs = _body(), _role_inputs(org)
+    with services().db.transaction() as tx:
+        row = custom_roles.create(tx, _ctx(), tx.get(Organization, org.id),
+                                  name=_string(data, "name")[:100],
+                                  description=_text(data, "description")[:1000],
+                                  permissions=_permission_list(data),
+                                  built_in=reserved_role_names(org),
+                                  actor_id=g.api_actor.id, **inputs)
+        role_id = row.id
+    return jsonify(_role_json(org, custom_roles.get(db_session(), org, role_id))), 201
+
+
+@operation("GET", "/roles/<int:role_id>", "One custom role.",
+           "roles:read", "manage", "organization", response="Role")
+def get_role(org: Organization, role_id: int):
+    return jsonify(_role_json(org, custom_roles.get(db_session(), org, role_id)))
+
+
+@operation("PUT", "/roles/<int:role_id>", "Replace a custom role's permissions (and "
+           "description); applies at once to everyone holding it.",
+           "roles:write", "manage", "organization", body=CHANGE_ROLE, response="Role")
+def update_role(org: Organization, role_id: int):
+    custom_roles.get(db_session(), org, role_id)  # another organization's id: 404 first
+    data, inputs = _body(), _role_inputs(org)
+    with services().db.transaction() as tx:
+        custom_roles.update(tx, _ctx(), tx.get(Organization, org.id), role_id,
+                            description=_text(data, "description")[:1000],
+                            permissions=_permission_list(data), **inputs)
+    db_session().expire_all()
+    return jsonify(_role_json(org, custom_roles.get(db_session(), org, role_id)))
+
+
+@operation("DELETE", "/roles/<int:role_id>", "Delete a custom role; refused (409) while in "
+           "use unless revoke=true, which revokes it from members and invitations too.",
+           "roles:write", "manage", "organization", response="Ok",
+           query=(("revoke", {"enum": ["true", "false"]}),))
+def delete_role(org: Organization, role_id: int):
+    revoke = request.args.get("revoke", "false")
+    if revoke not in ("true", "false"):
+        raise InvalidRequest("revoke", "must be true or false")
+    inputs = _role_inputs(org)
+    with services().db.transaction() as tx:
+        custom_roles.delete(tx, _ctx(), tx.get(Organization, org.id), role_id,
+                            held=inputs["held"], revoke=revoke == "true",
+                            operator=inputs["operator"])
+    return jsonify({"ok": True})
+
+
+# -- branding ----------------------------------------------------------------------------
+
+BRANDING = {"type": "object", "properties": {
+    "primary_color": {"type": "string"}, "accent_color": {"type": "string"},
+    "signin_text": {"type": "string"}, "footer_text": {"type": "string"},
+    "logo_url": {"type": ["string", "null"]}}}
+CHANGE_BRANDING = {"type": "object", "properties": {
+    key: {"type": "string", "maxLength": 300} for key in branding_service.EDITABLE}}
+LOGO_UPLOAD = {"type": "object", "required": ["image_base64"], "properties": {
+    "image_base64": {"type": "string",
+                     "description": "The PNG, JPEG or WebP file, base64-encoded."}}}
+
+
+def _branding_json(org: Organization) -> dict[str, Any]:
+    from flask import url_for
+    values = dict(org.branding or {})
+    logo = (url_for("branding.logo", slug=org.slug, v=values["logo"], _external=True)
+            if values.get("logo") else values.get("logo_url"))
+    return {**{key: values.get(key, "") for key in branding_service.EDITABLE},
+            "logo_url": logo}
+
+
+@operation("GET", "/branding", "Colours, texts and logo of the sign-in page and portal.",
+           "branding:write", "manage", "branding", response="Branding")
+def get_branding(org: Organization):
+    return jsonify(_branding_json(org))
+
+
+@operation("PUT", "/branding", "Replace colours and texts (fields left out are cleared; the "
+           "logo stays).", "branding:write", "manage", "branding", body=CHANGE_BRANDING,
+           response="Branding")
+def set_branding(org: Organization):
+    data = _body()
+    with services().db.transaction() as tx:
+        branding_service.update(tx, _ctx(), tx.get(Organization, org.id), data)
+    db_session().expire_all()
+    return jsonify(_branding_json(organizations.get(db_session(), org.slug)))
+
+
+@operation("PUT", "/branding/logo", "Upload the logo: PNG, JPEG or WebP (sniffed from the "
+           "bytes), at most 512 KiB.", "branding:write", "manage", "branding",
+           body=LOGO_UPLOAD, response="Branding")
+def set_logo(org: Organization):
+    import base64
+    import binascii
+    encoded = _string(_body(), "image_base64")
+    if len(encoded) > (branding_service.LOGO_MAX_BYTES * 4) // 3 + 8:
+        raise InvalidRequest("image_base64", f"the image is larger than "
+                                             f"{branding_service.LOGO_MAX_BYTES // 1024} KiB")
+    try:
+        data = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidRequest("image_base64", "is not base64") from None
+    with services().db.transaction() as tx:
+        branding_service.set_logo(tx, _ctx(), tx.get(Organization, org.id), data)
+    db_session().expire_all()
+    return jsonify(_branding_json(organizations.get(db_session(), org.slug)))
+
+
+@operation("DELETE", "/branding/logo", "Remove the uploaded logo.", "branding:write",
+           "manage", "branding", response="Branding")
+def delete_logo(org: Organization):
+    with services().db.transaction() as tx:
+        branding_service.remove_logo(tx, _ctx(), tx.get(Organization, org.id))
+    db_session().expire_all()
+    return jsonify(_branding_json(organizations.get(db_session(), org.slug)))
+
+
 SCHEMAS = {"Ok": {"type": "object", "properties": {"ok": {"type": "boolean"}}},
            "MemberPage": MEMBER_PAGE, "MemberDetail": MEMBER_DETAIL, "Invitation": INVITATION,
            "InvitationList": {"type": "object", "required": ["invitations"], "properties": {
@@ -458,4 +731,17 @@ SCHEMAS = {"Ok": {"type": "object", "properties": {"ok": {"type": "boolean"}}},
                                "properties": {"link_requests": {"type": "array",
                                                                 "items": LINK_REQUEST}}},
            "ConnectionList": {"type": "object", "required": ["connections"], "properties": {
-               "connections": {"type": "array", "items": CONNECTION}}}}
+               "connections": {"type": "array", "items": CONNECTION}}},
+           "Domain": DOMAIN,
+           "Role": ROLE_ROW,
+           "Branding": BRANDING,
+           "RoleList": {"type": "object", "required": ["roles", "permissions"], "properties": {
+               "roles": {"type": "array", "items": ROLE_ROW},
+               "permissions": {"type": "array", "items": {"type": "object", "properties": {
+                   "permission": {"type": "string"}, "label": {"type": "string"},
+                   "held": {"type": "boolean"}}}}}},
+           "AuditPage": {"type": "object", "required": ["events", "next_before"],
+                         "properties": {"events": {"type": "array", "items": AUDIT_EVENT},
+                                        "next_before": {"type": ["integer", "null"]}}},
+           "DomainList": {"type": "object", "required": ["domains"], "properties": {
+               "domains": {"type": "array", "items": DOMAIN}}}}

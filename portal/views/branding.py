@@ -3,7 +3,7 @@ so the CSP can forbid inline styles and no branding field can break out into mar
 
 from __future__ import annotations
 
-from flask import Blueprint, Response
+from flask import Blueprint, Response, request
 
 from portal.errors import NotFound
 from portal.extensions import db_session
@@ -21,8 +21,36 @@ def stylesheet(slug: str):
         org = organizations.get(db_session(), slug)
     except NotFound:
         raise NotFound() from None
-    color = org.branding.get("primary_color", "")
-    css = f":root {{ --brand: {color}; }}\n" if COLOR.match(color) else ""
-    response = Response(css, mimetype="text/css")
+    response = Response(css_for(org.branding), mimetype="text/css")
     response.headers["Cache-Control"] = "public, max-age=300"
+    return response
+
+
+def css_for(branding: dict, selector: str = ":root") -> str:
+    """Custom properties from validated colours only (anything else is left out)."""
+    rules = [f"--{name}: {branding.get(key, '')};" for key, name in (
+        ("primary_color", "brand"), ("accent_color", "accent"))
+        if COLOR.match(branding.get(key, "") or "")]
+    return f"{selector} {{ {' '.join(rules)} }}\n" if rules else ""
+
+
+@bp.get("/branding/<slug>/logo")
+@public
+def logo(slug: str):
+    """The uploaded logo, with the type sniffed at upload (and nosniff on every response)."""
+    from portal.services import branding
+    try:
+        org = organizations.get(db_session(), slug)
+    except NotFound:
+        raise NotFound() from None
+    found = branding.logo_of(db_session(), org.id)
+    if found is None:
+        raise NotFound()
+    etag = found.sha256[:32]
+    if request.if_none_match.contains(etag):
+        return Response(status=304)
+    response = Response(found.data, mimetype=found.content_type)
+    response.set_etag(etag)
+    response.headers["Cache-Control"] = "public, max-age=300"
+    response.headers["Content-Disposition"] = "inline"
     return response

@@ -26,8 +26,18 @@ from portal.errors import Forbidden, NotFound, ValidationError
 from portal.extensions import audit_context, db_session, services
 from portal.models import Connection, Organization, Protocol, User
 from portal.permissions import current_subject, require, signed_in
+from portal.services import branding as branding_service
 from portal.services import connections as connections_service
-from portal.services import identity_links, member_import, members, org_tokens, organizations
+from portal.services import (
+    custom_roles,
+    identity_links,
+    member_import,
+    members,
+    org_audit,
+    org_tokens,
+    organizations,
+)
+from portal.services import domains as domains_service
 from portal.services import saml as saml_connections
 from portal.views import use_branding
 
@@ -38,6 +48,10 @@ SECTIONS = (  # (endpoint, label, action, object type): the nav shows what the a
     ("orgadmin.users", "Members", "read", "member"),
     ("orgadmin.invitations", "Invitations", "manage", "invitation"),
     ("orgadmin.connections", "Single sign-on", "read", "connection"),
+    ("orgadmin.domains", "Domains", "manage", "domain"),
+    ("orgadmin.roles_page", "Roles", "manage", "organization"),
+    ("orgadmin.branding", "Branding", "manage", "branding"),
+    ("orgadmin.audit_trail", "Audit trail", "read", "audit"),
     ("orgadmin.tokens", "API tokens", "manage", "organization"),
     ("orgadmin.security", "Security", "manage", "organization"),
     ("orgadmin.simulate", "Policy simulator", "simulate", "policy"),
@@ -51,12 +65,12 @@ def _org(slug: str) -> Organization:
 
 
 def _actor(org: Organization) -> members.Actor:
-    roles = services().policy.held_roles(current_subject(), org.slug)
-    return members.Actor(current_user.id, roles, bool(current_user.is_operator))
+    return members.actor_for(services().policy, db_session(), org, current_user.id,
+                             bool(current_user.is_operator))
 
 
 def _known_roles(org: Organization) -> list[str]:
-    return members.assignable_roles(services().policy.files, org)
+    return members.known_roles(services().policy.files, db_session(), org)
 
 
 def allowed_sections(org: Organization) -> list[tuple[str, str]]:
@@ -554,6 +568,89 @@ def update_security(slug: str):
     return redirect(url_for("orgadmin.security", slug=slug))
 
 
+# -- domains -----------------------------------------------------------------------------
+
+@bp.get("/domains")
+@require("manage", "domain", org_arg="slug")
+def domains(slug: str):
+    org = _org(slug)
+    return _render("orgadmin/domains.html", org,
+                   rows=domains_service.list_for(db_session(), org),
+                   state=domains_service.state, record=domains_service.record_value)
+
+
+@bp.post("/domains")
+@require("manage", "domain", org_arg="slug")
+def add_domain(slug: str):
+    org = _org(slug)
+    domains_service.add_audited(services().db, audit_context(), org.id,
+                                request.form.get("name", "")[:300])
+    flash("Domain added. Publish the TXT record shown for it, then verify it.", "info")
+    return redirect(url_for("orgadmin.domains", slug=slug))
+
+
+@bp.post("/domains/<int:domain_id>/verify")
+@require("manage", "domain", org_arg="slug")
+def verify_domain(slug: str, domain_id: int):
+    org = _org(slug)
+    result = domains_service.verify(services().db, audit_context(), org.id, domain_id,
+                                    domains_service.dns_settings(current_app.config))
+    flash(result.message, "info" if result.ok else "error")
+    return redirect(url_for("orgadmin.domains", slug=slug))
+
+
+@bp.post("/domains/<int:domain_id>/remove")
+@require("manage", "domain", org_arg="slug")
+def remove_domain(slug: str, domain_id: int):
+    org = _org(slug)
+    with services().db.transaction() as tx:
+        name = domains_service.remove(tx, audit_context(), tx.get(Organization, org.id),
+                                      domain_id)
+    flash(f"{name} removed; it no longer routes sign-ins to {org.name}.", "info")
+    return redirect(url_for("orgadmin.domains", slug=slug))
+
+
+# -- the organization's audit trail ------------------------------------------------------
+
+@bp.get("/audit")
+@require("read", "audit", org_arg="slug")
+def audit_trail(slug: str):
+    org = _org(slug)
+    filters = org_audit.parse_filters(request.args)
+    before = request.args.get("before", "")
+    found = org_audit.page(db_session(), org, filters,
+                           before=int(before) if before.isdigit() else None)
+    return _render("orgadmin/audit.html", org, page=found, filters=filters,
+                   args=filters.as_args())
+
+
+@bp.get("/audit/export.csv")
+@require("read", "audit", org_arg="slug")
+def export_audit_csv(slug: str):
+    return _export_audit(slug, "csv")
+
+
+@bp.get("/audit/export.jsonl")
+@require("read", "audit", org_arg="slug")
+def export_audit_jsonl(slug: str):
+    return _export_audit(slug, "jsonl")
+
+
+def _export_audit(slug: str, fmt: str):
+    org = _org(slug)
+    filters = org_audit.parse_filters(request.args)
+    session = services().db.sessions()
+
+    def lines():
+        try:
+            yield from org_audit.export(session, org, filters, fmt)
+        finally:
+            session.close()
+    mimetype = "text/csv" if fmt == "csv" else "application/x-ndjson"
+    return Response(stream_with_context(lines()), mimetype=mimetype, headers={
+        "Content-Disposition": f'attachment; filename="{org.slug}-audit.{fmt}"'})
+
+
 # -- policy simulator ----------------------------------------------------------------------
 
 @bp.route("/policy/simulate", methods=["GET", "POST"])
@@ -568,3 +665,163 @@ def simulate(slug: str):
         result, error = simulation.simulate(values, members_of=org)
     return _render("orgadmin/simulate.html", org, values=values, result=result,
                    error=error), 422 if error else 200
+
+
+# -- custom roles ------------------------------------------------------------------------
+
+def _role_context(org: Organization) -> dict:
+    engine = services().policy
+    subject = current_subject()
+    return {"offered": custom_roles.catalogue(engine.files, org),
+            "held": custom_roles.held_permissions(engine, subject, org),
+            "operator": bool(current_user.is_operator),
+            "permission_label": custom_roles.label}
+
+
+def reserved_role_names(org: Organization) -> set[str]:
+    """Names a custom role may not take: every role the policy files define anywhere, and
+    the platform's roles."""
+    files = services().policy.files
+    return {*files.roles(), *members.assignable_roles(files, org), "member",
+            "platform_operator", "platform_auditor"}
+
+
+@bp.get("/roles")
+@require("manage", "organization", org_arg="slug")
+def roles_page(slug: str):
+    org = _org(slug)
+    rows = custom_roles.list_for(db_session(), org)
+    used = {row.id: custom_roles.usage(db_session(), org, row.name) for row in rows}
+    return _render("orgadmin/roles.html", org, rows=rows, used=used, form={},
+                   **_role_context(org))
+
+
+@bp.post("/roles")
+@require("manage", "organization", org_arg="slug")
+def create_role(slug: str):
+    org = _org(slug)
+    context = _role_context(org)
+    with services().db.transaction() as tx:
+        role = custom_roles.create(
+            tx, audit_context(), tx.get(Organization, org.id),
+            name=request.form.get("name", "")[:100],
+            description=request.form.get("description", "")[:1000],
+            permissions=request.form.getlist("permissions")[:200],
+            offered=context["offered"], built_in=reserved_role_names(org),
+            held=context["held"], actor_id=current_user.id, operator=context["operator"])
+        name = role.name
+    flash(f"Role {name} created. Grant it from a member's page.", "info")
+    return redirect(url_for("orgadmin.roles_page", slug=slug))
+
+
+@bp.route("/roles/<int:role_id>", methods=["GET", "POST"])
+@require("manage", "organization", org_arg="slug")
+def role(slug: str, role_id: int):
+    org = _org(slug)
+    context = _role_context(org)
+    if request.method == "POST":
+        with services().db.transaction() as tx:
+            custom_roles.update(tx, audit_context(), tx.get(Organization, org.id), role_id,
+                                description=request.form.get("description", "")[:1000],
+                                permissions=request.form.getlist("permissions")[:200],
+                                offered=context["offered"], held=context["held"],
+                                operator=context["operator"])
+        flash("Role saved; it applies at once.", "info")
+        return redirect(url_for("orgadmin.role", slug=slug, role_id=role_id))
+    row = custom_roles.get(db_session(), org, role_id)
+    return _render("orgadmin/role.html", org, row=row,
+                   used=custom_roles.usage(db_session(), org, row.name),
+                   chosen={tuple(p) for p in row.permissions}, **context)
+
+
+@bp.post("/roles/<int:role_id>/delete")
+@require("manage", "organization", org_arg="slug")
+def delete_role(slug: str, role_id: int):
+    org = _org(slug)
+    context = _role_context(org)
+    with services().db.transaction() as tx:
+        used = custom_roles.delete(tx, audit_context(), tx.get(Organization, org.id), role_id,
+                                   held=context["held"],
+                                   revoke=request.form.get("revoke") == "1",
+                                   operator=context["operator"])
+    flash("Role deleted" + (f"; revoked from {used.grants} member(s) and "
+                            f"{used.invitations} invitation(s)." if used.in_use else "."),
+          "info")
+    return redirect(url_for("orgadmin.roles_page", slug=slug))
+
+
+# -- branding ----------------------------------------------------------------------------
+
+def _branding_page(org: Organization, values: dict, previewing: bool, status: int = 200,
+                   error: str | None = None):
+    from portal.views.branding import css_for
+    shown = {**(org.branding or {}), **values}
+    return _render("orgadmin/branding.html", org, values=shown, previewing=previewing,
+                   preview_css=url_for("orgadmin.branding_preview_css", slug=org.slug,
+                                       **{k: v for k, v in shown.items()
+                                          if k in ("primary_color", "accent_color") and v}),
+                   has_css=bool(css_for(shown)), error=error,
+                   max_kib=branding_service.LOGO_MAX_BYTES // 1024), status
+
+
+@bp.route("/branding", methods=["GET", "POST"])
+@require("manage", "branding", org_arg="slug")
+def branding(slug: str):
+    """Colours and texts; *Preview* shows them without saving, *Save* applies them."""
+    org = _org(slug)
+    if request.method == "GET":
+        return _branding_page(org, {}, previewing=False)
+    values = {key: request.form.get(key, "")[:1000] for key in branding_service.EDITABLE}
+    try:
+        cleaned = branding_service.clean(values)
+    except ValidationError as error:
+        return _branding_page(org, values, previewing=True, status=400, error=error.message)
+    if request.form.get("action") == "preview":
+        return _branding_page(org, {k: cleaned.get(k, "") for k in branding_service.EDITABLE},
+                              previewing=True)
+    with services().db.transaction() as tx:
+        branding_service.update(tx, audit_context(), tx.get(Organization, org.id), values)
+    flash("Branding saved: your sign-in page and portal now wear it.", "info")
+    return redirect(url_for("orgadmin.branding", slug=slug))
+
+
+@bp.get("/branding/preview.css")
+@require("manage", "branding", org_arg="slug")
+def branding_preview_css(slug: str):
+    """The colours being previewed, as custom properties of the preview box only."""
+    from portal.views.branding import css_for
+    values = {"primary_color": request.args.get("primary_color", ""),
+              "accent_color": request.args.get("accent_color", "")}
+    css = css_for(values, ".preview").replace("--brand:", "--preview-brand:").replace(
+        "--accent:", "--preview-accent:")
+    return Response(css, mimetype="text/css")
+
+
+@bp.post("/branding/logo")
+@require("manage", "branding", org_arg="slug")
+def upload_logo(slug: str):
+    org = _org(slug)
+    upload = request.files.get("logo")
+    data = upload.read(branding_service.LOGO_MAX_BYTES + 1) if upload else b""
+    try:
+        with services().db.transaction() as tx:
+            branding_service.set_logo(tx, audit_context(), tx.get(Organization, org.id), data)
+    except ValidationError as error:
+        with services().db.transaction() as tx:
+            audit.record(tx, audit_context(), "org.logo", outcome="failure",
+                         target=f"org:{org.slug}", organization_id=org.id, reason=error.code,
+                         details={"bytes": len(data),
+                                  "file_name": (upload.filename or "")[:100] if upload else ""})
+        return _branding_page(org, {}, previewing=False, status=400, error=error.message)
+    flash("Logo uploaded.", "info")
+    return redirect(url_for("orgadmin.branding", slug=slug))
+
+
+@bp.post("/branding/logo/remove")
+@require("manage", "branding", org_arg="slug")
+def remove_logo(slug: str):
+    org = _org(slug)
+    with services().db.transaction() as tx:
+        branding_service.remove_logo(tx, audit_context(), tx.get(Organization, org.id))
+    flash("Logo removed.", "info")
+    return redirect(url_for("orgadmin.branding", slug=slug))

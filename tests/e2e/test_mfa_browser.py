@@ -38,7 +38,7 @@ def test_enroll_sign_out_and_sign_in_with_a_code(browsing, live, acme):
     base = live.url
     sign_in(page, base)
     expect(page.get_by_role("heading", level=1)).to_have_text("Welcome, Alice Acme")
-    page.get_by_role("link", name="Security", exact=True).click()
+    page.get_by_role("link", name="Account security").click()
     expect(page.get_by_role("heading", level=1)).to_have_text("Account security")
     page.get_by_role("link", name="Set up an authenticator app").click()
     expect(page.get_by_role("heading", level=1)).to_have_text("Set up an authenticator app")
@@ -125,7 +125,7 @@ def test_passkey_with_chromiums_virtual_authenticator(browsing, live, acme):
         "hasUserVerification": True, "isUserVerified": True,
         "automaticPresenceSimulation": True}})["authenticatorId"]
     sign_in(page, base)
-    page.get_by_role("link", name="Security", exact=True).click()
+    page.get_by_role("link", name="Account security").click()
     page.get_by_role("link", name="Add a passkey or security key").click()
     expect(page.get_by_role("heading", level=1)).to_have_text(
         "Add a passkey or security key")

@@ -161,3 +161,90 @@ def test_owner_creates_an_api_token(browsing, live, acme_with_owner):
     expect(page.get_by_role("heading", name="GET /api/v1/orgs/{slug}/members",
                             exact=True)).to_be_visible()
     screenshot(page, "api-docs.png")
+
+
+def test_owner_verifies_a_domain_against_a_dns_server(browsing, live, acme_with_owner,
+                                                      dns_server):
+    """The TXT record shown in the page is published on a real DNS server (loopback UDP);
+    Verify now asks it and the domain turns verified."""
+    page = browsing.page()
+    sign_in(page, live.url)
+    page.goto(f"{live.url}/o/acme/admin/users")
+    page.get_by_role("link", name="Domains").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Domains of Acme Supplies")
+    page.get_by_label("Domain name").fill("acme.example")
+    page.get_by_role("button", name="Add domain").click()
+    expect(page.get_by_text("Domain added.")).to_be_visible()
+    record = page.get_by_label("TXT record for acme.example").input_value()
+    assert re.fullmatch(r"trellis-verification=[0-9a-f]{32}", record), record
+    page.get_by_role("button", name="Verify now acme.example").click()
+    expect(page.get_by_role("status")).to_contain_text("No TXT record")
+    dns_server.publish("acme.example", "v=spf1 -all", record)
+    page.get_by_role("button", name="Verify now acme.example").click()
+    expect(page.get_by_role("status")).to_contain_text("acme.example is verified")
+    expect(page.get_by_role("cell", name="verified", exact=True)).to_be_visible()
+    screenshot(page, "orgadmin-domains.png")
+    page.get_by_role("link", name="Audit trail").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Audit trail of Acme Supplies")
+    page.get_by_label("Action").fill("domain")
+    page.get_by_role("button", name="Filter").click()
+    expect(page.get_by_role("cell", name="domain.verify")).to_have_count(2)  # failed, then done
+    screenshot(page, "orgadmin-audit.png")
+
+
+def test_owner_composes_a_custom_role(browsing, live, acme_with_owner):
+    page = browsing.page()
+    sign_in(page, live.url)
+    page.goto(f"{live.url}/o/acme/admin/users")
+    page.get_by_role("link", name="Roles").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Roles of Acme Supplies")
+    page.get_by_label("Name", exact=True).fill("helpdesk")
+    page.get_by_label("Description (optional)").fill("First-line support")
+    page.get_by_label("see members member/read").check()
+    page.get_by_label("invite people invitation/manage").check()
+    screenshot(page, "orgadmin-roles-new.png")
+    page.get_by_role("button", name="Create role").click()
+    expect(page.get_by_role("status")).to_contain_text("Role helpdesk created.")
+    expect(page.get_by_role("link", name="helpdesk")).to_be_visible()
+    screenshot(page, "orgadmin-roles.png")
+    page.get_by_role("link", name="Members").click()
+    page.get_by_role("link", name="mia@acme.test").click()
+    page.get_by_label("Grant role").select_option("helpdesk")
+    page.get_by_role("button", name="Grant", exact=True).click()
+    expect(page.get_by_text("Role helpdesk granted.")).to_be_visible()
+
+
+def test_owner_brands_the_sign_in_page_with_a_preview(browsing, live, acme_with_owner,
+                                                      tmp_path):
+    from tests.images import SVG_WITH_SCRIPT, png
+    page = browsing.page()
+    sign_in(page, live.url)
+    page.goto(f"{live.url}/o/acme/admin/users")
+    page.get_by_role("link", name="Branding").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Branding of Acme Supplies")
+    svg = tmp_path / "logo.png"
+    svg.write_bytes(SVG_WITH_SCRIPT)
+    page.get_by_label("Logo image").set_input_files(str(svg))
+    page.get_by_role("button", name="Upload logo").click()
+    expect(page.get_by_role("alert")).to_contain_text("SVG and other markup are not accepted")
+    logo = tmp_path / "acme.png"
+    logo.write_bytes(png(120, 32, (124, 45, 18)))
+    page.get_by_label("Logo image").set_input_files(str(logo))
+    page.get_by_role("button", name="Upload logo").click()
+    expect(page.get_by_role("status")).to_contain_text("Logo uploaded.")
+    page.get_by_label("Primary colour (buttons and links)").fill("#7c2d12")
+    page.get_by_label("Accent colour (the bar at the top)").fill("#b45309")
+    page.get_by_label("Text on the sign-in page").fill("Sign in with your Acme account.")
+    page.get_by_label("Footer text").fill("Acme Supplies Ltd · Support: +1 555 0100")
+    page.get_by_role("button", name="Preview").click()
+    expect(page.get_by_role("heading", name="Preview (not saved yet)")).to_be_visible()
+    button = page.locator(".preview-body .button")
+    expect(button).to_have_css("background-color", "rgb(124, 45, 18)")
+    screenshot(page, "orgadmin-branding.png")
+    page.get_by_role("button", name="Save").click()
+    expect(page.get_by_role("status")).to_contain_text("Branding saved")
+    visitor = browsing.page()
+    visitor.goto(f"{live.url}/o/acme/login")
+    expect(visitor.get_by_text("Sign in with your Acme account.")).to_be_visible()
+    expect(visitor.locator("img.brand-logo")).to_have_js_property("naturalWidth", 120)
+    screenshot(visitor, "orgadmin-branded-signin.png")

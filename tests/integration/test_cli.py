@@ -52,7 +52,7 @@ def test_operator_sets_up_an_organization(trellis):
 @pytest.mark.parametrize(("args", "message"), [
     (("org", "show", "nobody"), "error: There is no organization with the slug 'nobody'.\n"),
     (("org", "create", "bad_slug", "--name", "X"), "error: A slug is 1 to 63 lowercase"),
-    (("domain", "verify", "acme.test"), "error: Only manual verification is available"),
+    (("domain", "verify", "acme.test"), "error: The domain acme.test has not been added"),
     (("user", "suspend", "ghost@acme.test"), "error: There is no user with the email"),
     (("org", "create", "x", "--name", "X", "--primary-color", "red</style>"),
      "error: The primary colour must look like #1a73e8."),

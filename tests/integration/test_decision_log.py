@@ -80,3 +80,24 @@ def test_off_by_default_and_a_full_queue_drops_instead_of_waiting(app):
         module.MAX_QUEUE = limit
     actions = [e.action for e in audit_events(app)]
     assert actions == ["authz.decision"] * 3 + ["authz.decision_log.dropped"]
+
+
+def test_the_portals_own_page_checks_are_logged_too(logged_app):
+    from tests.conftest import sign_in
+    alice, _ = world(logged_app)
+    s = services_of(logged_app)
+    decisions = s.decisions
+    decisions.rng = lambda: 0.9  # nothing sampled: only the deny is logged
+    decisions.interval = 3600.0
+    client = logged_app.test_client()
+    with s.db.transaction() as session:
+        from portal.models import User
+        user = session.get(User, int(alice))
+        user.password_hash = s.passwords.hash("a long enough password")
+    assert sign_in(client, "alice@acme.test", "a long enough password").status_code == 302
+    assert client.get("/o/acme/admin/users").status_code == 403
+    assert decisions.flush() == 1
+    event = audit_events(logged_app, "authz.decision")[-1]
+    assert event.outcome == "failure" and event.details["caller"] == "portal"
+    assert event.details["object"]["type"] == "member" and event.details["org"] == "acme"
+    assert event.details["decision_id"]  # the request id, as in the access log

@@ -13,6 +13,8 @@ from portal.crypto import self_signed_pair
 from portal.db import utcnow
 from portal.models import (
     AuditEvent,
+    CustomRole,
+    Domain,
     Invitation,
     Membership,
     MembershipSource,
@@ -266,9 +268,17 @@ def foreign_values(tx, ids):
         from portal.services import org_tokens
         token, _ = org_tokens.create(session, CLI_CTX, org, ids["bob@globex.test"], "Globex",
                                      ["members:read"], 30)
+        from portal.services import domains
+        domain = domains.add(session, CLI_CTX, org, "globex.test")
+        from portal.models import CustomRole
+        custom = CustomRole(organization_id=org.id, name="globex_helpdesk",
+                            permissions=[["member", "read"]])
+        session.add(custom)
+        session.flush()
         return {"slug": "acme", "user_id": ids["carol@globex.test"],
                 "invitation_id": invitation.id, "connection_id": connection.id,
-                "token_id": token.id}
+                "token_id": token.id, "domain_id": domain.id,
+                "role_id": custom.id}
 
 
 GLOBEX_CERT = self_signed_pair("idp.globex.test", 30)[0]
@@ -336,6 +346,12 @@ def _globex_state(tx):
                                    .where(Invitation.organization_id == globex)).all()),
             sorted(session.execute(sa.select(OrgApiToken.id, OrgApiToken.revoked_at)
                                    .where(OrgApiToken.organization_id == globex)).all()),
+            sorted(session.execute(sa.select(CustomRole.id, CustomRole.name,
+                                             CustomRole.permissions.cast(sa.String))
+                                   .where(CustomRole.organization_id == globex)).all()),
+            sorted(session.execute(sa.select(Domain.id, Domain.name, Domain.verified,
+                                             Domain.last_checked_at)
+                                   .where(Domain.organization_id == globex)).all()),
             session.scalar(sa.select(sa.func.count()).select_from(AuditEvent).where(
                 AuditEvent.organization_id == globex)))
 

@@ -29,6 +29,10 @@ def test_an_upload_applies_and_a_broken_one_is_refused_with_file_line_and_reason
     result = run(app, "policy", "upload", "acme", str(good))
     assert result.exit_code == 0, result.output
     assert exports(app, alice.id)  # in force at once in this process
+    explained = services_of(app).policy.explain({"id": str(alice.id)}, "acme",
+                                                {"type": "report"}, "export")
+    assert explained.where == "uploaded policy of acme, line 2"
+    assert explained.chain == (str(alice.id), "buyer")
 
     broken = tmp_path / "broken.csv"
     broken.write_text("p, buyer, *, report, export, True, allow\np, buyer, *, report, read, "

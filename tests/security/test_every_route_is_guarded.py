@@ -22,7 +22,7 @@ def test_public_routes_are_the_expected_ones(app):
     assert public == ["account.confirm_email", "account.forgot_password",
                       "account.org_register", "account.register",
                       "account.reset_password", "account.verify_email", "auth.login",
-                      "auth.org_login", "branding.stylesheet",
+                      "auth.org_login", "branding.logo", "branding.stylesheet",
                       "devmail.html", "devmail.index", "health.healthz",
                       "health.readyz", "mfa.challenge", "mfa.passkey_options",
                       "mfa.passkey_verify", "mfa.setup_at_sign_in",
@@ -30,5 +30,6 @@ def test_public_routes_are_the_expected_ones(app):
                       "provider.authorize", "provider.device_authorization",
                       "provider.discovery", "provider.end_session", "provider.introspect",
                       "provider.jwks", "provider.revoke", "provider.token", "saml.acs",
-                      "saml.metadata", "saml.sls", "sso.link", "sso.oidc_callback",
+                      "saml.metadata", "saml.sls", "sso.link", "sso.link_by_email",
+                      "sso.link_confirm", "sso.oidc_callback",
                       "sso.start_chosen"]

@@ -1,0 +1,187 @@
+"""Custom roles: an owner composes a role from the permissions the organization's kind
+allows, grants it like a built-in role, and never beyond their own rights."""
+
+from __future__ import annotations
+
+import time
+
+import sqlalchemy as sa
+
+from portal.models import CustomRole
+from tests.conftest import audit_events
+from tests.integration.test_admin_api import token_for
+from tests.integration.test_org_admin import as_user, grant, held, post
+
+
+def create(client, name, *permissions, slug="acme"):
+    return client.post(f"/o/{slug}/admin/roles", data={
+        "csrf_token": _csrf(client), "name": name, "description": f"{name} role",
+        "permissions": list(permissions)})
+
+
+def _csrf(client):
+    from tests.conftest import csrf_token
+    return csrf_token(client, "/")
+
+
+def role_id(tx, name):
+    with tx() as session:
+        return session.scalar(sa.select(CustomRole.id).where(CustomRole.name == name))
+
+
+def test_owner_composes_grants_changes_a_role_and_it_applies_at_once(app, tx, two_orgs):
+    alice = as_user(app, "alice@acme.test")
+    page = alice.get("/o/acme/admin/roles").get_data(as_text=True)
+    assert "member/manage" in page and "purchase_order" not in page  # conditional: not offered
+    assert create(alice, "helpdesk", "member/read", "member/manage").status_code == 302
+    max_id = two_orgs["max@acme.test"]
+    member_page = alice.get(f"/o/acme/admin/users/{max_id}").get_data(as_text=True)
+    assert '<option value="helpdesk">' in member_page  # grantable like a built-in role
+    assert post(alice, f"/o/acme/admin/users/{max_id}/roles", role="helpdesk").status_code == 302
+    assert held(tx, max_id) == {"helpdesk"}
+    max_client = as_user(app, "max@acme.test")
+    assert max_client.get("/o/acme/admin/users").status_code == 200
+    mia = two_orgs["mia@acme.test"]
+    assert post(max_client, f"/o/acme/admin/users/{mia}/suspend").status_code == 302
+    assert post(max_client, f"/o/acme/admin/users/{mia}/resume").status_code == 302
+    assert max_client.get("/o/acme/admin/domains").status_code == 403
+
+    changed = post(alice, f"/o/acme/admin/roles/{role_id(tx, 'helpdesk')}",
+                   description="read only now", permissions="member/read")
+    assert changed.status_code == 302
+    assert post(max_client, f"/o/acme/admin/users/{mia}/suspend").status_code == 403
+    assert max_client.get("/o/acme/admin/users").status_code == 200
+    actions = [e.action for e in audit_events(app) if e.action.startswith("custom_role.")]
+    assert actions == ["custom_role.create", "custom_role.update"]
+    assert audit_events(app, "custom_role.update")[-1].details == {
+        "before": ["member/manage", "member/read"], "after": ["member/read"]}
+
+
+def test_another_worker_sees_a_change_within_a_second(app, tx, two_orgs, settings):
+    """A second app (its own engine and cache, as in another worker) decides on the same
+    database: a new custom role's permission is in force there within a second."""
+    from portal import create_app
+    from tests.conftest import services_of
+    other = create_app(settings)
+    try:
+        engine = services_of(other).policy
+        subject = {"id": str(two_orgs["max@acme.test"]), "platform_operator": False}
+        assert not engine.decide(subject, "acme", {"type": "audit"}, "read",
+                                 {"org_status": "active"}).allowed
+        alice = as_user(app, "alice@acme.test")
+        create(alice, "reader", "audit/read")
+        post(alice, f"/o/acme/admin/users/{two_orgs['max@acme.test']}/roles", role="reader")
+        started = time.monotonic()
+        while not engine.decide(subject, "acme", {"type": "audit"}, "read",
+                                {"org_status": "active"}).allowed:
+            assert time.monotonic() - started < 1.0, "not seen within a second"
+            time.sleep(0.05)
+    finally:
+        services_of(other).db.dispose()
+
+
+def test_no_escalation_in_composing_or_granting(app, tx, two_orgs):
+    alice = as_user(app, "alice@acme.test")
+    create(alice, "token_admin", "organization/manage")
+    create(alice, "domains_only", "domain/manage")
+    create(alice, "viewer", "member/read")
+    mia_id, max_id = two_orgs["mia@acme.test"], two_orgs["max@acme.test"]
+    post(alice, f"/o/acme/admin/users/{mia_id}/roles", role="token_admin")
+    mia = as_user(app, "mia@acme.test")  # may manage roles, but holds nothing else
+    refused = create(mia, "sneaky", "member/manage")
+    assert refused.status_code == 403 and "you do not hold member/manage" in refused.get_data(
+        as_text=True)
+    assert role_id(tx, "sneaky") is None
+    page = mia.get("/o/acme/admin/roles").get_data(as_text=True)
+    assert "(you do not hold it)" in page
+    edit = post(mia, f"/o/acme/admin/roles/{role_id(tx, 'viewer')}",
+                permissions="organization/manage")
+    assert edit.status_code == 403  # cannot take away what they could not give
+    uma = as_user(app, "uma@acme.test")  # user manager: grants roles, not domains
+    assert uma.get("/o/acme/admin/roles").status_code == 403
+    assert create(uma, "x_role", "member/read").status_code == 403
+    escalate = post(uma, f"/o/acme/admin/users/{max_id}/roles", role="domains_only")
+    assert escalate.status_code == 403 and "roles you hold yourself" in escalate.get_data(
+        as_text=True)
+    assert post(uma, f"/o/acme/admin/users/{max_id}/roles", role="viewer").status_code == 302
+    assert held(tx, max_id) == {"viewer"}
+    invite = post(uma, "/o/acme/admin/invitations", email="n@acme.test", role="domains_only")
+    assert invite.status_code == 403
+
+
+def test_bad_names_and_permissions_are_plain_errors(app, tx, two_orgs):
+    alice = as_user(app, "alice@acme.test")
+    for name, permissions, status, text in (
+            ("org_owner", ["member/read"], 409, "built-in role"),
+            ("buyer", ["member/read"], 409, "built-in role"),
+            ("Bad Name", ["member/read"], 400, "lowercase letters"),
+            ("empty", [], 400, "at least one permission"),
+            ("orders", ["purchase_order/approve"], 400, "is not a permission"),
+            ("weird", ["member"], 400, "looks like member/read")):
+        response = create(alice, name, *permissions)
+        assert response.status_code == status, name
+        assert text in response.get_data(as_text=True), name
+    create(alice, "dup_role", "member/read")
+    assert create(alice, "dup_role", "member/read").status_code == 409
+    with tx() as session:
+        assert session.scalar(sa.select(sa.func.count()).select_from(CustomRole)) == 1
+
+
+def test_deleting_a_role_in_use_is_refused_or_revokes_it_everywhere(app, tx, two_orgs):
+    alice = as_user(app, "alice@acme.test")
+    create(alice, "helpdesk", "member/read")
+    max_id = two_orgs["max@acme.test"]
+    post(alice, f"/o/acme/admin/users/{max_id}/roles", role="helpdesk")
+    post(alice, "/o/acme/admin/invitations", email="new@acme.test", role="helpdesk")
+    rid = role_id(tx, "helpdesk")
+    refused = post(alice, f"/o/acme/admin/roles/{rid}/delete")
+    assert refused.status_code == 409
+    assert "held by 1 member(s) and offered by 1 open invitation(s)" in refused.get_data(
+        as_text=True)
+    assert held(tx, max_id) == {"helpdesk"}
+    assert as_user(app, "max@acme.test").get("/o/acme/admin/users").status_code == 200
+    done = post(alice, f"/o/acme/admin/roles/{rid}/delete", revoke="1")
+    assert done.status_code == 302 and role_id(tx, "helpdesk") is None
+    assert held(tx, max_id) == set()
+    assert as_user(app, "max@acme.test").get("/o/acme/admin/users").status_code == 403
+    event = audit_events(app, "custom_role.delete")[-1]
+    assert event.details["revoked_grants"] == 1 and event.details["revoked_invitations"] == 1
+
+
+def test_roles_over_the_api(app, tx, two_orgs):
+    client, auth = app.test_client(), token_for(tx, "alice@acme.test")
+    listed = client.get("/api/v1/orgs/acme/roles", headers=auth).get_json()
+    assert {"permission": "member/read", "label": "see members", "held": True} in listed[
+        "permissions"]
+    made = client.post("/api/v1/orgs/acme/roles", headers=auth,
+                       json={"name": "api_role", "permissions": ["member/read"]})
+    assert made.status_code == 201 and made.get_json()["permissions"] == ["member/read"]
+    rid = made.get_json()["id"]
+    changed = client.put(f"/api/v1/orgs/acme/roles/{rid}", headers=auth,
+                         json={"permissions": ["member/read", "audit/read"]})
+    assert changed.get_json()["permissions"] == ["audit/read", "member/read"]
+    wrong = client.put(f"/api/v1/orgs/acme/roles/{rid}", headers=auth,
+                       json={"permissions": "member/read"})
+    assert wrong.status_code == 422 and wrong.get_json()["field"] == "permissions"
+    granted = client.post(f"/api/v1/orgs/acme/members/{two_orgs['max@acme.test']}/roles",
+                          headers=auth, json={"role": "api_role"})
+    assert granted.status_code == 200
+    in_use = client.delete(f"/api/v1/orgs/acme/roles/{rid}", headers=auth)
+    assert in_use.status_code == 409 and in_use.get_json()["code"] == "role_in_use"
+    gone = client.delete(f"/api/v1/orgs/acme/roles/{rid}?revoke=true", headers=auth)
+    assert gone.status_code == 200
+    read_only = token_for(tx, "alice@acme.test", scopes=["roles:read"])
+    assert client.post("/api/v1/orgs/acme/roles", headers=read_only,
+                       json={"name": "x_role", "permissions": ["member/read"]}
+                       ).status_code == 403
+
+
+def test_roles_of_one_organization_do_not_exist_in_another(app, tx, two_orgs):
+    grant(tx, "bob@globex.test", "globex", "org_owner")
+    bob = as_user(app, "bob@globex.test")
+    create(bob, "globex_helpdesk", "member/read", slug="globex")
+    alice = as_user(app, "alice@acme.test")
+    refused = post(alice, f"/o/acme/admin/users/{two_orgs['max@acme.test']}/roles",
+                   role="globex_helpdesk")
+    assert refused.status_code == 400 and "has no role" in refused.get_data(as_text=True)
+    assert "globex_helpdesk" not in alice.get("/o/acme/admin/roles").get_data(as_text=True)

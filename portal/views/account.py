@@ -31,7 +31,7 @@ from portal.forms import (
     RegisterForm,
     ResetPasswordForm,
 )
-from portal.permissions import public, signed_in
+from portal.permissions import public, recent_second_factor, signed_in
 from portal.services import credentials, organizations, registration
 from portal.views import use_branding
 from portal.views.mail import deliver_after_response, deliver_now
@@ -117,6 +117,7 @@ def reset_password(token: str):
 
 @bp.route("/account/password", methods=["GET", "POST"])
 @signed_in
+@recent_second_factor
 def change_password():
     g.no_store = True
     form = ChangePasswordForm()
@@ -223,6 +224,7 @@ def update_consents():
 
 @bp.post("/account/email")
 @signed_in
+@recent_second_factor
 def change_email():
     """Ask for a new address: a link goes to it; the account's address changes when the
     link is used."""

@@ -247,8 +247,21 @@ def dead_letters(session: Session, stream: SiemStream) -> list[SiemDeadLetter]:
 
 
 def backlog(session: Session, stream: SiemStream) -> int:
-    """How many audit events after the cursor (selected or not): the stream's lag."""
-    return max(_head(session) - stream.cursor_seq, 0)
+    """How many of the stream's events wait after its cursor (counting only what it selects,
+    so an organization's page says nothing about other organizations' activity)."""
+    query = sa.select(sa.func.count()).select_from(AuditEvent).where(
+        AuditEvent.seq > stream.cursor_seq)
+    return session.scalar(_selected(query, stream)) or 0
+
+
+def _selected(query: sa.Select, stream: SiemStream) -> sa.Select:
+    if stream.organization_id is not None:
+        query = query.where(AuditEvent.organization_id == stream.organization_id)
+    if stream.actions:
+        query = query.where(sa.or_(*[
+            AuditEvent.action.startswith(a) if a.endswith(".") else AuditEvent.action == a
+            for a in stream.actions]))
+    return query
 
 
 # -- delivering ----------------------------------------------------------------------------
@@ -310,13 +323,7 @@ def _claim(db: Database, stream_id: int, config: SiemConfig, now: datetime
         query = (sa.select(AuditEvent)
                  .where(AuditEvent.seq > stream.cursor_seq, AuditEvent.seq <= head)
                  .order_by(AuditEvent.seq).limit(config.batch_size))
-        if stream.organization_id is not None:
-            query = query.where(AuditEvent.organization_id == stream.organization_id)
-        if stream.actions:
-            query = query.where(sa.or_(*[
-                AuditEvent.action.startswith(a) if a.endswith(".") else AuditEvent.action == a
-                for a in stream.actions]))
-        events = list(session.scalars(query))
+        events = list(session.scalars(_selected(query, stream)))
         rows = [_row(event) for event in events]
         new_cursor = rows[-1]["seq"] if len(rows) >= config.batch_size else head
         session.expunge(stream)

@@ -197,6 +197,9 @@ def test_organization_stream_carries_only_its_events(app, tx, make_org, http_rec
     mine = _record(tx, 2, org_id=acme.id)
     _record(tx, 2, org_id=globex.id)
     _record(tx, 2)  # platform events
+    with services_of(app).db.sessions() as session:
+        stream = session.scalar(sa.select(SiemStream))
+        assert siem.backlog(session, stream) == 3  # its creation and two events: not Globex's
     _deliver(app)
     received = [e for r in http_receiver.requests for e in json.loads(r.body)]
     assert [e["seq"] for e in received][1:] == mine

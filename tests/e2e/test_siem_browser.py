@@ -28,3 +28,18 @@ def test_owner_adds_an_event_stream_and_sees_its_secret_once(browsing, live,
     screenshot(page, "orgadmin-siem.png")
     page.reload()
     expect(page.get_by_role("textbox", name="Signing secret", exact=True)).to_have_count(0)
+
+
+def test_operator_adds_a_syslog_stream(browsing, live, make_user, rsyslog, tmp_path):
+    make_user("oscar@trellis.test", operator=True, display_name="Oscar Operator")
+    page = browsing.page()
+    sign_in(page, live.url, email="oscar@trellis.test")
+    page.goto(f"{live.url}/admin/siem")
+    page.get_by_label("Name", exact=True).fill("soc")
+    page.get_by_label("Sends to").select_option("syslog")
+    page.get_by_label("Address").fill(rsyslog.target)
+    page.get_by_label("Format").select_option("cef")
+    page.get_by_role("button", name="Add stream").click()
+    expect(page.get_by_text("Stream added.")).to_be_visible()
+    expect(page.get_by_role("cell", name="every organization")).to_be_visible()
+    screenshot(page, "admin-siem.png")

@@ -195,3 +195,106 @@ def set_enabled(client_id: str):
 def _forget(client_id: str) -> None:
     from portal.views.admin import forget_client
     forget_client(client_id)
+
+
+# --- the OpenAPI description (merged into /api/v1/openapi.json by portal.openapi) ----------
+
+_URIS = {"type": "array", "items": {"type": "string", "format": "uri"}}
+_STRINGS = {"type": "array", "items": {"type": "string"}}
+# What ``app_json`` answers: every field, always present.
+APP_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["client_id", "name", "client_type", "token_endpoint_auth_method", "enabled",
+                 "redirect_uris", "grant_types", "scopes", "organizations",
+                 "access_token_seconds", "refresh_token_seconds", "consent_required",
+                 "logo_url", "post_logout_redirect_uris", "backchannel_logout_uri",
+                 "frontchannel_logout_uri", "initiate_login_uri",
+                 "id_token_signed_response_alg", "subject_type", "sector_identifier",
+                 "secret_prefix", "previous_secret_valid_until"],
+    "properties": {
+        "client_id": {"type": "string"}, "name": {"type": "string"},
+        "client_type": {"enum": ["confidential", "public"]},
+        "token_endpoint_auth_method": {"enum": list(apps.AUTH_METHODS)},
+        "enabled": {"type": "boolean"}, "redirect_uris": _STRINGS,
+        "grant_types": {"type": "array", "items": {"enum": list(apps.GRANT_TYPES)}},
+        "scopes": {"type": "array", "items": {"enum": list(apps.SCOPES)}},
+        "organizations": _STRINGS,
+        "access_token_seconds": {"type": "integer"},
+        "refresh_token_seconds": {"type": "integer"},
+        "consent_required": {"type": "boolean"}, "logo_url": {"type": "string"},
+        "post_logout_redirect_uris": _STRINGS, "backchannel_logout_uri": {"type": "string"},
+        "frontchannel_logout_uri": {"type": "string"},
+        "initiate_login_uri": {"type": "string"},
+        "id_token_signed_response_alg": {"enum": list(apps.ID_TOKEN_ALGORITHMS)},
+        "subject_type": {"enum": list(apps.SUBJECT_TYPES)},
+        "sector_identifier": {"type": "string"},
+        "secret_prefix": {"type": ["string", "null"]},
+        "previous_secret_valid_until": {"type": ["string", "null"], "format": "date-time"},
+    },
+}
+_INPUT_TYPES = {str: {"type": "string"}, list: _STRINGS, int: {"type": "integer"},
+                bool: {"type": "boolean"}, dict: {"type": "object"}}
+# What a registration or a change may send (``FIELDS``); unknown fields are refused.
+APP_INPUT_SCHEMA: dict[str, Any] = {
+    "type": "object", "additionalProperties": False,
+    "properties": {key: dict(_INPUT_TYPES[kind]) for key, kind in FIELDS.items()},
+}
+APP_INPUT_SCHEMA["properties"]["jwks"]["description"] = (
+    "The app's public JWK set (private_key_jwt apps; also checks their request objects).")
+SCHEMAS: dict[str, Any] = {
+    "App": APP_SCHEMA,
+    "AppWithSecret": {"allOf": [{"$ref": "#/components/schemas/App"}, {
+        "type": "object", "required": ["client_secret"], "properties": {
+            "client_secret": {"type": ["string", "null"],
+                              "description": "Shown this once; null for public and "
+                                             "private_key_jwt apps."}}}]},
+    "AppList": {"type": "object", "required": ["apps"], "properties": {
+        "apps": {"type": "array", "items": {"$ref": "#/components/schemas/App"}}}},
+    "AppInput": APP_INPUT_SCHEMA,
+}
+_CLIENT_ID = {"name": "client_id", "in": "path", "required": True,
+              "schema": {"type": "string", "maxLength": 64}}
+# (method, path under the prefix, view, summary, body schema or None, response, status)
+OPERATIONS: list[tuple[str, str, str, str, dict[str, Any] | None, str, str]] = [
+    ("get", "", "list_apps", "Every registered app (never a secret).", None, "AppList", "200"),
+    ("post", "", "create_app", "Register an app; the answer holds its secret, once.",
+     {"allOf": [{"$ref": "#/components/schemas/AppInput"}, {"required": ["name"]}]},
+     "AppWithSecret", "201"),
+    ("get", "/{client_id}", "get_app", "One app.", None, "App", "200"),
+    ("patch", "/{client_id}", "update_app", "Change the fields that may change after "
+     "registration (not client_type, token_endpoint_auth_method, subject_type, "
+     "sector_identifier); the audit event holds each old and new value.",
+     {"$ref": "#/components/schemas/AppInput"}, "App", "200"),
+    ("post", "/{client_id}/secret", "rotate_secret", "A new secret, shown once; the old one "
+     "works for grace_seconds more (default one day, at most 30 days).",
+     {"type": "object", "properties": {"grace_seconds": {
+         "type": "integer", "minimum": 0, "maximum": apps.MAX_GRACE_SECONDS}}},
+     "AppWithSecret", "200"),
+    ("put", "/{client_id}/enabled", "set_enabled", "Stop (false) or resume (true) an app; a "
+     "stopped app's tokens stop working at once.",
+     {"type": "object", "required": ["enabled"], "additionalProperties": False,
+      "properties": {"enabled": {"type": "boolean"}}}, "App", "200"),
+]
+
+
+def openapi_paths(problem: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """This blueprint's operations as OpenAPI path items."""
+    paths: dict[str, dict[str, Any]] = {}
+    for method, path, view, summary, body, response, status in OPERATIONS:
+        op: dict[str, Any] = {
+            "operationId": f"apps_{view}", "summary": summary, "tags": ["apps"],
+            "description": "Operators only: a signed-in operator (changes need "
+                           "X-CSRFToken) or a client-credentials token with the "
+                           "apps:manage scope.",
+            "security": [{"appsToken": []}, {"session": []}],
+            "parameters": [_CLIENT_ID] if "{client_id}" in path else [],
+            "responses": {status: {"description": "Done.", "content": {"application/json": {
+                "schema": {"$ref": f"#/components/schemas/{response}"}}}},
+                **{code: problem for code in ("400", "401", "403", "404", "409", "422",
+                                              "503")}}}
+        if body is not None:
+            op["requestBody"] = {"required": view in ("create_app", "update_app",
+                                                      "set_enabled"),
+                                 "content": {"application/json": {"schema": body}}}
+        paths.setdefault(bp.url_prefix + path, {})[method] = op
+    return paths

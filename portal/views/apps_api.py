@@ -87,6 +87,8 @@ def app_json(app: OAuthApp) -> dict[str, Any]:
         "initiate_login_uri": app.initiate_login_uri,
         "id_token_signed_response_alg": app.id_token_signed_response_alg,
         "subject_type": app.subject_type, "sector_identifier": app.sector_identifier,
+        "sector_identifier_uri": app.sector_identifier_uri,
+        "access_token_signed_response_alg": app.access_token_signed_response_alg,
         "secret_prefix": app.secret_prefix or None,
         "previous_secret_valid_until": (app.previous_secret_expires_at.isoformat()
                                         if app.previous_secret_expires_at else None),
@@ -100,7 +102,8 @@ FIELDS = {"name": str, "redirect_uris": list, "client_type": str,
           "consent_required": bool, "logo_url": str, "post_logout_redirect_uris": list,
           "backchannel_logout_uri": str, "frontchannel_logout_uri": str,
           "initiate_login_uri": str, "id_token_signed_response_alg": str,
-          "subject_type": str, "sector_identifier": str, "jwks": dict}
+          "subject_type": str, "sector_identifier": str, "jwks": dict,
+          "sector_identifier_uri": str, "access_token_signed_response_alg": str}
 RENAMED = {"token_endpoint_auth_method": "auth_method"}
 
 
@@ -136,7 +139,8 @@ def create_app():
         raise InvalidRequest("name", "is required")
     spec = apps.AppSpec(**values)
     with services().db.transaction() as tx:
-        app, secret = apps.create(tx, g.apps_ctx, spec)
+        app, secret = apps.create(tx, g.apps_ctx, spec,
+                                  allow_insecure_loopback=_loopback_allowed())
         body = app_json(app)
     body["client_secret"] = secret  # shown this once
     response = jsonify(body)
@@ -156,7 +160,8 @@ def get_app(client_id: str):
 def update_app(client_id: str):
     changes = _fields(request.get_json(silent=True), editing=True)
     with services().db.transaction() as tx:
-        body = app_json(apps.update(tx, g.apps_ctx, client_id, changes))
+        body = app_json(apps.update(tx, g.apps_ctx, client_id, changes,
+                                    allow_insecure_loopback=_loopback_allowed()))
     _forget(client_id)
     return jsonify(body)
 
@@ -192,6 +197,13 @@ def set_enabled(client_id: str):
     return jsonify(body)
 
 
+def _loopback_allowed() -> bool:
+    """A sector identifier document may be fetched over plain HTTP from loopback outside
+    production (development and tests)."""
+    from flask import current_app
+    return current_app.config["ENV"] != "production"
+
+
 def _forget(client_id: str) -> None:
     from portal.views.admin import forget_client
     forget_client(client_id)
@@ -210,6 +222,7 @@ APP_SCHEMA: dict[str, Any] = {
                  "logo_url", "post_logout_redirect_uris", "backchannel_logout_uri",
                  "frontchannel_logout_uri", "initiate_login_uri",
                  "id_token_signed_response_alg", "subject_type", "sector_identifier",
+                 "sector_identifier_uri", "access_token_signed_response_alg",
                  "secret_prefix", "previous_secret_valid_until"],
     "properties": {
         "client_id": {"type": "string"}, "name": {"type": "string"},
@@ -228,6 +241,8 @@ APP_SCHEMA: dict[str, Any] = {
         "id_token_signed_response_alg": {"enum": list(apps.ID_TOKEN_ALGORITHMS)},
         "subject_type": {"enum": list(apps.SUBJECT_TYPES)},
         "sector_identifier": {"type": "string"},
+        "sector_identifier_uri": {"type": "string"},
+        "access_token_signed_response_alg": {"enum": list(apps.ACCESS_TOKEN_ALGORITHMS)},
         "secret_prefix": {"type": ["string", "null"]},
         "previous_secret_valid_until": {"type": ["string", "null"], "format": "date-time"},
     },

@@ -154,7 +154,8 @@ def _init_extensions(app: Flask) -> None:
 
 
 # Every endpoint that accepts a credential; later protocols add theirs here.
-CREDENTIAL_ENDPOINTS = ("auth.login", "auth.org_login", "sso.link", "saml.acs",
+CREDENTIAL_ENDPOINTS = ("auth.login", "auth.org_login", "sso.link", "sso.link_by_email",
+                        "sso.link_confirm", "saml.acs",
                         "account.forgot_password", "account.reset_password",
                         "account.change_password", "account.register",
                         "account.org_register", "account.verify_email",

@@ -66,7 +66,7 @@ def test_register_verify_by_email_then_sign_in(page, serve, mail_app, open_acme,
     page.get_by_role("button", name="Continue").click()
     expect(page.get_by_role("heading", level=1)).to_contain_text("Nora New")
     screenshot(page, "register-signed-in.png")
-    page.get_by_role("link", name="Account").click()
+    page.get_by_role("link", name="Account", exact=True).click()
     expect(page.get_by_role("heading", level=1)).to_have_text("Your account")
     expect(page.get_by_label("Name", exact=True)).to_have_value("Nora New")
     expect(page.get_by_text("This browser")).to_be_visible()

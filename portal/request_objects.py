@@ -4,9 +4,9 @@ JWT the app signed with a key of its registered JWK set.
 The object is checked (RS256 or ES256 only, never ``alg: none``; the app's keys; ``exp``
 required; ``iss`` and ``client_id`` the app; ``aud`` Trellis) and its claims then replace
 the query parameters of the same name for the rest of the request, as if the app had sent
-them in the URL. The query must still carry ``client_id`` (and ``response_type``, which
-must agree). Because the browser goes through sign-in with the signed object intact, a
-``prompt=login`` or ``max_age`` inside it is satisfied by a marker Trellis signs
+them in the URL. The query must carry ``client_id``; a ``response_type`` in the query
+must agree with the object's. Because the browser goes through sign-in with the signed
+object intact, a ``prompt=login`` or ``max_age`` inside it is satisfied by a marker Trellis signs
 (``reauth``): the time the user was sent to sign in again.
 """
 

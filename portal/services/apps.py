@@ -150,7 +150,9 @@ def update(session: Session, ctx: audit.Context, client_id: str, changes: dict[s
     spec = spec_of(app)
     for key, value in changes.items():
         setattr(spec, key, value)
-    values = _validated(session, spec, fetch_sector="redirect_uris" in changes,
+    new_uris = "redirect_uris" in changes and \
+        _unique(changes["redirect_uris"]) != list(app.redirect_uris)
+    values = _validated(session, spec, fetch_sector=new_uris,
                         allow_insecure_loopback=allow_insecure_loopback)
     diff = {}
     for key in EDITABLE:

@@ -177,7 +177,11 @@ def _form_spec(form, base: apps.AppSpec | None = None) -> apps.AppSpec:
         initiate_login_uri=form.get("initiate_login_uri", "").strip(),
         id_token_signed_response_alg=form.get("id_token_signed_response_alg", "RS256"),
         subject_type=form.get("subject_type", base.subject_type),
-        sector_identifier=form.get("sector_identifier", base.sector_identifier).strip())
+        sector_identifier=form.get("sector_identifier", base.sector_identifier).strip(),
+        sector_identifier_uri=form.get("sector_identifier_uri",
+                                       base.sector_identifier_uri).strip(),
+        access_token_signed_response_alg=form.get("access_token_signed_response_alg",
+                                                  base.access_token_signed_response_alg))
 
 
 def changes_from_form(form, auth_method: str) -> dict[str, Any]:

@@ -141,3 +141,30 @@ def test_es256_access_tokens(app, op):
     assert looked["active"] is True
     with pytest.raises(InvalidRequest):
         register(app, name="Bad alg", access_token_signed_response_alg="HS256")
+
+
+def test_apps_page_registers_a_sector_uri_and_an_es256_access_token_app(app, make_org,
+                                                                        make_user, documents):
+    make_org("acme", "Acme Supplies")
+    operator, _ = _operator(app, make_user)
+    form = {"csrf_token": csrf_token(operator, "/admin/apps/new"), "name": "Ticketing",
+            "client_type": "confidential", "auth_method": "client_secret_basic",
+            "redirect_uris": CB, "organizations": "acme",
+            "grant_types": ["authorization_code"], "scopes": ["openid"],
+            "access_token_seconds": "600", "refresh_token_seconds": "86400",
+            "id_token_signed_response_alg": "RS256",
+            "access_token_signed_response_alg": "ES256", "subject_type": "pairwise",
+            "sector_identifier_uri": documents + "/partial"}
+    refused = operator.post("/admin/apps/new", data=form)
+    assert refused.status_code == 422
+    assert "does not list the redirect URI" in refused.get_data(as_text=True)
+    done = operator.post("/admin/apps/new", data={**form,
+                                                  "sector_identifier_uri": documents + "/good"})
+    assert done.status_code == 200, done.get_data(as_text=True)[:500]
+    with services_of(app).db.sessions() as session:
+        row = session.scalar(sa.select(OAuthApp))
+    assert row.sector_identifier == "127.0.0.1"
+    assert row.access_token_signed_response_alg == "ES256"
+    page = operator.get(f"/admin/apps/{row.client_id}").get_data(as_text=True)
+    assert '<option value="ES256" selected>' in page.split(
+        'name="access_token_signed_response_alg"')[1]

@@ -519,6 +519,11 @@ class OAuthApp(Base):
     sector_identifier: Mapped[str] = mapped_column(sa.String(255), default="")
     pairwise_salt: Mapped[str] = mapped_column(sa.String(64), default="")
     frontchannel_logout_uri: Mapped[str] = mapped_column(sa.String(500), default="")
+    # A pairwise app's sector given as a document listing its redirect URIs (OpenID Connect
+    # Core 8.1); the sector is then that URL's host. Re-checked when the redirect URIs change.
+    sector_identifier_uri: Mapped[str] = mapped_column(sa.String(500), default="")
+    access_token_signed_response_alg: Mapped[str] = mapped_column(sa.String(16),
+                                                                  default="RS256")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 

@@ -2,7 +2,7 @@
 trail per stream) and the batches a stream gave up on.
 
 Revision ID: 0014
-Revises: 0011
+Revises: 0015
 Create Date: 2026-12-05 02:27:03.120758
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 
 revision = '0014'
-down_revision = '0011'
+down_revision = '0015'
 branch_labels = None
 depends_on = None
 

@@ -225,5 +225,5 @@ def dns_server(app):
     yield peer
     peer.stop()
 from tests.peers.http_receiver import http_receiver  # noqa: E402, F401
-from tests.peers.rsyslog import rsyslog  # noqa: E402, F401
+from tests.peers.rsyslog import rsyslog, rsyslog_tls  # noqa: E402, F401
 from tests.peers.smtp import smtp_server  # noqa: E402, F401

@@ -18,6 +18,7 @@ receivers that deduplicate.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import ipaddress
@@ -387,8 +388,8 @@ def send(stream: SiemStream, box: SecretBox, rows: list[dict[str, Any]]) -> None
 
 def send_syslog(stream: SiemStream, rows: list[dict[str, Any]]) -> None:
     """One TCP (or TLS) connection per batch, messages octet-counted. The connection is shut
-    down for writing and read to its end, so the batch counts as sent only once the daemon
-    closed its side after reading everything."""
+    down for writing (TLS: close_notify) and read to its end, so the batch counts as sent
+    only once the daemon closed its side after reading everything."""
     host, port = _host_port(stream.target)
     hostname = socket.gethostname()
     payload = b"".join(siem_formats.syslog_frame(row, stream.format, hostname) for row in rows)
@@ -400,7 +401,11 @@ def send_syslog(stream: SiemStream, rows: list[dict[str, Any]]) -> None:
             conn = context.wrap_socket(raw, server_hostname=host)
         conn.sendall(payload)
         if isinstance(conn, ssl.SSLSocket):
-            conn = conn.unwrap()
+            # Our close_notify follows the last record, so a daemon that answers it (or
+            # closes the connection on it, as rsyslog's GnuTLS driver does) has read them all.
+            with contextlib.suppress(ssl.SSLEOFError):
+                conn.unwrap()
+            return
         conn.shutdown(socket.SHUT_WR)
         while conn.recv(4096):
             pass

@@ -337,3 +337,28 @@ def test_operator_page_lists_every_stream_and_adds_one(app, tx, make_org, make_u
     assert _stream(app, stream_id) is None
     member = make_user("max@acme.test")
     assert member and _signed_in(app, "max@acme.test").get("/admin/siem").status_code == 403
+
+
+def test_syslog_over_tls_checks_the_certificate(app, tx, rsyslog_tls):
+    _add(app, tx, name="tls", kind="syslog", target=rsyslog_tls.target,
+         tls=True, ca_file=str(rsyslog_tls.ca_file))
+    seqs = _record(tx, 5)
+    assert _deliver(app).delivered == 6
+    lines = rsyslog_tls.wait_for(6)
+    assert [int(SYSLOG_LINE.match(line).group(3)) for line in lines[1:]] == seqs
+    # Without the CA the daemon's certificate is not trusted: nothing is sent, it waits.
+    _add(app, tx, name="untrusted", kind="syslog", target=rsyslog_tls.target, tls=True)
+    report = _deliver(app)
+    assert report.retrying and "CERTIFICATE_VERIFY_FAILED" in _stream(
+        app, report.retrying[0]).last_error
+    assert len(rsyslog_tls.wait_for(7)) == 7  # the trusted stream's copy of that creation
+    assert _stream(app, report.retrying[0]).delivered == 0
+
+
+def test_the_worker_delivers_streams(app, tx, settings, monkeypatch, tmp_path):
+    path = tmp_path / "worker.jsonl"
+    _add(app, tx, name="disk", kind="file", target=str(path))
+    seqs = _record(tx, 3)
+    out = _cli(settings, monkeypatch)("worker", "--once").output
+    assert "siem: delivered 4 events" in out
+    assert [json.loads(line)["seq"] for line in path.read_text().splitlines()][1:] == seqs

@@ -15,8 +15,8 @@ import pytest
 from tests.peers.process import Peer, free_port
 
 RSYSLOGD = "/usr/sbin/rsyslogd"
-CONF = """global(workDirectory="{folder}" maxMessageSize="64k")
-module(load="imtcp")
+CONF = """global(workDirectory="{folder}" maxMessageSize="64k"{tls_global})
+module(load="imtcp"{tls_module})
 input(type="imtcp" port="{port}" address="127.0.0.1")
 template(name="trellis" type="string"
          string="%app-name% %msgid% %structured-data% %msg%\\n")
@@ -25,12 +25,28 @@ action(type="omfile" file="{output}" template="trellis")
 
 
 class Rsyslog:
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, tls: bool = False) -> None:
+        """``tls``: imtcp over GnuTLS with a certificate for 127.0.0.1 from a CA made for the
+        test (``ca_file``)."""
         self.folder = folder
         self.port = free_port()
         self.output = folder / "received.log"
         self.conf = folder / "rsyslog.conf"
-        self.conf.write_text(CONF.format(folder=folder, port=self.port, output=self.output))
+        self.ca_file: Path | None = None
+        tls_global = tls_module = ""
+        if tls:
+            from tests.peers.slapd import make_tls
+            files = make_tls(folder, "127.0.0.1")
+            self.ca_file = folder / "ca.pem"
+            self.ca_file.write_text(files.ca_pem)
+            tls_global = (f' defaultNetstreamDriver="gtls"'
+                          f' defaultNetstreamDriverCAFile="{self.ca_file}"'
+                          f' defaultNetstreamDriverCertFile="{files.cert_file}"'
+                          f' defaultNetstreamDriverKeyFile="{files.key_file}"')
+            tls_module = ' streamDriver.name="gtls" streamDriver.mode="1"' \
+                ' streamDriver.authMode="anon"'
+        self.conf.write_text(CONF.format(folder=folder, port=self.port, output=self.output,
+                                         tls_global=tls_global, tls_module=tls_module))
         self.peer: Peer | None = None
 
     @property
@@ -71,5 +87,14 @@ def rsyslog(tmp_path) -> Iterator[Rsyslog]:
     folder = tmp_path / "rsyslog"
     folder.mkdir()
     daemon = Rsyslog(folder).start()
+    yield daemon
+    daemon.stop()
+
+
+@pytest.fixture
+def rsyslog_tls(tmp_path) -> Iterator[Rsyslog]:
+    folder = tmp_path / "rsyslog-tls"
+    folder.mkdir()
+    daemon = Rsyslog(folder, tls=True).start()
     yield daemon
     daemon.stop()

@@ -1,5 +1,6 @@
-"""``trellis mail …``, ``trellis worker`` and ``trellis org registration``: the outbox seen
-from the command line, the loop that delivers it, and who may sign up to an organization."""
+"""``trellis mail …``, ``trellis worker``, ``trellis gdpr export`` and ``trellis org
+registration``: the outbox seen from the command line, the loop that delivers it, a copy of a
+person's data, and who may sign up to an organization."""
 
 from __future__ import annotations
 
@@ -96,6 +97,23 @@ def register(main: click.Group, cli_context) -> None:
             if once:
                 return
             time.sleep(interval)
+
+    @main.group("gdpr")
+    def gdpr_group() -> None:
+        """Data protection requests served by operators."""
+
+    @gdpr_group.command("export")
+    @click.argument("email")
+    @with_appcontext
+    def gdpr_export(email: str) -> None:
+        """Print everything held about the user with EMAIL as JSON (audited)."""
+        import json
+
+        from portal.services import gdpr, users
+        with services().db.transaction() as session:
+            user = users.get_by_email(session, email)
+            data = gdpr.export(session, cli_context(), user.id)
+        click.echo(json.dumps(data, indent=2, ensure_ascii=False))
 
     org_group = main.commands["org"]
 

@@ -36,6 +36,9 @@ def seed(db: Database, passwords: Passwords, ctx: audit.Context) -> bool:
                                  kind=org["kind"], branding=org["branding"])
             organizations.add_domain(session, ctx, org["slug"], org["domain"])
             organizations.verify_domain_manually(session, ctx, org["domain"])
+        # Anyone with an @acme.test address may sign up, to try registration and /dev/mail.
+        from portal.services import registration
+        registration.set_mode(session, ctx, "acme", "domains")
         for user in USERS:
             users.create(session, ctx, passwords, email=user["email"],
                          password=user["password"], display_name=user["display_name"],
@@ -48,4 +51,6 @@ def describe() -> str:
     for user in USERS:
         role = "operator" if user["operator"] else f"member of {user['org']}"
         lines.append(f"    {user['email']:<24} {user['password']:<20} ({role})")
+    lines.append("  Sign up with any @acme.test address at /o/acme/register; the mail Trellis")
+    lines.append("  would send (confirmation and reset links) is shown at /dev/mail.")
     return "\n".join(lines) + "\n"

@@ -152,3 +152,22 @@ def changes_since(session: Session, org_slugs: frozenset[str], since: int,
         sa.select(ConsentRecord)
         .where(ConsentRecord.id > since, ConsentRecord.user_id.in_(_visible_users(org_slugs)))
         .order_by(ConsentRecord.id).limit(limit)))
+
+
+def statistics(session: Session, purposes: tuple[Purpose, ...]) -> list[dict]:
+    """Per purpose: how many people have it granted and withdrawn now (their latest record),
+    and how many records were written in all."""
+    latest = (sa.select(sa.func.max(ConsentRecord.id).label("id"))
+              .group_by(ConsentRecord.user_id, ConsentRecord.purpose).subquery())
+    now = dict(((purpose, granted), n) for purpose, granted, n in session.execute(
+        sa.select(ConsentRecord.purpose, ConsentRecord.granted, sa.func.count())
+        .join(latest, latest.c.id == ConsentRecord.id)
+        .group_by(ConsentRecord.purpose, ConsentRecord.granted)))
+    records = dict(session.execute(sa.select(ConsentRecord.purpose, sa.func.count())
+                                   .group_by(ConsentRecord.purpose)).all())
+    keys = [TERMS, *[p.key for p in purposes]]
+    keys += sorted(k for k in records if k not in keys)
+    labels = {p.key: p.label for p in purposes} | {TERMS: "Terms of use"}
+    return [{"purpose": key, "label": labels.get(key, key),
+             "granted": now.get((key, True), 0), "withdrawn": now.get((key, False), 0),
+             "records": records.get(key, 0)} for key in keys]

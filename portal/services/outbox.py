@@ -36,6 +36,11 @@ from portal.models import Organization, OutboxMessage, OutboxStatus
 
 log = logging.getLogger("trellis.mail")
 
+# Messages carrying a single-use link: once the mail server has taken one, its body is
+# removed from the outbox, so a copy of the database does not hold working links.
+SECRET_TEMPLATES = frozenset({"password_reset", "verify_email", "email_confirm",
+                              "invitation"})
+REMOVED = "(Removed after delivery: this message carried a single-use link.)"
 FIRST_RETRY = timedelta(minutes=1)
 LONGEST_RETRY = timedelta(hours=6)
 SUBJECTS = {
@@ -198,6 +203,8 @@ def _settle(db: Database, mail: MailConfig, message: OutboxMessage, error: str,
         row.last_error = error
         if not error:
             row.status, row.sent_at = OutboxStatus.SENT, utcnow()
+            if mail.host and row.template in SECRET_TEMPLATES:  # kept by the dev sink only
+                row.text_body = row.html_body = REMOVED
             report.sent.append(row.id)
         elif row.attempts >= mail.max_attempts:
             row.status = OutboxStatus.FAILED

@@ -280,6 +280,77 @@ def confirm_email(token: str):
     return redirect(url_for("auth.login"))
 
 
+@bp.get("/account/export")
+@signed_in
+def export():
+    """A copy of everything held about the signed-in person, as a JSON download."""
+    import json
+
+    from flask import Response
+
+    from portal.services import gdpr
+    with services().db.transaction() as tx:
+        data = gdpr.export(tx, audit_context(), current_user.id)
+    g.no_store = True
+    return Response(json.dumps(data, indent=2, ensure_ascii=False), mimetype="application/json",
+                    headers={"Content-Disposition": 'attachment; filename="my-trellis-data.json"'})
+
+
+# -- new terms of use --------------------------------------------------------------------
+
+# Pages reachable while new terms wait for an answer (the answer itself, signing out, and
+# what pages need to render).
+TERMS_EXEMPT = {"account.terms", "auth.logout", "static", "branding.stylesheet",
+                "health.healthz", "health.readyz"}
+
+
+@bp.before_app_request
+def ask_for_new_terms():
+    """Someone who accepted an older version of the terms is asked to accept the current
+    one before going on (checked once per session and version)."""
+    if request.method != "GET" or request.endpoint in TERMS_EXEMPT or \
+            request.path.startswith("/api/") or not current_user.is_authenticated:
+        return None
+    version = current_app.config["TERMS_VERSION"]
+    if session.get("terms_version") == version:
+        return None
+    from portal.services import consent
+    latest = consent.current(db_session(), current_user.id).get(consent.TERMS)
+    if latest is None or (latest.granted and latest.document_version == version):
+        session["terms_version"] = version  # nothing to ask (never asked, or up to date)
+        return None
+    return redirect(url_for("account.terms", next=request.full_path.rstrip("?")))
+
+
+@bp.route("/account/terms", methods=["GET", "POST"])
+@signed_in
+def terms():
+    from portal.security import safe_next
+    from portal.services import consent
+    config = current_app.config
+    next_url = safe_next(request.values.get("next"), url_for("home.index"))
+    form = PostForm()
+    if request.method == "POST" and form.validate_on_submit():
+        if request.form.get("accept") != "yes":
+            return render_template("account/terms.html", form=form, next=next_url,
+                                   terms_url=config["TERMS_URL"], version=config[
+                                       "TERMS_VERSION"],
+                                   error="Accept the terms to go on, or sign out."), 400
+        ctx = audit_context()
+        with services().db.transaction() as tx:
+            consent.record(tx, user_id=current_user.id, purpose=consent.TERMS,
+                           version=config["TERMS_VERSION"], granted=True,
+                           method="sign_in_prompt", ip=ctx.ip, user_agent=ctx.user_agent,
+                           key=config["SECRET_KEY"])
+            from portal import audit
+            audit.record(tx, ctx, "consent.terms", target=f"user:{current_user.email}",
+                         details={"version": config["TERMS_VERSION"]})
+        session["terms_version"] = config["TERMS_VERSION"]
+        return redirect(next_url)
+    return render_template("account/terms.html", form=form, next=next_url,
+                           terms_url=config["TERMS_URL"], version=config["TERMS_VERSION"])
+
+
 # -- registration ------------------------------------------------------------------------
 
 @bp.route("/register", methods=["GET", "POST"])

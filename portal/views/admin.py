@@ -249,6 +249,17 @@ def outbox_retry(message_id: int):
     return redirect(url_for("admin.outbox_page"))
 
 
+@bp.get("/consents")
+@require("read", "consent")
+def consents_page():
+    """How many people grant each purpose now, for the privacy team."""
+    from flask import current_app
+
+    from portal.services import consent
+    rows = consent.statistics(db_session(), current_app.extensions["trellis_purposes"])
+    return render_template("admin/consents.html", rows=rows)
+
+
 @bp.get("/policy")
 @require("manage", "policy")
 def policies():

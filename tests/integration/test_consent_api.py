@@ -73,3 +73,22 @@ def test_the_feed_pages(app, client, crm, tx):
     rest = _get(client, f"/api/v1/consents/changes?since={first['next']}&limit=3",
                 crm["key"]).get_json()
     assert len(rest["changes"]) == 2 and rest["more"] is False
+
+
+def test_operators_see_how_many_people_grant_each_purpose(app, client, crm, make_user):
+    _choose(app, "alice@acme.test", ["product_news"])
+    _choose(app, "bob@globex.test", ["product_news", "usage_analytics"])
+    _choose(app, "bob@globex.test", ["usage_analytics"])
+    make_user("ops@trellis.test", operator=True)
+    sign_in(client, "ops@trellis.test")
+    page = client.get("/admin/consents").get_data(as_text=True)
+    rows = {key: cells for key, cells in (
+        (r.split("<code>")[1].split("</code>")[0],
+         [c.split("<")[0] for c in r.split("<td>")[3:]])
+        for r in page.split("<tr>")[2:])}
+    assert rows["product_news"] == ["1", "1", "3"]
+    assert rows["usage_analytics"] == ["1", "0", "1"]
+    assert rows["terms"] == ["0", "0", "0"]
+    member = app.test_client()
+    sign_in(member, "alice@acme.test")
+    assert member.get("/admin/consents").status_code == 403

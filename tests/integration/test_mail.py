@@ -226,3 +226,16 @@ def test_mail_goes_over_starttls_or_implicit_tls_with_authentication(settings, t
     finally:
         server.stop()
         services_of(app).db.dispose()
+
+
+def test_single_use_links_leave_the_database_once_delivered(mail_settings, smtp_server,
+                                                            app, tx):
+    with tx() as session:
+        message_id = outbox.enqueue(session, to="r@example.test", template="password_reset",
+                                    org=None, context={"link": "https://x.test/p/SECRET",
+                                                       "minutes": 30}).id
+    assert "SECRET" in _row(app, message_id).text_body  # waiting: kept for the retries
+    outbox.deliver(services_of(app).db, _config(app), [message_id])
+    assert "SECRET" in text_of(smtp_server.wait_for("r@example.test")[0])
+    row = _row(app, message_id)
+    assert "SECRET" not in row.text_body + row.html_body and "Removed" in row.text_body

@@ -264,3 +264,46 @@ def test_the_worker_purges_expired_sign_ups_and_reset_links(app, client, open_or
     result = CliRunner().invoke(main, ["worker", "--once"], catch_exceptions=False)
     assert "purged 2 expired sign-up and reset links" in result.output
     assert _count(app, Registration) == 0 and _count(app, UserToken) == 0
+
+
+def test_new_terms_are_asked_for_at_the_next_sign_in(mail_settings, smtp_server, tx,
+                                                     make_org):
+    from portal import create_app
+    app = create_app({**mail_settings, "REGISTRATION": "open"})
+    try:
+        client = app.test_client()
+        _register(client, "/register")
+        _confirm(client, _link(smtp_server, "new@example.test"))
+        assert sign_in(client, "new@example.test", GOOD).status_code == 302
+        assert client.get("/").status_code == 200  # version 1 accepted: nothing asked
+    finally:
+        services_of(app).db.dispose()
+    app = create_app({**mail_settings, "REGISTRATION": "open", "TERMS_VERSION": "2"})
+    try:
+        client = app.test_client()
+        sign_in(client, "new@example.test", GOOD)
+        asked = client.get("/o/x/?a=1")
+        assert asked.status_code == 302
+        assert asked.headers["Location"].startswith("/account/terms?next=/o/x/")
+        page = client.get(asked.headers["Location"]).get_data(as_text=True)
+        assert "Our terms of use have changed" in page and "version 2" in page
+        token = csrf_token(client, "/account/terms")
+        refused = client.post("/account/terms", data={"csrf_token": token, "next": "/"})
+        assert refused.status_code == 400
+        done = client.post("/account/terms", data={"csrf_token": token, "next": "/",
+                                                   "accept": "yes"})
+        assert done.headers["Location"] == "/" and client.get("/").status_code == 200
+        with services_of(app).db.sessions() as session:
+            rows = session.execute(sa.select(ConsentRecord.document_version,
+                                             ConsentRecord.method)
+                                   .order_by(ConsentRecord.id)).all()
+        assert rows == [("1", "registration"), ("2", "sign_in_prompt")]
+        assert [e.details for e in audit_events(app, "consent.terms")] == [{"version": "2"}]
+    finally:
+        services_of(app).db.dispose()
+
+
+def test_people_who_never_accepted_terms_are_not_stopped(app, client, make_user):
+    make_user("alice@acme.test")
+    sign_in(client, "alice@acme.test")
+    assert client.get("/").status_code == 200

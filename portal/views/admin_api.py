@@ -723,7 +723,9 @@ def set_logo(org: Organization):
     except (binascii.Error, ValueError):
         raise InvalidRequest("image_base64", "is not base64") from None
     with services().db.transaction() as tx:
-        branding_service.set_logo(tx, _ctx(), tx.get(Organization, org.id), data)
+        branding_service.set_logo(tx, _ctx(), tx.get(Organization, org.id), data,
+                                  base_url=current_app.config.get("BASE_URL")
+                                  or request.url_root.rstrip("/"))
     db_session().expire_all()
     return jsonify(_branding_json(organizations.get(db_session(), org.slug)))
 

@@ -59,12 +59,13 @@ def seed(url: str) -> tuple[tuple[str, str], tuple[str, str]]:
 
 
 class Conn:
-    """One keep-alive connection with a cookie jar of one cookie."""
+    """One keep-alive connection with its own small cookie jar."""
 
     def __init__(self, base: str) -> None:
         parts = urlsplit(base)
         self.http = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
         self.cookie = ""
+        self.jar: dict[str, str] = {}
 
     def call(self, method: str, path: str, body: dict | None = None,
              headers: dict | None = None) -> tuple[int, dict, bytes]:
@@ -78,9 +79,12 @@ class Conn:
         self.http.request(method, path, data, headers)
         response = self.http.getresponse()
         payload = response.read()
-        found = response.getheader("Set-Cookie")
-        if found:
-            self.cookie = found.split(";", 1)[0]
+        # Several cookies may be set (the session and the sign-in's device marker): keep each.
+        for name, value in response.getheaders():
+            if name.lower() == "set-cookie":
+                key, _, rest = value.split(";", 1)[0].partition("=")
+                self.jar[key] = rest
+        self.cookie = "; ".join(f"{k}={v}" for k, v in self.jar.items())
         return response.status, dict(response.getheaders()), payload
 
 
@@ -109,6 +113,7 @@ def code_flow_login(conn: Conn, backend: Conn, client_id: str, secret: str) -> d
                        "code_challenge_method": "S256"})
     status, headers, _ = conn.call("GET", "/oauth/authorize?" + query)
     assert status == 302, status
+    assert "code=" in headers["Location"], headers["Location"]
     code = parse_qs(urlsplit(headers["Location"]).query)["code"][0]
     status, _, body = backend.call("POST", "/oauth/token", {
         "grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT,

@@ -241,8 +241,9 @@ def _sync_roles(session: Session, ctx: audit.Context, grants: RoleGrants, user: 
 
 
 def link(session: Session, ctx: audit.Context, connection: Connection,
-         identity: ExternalIdentity, user_id: int) -> None:
-    """Bind the identity to an account whose owner just proved control of it."""
+         identity: ExternalIdentity, user_id: int, proof: str = "password") -> None:
+    """Bind the identity to an account whose owner just proved control of it (``proof``:
+    its password, or a link mailed to its address)."""
     user = session.get(User, user_id)
     if user is None or (user.email or "").lower() != (identity.email or "").lower():
         raise _refuse("link_mismatch", "This sign-in cannot be linked to that account.")
@@ -252,7 +253,7 @@ def link(session: Session, ctx: audit.Context, connection: Connection,
     audit.record(session, ctx, "federation.link",
                  target=f"subject:{identity.subject}@connection:{connection.id}",
                  organization_id=connection.organization_id,
-                 details={"email": user.email, "proof": "password"})
+                 details={"email": user.email, "proof": proof})
 
 
 def record_refusal(session: Session, ctx: audit.Context, connection: Connection,

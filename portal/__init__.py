@@ -130,6 +130,12 @@ def _init_services(app: Flask) -> None:
         app.extensions["trellis_purposes"] = consent.load_purposes(config["CONSENT_PURPOSES"])
     except ValueError as exc:
         raise ConfigError(f"TRELLIS_CONSENT_PURPOSES: {exc}") from None
+    from portal.services import profiling
+    try:
+        app.extensions["trellis_profile_schema"] = profiling.load_schema(
+            config["PROFILE_SCHEMA"])
+    except ValueError as exc:
+        raise ConfigError(f"TRELLIS_PROFILE_SCHEMA: {exc}") from None
 
 
 def _policy_engine(folder: str, db, redis_url: str = "", channel: str | None = None):
@@ -154,7 +160,8 @@ def _init_extensions(app: Flask) -> None:
 
 
 # Every endpoint that accepts a credential; later protocols add theirs here.
-CREDENTIAL_ENDPOINTS = ("auth.login", "auth.org_login", "sso.link", "saml.acs",
+CREDENTIAL_ENDPOINTS = ("auth.login", "auth.org_login", "sso.link", "sso.link_by_email",
+                        "sso.link_confirm", "saml.acs",
                         "account.forgot_password", "account.reset_password",
                         "account.change_password", "account.register",
                         "account.org_register", "account.verify_email",

@@ -54,10 +54,17 @@ def register(main: click.Group, keys: click.Group, cli_context) -> None:
                   help="Give the app its own sub for each user (pairwise subject).")
     @click.option("--sector", default="",
                   help="Sector host for --pairwise (default: the redirect URIs' host).")
+    @click.option("--sector-uri", default="",
+                  help="Sector identifier URI for --pairwise: an https JSON document listing "
+                       "every redirect URI; the sector is its host.")
+    @click.option("--access-token-alg", type=click.Choice(["RS256", "ES256"]),
+                  default="RS256", show_default=True,
+                  help="How the app's access tokens are signed.")
     def app_create(name, redirect_uris, public, auth_method, jwks_file, grants, scopes, orgs,
                    access_token_seconds, refresh_token_seconds, pre_approved, logo_url,
                    logout_uris, backchannel_logout_uri, frontchannel_logout_uri,
-                   initiate_login_uri, id_token_alg, pairwise, sector) -> None:
+                   initiate_login_uri, id_token_alg, pairwise, sector, sector_uri,
+                   access_token_alg) -> None:
         """Register an app; a client secret is shown once and stored only as a hash."""
         from portal.services import apps
         jwks = json.loads(Path(jwks_file).read_text()) if jwks_file else {}
@@ -74,9 +81,13 @@ def register(main: click.Group, keys: click.Group, cli_context) -> None:
             backchannel_logout_uri=backchannel_logout_uri, jwks=jwks,
             frontchannel_logout_uri=frontchannel_logout_uri,
             initiate_login_uri=initiate_login_uri, id_token_signed_response_alg=id_token_alg,
-            subject_type="pairwise" if pairwise else "public", sector_identifier=sector)
+            subject_type="pairwise" if pairwise else "public", sector_identifier=sector,
+            sector_identifier_uri=sector_uri, access_token_signed_response_alg=access_token_alg)
+        from flask import current_app
+        loopback = current_app.config["ENV"] != "production"
         with services().db.transaction() as session:
-            app, secret = apps.create(session, cli_context(), spec)
+            app, secret = apps.create(session, cli_context(), spec,
+                                      allow_insecure_loopback=loopback)
             click.echo(f"created app {app.name}")
             click.echo(f"client_id: {app.client_id}")
         if secret:

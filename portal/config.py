@@ -275,6 +275,10 @@ SETTINGS: tuple[Setting, ...] = (
             str(ROOT / "portal" / "consent_purposes.yaml"),
             "YAML file listing the purposes (e.g. product news by email) people grant or "
             "withdraw on their account page; each change is recorded in the consent ledger."),
+    Setting("TRELLIS_PROFILE_SCHEMA", "PROFILE_SCHEMA", _text,
+            str(ROOT / "portal" / "profile_schema.yaml"),
+            "YAML file of the profile fields apps may need (progressive profiling): after "
+            "sign-in, a person opening an app is asked for exactly the fields it needs."),
     Setting("TRELLIS_RESET_MINUTES", "RESET_MINUTES", _int_range(5, 1440), 30,
             "How long a password reset link works."),
     Setting("TRELLIS_VERIFY_HOURS", "VERIFY_HOURS", _int_range(1, 168), 24,
@@ -362,8 +366,8 @@ def settings_table() -> str:
         default = setting.default
         if setting.key in ("INSTANCE_PATH", "POLICY_DIR"):
             default = Path(default).name
-        if setting.key == "CONSENT_PURPOSES":
-            default = "portal/consent_purposes.yaml"
+        if setting.key in ("CONSENT_PURPOSES", "PROFILE_SCHEMA"):
+            default = f"portal/{Path(default).name}"
         shown = "—" if default in (None, "", ()) else f"`{default}`"
         rows.append(f"| `{setting.env}` | {shown} | {setting.doc} |")
     return "\n".join(rows)

@@ -519,6 +519,11 @@ class OAuthApp(Base):
     sector_identifier: Mapped[str] = mapped_column(sa.String(255), default="")
     pairwise_salt: Mapped[str] = mapped_column(sa.String(64), default="")
     frontchannel_logout_uri: Mapped[str] = mapped_column(sa.String(500), default="")
+    # A pairwise app's sector given as a document listing its redirect URIs (OpenID Connect
+    # Core 8.1); the sector is then that URL's host. Re-checked when the redirect URIs change.
+    sector_identifier_uri: Mapped[str] = mapped_column(sa.String(500), default="")
+    access_token_signed_response_alg: Mapped[str] = mapped_column(sa.String(16),
+                                                                  default="RS256")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
@@ -755,3 +760,22 @@ class ConsentRecord(Base):
     recorded_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     ip_hash: Mapped[str] = mapped_column(sa.String(64), default="")
     user_agent_hash: Mapped[str] = mapped_column(sa.String(64), default="")
+
+
+class ProfileValue(Base):
+    """A profile field's value (progressive profiling), with when, through which app or page
+    and why it was collected. One row per user and field; a new value replaces the old one
+    (the audit trail keeps each collection)."""
+
+    __tablename__ = "profile_values"
+    __table_args__ = (sa.UniqueConstraint("user_id", "field",
+                                          name="uq_profile_values_user_field"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"),
+                                         index=True)
+    field: Mapped[str] = mapped_column(sa.String(64))
+    value: Mapped[str] = mapped_column(sa.String(500))
+    collected_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    collected_via: Mapped[str] = mapped_column(sa.String(100))  # app:<client id>, account_page
+    purpose: Mapped[str] = mapped_column(sa.String(300))

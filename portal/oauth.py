@@ -5,8 +5,8 @@ than Authlib's defaults:
 - Redirect URIs compared exactly; only ``response_type=code``.
 - Codes single use under concurrency (one conditional UPDATE), and a second redemption
   revokes what the first one issued; refresh tokens rotate, and reuse revokes the family.
-- Access tokens and ID tokens are RS256 JWTs signed by the key ring of
-  ``services.provider_keys``; every token also has a row, so revocation, suspension and
+- Access tokens and ID tokens are RS256 (or, per app, ES256) JWTs signed by the key rings
+  of ``services.provider_keys``; every token also has a row, so revocation, suspension and
   sign-out take effect at once for introspection, userinfo and the decision API.
 - ``iss`` in every authorization response (RFC 9207).
 """
@@ -183,7 +183,9 @@ def generate_token(grant_type: str, client: AppClient, user: Principal | None = 
             claims["org"] = {"id": user.org.id, "slug": user.org.slug}
             if "roles" in scopes:
                 claims["roles"] = list(user.roles)
-    access_token = sign(claims, ACCESS_TOKEN_TYPE)
+    access_token = sign(claims, ACCESS_TOKEN_TYPE,
+                        alg=client.app.access_token_signed_response_alg
+                        or provider_keys.ALGORITHM)
     token: dict[str, Any] = {"token_type": "Bearer", "access_token": access_token,
                              "expires_in": lifetime, "scope": scope or ""}
     if include_refresh_token and user is not None:

@@ -24,28 +24,43 @@ REQUIRED_BODY = {"grant_role", "create_invitation", "add_domain", "create_role",
 
 
 def document() -> dict[str, Any]:
+    from portal.views import apps_api
     from portal.views.admin_api import OPERATIONS, SCHEMAS
     paths: dict[str, dict[str, Any]] = {}
     for op in OPERATIONS:
         path = "/api/v1/orgs/{slug}" + CONVERTER.sub(r"{\2}", op.path)
         paths.setdefault(path, {})[op.method.lower()] = _operation(op)
+    paths.update(apps_api.openapi_paths(_problem()))
     return {
         "openapi": "3.1.0",
         "info": {"title": "Trellis admin API", "version": "1",
                  "description": "What an organization's admins do in the portal, for scripts. "
-                                "Every call is limited to the organization in the path."},
+                                "Every call under /api/v1/orgs is limited to the "
+                                "organization in the path; /api/v1/admin/apps is the "
+                                "operators' app registry."},
         "paths": paths,
         "components": {
-            "schemas": {**SCHEMAS, "Problem": PROBLEM},
+            "schemas": {**SCHEMAS, **apps_api.SCHEMAS, "Problem": PROBLEM},
             "securitySchemes": {
                 "orgToken": {"type": "http", "scheme": "bearer",
                              "description": "An organization API token (trt_...). Scopes: "
                                             + "; ".join(f"{k}: {v}" for k, v in SCOPES.items())},
+                "appsToken": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+                              "description": "A client-credentials access token of an app "
+                                             "registered with the apps:manage scope "
+                                             "(operators' automation; /api/v1/admin/apps "
+                                             "only)."},
                 "session": {"type": "apiKey", "in": "cookie", "name": "trellis",
                             "description": "A signed-in admin's session; changes also need "
                                            "the X-CSRFToken header."}}},
         "security": [{"orgToken": []}, {"session": []}],
     }
+
+
+def _problem() -> dict[str, Any]:
+    return {"description": "Refused; the body says why and carries a reference.",
+            "content": {"application/problem+json": {
+                "schema": {"$ref": "#/components/schemas/Problem"}}}}
 
 
 def _operation(op) -> dict[str, Any]:
@@ -64,9 +79,7 @@ def _operation(op) -> dict[str, Any]:
                                                       "maximum": 500}))]
     parameters += [{"name": name, "in": "query", "required": False, "schema": schema}
                    for name, schema in op.query]
-    problem = {"description": "Refused; the body says why and carries a reference.",
-               "content": {"application/problem+json": {
-                   "schema": {"$ref": "#/components/schemas/Problem"}}}}
+    problem = _problem()
     result: dict[str, Any] = {
         "operationId": op.name, "summary": op.summary,
         "description": f"Needs the scope `{op.scope}` and the permission "

@@ -27,6 +27,7 @@ from portal.models import AuditEvent, KnownSignal
 log = logging.getLogger("trellis.risk")
 
 VELOCITY_WINDOW = timedelta(minutes=15)
+TOUCH_EVERY = timedelta(days=1)
 # Weights: a sign-in from a new device and a new network after a burst of failures is the
 # typical account takeover; each alone is ordinary (travel, a new laptop).
 WEIGHTS = {"new_device": 30, "new_network": 20}
@@ -41,6 +42,7 @@ class Assessment:
     decision: str = "allow"  # allow, step_up, deny
     signals: dict[str, Any] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)
+    fresh: frozenset[str] = frozenset()  # kinds ("device", "network") seen within a day
 
     def as_details(self) -> dict[str, Any]:
         return {"score": self.score, "decision": self.decision, "signals": self.signals,
@@ -62,46 +64,63 @@ def _digest(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
 
 
-def _known(session: Session, user_id: int, kind: str, value: str) -> bool:
-    return session.scalar(sa.select(KnownSignal.id).where(
-        KnownSignal.user_id == user_id, KnownSignal.kind == kind,
-        KnownSignal.value == _digest(value))) is not None
+def _known(session: Session, user_id: int, wanted: dict[str, str]) -> dict[str, Any]:
+    """Of the kinds in ``wanted`` (kind -> value), those known for the user, with when they
+    were last seen: one query."""
+    digests = {kind: _digest(value) for kind, value in wanted.items()}
+    rows = session.execute(sa.select(KnownSignal.kind, KnownSignal.value,
+                                     KnownSignal.last_seen_at).where(
+        KnownSignal.user_id == user_id, KnownSignal.kind.in_(list(digests)),
+        KnownSignal.value.in_(list(digests.values()))))
+    return {kind: seen for kind, value, seen in rows if digests.get(kind) == value}
 
 
-def _failures(session: Session, since, **where: str) -> int:
-    query = sa.select(sa.func.count(AuditEvent.id)).where(
-        AuditEvent.action.in_(("auth.login", "auth.mfa")), AuditEvent.outcome == "failure",
-        AuditEvent.occurred_at >= since)
-    for column, value in where.items():
-        query = query.where(getattr(AuditEvent, column) == value)
-    return session.scalar(query) or 0
+def _failures(session: Session, since, email: str, ip: str | None) -> tuple[int, int | None]:
+    """Failed sign-ins and codes since ``since``, for the account and (with an IP) from the
+    client's address: both counted in one pass over the window."""
+    failed = sa.and_(AuditEvent.action.in_(("auth.login", "auth.mfa")),
+                     AuditEvent.outcome == "failure", AuditEvent.occurred_at >= since)
+    by_account = sa.func.count().filter(AuditEvent.target == f"user:{email}")
+    by_ip = sa.func.count().filter(AuditEvent.ip == ip) if ip else sa.literal(None)
+    account, address = session.execute(sa.select(by_account, by_ip).where(failed)).one()
+    return account or 0, (address or 0) if ip else None
+
+
+def _read(session: Session, name: str, read):
+    """One read, in a savepoint so that a failure leaves the transaction usable."""
+    try:
+        with session.begin_nested():
+            return read()
+    except Exception:  # a signal must never break the sign-in
+        log.warning("risk signals %s unavailable", name, exc_info=True)
+        return None
 
 
 def assess(session: Session, user_id: int, email: str, ip: str | None,
            device_id: str | None) -> Assessment:
-    """Score one sign-in. Every signal is read on its own; one that fails is missing."""
+    """Score one sign-in from two reads (known device and network; recent failures). A read
+    that fails leaves its signals missing."""
     result = Assessment()
-    checks = {
-        "new_device": lambda: None if not device_id else
-        not _known(session, user_id, "device", device_id),
-        "new_network": lambda: None if network_of(ip) is None else
-        not _known(session, user_id, "network", network_of(ip)),
-        "account_failures": lambda: _failures(session, utcnow() - VELOCITY_WINDOW,
-                                              target=f"user:{email}"),
-        "ip_failures": lambda: None if not ip else
-        _failures(session, utcnow() - VELOCITY_WINDOW, ip=ip),
-    }
-    for name, read in checks.items():
-        try:
-            with session.begin_nested():  # a failed read leaves the transaction usable
-                value = read()
-        except Exception:  # a signal must never break the sign-in
-            log.warning("risk signal %s unavailable", name, exc_info=True)
-            value = None
+    wanted = {kind: value for kind, value in (("device", device_id),
+                                              ("network", network_of(ip))) if value}
+    known = _read(session, "known", lambda: _known(session, user_id, wanted)) \
+        if wanted else {}
+    for name, kind in (("new_device", "device"), ("new_network", "network")):
+        if kind in wanted and known is not None:
+            result.signals[name] = kind not in known
+        else:
+            result.missing.append(name)
+    counts = _read(session, "failures",
+                   lambda: _failures(session, utcnow() - VELOCITY_WINDOW, email, ip))
+    account, address = counts if counts is not None else (None, None)
+    for name, value in (("account_failures", account), ("ip_failures", address)):
         if value is None:
             result.missing.append(name)
-            continue
-        result.signals[name] = value
+        else:
+            result.signals[name] = value
+    recently = utcnow() - TOUCH_EVERY
+    result.fresh = frozenset(kind for kind, seen in (known or {}).items()
+                             if seen >= recently)
     score = sum(WEIGHTS[name] for name in WEIGHTS if result.signals.get(name) is True)
     score += min(MAX_ACCOUNT_FAILURES,
                  PER_ACCOUNT_FAILURE * result.signals.get("account_failures", 0))
@@ -112,11 +131,13 @@ def assess(session: Session, user_id: int, email: str, ip: str | None,
     return result
 
 
-def remember(session: Session, user_id: int, ip: str | None, device_id: str | None) -> None:
-    """After a completed sign-in: this device and network are now known for the user."""
+def remember(session: Session, user_id: int, ip: str | None, device_id: str | None,
+             fresh: frozenset[str] = frozenset()) -> None:
+    """After a completed sign-in: this device and network are now known for the user.
+    ``fresh`` (kinds the assessment found seen within a day) need no write."""
     now = utcnow()
     for kind, value in (("device", device_id), ("network", network_of(ip))):
-        if not value:
+        if not value or kind in fresh:
             continue
         digest = _digest(value)
         updated = session.execute(

@@ -94,10 +94,37 @@ def settings(database_url, tmp_path) -> dict:
 
 @pytest.fixture
 def app(settings):
-    app = create_app(settings)
-    yield app
-    services_of(app).policy.close()
-    services_of(app).db.dispose()
+    return create_app(settings)
+
+
+_OPENED: list = []  # the services of every app the tests created
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _track_apps():
+    """Record the services of every app a test creates (through ``app`` or its own
+    ``create_app``), so that each is closed after its test: a suite of a thousand apps must
+    not hold a thousand connection pools open against one PostgreSQL server."""
+    from portal.extensions import Services
+    original = Services.__init__
+
+    def tracked(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        _OPENED.append(self)
+
+    Services.__init__ = tracked
+    yield
+    Services.__init__ = original
+
+
+@pytest.fixture(autouse=True)
+def _close_apps():
+    """After each test: stop its apps' policy listeners and close their connection pools."""
+    yield
+    while _OPENED:
+        opened = _OPENED.pop()
+        opened.policy.close()
+        opened.db.dispose()
 
 
 def services_of(app):

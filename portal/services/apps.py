@@ -61,7 +61,13 @@ MAX_GRACE_SECONDS = 30 * 86_400
 EDITABLE = ("name", "redirect_uris", "grant_types", "scopes", "organizations",
             "access_token_seconds", "refresh_token_seconds", "consent_required", "logo_url",
             "post_logout_redirect_uris", "backchannel_logout_uri", "frontchannel_logout_uri",
-            "initiate_login_uri", "id_token_signed_response_alg", "jwks")
+            "initiate_login_uri", "id_token_signed_response_alg", "jwks",
+            "access_token_signed_response_alg")
+ACCESS_TOKEN_ALGORITHMS = ("RS256", "ES256")
+# The sector identifier document (OpenID Connect Core 8.1): a JSON array of URLs, fetched
+# with timeouts and a size cap, never following redirects.
+SECTOR_DOCUMENT_MAX_BYTES = 64 * 1024
+SECTOR_DOCUMENT_TIMEOUT = (3.05, 5.0)
 
 
 @dataclass
@@ -87,12 +93,18 @@ class AppSpec:
     id_token_signed_response_alg: str = "RS256"  # noqa: S105  (an algorithm name)
     subject_type: str = "public"
     sector_identifier: str = ""
+    sector_identifier_uri: str = ""
+    access_token_signed_response_alg: str = "RS256"  # noqa: S105  (an algorithm name)
 
 
-def create(session: Session, ctx: audit.Context, spec: AppSpec) -> tuple[OAuthApp, str | None]:
+def create(session: Session, ctx: audit.Context, spec: AppSpec,
+           allow_insecure_loopback: bool = False) -> tuple[OAuthApp, str | None]:
     """Register an app; return it and its secret (None for public and private_key_jwt
-    apps). The secret is stored only as a hash and cannot be shown again."""
-    values = _validated(session, spec)
+    apps). The secret is stored only as a hash and cannot be shown again. A
+    ``sector_identifier_uri`` is fetched (plain HTTP only to loopback, and only when
+    ``allow_insecure_loopback``: development and tests)."""
+    values = _validated(session, spec, fetch_sector=True,
+                        allow_insecure_loopback=allow_insecure_loopback)
     if values["subject_type"] == "pairwise":
         values["pairwise_salt"] = _sector_salt(session, values["sector_identifier"])
     app = OAuthApp(client_id="app_" + secrets.token_hex(10), **values)
@@ -120,13 +132,17 @@ def spec_of(app: OAuthApp) -> AppSpec:
         frontchannel_logout_uri=app.frontchannel_logout_uri,
         initiate_login_uri=app.initiate_login_uri,
         id_token_signed_response_alg=app.id_token_signed_response_alg,
-        subject_type=app.subject_type, sector_identifier=app.sector_identifier)
+        subject_type=app.subject_type, sector_identifier=app.sector_identifier,
+        sector_identifier_uri=app.sector_identifier_uri,
+        access_token_signed_response_alg=app.access_token_signed_response_alg)
 
 
-def update(session: Session, ctx: audit.Context, client_id: str, changes: dict[str, Any]
-           ) -> OAuthApp:
-    """Change what may change after registration; everything is validated as at creation,
-    and the audit event holds each changed field's old and new value."""
+def update(session: Session, ctx: audit.Context, client_id: str, changes: dict[str, Any],
+           allow_insecure_loopback: bool = False) -> OAuthApp:
+    """Change what may change after registration; everything is validated as at creation
+    (new redirect URIs of an app with a sector identifier URI are checked against a fresh
+    copy of its document), and the audit event holds each changed field's old and new
+    value."""
     app = get(session, client_id)
     fixed = sorted(set(changes) - set(EDITABLE))
     if fixed:
@@ -134,7 +150,10 @@ def update(session: Session, ctx: audit.Context, client_id: str, changes: dict[s
     spec = spec_of(app)
     for key, value in changes.items():
         setattr(spec, key, value)
-    values = _validated(session, spec)
+    new_uris = "redirect_uris" in changes and \
+        _unique(changes["redirect_uris"]) != list(app.redirect_uris)
+    values = _validated(session, spec, fetch_sector=new_uris,
+                        allow_insecure_loopback=allow_insecure_loopback)
     diff = {}
     for key in EDITABLE:
         if values[key] != getattr(app, key):
@@ -242,7 +261,8 @@ def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def _validated(session: Session, spec: AppSpec) -> dict[str, Any]:
+def _validated(session: Session, spec: AppSpec, fetch_sector: bool = False,
+               allow_insecure_loopback: bool = False) -> dict[str, Any]:
     name = (spec.name or "").strip()
     if not name or len(name) > 200:
         raise InvalidRequest("name", "must be 1 to 200 characters")
@@ -297,7 +317,10 @@ def _validated(session: Session, spec: AppSpec) -> dict[str, Any]:
         "id_token_signed_response_alg": _choice(spec.id_token_signed_response_alg or "RS256",
                                                 ID_TOKEN_ALGORITHMS,
                                                 "id_token_signed_response_alg"),
-        **_subject(spec, redirect_uris),
+        "access_token_signed_response_alg": _choice(
+            spec.access_token_signed_response_alg or "RS256", ACCESS_TOKEN_ALGORITHMS,
+            "access_token_signed_response_alg"),
+        **_subject(spec, redirect_uris, fetch_sector, allow_insecure_loopback),
     }
 
 
@@ -321,12 +344,28 @@ def _choice(value: str, allowed: tuple[str, ...], name: str) -> str:
     return value
 
 
-def _subject(spec: AppSpec, redirect_uris: list[str]) -> dict[str, str]:
-    """A pairwise app's sector is the host named by the operator, or else the one host of
+def _subject(spec: AppSpec, redirect_uris: list[str], fetch_sector: bool,
+             allow_insecure_loopback: bool) -> dict[str, str]:
+    """A pairwise app's sector is the host of its sector identifier URI (whose document must
+    list every redirect URI), or the host named by the operator, or else the one host of
     its redirect URIs (OpenID Connect Core 8.1)."""
     subject_type = _choice(spec.subject_type or "public", SUBJECT_TYPES, "subject_type")
+    uri = (spec.sector_identifier_uri or "").strip()
     if subject_type == "public":
-        return {"subject_type": subject_type, "sector_identifier": ""}
+        if uri:
+            raise InvalidRequest("sector_identifier_uri", "is for pairwise apps only")
+        return {"subject_type": subject_type, "sector_identifier": "",
+                "sector_identifier_uri": ""}
+    if uri:
+        host = _sector_uri(uri, allow_insecure_loopback)
+        given = (spec.sector_identifier or "").strip().lower()
+        if given and given != host:
+            raise InvalidRequest("sector_identifier", "must be the host of "
+                                                      "sector_identifier_uri, or left out")
+        if fetch_sector:
+            _check_sector_document(uri, redirect_uris)
+        return {"subject_type": subject_type, "sector_identifier": host,
+                "sector_identifier_uri": uri}
     sector = (spec.sector_identifier or "").strip().lower()
     if not sector:
         hosts = {urlsplit(uri).hostname or urlsplit(uri).scheme for uri in redirect_uris}
@@ -337,7 +376,50 @@ def _subject(spec: AppSpec, redirect_uris: list[str]) -> dict[str, str]:
     if len(sector) > 255 or not all(part and part.replace("-", "").isalnum()
                                     for part in sector.split(".")):
         raise InvalidRequest("sector_identifier", "must be a host name")
-    return {"subject_type": subject_type, "sector_identifier": sector}
+    return {"subject_type": subject_type, "sector_identifier": sector,
+            "sector_identifier_uri": ""}
+
+
+def _sector_uri(uri: str, allow_insecure_loopback: bool) -> str:
+    """The sector identifier URI's host; https only (plain http to loopback in development
+    and tests)."""
+    parts = urlsplit(uri)
+    if len(uri) > 500 or parts.fragment or not parts.hostname:
+        raise InvalidRequest("sector_identifier_uri", "must be an https URL")
+    if parts.scheme != "https" and not (parts.scheme == "http" and allow_insecure_loopback
+                                        and is_loopback(parts.hostname)):
+        raise InvalidRequest("sector_identifier_uri", "must be an https URL")
+    return parts.hostname.lower()
+
+
+def _check_sector_document(uri: str, redirect_uris: list[str]) -> None:
+    """Fetch the document (timeouts, a size cap, no redirects): a JSON array of URLs that
+    must hold every redirect URI of the app, so the sector's owner vouches for them."""
+    import json
+
+    from federation import http
+    from federation.errors import FederationError
+    try:
+        raw = http.fetch_bytes(uri, what="sector_identifier_uri",
+                               timeout=SECTOR_DOCUMENT_TIMEOUT,
+                               max_bytes=SECTOR_DOCUMENT_MAX_BYTES,
+                               headers={"Accept": "application/json"})
+    except FederationError as exc:
+        reason = {"idp_timeout": "did not answer in time",
+                  "idp_response_too_large": "sent a document that is too large",
+                  "idp_bad_response": "answered with an error"}.get(exc.code,
+                                                                     "could not be reached")
+        raise InvalidRequest("sector_identifier_uri", reason) from None
+    try:
+        listed = json.loads(raw)
+    except ValueError:
+        raise InvalidRequest("sector_identifier_uri", "is not a JSON array of URLs") from None
+    if not isinstance(listed, list) or not all(isinstance(u, str) for u in listed):
+        raise InvalidRequest("sector_identifier_uri", "is not a JSON array of URLs")
+    missing = [u for u in redirect_uris if u not in set(listed)]
+    if missing:
+        raise InvalidRequest("sector_identifier_uri", f"does not list the redirect URI "
+                                                      f"{missing[0]}")
 
 
 def _unique(items) -> list[str]:

@@ -26,6 +26,7 @@ from portal.models import (
     Membership,
     Organization,
     OutboxMessage,
+    ProfileValue,
     RoleGrant,
     User,
 )
@@ -56,6 +57,11 @@ def export(session: Session, ctx: audit.Context, user_id: int) -> dict[str, Any]
                           FederatedIdentity.created_at, FederatedIdentity.last_login_at)
                 .join(Connection, Connection.id == FederatedIdentity.connection_id)
                 .where(FederatedIdentity.user_id == user_id))],
+        "profile_fields": [
+            {"field": v.field, "value": v.value, "collected_at": _when(v.collected_at),
+             "collected_via": v.collected_via, "purpose": v.purpose}
+            for v in session.scalars(sa.select(ProfileValue).where(
+                ProfileValue.user_id == user_id).order_by(ProfileValue.field))],
         "sessions": [
             {"started_at": _when(s.created_at), "expires_at": _when(s.expires_at),
              "ended_at": _when(s.revoked_at), "ip": s.ip, "user_agent": s.user_agent}

@@ -1,5 +1,6 @@
-"""An organization admin links a member's existing account to the identity their company's
-IdP asserted, when the member cannot prove control themselves.
+"""Linking a refused first sign-in (``account_exists``) to the existing account, when the
+person cannot enter the account's password: by a link mailed to the account's address, or
+by an admin of the organization.
 
 A first federated sign-in whose email already has an account is refused with
 ``account_exists`` and never linked silently (``federation.provisioning``). The member may
@@ -12,6 +13,8 @@ member of their own organization with exactly that email.
 
 from __future__ import annotations
 
+import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -21,9 +24,22 @@ from sqlalchemy.orm import Session
 from portal import audit
 from portal.db import utcnow
 from portal.errors import Conflict, NotFound
-from portal.models import AuditEvent, Connection, FederatedIdentity, Organization
+from portal.models import (
+    AuditEvent,
+    Connection,
+    FederatedIdentity,
+    Organization,
+    OutboxMessage,
+    User,
+    UserStatus,
+    UserToken,
+)
+from portal.services import outbox
+from portal.services.credentials import InvalidToken, digest, home_organization
 from portal.services.members import Actor, _target
 
+EMAILED = "sso_link"
+EMAIL_MINUTES = 15
 REQUEST_DAYS = 14
 SCAN_LIMIT = 500  # refused sign-ins of one organization looked at, newest first
 
@@ -107,3 +123,46 @@ def link(session: Session, ctx: audit.Context, org: Organization, actor: Actor,
                  details={"email": member.user.email, "proof": "admin",
                           "request": request.event_id})
     return request
+
+
+# -- proof by a link mailed to the account's address ------------------------------------------
+
+def mail_link(session: Session, ctx: audit.Context, email: str,
+              link_for: Callable[[str], str]) -> tuple[OutboxMessage | None, str]:
+    """Mail a single-use link to the existing account's address. Returns the message and the
+    token's digest (None and "" when one went out a moment ago), which the caller keeps with the
+    browser's link offer: the link links only in the browser that asked for it, so mailing
+    it to someone else's address gains the asker nothing."""
+    user = session.scalar(sa.select(User).where(User.email == email))
+    if user is None or user.status != UserStatus.ACTIVE:
+        raise InvalidToken()
+    if outbox.recently_written(session, email, ("sso_link",)):
+        return None, ""  # the link sent a moment ago still works; no flood of mail
+    now = utcnow()
+    session.execute(sa.update(UserToken).where(
+        UserToken.user_id == user.id, UserToken.purpose == EMAILED,
+        UserToken.used_at.is_(None)).values(used_at=now))  # one working link at a time
+    token = secrets.token_urlsafe(32)
+    session.add(UserToken(user_id=user.id, purpose=EMAILED, token_hash=digest(token),
+                          created_at=now, expires_at=now + timedelta(minutes=EMAIL_MINUTES)))
+    audit.record(session, ctx, "federation.link_mail", target=f"user:{email}",
+                 details={"minutes": EMAIL_MINUTES})
+    message = outbox.enqueue(session, to=email, template="sso_link",
+                             org=home_organization(session, user),
+                             context={"link": link_for(token), "minutes": EMAIL_MINUTES})
+    return message, digest(token)
+
+
+def spend_mailed_link(session: Session, token: str) -> User:
+    """The account whose address received ``token``; the token is spent. InvalidToken when it
+    is unknown, used or expired."""
+    row = session.scalar(sa.select(UserToken).where(UserToken.token_hash == digest(token),
+                                                    UserToken.purpose == EMAILED))
+    if row is None or row.used_at is not None or row.expires_at <= utcnow():
+        raise InvalidToken()
+    spent = session.execute(sa.update(UserToken).where(
+        UserToken.id == row.id, UserToken.used_at.is_(None)).values(used_at=utcnow())).rowcount
+    user = session.get(User, row.user_id)
+    if spent != 1 or user is None or user.status != UserStatus.ACTIVE:
+        raise InvalidToken()
+    return user

@@ -390,3 +390,21 @@ def notify_change(tx: Session, user: User, change: str, link: str) -> None:
     outbox.enqueue(tx, to=user.email, template="mfa_changed", org=None,
                    context={"what": CHANGES[change], "link": link,
                             "when": utcnow().strftime("%Y-%m-%d %H:%M")})
+
+
+def recent_risk(session: Session, organization_id: int, limit: int = 25) -> list[dict]:
+    """The latest sign-ins of the organization's members with their risk score and signals
+    (from the audit trail), for the organization's admins."""
+    from portal.models import AuditEvent
+    members = sa.select(Membership.user_id).where(
+        Membership.organization_id == organization_id)
+    rows = session.scalars(
+        sa.select(AuditEvent).where(AuditEvent.action == "auth.risk",
+                                    AuditEvent.actor_id.in_(members))
+        .order_by(AuditEvent.seq.desc()).limit(limit))
+    return [{"when": row.occurred_at, "who": row.actor, "ip": row.ip,
+             "score": row.details.get("score"), "decision": row.details.get("decision"),
+             "signals": [name for name, value in (row.details.get("signals") or {}).items()
+                         if value is True or (isinstance(value, int) and value > 0
+                                              and not isinstance(value, bool))],
+             "missing": row.details.get("missing") or []} for row in rows]

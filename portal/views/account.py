@@ -7,6 +7,7 @@ account exists or not; what differs goes to the mailbox, after the response is s
 
 from __future__ import annotations
 
+import sqlalchemy as sa
 from flask import (
     Blueprint,
     abort,
@@ -30,7 +31,7 @@ from portal.forms import (
     RegisterForm,
     ResetPasswordForm,
 )
-from portal.permissions import public, signed_in
+from portal.permissions import public, recent_second_factor, signed_in
 from portal.services import credentials, organizations, registration
 from portal.views import use_branding
 from portal.views.mail import deliver_after_response, deliver_now
@@ -116,6 +117,7 @@ def reset_password(token: str):
 
 @bp.route("/account/password", methods=["GET", "POST"])
 @signed_in
+@recent_second_factor
 def change_password():
     g.no_store = True
     form = ChangePasswordForm()
@@ -160,6 +162,7 @@ def index():
     return render_template(
         "account/index.html", profile=account.profile(read, current_user.id),
         purposes=current_app.extensions["trellis_purposes"],
+        profile_fields=_schema(), profile_values=_profile_values(read),
         granted={key for key, row in consents.items() if row.granted},
         consents=consents,
         sessions=account.sessions(read, current_user.id, session.get("sid", "")),
@@ -221,6 +224,7 @@ def update_consents():
 
 @bp.post("/account/email")
 @signed_in
+@recent_second_factor
 def change_email():
     """Ask for a new address: a link goes to it; the account's address changes when the
     link is used."""
@@ -296,6 +300,81 @@ def export():
                     headers={"Content-Disposition": 'attachment; filename="my-trellis-data.json"'})
 
 
+# -- progressive profiling ---------------------------------------------------------------
+
+def _schema():
+    return current_app.extensions["trellis_profile_schema"]
+
+
+def _profile_values(read):
+    from portal.services import profiling
+    return profiling.values(read, current_user.id)
+
+
+def profile_fields_needed():
+    """Before an app opens (the authorization endpoint): the fields it needs that the person
+    has not given, or None."""
+    from portal.models import OAuthApp
+    from portal.services import profiling
+    client_id = request.args.get("client_id", "")[:100]
+    if not client_id or not _schema():
+        return None
+    app_row = db_session().scalar(sa.select(OAuthApp).where(OAuthApp.client_id == client_id))
+    if app_row is None:
+        return None  # the authorization endpoint explains the error itself
+    scopes = set(request.args.get("scope", "").split())
+    fields = profiling.missing(db_session(), _schema(), current_user.id, client_id, scopes,
+                               set(session.get("profile_skipped", [])))
+    if not fields:
+        return None
+    return redirect(url_for("account.complete_profile", app=client_id,
+                            fields=",".join(f.key for f in fields),
+                            next=request.full_path.rstrip("?")))
+
+
+@bp.route("/account/profile/complete", methods=["GET", "POST"])
+@signed_in
+def complete_profile():
+    """Exactly the fields asked for (by an app, or all of them from the account page)."""
+    from portal.models import OAuthApp
+    from portal.security import safe_next
+    from portal.services import profiling
+    g.no_store = True
+    by_key = {f.key: f for f in _schema()}
+    keys = [k for k in request.values.get("fields", "").split(",") if k in by_key] or \
+        list(by_key)
+    client_id = request.values.get("app", "")[:100]
+    app_row = db_session().scalar(sa.select(OAuthApp).where(OAuthApp.client_id == client_id)) \
+        if client_id else None
+    next_url = safe_next(request.values.get("next"), url_for("account.index"))
+    fields = [by_key[k] for k in keys]
+    have = profiling.values(db_session(), current_user.id)
+    form = {k: have[k].value for k in keys if k in have}
+    skippable = app_row is not None and all(f.optional for f in fields)
+    errors: dict[str, str] = {}
+    if request.method == "POST":
+        if request.form.get("action") == "skip" and skippable:
+            session["profile_skipped"] = sorted(set(session.get("profile_skipped", [])) |
+                                                set(keys))
+            return redirect(next_url)
+        form = {k: request.form.get(k, "")[:500] for k in keys}
+        via = f"app:{client_id}" if app_row is not None else "account_page"
+        try:
+            with services().db.transaction() as tx:
+                profiling.collect(tx, audit_context(), _schema(), current_user.id, form, keys,
+                                  via=via, allow_blank_optional=True)
+        except profiling.FieldErrors as exc:
+            errors = exc.errors
+        else:
+            if app_row is None:
+                flash("Your details were saved.", "info")
+            return redirect(next_url)
+    page = render_template("account/complete_profile.html", fields=fields, form=form,
+                           errors=errors, next=next_url, skippable=skippable,
+                           app_name=app_row.name if app_row is not None else "")
+    return page, 400 if errors else 200
+
+
 # -- new terms of use --------------------------------------------------------------------
 
 # Pages reachable while new terms wait for an answer (the answer itself, signing out, and
@@ -311,6 +390,10 @@ def ask_for_new_terms():
     if request.method != "GET" or request.endpoint in TERMS_EXEMPT or \
             request.path.startswith("/api/") or not current_user.is_authenticated:
         return None
+    if request.endpoint == "provider.authorize":
+        asked = profile_fields_needed()
+        if asked is not None:
+            return asked
     version = current_app.config["TERMS_VERSION"]
     if session.get("terms_version") == version:
         return None
@@ -468,8 +551,6 @@ def _org_from_query():
 def _deliver_pending_for(email: str) -> None:
     """An attempt now for the notice just written to this address (no secret depends on
     its timing: the person is already known to the page)."""
-    import sqlalchemy as sa
-
     from portal.models import OutboxMessage, OutboxStatus
     ids = list(db_session().scalars(
         sa.select(OutboxMessage.id).where(OutboxMessage.to_address == email,

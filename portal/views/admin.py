@@ -70,7 +70,8 @@ def app_new():
     try:
         spec = spec_from_form(request.form)
         with services().db.transaction() as tx:
-            app, secret = apps.create(tx, audit_context(), spec)
+            app, secret = apps.create(tx, audit_context(), spec,
+                                      allow_insecure_loopback=_loopback_allowed())
             client_id, name = app.client_id, app.name
     except TrellisError as error:
         return _app_form(_form_spec(request.form), new=True, error=error.message,
@@ -90,7 +91,8 @@ def app_edit(client_id: str):
     try:
         changes = changes_from_form(request.form, app.auth_method)
         with services().db.transaction() as tx:
-            apps.update(tx, audit_context(), client_id, changes)
+            apps.update(tx, audit_context(), client_id, changes,
+                        allow_insecure_loopback=_loopback_allowed())
     except TrellisError as error:
         return _app_form(_form_spec(request.form, apps.spec_of(app)), app=app,
                          error=error.message, status=error.status)
@@ -175,7 +177,11 @@ def _form_spec(form, base: apps.AppSpec | None = None) -> apps.AppSpec:
         initiate_login_uri=form.get("initiate_login_uri", "").strip(),
         id_token_signed_response_alg=form.get("id_token_signed_response_alg", "RS256"),
         subject_type=form.get("subject_type", base.subject_type),
-        sector_identifier=form.get("sector_identifier", base.sector_identifier).strip())
+        sector_identifier=form.get("sector_identifier", base.sector_identifier).strip(),
+        sector_identifier_uri=form.get("sector_identifier_uri",
+                                       base.sector_identifier_uri).strip(),
+        access_token_signed_response_alg=form.get("access_token_signed_response_alg",
+                                                  base.access_token_signed_response_alg))
 
 
 def changes_from_form(form, auth_method: str) -> dict[str, Any]:
@@ -316,3 +322,9 @@ def policy_remove(slug: str):
         org_policies.remove(tx, audit_context(), slug)
     flash(f"The uploaded policy of {slug} was removed.", "info")
     return redirect(url_for("admin.policies"))
+
+
+def _loopback_allowed() -> bool:
+    """Plain HTTP to loopback for a sector identifier document, outside production only."""
+    from flask import current_app
+    return current_app.config["ENV"] != "production"

@@ -87,6 +87,8 @@ def app_json(app: OAuthApp) -> dict[str, Any]:
         "initiate_login_uri": app.initiate_login_uri,
         "id_token_signed_response_alg": app.id_token_signed_response_alg,
         "subject_type": app.subject_type, "sector_identifier": app.sector_identifier,
+        "sector_identifier_uri": app.sector_identifier_uri,
+        "access_token_signed_response_alg": app.access_token_signed_response_alg,
         "secret_prefix": app.secret_prefix or None,
         "previous_secret_valid_until": (app.previous_secret_expires_at.isoformat()
                                         if app.previous_secret_expires_at else None),
@@ -100,7 +102,8 @@ FIELDS = {"name": str, "redirect_uris": list, "client_type": str,
           "consent_required": bool, "logo_url": str, "post_logout_redirect_uris": list,
           "backchannel_logout_uri": str, "frontchannel_logout_uri": str,
           "initiate_login_uri": str, "id_token_signed_response_alg": str,
-          "subject_type": str, "sector_identifier": str, "jwks": dict}
+          "subject_type": str, "sector_identifier": str, "jwks": dict,
+          "sector_identifier_uri": str, "access_token_signed_response_alg": str}
 RENAMED = {"token_endpoint_auth_method": "auth_method"}
 
 
@@ -136,7 +139,8 @@ def create_app():
         raise InvalidRequest("name", "is required")
     spec = apps.AppSpec(**values)
     with services().db.transaction() as tx:
-        app, secret = apps.create(tx, g.apps_ctx, spec)
+        app, secret = apps.create(tx, g.apps_ctx, spec,
+                                  allow_insecure_loopback=_loopback_allowed())
         body = app_json(app)
     body["client_secret"] = secret  # shown this once
     response = jsonify(body)
@@ -156,7 +160,8 @@ def get_app(client_id: str):
 def update_app(client_id: str):
     changes = _fields(request.get_json(silent=True), editing=True)
     with services().db.transaction() as tx:
-        body = app_json(apps.update(tx, g.apps_ctx, client_id, changes))
+        body = app_json(apps.update(tx, g.apps_ctx, client_id, changes,
+                                    allow_insecure_loopback=_loopback_allowed()))
     _forget(client_id)
     return jsonify(body)
 
@@ -192,6 +197,119 @@ def set_enabled(client_id: str):
     return jsonify(body)
 
 
+def _loopback_allowed() -> bool:
+    """A sector identifier document may be fetched over plain HTTP from loopback outside
+    production (development and tests)."""
+    from flask import current_app
+    return current_app.config["ENV"] != "production"
+
+
 def _forget(client_id: str) -> None:
     from portal.views.admin import forget_client
     forget_client(client_id)
+
+
+# --- the OpenAPI description (merged into /api/v1/openapi.json by portal.openapi) ----------
+
+_URIS = {"type": "array", "items": {"type": "string", "format": "uri"}}
+_STRINGS = {"type": "array", "items": {"type": "string"}}
+# What ``app_json`` answers: every field, always present.
+APP_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["client_id", "name", "client_type", "token_endpoint_auth_method", "enabled",
+                 "redirect_uris", "grant_types", "scopes", "organizations",
+                 "access_token_seconds", "refresh_token_seconds", "consent_required",
+                 "logo_url", "post_logout_redirect_uris", "backchannel_logout_uri",
+                 "frontchannel_logout_uri", "initiate_login_uri",
+                 "id_token_signed_response_alg", "subject_type", "sector_identifier",
+                 "sector_identifier_uri", "access_token_signed_response_alg",
+                 "secret_prefix", "previous_secret_valid_until"],
+    "properties": {
+        "client_id": {"type": "string"}, "name": {"type": "string"},
+        "client_type": {"enum": ["confidential", "public"]},
+        "token_endpoint_auth_method": {"enum": list(apps.AUTH_METHODS)},
+        "enabled": {"type": "boolean"}, "redirect_uris": _STRINGS,
+        "grant_types": {"type": "array", "items": {"enum": list(apps.GRANT_TYPES)}},
+        "scopes": {"type": "array", "items": {"enum": list(apps.SCOPES)}},
+        "organizations": _STRINGS,
+        "access_token_seconds": {"type": "integer"},
+        "refresh_token_seconds": {"type": "integer"},
+        "consent_required": {"type": "boolean"}, "logo_url": {"type": "string"},
+        "post_logout_redirect_uris": _STRINGS, "backchannel_logout_uri": {"type": "string"},
+        "frontchannel_logout_uri": {"type": "string"},
+        "initiate_login_uri": {"type": "string"},
+        "id_token_signed_response_alg": {"enum": list(apps.ID_TOKEN_ALGORITHMS)},
+        "subject_type": {"enum": list(apps.SUBJECT_TYPES)},
+        "sector_identifier": {"type": "string"},
+        "sector_identifier_uri": {"type": "string"},
+        "access_token_signed_response_alg": {"enum": list(apps.ACCESS_TOKEN_ALGORITHMS)},
+        "secret_prefix": {"type": ["string", "null"]},
+        "previous_secret_valid_until": {"type": ["string", "null"], "format": "date-time"},
+    },
+}
+_INPUT_TYPES = {str: {"type": "string"}, list: _STRINGS, int: {"type": "integer"},
+                bool: {"type": "boolean"}, dict: {"type": "object"}}
+# What a registration or a change may send (``FIELDS``); unknown fields are refused.
+APP_INPUT_SCHEMA: dict[str, Any] = {
+    "type": "object", "additionalProperties": False,
+    "properties": {key: dict(_INPUT_TYPES[kind]) for key, kind in FIELDS.items()},
+}
+APP_INPUT_SCHEMA["properties"]["jwks"]["description"] = (
+    "The app's public JWK set (private_key_jwt apps; also checks their request objects).")
+SCHEMAS: dict[str, Any] = {
+    "App": APP_SCHEMA,
+    "AppWithSecret": {"allOf": [{"$ref": "#/components/schemas/App"}, {
+        "type": "object", "required": ["client_secret"], "properties": {
+            "client_secret": {"type": ["string", "null"],
+                              "description": "Shown this once; null for public and "
+                                             "private_key_jwt apps."}}}]},
+    "AppList": {"type": "object", "required": ["apps"], "properties": {
+        "apps": {"type": "array", "items": {"$ref": "#/components/schemas/App"}}}},
+    "AppInput": APP_INPUT_SCHEMA,
+}
+_CLIENT_ID = {"name": "client_id", "in": "path", "required": True,
+              "schema": {"type": "string", "maxLength": 64}}
+# (method, path under the prefix, view, summary, body schema or None, response, status)
+OPERATIONS: list[tuple[str, str, str, str, dict[str, Any] | None, str, str]] = [
+    ("get", "", "list_apps", "Every registered app (never a secret).", None, "AppList", "200"),
+    ("post", "", "create_app", "Register an app; the answer holds its secret, once.",
+     {"allOf": [{"$ref": "#/components/schemas/AppInput"}, {"required": ["name"]}]},
+     "AppWithSecret", "201"),
+    ("get", "/{client_id}", "get_app", "One app.", None, "App", "200"),
+    ("patch", "/{client_id}", "update_app", "Change the fields that may change after "
+     "registration (not client_type, token_endpoint_auth_method, subject_type, "
+     "sector_identifier); the audit event holds each old and new value.",
+     {"$ref": "#/components/schemas/AppInput"}, "App", "200"),
+    ("post", "/{client_id}/secret", "rotate_secret", "A new secret, shown once; the old one "
+     "works for grace_seconds more (default one day, at most 30 days).",
+     {"type": "object", "properties": {"grace_seconds": {
+         "type": "integer", "minimum": 0, "maximum": apps.MAX_GRACE_SECONDS}}},
+     "AppWithSecret", "200"),
+    ("put", "/{client_id}/enabled", "set_enabled", "Stop (false) or resume (true) an app; a "
+     "stopped app's tokens stop working at once.",
+     {"type": "object", "required": ["enabled"], "additionalProperties": False,
+      "properties": {"enabled": {"type": "boolean"}}}, "App", "200"),
+]
+
+
+def openapi_paths(problem: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """This blueprint's operations as OpenAPI path items."""
+    paths: dict[str, dict[str, Any]] = {}
+    for method, path, view, summary, body, response, status in OPERATIONS:
+        op: dict[str, Any] = {
+            "operationId": f"apps_{view}", "summary": summary, "tags": ["apps"],
+            "description": "Operators only: a signed-in operator (changes need "
+                           "X-CSRFToken) or a client-credentials token with the "
+                           "apps:manage scope.",
+            "security": [{"appsToken": []}, {"session": []}],
+            "parameters": [_CLIENT_ID] if "{client_id}" in path else [],
+            "responses": {status: {"description": "Done.", "content": {"application/json": {
+                "schema": {"$ref": f"#/components/schemas/{response}"}}}},
+                **{code: problem for code in ("400", "401", "403", "404", "409", "422",
+                                              "503")}}}
+        if body is not None:
+            op["requestBody"] = {"required": view in ("create_app", "update_app",
+                                                      "set_enabled"),
+                                 "content": {"application/json": {"schema": body}}}
+        paths.setdefault(bp.url_prefix + path, {})[method] = op
+    return paths

@@ -9,6 +9,7 @@ from flask import (
     Blueprint,
     current_app,
     flash,
+    g,
     redirect,
     render_template,
     request,
@@ -285,6 +286,7 @@ def assess_risk(user, amr: tuple[str, ...]):
             result = risk.assess(tx, user.id, user.email, request.remote_addr, device_id())
             audit.record(tx, ctx, "auth.risk", target=f"user:{user.email}",
                          details={**result.as_details(), "method": list(amr)})
+        g.risk_fresh = result.fresh
         return result
     except Exception:
         current_app.logger.warning("risk assessment skipped", exc_info=True)
@@ -296,7 +298,8 @@ def _remember_device(user) -> None:
     from portal import risk
     try:
         with services().db.transaction() as tx:
-            risk.remember(tx, user.id, request.remote_addr, device_id())
+            risk.remember(tx, user.id, request.remote_addr, device_id(),
+                          fresh=g.pop("risk_fresh", frozenset()))
     except Exception:
         current_app.logger.warning("could not remember the device", exc_info=True)
 

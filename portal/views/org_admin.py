@@ -529,9 +529,11 @@ def revoke_token(slug: str, token_id: int):
 @bp.get("/security")
 @require("manage", "organization", org_arg="slug")
 def security(slug: str):
+    from portal.services import mfa
     org = _org(slug)
     return _render("orgadmin/security.html", org, policies=MFA_POLICIES,
-                   connections=_federated_connections(org))
+                   connections=_federated_connections(org),
+                   sign_ins=mfa.recent_risk(db_session(), org.id))
 
 
 MFA_POLICIES = (("off", "Off: members choose for themselves"),

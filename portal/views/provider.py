@@ -16,6 +16,7 @@ from authlib.oauth2.rfc6749.errors import OAuth2Error
 from flask import (
     Blueprint,
     current_app,
+    g,
     jsonify,
     make_response,
     redirect,
@@ -26,7 +27,7 @@ from flask import (
 )
 from flask_login import current_user, logout_user
 
-from portal import audit, oauth
+from portal import audit, oauth, request_objects
 from portal.errors import TrellisError
 from portal.extensions import audit_context, csrf, db_session, services
 from portal.models import OAuthApp as OAuthAppModel
@@ -79,7 +80,8 @@ def discovery():
         "prompt_values_supported": sorted(PROMPTS),
         "acr_values_supported": ACR_VALUES,
         "claims_parameter_supported": True,
-        "request_parameter_supported": False,
+        "request_parameter_supported": True,
+        "request_object_signing_alg_values_supported": list(request_objects.ALGORITHMS),
         "request_uri_parameter_supported": False,
         "authorization_response_iss_parameter_supported": True,
         "backchannel_logout_supported": True,
@@ -102,6 +104,10 @@ def jwks():
 @bp.route("/oauth/authorize", methods=["GET", "POST"])
 @public
 def authorize():
+    if "request" in request.args:
+        refused = _use_request_object()
+        if refused is not None:
+            return refused
     server = oauth.server()
     try:
         grant = server.get_consent_grant(end_user=None)
@@ -161,6 +167,36 @@ def authorize():
     if needs_consent or choose:
         return _consent_page(client, orgs, scopes)
     return _issue_code(grant, orgs[0])
+
+
+def _use_request_object():
+    """Check the app's signed request object and let its parameters replace the query's.
+    A refusal goes to the app only when the query's redirect URI is registered; otherwise
+    it is shown here."""
+    client_id = request.args.get("client_id")
+    client = oauth.query_client(client_id) if isinstance(client_id, str) else None
+    if client is None:
+        raise TrellisError("This app is not registered with Trellis.",
+                           code="oauth_invalid_client", status=400,
+                           detail="client_id must be in the query as well")
+    try:
+        if "request_uri" in request.args:
+            raise request_objects.Refused("request_uri", "request and request_uri are "
+                                          "mutually exclusive.", error="invalid_request")
+        claims = request_objects.decode(request.args["request"], client.client_id,
+                                        client.app.jwks, oauth.issuer(),
+                                        request.args.get("response_type"))
+    except request_objects.Refused as refused:
+        _audit_denied(client, f"request_object_{refused.check}")
+        target = request.args.get("redirect_uri")
+        if target and client.check_redirect_uri(target):
+            return _to_client(target, refused.error, refused.message,
+                              request.args.get("state"))
+        raise TrellisError("The app's sign-in request is not valid.",
+                           code=f"oauth_{refused.error}", status=400,
+                           detail=refused.message) from None
+    request_objects.apply(claims)
+    return None
 
 
 def _decide(grant, client, orgs, scopes, redirect_uri, state):
@@ -262,6 +298,9 @@ def _must_reauthenticate(prompts: set[str]) -> bool:
     """``prompt=login``, ``max_age=0`` and a Trellis sign-in older than ``max_age`` send the
     user back to sign in, and on to the partner's identity provider with a demand to
     authenticate again. (Without a Trellis session the ordinary sign-in follows anyway.)"""
+    if g.get("signed_args") is not None and current_user.is_authenticated and \
+            request_objects.reauthenticated_since_marker(session.get("auth_time", 0)):
+        return False  # the sign-in Trellis sent the user to for this request object
     if "login" in prompts:
         return True
     max_age = request.values.get("max_age")
@@ -281,11 +320,18 @@ def _send_to_login(prompts: set[str], force: bool):
     """Back to this request once signed in, without ``prompt=login`` (which would loop);
     a fresh sign-in then satisfies ``max_age`` too. The app may pre-select the
     organization, whose branded sign-in page is then shown."""
-    args = {k: v for k, v in request.args.items(multi=True) if k != "prompt"}
-    if prompts - {"login"}:
-        args["prompt"] = " ".join(sorted(prompts - {"login"}))
-    if "max_age" in args:
-        args.pop("max_age")
+    signed = g.get("signed_args")
+    if signed is not None:
+        # The signed object travels unchanged; a marker Trellis signs says the user was
+        # sent to sign in now, which satisfies its prompt=login or max_age on the way back.
+        args = {k: v for k, v in signed.items() if k != "reauth"}
+        args["reauth"] = request_objects.reauth_marker()
+    else:
+        args = {k: v for k, v in request.args.items(multi=True) if k != "prompt"}
+        if prompts - {"login"}:
+            args["prompt"] = " ".join(sorted(prompts - {"login"}))
+        if "max_age" in args:
+            args.pop("max_age")
     next_url = url_for("provider.authorize") + "?" + urlencode(args)
     # The sign-in page shows its form even to a signed-in user, and the partner's identity
     # provider is asked to authenticate again (prompt=login / ForceAuthn); signing in
@@ -299,11 +345,12 @@ def _send_to_login(prompts: set[str], force: bool):
 
 
 def _check_extra_parameters() -> None:
-    """Request objects are not supported (OpenID Connect Core 6: say so, do not ignore)."""
+    """``request_uri`` is not supported (OpenID Connect Core 6: say so, do not ignore);
+    ``request`` objects were applied before this runs."""
     from authlib.oauth2.rfc6749.errors import InvalidRequestError
-    if "request" in request.values:
-        error = InvalidRequestError("Request objects are not supported.")
-        error.error = "request_not_supported"
+    if "request" in request.values:  # a POST body's request object: never checked
+        error = InvalidRequestError("Send the request object in the query.")
+        error.error = "invalid_request_object"
         raise error
     if "request_uri" in request.values:
         error = InvalidRequestError("request_uri is not supported.")

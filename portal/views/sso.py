@@ -202,24 +202,32 @@ def offer_link(connection: Connection, identity, pending: dict[str, Any],
     return redirect(url_for("sso.link"))
 
 
-@bp.route("/link", methods=["GET", "POST"])
-@public
-def link():
+LINK_OFFER_MAX_AGE = 20 * 60  # covers the mailed link's 15 minutes after it is asked for
+
+
+def _open_offer() -> tuple[dict[str, Any], Any, Connection]:
+    """This browser's link offer, its identity and connection; expired or absent: an error."""
     sealed = session.get("sso_link")
     offer = services().secrets.open(sealed) if sealed else None
-    if not offer or time.time() - offer["created"] > PENDING_MAX_AGE:
+    if not offer or time.time() - offer["created"] > LINK_OFFER_MAX_AGE:
         session.pop("sso_link", None)
         raise FederationError("link_expired", "This link request expired. Please sign in "
                               "again through your organization.")
-    identity = identity_from_dict(offer["identity"])
     connection = db_session().get(Connection, offer["connection_id"])
     if connection is None:
         raise NotFound()
+    return offer, identity_from_dict(offer["identity"]), connection
+
+
+@bp.route("/link", methods=["GET", "POST"])
+@public
+def link():
+    offer, identity, connection = _open_offer()
     form = LinkForm()
     error, status = None, 200
     if form.validate_on_submit():
         try:
-            return _link_and_sign_in(connection, identity, form.password.data, offer)
+            return _link_and_sign_in(connection, identity, offer, password=form.password.data)
         except auth.InvalidCredentials as exc:
             error, status = exc.message, exc.status
         except TrellisError as exc:
@@ -228,14 +236,61 @@ def link():
                            connection=connection, error=error), status
 
 
-def _link_and_sign_in(connection: Connection, identity, password: str, offer: dict):
+@bp.post("/link/email")
+@public
+def link_by_email():
+    """Instead of the password: a single-use link to the account's address, valid in this
+    browser only (its digest waits in this browser's offer)."""
+    from portal.services import identity_links
+    from portal.views.mail import deliver_after_response
+    offer, identity, _connection = _open_offer()
+    with services().db.transaction() as tx:
+        message, token_digest = identity_links.mail_link(
+            tx, audit_context(), identity.email,
+            lambda token: url_for("sso.link_confirm", token=token, _external=True))
+    if message is not None:
+        session["sso_link"] = services().secrets.seal({**offer, "link_token": token_digest,
+                                                       "created": time.time()})
+        deliver_after_response([message.id])
+    return render_template("sso/link_sent.html", email=identity.email,
+                           minutes=identity_links.EMAIL_MINUTES)
+
+
+@bp.route("/link/confirm/<token>", methods=["GET", "POST"])
+@public
+def link_confirm(token: str):
+    """The mailed link. Opening it shows a button (mail scanners open links); pressing it
+    links, in the browser whose offer holds this token's digest."""
+    from portal.services import credentials, identity_links
+    offer, identity, connection = _open_offer()
+    if offer.get("link_token") != credentials.digest(token):
+        raise credentials.InvalidToken("This link belongs to another browser, or a newer one "
+                                       "was sent. Open the latest link in the browser where "
+                                       "you signed in.")
+    if request.method == "GET":
+        return render_template("sso/link_confirm.html", email=identity.email,
+                               connection=connection)
+    with services().db.transaction() as tx:
+        user = identity_links.spend_mailed_link(tx, token)
+    return _link_and_sign_in(connection, identity, offer, user=user, proof="email")
+
+
+def _link_and_sign_in(connection: Connection, identity, offer: dict, *, password: str = "",
+                      user=None, proof: str = "password"):
+    """Link, provision and sign in; the account's control was proven by its ``password``,
+    or (``user`` given) by the mailed link."""
     s, ctx = services(), audit_context()
-    user, proof_session = auth.sign_in(s.db, ctx, s.passwords, s.throttle, identity.email,
-                                       password, session_hours=current_app.config["SESSION_HOURS"])
+    proof_session = None
+    if user is None:
+        user, proof_session = auth.sign_in(s.db, ctx, s.passwords, s.throttle, identity.email,
+                                           password,
+                                           session_hours=current_app.config["SESSION_HOURS"])
     with s.db.transaction() as tx:
-        auth.end_session(tx, proof_session)  # the password only proved control
+        if proof_session is not None:
+            auth.end_session(tx, proof_session)  # the password only proved control
         row = tx.get(Connection, connection.id)
-        provisioning.link(tx, ctx.acting_as(user.id, user.email), row, identity, user.id)
+        provisioning.link(tx, ctx.acting_as(user.id, user.email), row, identity, user.id,
+                          proof=proof)
         plan = provisioning.plan(tx, row, identity)
         user = provisioning.apply(tx, ctx, row, plan, s.role_grants)
         token = auth.start_session(tx, user, ctx, current_app.config["SESSION_HOURS"])

@@ -66,7 +66,7 @@ def test_register_verify_by_email_then_sign_in(page, serve, mail_app, open_acme,
     page.get_by_role("button", name="Continue").click()
     expect(page.get_by_role("heading", level=1)).to_contain_text("Nora New")
     screenshot(page, "register-signed-in.png")
-    page.get_by_role("link", name="Account").click()
+    page.get_by_role("link", name="Account", exact=True).click()
     expect(page.get_by_role("heading", level=1)).to_have_text("Your account")
     expect(page.get_by_label("Name", exact=True)).to_have_value("Nora New")
     expect(page.get_by_text("This browser")).to_be_visible()
@@ -99,3 +99,41 @@ def test_forgotten_password_by_email(page, serve, mail_app, open_acme, make_user
     page.get_by_label("Password").fill(PASSPHRASE)
     page.get_by_role("button", name="Continue").click()
     expect(page.get_by_role("heading", level=1)).to_have_text("Welcome, Alice Acme")
+
+
+def test_an_app_asks_for_the_details_it_needs_before_opening(page, serve, settings,
+                                                             tmp_path, open_acme, make_user):
+    from urllib.parse import urlencode
+
+    from tests.integration.provider_helpers import REDIRECT, register
+    from tests.integration.test_profiling import _needing
+    make_user("alice@acme.test", org="acme", display_name="Alice Acme")
+    plain = create_app(settings)
+    delivery = register(plain, name="Delivery Planner")
+    services_of(plain).db.dispose()
+    app = _needing(settings, tmp_path, delivery.client_id)
+    try:
+        live = serve(app)
+        page.goto(f"{live.url}/login")
+        page.get_by_label("Work email").fill("alice@acme.test")
+        page.get_by_label("Password").fill("correct horse battery")
+        page.get_by_role("button", name="Continue").click()
+        expect(page.get_by_role("heading", level=1)).to_have_text("Welcome, Alice Acme")
+        query = urlencode({"response_type": "code", "client_id": delivery.client_id,
+                           "redirect_uri": REDIRECT, "scope": "openid email", "state": "s",
+                           "code_challenge": "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
+                           "code_challenge_method": "S256"})
+        page.goto(f"{live.url}/oauth/authorize?{query}")
+        expect(page.get_by_role("heading", level=1)).to_have_text(
+            "Delivery Planner needs a few details")
+        page.get_by_label("Work phone").fill("not a phone")
+        page.get_by_label("Country you work in").select_option("Germany")
+        page.get_by_role("button", name="Continue").click()
+        expect(page.get_by_text("Work phone: enter a phone number")).to_be_visible()
+        screenshot(page, "profiling-error.png")
+        page.get_by_label("Work phone").fill("+49 30 1234567")
+        page.get_by_role("button", name="Continue").click()
+        expect(page.get_by_role("heading", level=1)).to_contain_text("Delivery Planner")
+        screenshot(page, "profiling-then-consent.png")
+    finally:
+        services_of(app).db.dispose()

@@ -505,3 +505,38 @@ def test_directory_admins_must_set_up_a_second_factor(client, app, tx, make_org,
     # A bind proves a password only: a directory cannot be trusted for MFA.
     with tx() as session, pytest.raises(ValidationError, match="cannot vouch"):
         mfa.set_idp_mfa_trust(session, CLI_CTX, session.get(Connection, connection_id), True)
+
+
+def test_password_and_email_changes_need_step_up(client, app, alice):
+    """Security settings on the account page: a user with a second factor last used an
+    hour ago is sent to confirm it before changing the password or the email."""
+    sign_in(client, "alice@acme.test")
+    enroll(client)
+    _age_second_factor(client)
+    token = csrf_token(client, "/account/password")
+    response = client.post("/account/password", data={
+        "current": PASSWORD, "password": "a whole new passphrase 42",
+        "confirm": "a whole new passphrase 42", "csrf_token": token},
+        headers={"Referer": "http://localhost/account/password"})
+    assert response.status_code == 302
+    assert response.headers["Location"] == "/login/step-up?next=/account/password"
+    response = client.post("/account/email", data={"email": "alice@new.test",
+                                                   "csrf_token": token})
+    assert "/login/step-up" in response.headers["Location"]
+    assert [e.details["endpoint"] for e in audit_events(app, "auth.step_up")] == [
+        "account.change_password", "account.change_email"]
+    assert audit_events(app, "password.change") == []
+
+
+def test_organization_admins_see_their_members_sign_in_risk_only(app, tx, alice, make_org,
+                                                                 make_user):
+    make_org("globex", "Globex")
+    make_user("gina@globex.test", org="globex")
+    grant(tx, "alice@acme.test", "org_owner")
+    sign_in(app.test_client(), "gina@globex.test")
+    owner = app.test_client()
+    sign_in(owner, "alice@acme.test")
+    page = owner.get("/o/acme/admin/security").get_data(as_text=True)
+    assert "Recent sign-ins and their risk" in page
+    assert "alice@acme.test" in page and "new_device, new_network" in page
+    assert "gina@globex.test" not in page

@@ -252,3 +252,12 @@ def test_the_reset_request_is_rate_limited(mail_settings, make_user):
         assert statuses == [200, 200, 200, 429]
     finally:
         services_of(app).db.dispose()
+
+
+@pytest.mark.parametrize("email", ["not an email", "alice@", "alice@acme", "a\u200b@acme.test"])
+def test_a_malformed_address_is_a_plain_form_error(app, client, email, smtp_server):
+    response = _forgot(client, email)
+    assert response.status_code == 400
+    assert "Enter a valid email address." in response.get_data(as_text=True)
+    with services_of(app).db.sessions() as session:
+        assert session.scalar(sa.select(sa.func.count()).select_from(OutboxMessage)) == 0

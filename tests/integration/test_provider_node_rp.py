@@ -65,3 +65,26 @@ def test_openid_client_client_credentials_reach_the_decision_api(app, op):
         "subject": "1", "organization": "acme", "object": "organization", "action": "read"},
         headers={"Authorization": f"Bearer {got['tokens']['access_token']}"})
     assert answer.status_code == 200
+
+
+def test_openid_client_sends_a_signed_request_object(app, op):
+    """openid-client's own JAR support (buildAuthorizationUrlWithJAR) and private_key_jwt:
+    the query holds only client_id and request; Trellis reads everything from the object."""
+    from joserfc.jwk import ECKey
+    key = ECKey.generate_key("P-256", parameters={"kid": "jar-1"})
+    registered = register(app, name="Signed requests", auth_method="private_key_jwt",
+                          jwks={"keys": [key.as_dict(private=False)]})
+    rp = NodeRelyingParty(op, registered.client_id)
+    rp.base["private_jwk"] = key.as_dict(private=True)
+    started = rp.run("start_jar", redirect_uri=REDIRECT, scope="openid org roles")
+    assert started["ok"], started
+    query = parse_qs(urlsplit(started["url"]).query)
+    assert set(query) == {"client_id", "request"}
+    browser = browser_login(op, "alice@acme.test")
+    callback = consent(op, browser, browser.get(started["url"], allow_redirects=False))
+    finished = rp.run("finish", callback=callback.headers["Location"],
+                      verifier=started["verifier"], state=started["state"],
+                      nonce=started["nonce"])
+    assert finished["ok"], finished
+    assert finished["claims"]["org"]["slug"] == "acme"
+    assert finished["claims"]["nonce"] == started["nonce"]

@@ -31,5 +31,6 @@ def test_public_routes_are_the_expected_ones(app):
                       "provider.authorize", "provider.device_authorization",
                       "provider.discovery", "provider.end_session", "provider.introspect",
                       "provider.jwks", "provider.revoke", "provider.token", "saml.acs",
-                      "saml.metadata", "saml.sls", "sso.link", "sso.oidc_callback",
+                      "saml.metadata", "saml.sls", "sso.link", "sso.link_by_email",
+                      "sso.link_confirm", "sso.oidc_callback",
                       "sso.start_chosen"]

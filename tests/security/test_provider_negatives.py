@@ -66,7 +66,7 @@ def test_unknown_client_is_shown_on_trellis(op):
     ({"response_type": "token"}, "unsupported_response_type"),
     ({"response_type": "code id_token"}, "unsupported_response_type"),
     ({"scope": "openid admin"}, "invalid_scope"),
-    ({"request": "eyJhbGciOiJub25lIn0.e30."}, "request_not_supported"),
+    ({"request": "eyJhbGciOiJub25lIn0.e30."}, "invalid_request_object"),  # unsigned
     ({"request_uri": "https://evil.example/req"}, "request_uri_not_supported"),
     ({"prompt": "none login"}, "invalid_request"),
 ])

@@ -96,3 +96,22 @@ def test_a_malformed_consent_purposes_file_stops_the_start(tmp_path):
         bad.write_text(text)
         with pytest.raises(ValueError, match=problem):
             load_purposes(bad)
+
+
+def test_a_malformed_profile_schema_stops_the_start(tmp_path):
+    from portal.services.profiling import load_schema
+    shipped = load_schema(Path(__file__).resolve().parents[2] / "portal" /
+                          "profile_schema.yaml")
+    assert [f.key for f in shipped] == ["job_title", "phone", "country"]
+    assert all(not f.required_by for f in shipped)  # as shipped, no app needs anything
+    bad = tmp_path / "schema.yaml"
+    for text, problem in (
+            ("fields: [{key: x y, label: X, purpose: P}]", "must be unique"),
+            ("fields: [{key: age, label: Age, type: number, purpose: P}]", "type must be"),
+            ("fields: [{key: cc, label: C, type: choice, purpose: P}]", "needs choices"),
+            ("fields: [{key: tel, label: T, purpose: P, required_by: [everyone]}]",
+             "required_by entries"),
+            ("fields: [{key: tel, label: T}]", "needs a label and a purpose")):
+        bad.write_text(text)
+        with pytest.raises(ValueError, match=problem):
+            load_schema(bad)

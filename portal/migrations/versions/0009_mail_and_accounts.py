@@ -1,4 +1,4 @@
-"""Mail outbox, password reset tokens, self-registration, consent records; organizations.registration.
+"""Mail outbox, emailed tokens, self-registration, consent records, profile values; organizations.registration.
 
 Revision ID: 0009
 Revises: 0008
@@ -89,6 +89,21 @@ def upgrade() -> None:
     with op.batch_alter_table('user_tokens', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_user_tokens_user_id'), ['user_id'], unique=False)
 
+    op.create_table('profile_values',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('user_id', sa.Integer(), nullable=False),
+    sa.Column('field', sa.String(length=64), nullable=False),
+    sa.Column('value', sa.String(length=500), nullable=False),
+    sa.Column('collected_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('collected_via', sa.String(length=100), nullable=False),
+    sa.Column('purpose', sa.String(length=300), nullable=False),
+    sa.ForeignKeyConstraint(['user_id'], ['users.id'], name=op.f('fk_profile_values_user_id_users'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_profile_values')),
+    sa.UniqueConstraint('user_id', 'field', name='uq_profile_values_user_field')
+    )
+    with op.batch_alter_table('profile_values', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_profile_values_user_id'), ['user_id'], unique=False)
+
     with op.batch_alter_table('organizations', schema=None) as batch_op:
         batch_op.add_column(sa.Column('registration', sa.Enum('invite', 'domains', 'open', name='registration_mode', native_enum=False, create_constraint=True, length=16), server_default='invite', nullable=False))
 
@@ -101,6 +116,10 @@ def downgrade() -> None:
         batch_op.drop_constraint(op.f('ck_organizations_registration_mode'), type_='check')
         batch_op.drop_column('registration')
 
+    with op.batch_alter_table('profile_values', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_profile_values_user_id'))
+
+    op.drop_table('profile_values')
     with op.batch_alter_table('user_tokens', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_user_tokens_user_id'))
 

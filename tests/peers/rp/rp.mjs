@@ -6,8 +6,18 @@ import * as client from 'openid-client';
 const [step, raw] = process.argv.slice(2);
 const input = JSON.parse(raw || '{}');
 
+// A P-256 private JWK (input.private_jwk) signs request objects and, for private_key_jwt
+// apps, the client assertions.
+async function signingKey() {
+  const { kid, ...jwk } = input.private_jwk;
+  const key = await crypto.subtle.importKey('jwk', jwk, { name: 'ECDSA', namedCurve: 'P-256' },
+                                            false, ['sign']);
+  return { key, kid };
+}
+
 async function configuration() {
-  const auth = input.client_secret ? client.ClientSecretBasic(input.client_secret) : client.None();
+  const auth = input.private_jwk ? client.PrivateKeyJwt(await signingKey())
+    : input.client_secret ? client.ClientSecretBasic(input.client_secret) : client.None();
   return client.discovery(new URL(input.issuer), input.client_id, input.metadata, auth,
                           { execute: [client.allowInsecureRequests] });
 }
@@ -22,6 +32,18 @@ const steps = {
       code_challenge: await client.calculatePKCECodeChallenge(verifier),
       code_challenge_method: 'S256',
     });
+    return { url: url.href, verifier, state, nonce };
+  },
+  async start_jar(config) {
+    // The same request, signed as a request object (JAR) with the app's key.
+    const verifier = client.randomPKCECodeVerifier();
+    const state = client.randomState();
+    const nonce = client.randomNonce();
+    const url = await client.buildAuthorizationUrlWithJAR(config, {
+      redirect_uri: input.redirect_uri, scope: input.scope, state, nonce,
+      code_challenge: await client.calculatePKCECodeChallenge(verifier),
+      code_challenge_method: 'S256',
+    }, await signingKey());
     return { url: url.href, verifier, state, nonce };
   },
   async finish(config) {

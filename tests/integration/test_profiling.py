@@ -1,0 +1,134 @@
+"""Progressive profiling: an app that needs profile fields gets them asked for once, exactly
+those, with where and why each value was collected."""
+
+from urllib.parse import urlencode
+
+import pytest
+import sqlalchemy as sa
+
+from portal.models import ProfileValue
+from tests.conftest import audit_events, csrf_token, services_of, sign_in
+from tests.integration.provider_helpers import REDIRECT, register
+
+
+@pytest.fixture
+def member(app, make_org, make_user):
+    make_org("acme", "Acme Supplies")
+    make_user("alice@acme.test", org="acme")
+
+
+def _authorize(client, client_id, scope):
+    query = urlencode({"response_type": "code", "client_id": client_id,
+                       "redirect_uri": REDIRECT, "scope": scope, "state": "s1",
+                       "code_challenge": "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
+                       "code_challenge_method": "S256", "nonce": "n1"})
+    return client.get(f"/oauth/authorize?{query}")
+
+
+def _values(app):
+    with services_of(app).db.sessions() as session:
+        return {v.field: v for v in session.scalars(sa.select(ProfileValue))}
+
+
+SCHEMA = """
+fields:
+  - {key: job_title, label: Job title, type: text, max_length: 100, optional: true,
+     purpose: Shown next to your name., required_by: ["scope:profile"]}
+  - {key: phone, label: Work phone, type: phone, required_by: ["app:APP"],
+     purpose: Apps that arrange deliveries call this number about them.}
+  - {key: country, label: Country you work in, type: choice, required_by: ["app:APP"],
+     choices: [France, Germany], purpose: Apps use it to follow each country's rules.}
+"""
+
+
+def _needing(settings, tmp_path, client_id):
+    """The app with a schema where phone and country are needed by this app, and the job
+    title (optional) by apps asking for the profile scope."""
+    from portal import create_app
+    schema = tmp_path / "schema.yaml"
+    schema.write_text(SCHEMA.replace("APP", client_id))
+    return create_app({**settings, "PROFILE_SCHEMA": str(schema)})
+
+
+def test_an_app_needing_fields_asks_for_exactly_those_then_continues(
+        app, settings, tmp_path, member):
+    delivery = register(app, name="Delivery Planner")
+    app = _needing(settings, tmp_path, delivery.client_id)
+    client = app.test_client()
+    sign_in(client, "alice@acme.test")
+    asked = _authorize(client, delivery.client_id, "openid email")
+    assert asked.status_code == 302
+    location = asked.headers["Location"]
+    assert location.startswith("/account/profile/complete?")
+    page = client.get(location).get_data(as_text=True)
+    assert "Delivery Planner needs a few details" in page
+    assert 'name="phone"' in page and 'name="country"' in page
+    assert 'name="job_title"' not in page  # not needed by this request: not asked
+    assert "Skip for now" not in page  # both are required
+    assert "Why: Apps that arrange deliveries call this number" in page
+
+    token = csrf_token(client, location)
+    bad = client.post(location, data={"csrf_token": token, "phone": "call me maybe",
+                                      "country": "Atlantis", "action": "save"})
+    text = bad.get_data(as_text=True)
+    assert bad.status_code == 400
+    assert "Work phone: enter a phone number" in text
+    assert "Country you work in: choose one of the options" in text
+    assert 'value="call me maybe"' in text  # what was typed stays in the form
+    assert _values(app) == {}  # nothing stored while anything is wrong
+
+    good = client.post(location, data={"csrf_token": token, "phone": "+49 30 1234567",
+                                       "country": "Germany", "action": "save"})
+    assert good.status_code == 302 and good.headers["Location"].startswith("/oauth/authorize")
+    stored = _values(app)
+    assert stored["phone"].value == "+49 30 1234567"
+    assert stored["phone"].collected_via == f"app:{delivery.client_id}"
+    assert "deliveries" in stored["phone"].purpose
+    # Given once: the app now opens without asking again.
+    again = _authorize(client, delivery.client_id, "openid email")
+    assert not again.headers.get("Location", "").startswith("/account/profile/")
+    [event] = audit_events(app, "profile.collect")
+    assert event.details["fields"] == ["country", "phone"]
+    services_of(app).db.dispose()
+
+
+def test_optional_fields_can_be_skipped_and_apps_needing_nothing_are_not_stopped(
+        app, settings, tmp_path, member):
+    portal_app = register(app, name="Supplier Portal")
+    shipped_app = app
+    app = _needing(settings, tmp_path, "someone-else")
+    client = app.test_client()
+    sign_in(client, "alice@acme.test")
+    asked = _authorize(client, portal_app.client_id, "openid profile")
+    location = asked.headers["Location"]
+    page = client.get(location).get_data(as_text=True)
+    assert 'name="job_title"' in page and "Skip for now" in page
+    skipped = client.post(location, data={"csrf_token": csrf_token(client, location),
+                                          "action": "skip"})
+    assert skipped.headers["Location"].startswith("/oauth/authorize")
+    after = _authorize(client, portal_app.client_id, "openid profile")
+    assert not after.headers.get("Location", "").startswith("/account/profile/")
+    assert _values(app) == {}
+    plain = _authorize(client, portal_app.client_id, "openid email")
+    assert not plain.headers.get("Location", "").startswith("/account/profile/")
+    services_of(app).db.dispose()
+    # As shipped, no app needs anything: nobody is stopped.
+    shipped = shipped_app.test_client()
+    sign_in(shipped, "alice@acme.test")
+    first = _authorize(shipped, portal_app.client_id, "openid profile")
+    assert not first.headers.get("Location", "").startswith("/account/profile/")
+
+
+def test_details_are_shown_and_edited_on_the_account_page(app, client, member):
+    sign_in(client, "alice@acme.test")
+    page = client.get("/account/").get_data(as_text=True)
+    assert "Details apps asked for" in page and "not given" in page
+    token = csrf_token(client, "/account/profile/complete")
+    saved = client.post("/account/profile/complete", data={
+        "csrf_token": token, "job_title": "Buyer", "phone": "+33 1 23 45 67 89",
+        "country": "France", "action": "save"})  # the shipped schema's fields
+    assert saved.headers["Location"] == "/account/"
+    page = client.get("/account/").get_data(as_text=True)
+    assert "Buyer" in page and "via account_page" in page
+    export = client.get("/account/export").get_json()
+    assert {f["field"] for f in export["profile_fields"]} == {"job_title", "phone", "country"}

@@ -805,7 +805,8 @@ def upload_logo(slug: str):
     data = upload.read(branding_service.LOGO_MAX_BYTES + 1) if upload else b""
     try:
         with services().db.transaction() as tx:
-            branding_service.set_logo(tx, audit_context(), tx.get(Organization, org.id), data)
+            branding_service.set_logo(tx, audit_context(), tx.get(Organization, org.id), data,
+                                      base_url=_public_base_url())
     except ValidationError as error:
         with services().db.transaction() as tx:
             audit.record(tx, audit_context(), "org.logo", outcome="failure",
@@ -815,6 +816,10 @@ def upload_logo(slug: str):
         return _branding_page(org, {}, previewing=False, status=400, error=error.message)
     flash("Logo uploaded.", "info")
     return redirect(url_for("orgadmin.branding", slug=slug))
+
+
+def _public_base_url() -> str:
+    return current_app.config.get("BASE_URL") or request.url_root.rstrip("/")
 
 
 @bp.post("/branding/logo/remove")

@@ -199,7 +199,9 @@ def org_show(slug: str) -> None:
         for key, value in sorted(item.branding.items()):
             click.echo(f"branding: {key} = {value}")
         for domain in item.domains:
-            state = ("verified" if domain.verified
+            state = ("verified, suspended (its TXT record is gone)"
+                     if domain.verified and domain.suspended_at is not None
+                     else "verified" if domain.verified
                      else f"unverified (token {domain.verification_token})")
             click.echo(f"domain:   {domain.name} {state}")
 

@@ -93,7 +93,17 @@ def settings(database_url, tmp_path) -> dict:
 
 
 @pytest.fixture
-def app(settings):
+def mail_settings(settings, request) -> dict:
+    """The settings, sending mail to the loopback SMTP server (fixture ``smtp_server``)."""
+    settings.update(request.getfixturevalue("smtp_server").settings())
+    return settings
+
+
+@pytest.fixture
+def app(settings, request):
+    """The app; in tests marked ``mail``, sending mail to the loopback SMTP server."""
+    if request.node.get_closest_marker("mail"):
+        request.getfixturevalue("mail_settings")
     return create_app(settings)
 
 

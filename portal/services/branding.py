@@ -98,8 +98,18 @@ def _dimensions(width: int, height: int) -> None:
                               code="logo_not_image")
 
 
-def set_logo(session: Session, ctx: audit.Context, org: Organization, data: bytes) -> str:
-    """Store a sniffed image as the organization's logo; returns its content type."""
+def email_logo_url(base_url: str, slug: str, version: str) -> str:
+    """Where emails load the uploaded logo from: only over https (mail clients of partners
+    are not on the portal's network), else nothing."""
+    if not base_url.startswith("https://"):
+        return ""
+    return f"{base_url.rstrip('/')}/branding/{slug}/logo/{version}.img"
+
+
+def set_logo(session: Session, ctx: audit.Context, org: Organization, data: bytes,
+             base_url: str = "") -> str:
+    """Store a sniffed image as the organization's logo; returns its content type. With an
+    https ``base_url`` emails show it too (``logo_url``)."""
     content_type = sniff(data)
     digest = hashlib.sha256(data).hexdigest()
     logo = session.scalar(sa.select(OrgLogo).where(OrgLogo.organization_id == org.id))
@@ -109,7 +119,13 @@ def set_logo(session: Session, ctx: audit.Context, org: Organization, data: byte
         session.add(logo)
     else:
         logo.content_type, logo.data, logo.sha256 = content_type, data, digest
-    org.branding = {**(org.branding or {}), "logo": digest[:16]}
+    branding = {k: v for k, v in (org.branding or {}).items()
+                if not _own_logo_url(org, v if k == "logo_url" else None)}
+    branding["logo"] = digest[:16]
+    own = email_logo_url(base_url, org.slug, digest[:16])
+    if own:
+        branding["logo_url"] = own
+    org.branding = branding
     session.flush()
     audit.record(session, ctx, "org.logo", target=f"org:{org.slug}", organization_id=org.id,
                  details={"content_type": content_type, "bytes": len(data),
@@ -121,12 +137,19 @@ def remove_logo(session: Session, ctx: audit.Context, org: Organization) -> bool
     deleted = session.execute(sa.delete(OrgLogo).where(OrgLogo.organization_id == org.id)
                               ).rowcount
     branding = dict(org.branding or {})
+    if _own_logo_url(org, branding.get("logo_url")):
+        branding.pop("logo_url")
     had = branding.pop("logo", None) is not None or bool(deleted)
     org.branding = branding
     if had:
         audit.record(session, ctx, "org.logo_remove", target=f"org:{org.slug}",
                      organization_id=org.id)
     return had
+
+
+def _own_logo_url(org: Organization, url: str | None) -> bool:
+    """Whether ``url`` is the address of this organization's uploaded logo."""
+    return bool(url) and f"/branding/{org.slug}/logo/" in str(url)
 
 
 def logo_of(session: Session, org_id: int) -> OrgLogo | None:

@@ -336,6 +336,18 @@ def _link(token: str) -> str:
     return url_for("invites.accept", token=token, _external=True)
 
 
+def _mail_invitation(tx, invitation, token: str) -> None:
+    """The invitation email, queued in the invitation's own transaction (the worker, or the
+    development sink, delivers it); the answer still carries the link."""
+    from portal.services import outbox
+    actor = g.api_actor
+    outbox.enqueue(tx, to=invitation.email, template="invitation",
+                   org=tx.get(Organization, invitation.organization_id),
+                   context={"link": _link(token), "inviter": actor.display_name or actor.email,
+                            "role": invitation.role,
+                            "expires": invitation.expires_at.strftime("%Y-%m-%d %H:%M")})
+
+
 @operation("GET", "/invitations", "Invitations waiting to be accepted.",
            "invitations:write", "manage", "invitation", response="InvitationList")
 def list_invitations(org: Organization):
@@ -343,7 +355,8 @@ def list_invitations(org: Organization):
                                     for i in members.pending_invitations(db_session(), org)]})
 
 
-@operation("POST", "/invitations", "Invite someone; the answer carries the link, once.",
+@operation("POST", "/invitations", "Invite someone by email; the answer also carries the "
+           "link, once.",
            "invitations:write", "manage", "invitation", body=NEW_INVITATION,
            response="Invitation")
 def create_invitation(org: Organization):
@@ -355,6 +368,7 @@ def create_invitation(org: Organization):
     with services().db.transaction() as tx:
         invitation, token = members.invite(tx, _ctx(), tx.get(Organization, org.id),
                                            _actor(org), email, role, known)
+        _mail_invitation(tx, invitation, token)
         result = _invitation_json(invitation, _link(token))
     return jsonify(result), 201
 
@@ -366,6 +380,7 @@ def resend_invitation(org: Organization, invitation_id: int):
     with services().db.transaction() as tx:
         invitation, token = members.resend(tx, _ctx(), tx.get(Organization, org.id),
                                            invitation_id)
+        _mail_invitation(tx, invitation, token)
         result = _invitation_json(invitation, _link(token))
     return jsonify(result)
 
@@ -708,7 +723,9 @@ def set_logo(org: Organization):
     except (binascii.Error, ValueError):
         raise InvalidRequest("image_base64", "is not base64") from None
     with services().db.transaction() as tx:
-        branding_service.set_logo(tx, _ctx(), tx.get(Organization, org.id), data)
+        branding_service.set_logo(tx, _ctx(), tx.get(Organization, org.id), data,
+                                  base_url=current_app.config.get("BASE_URL")
+                                  or request.url_root.rstrip("/"))
     db_session().expire_all()
     return jsonify(_branding_json(organizations.get(db_session(), org.slug)))
 

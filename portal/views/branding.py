@@ -34,6 +34,13 @@ def css_for(branding: dict, selector: str = ":root") -> str:
     return f"{selector} {{ {' '.join(rules)} }}\n" if rules else ""
 
 
+@bp.get("/branding/<slug>/logo/<version>.img")
+@public
+def logo_versioned(slug: str, version: str):
+    """The same logo at a path without a query string: the absolute URL emails carry."""
+    return logo(slug)
+
+
 @bp.get("/branding/<slug>/logo")
 @public
 def logo(slug: str):

@@ -387,11 +387,22 @@ def _create_connection(org: Organization, form, upload) -> int:
                 client_id=form.get("client_id", "").strip(),
                 client_secret=form.get("client_secret", ""),
                 issuer=form.get("issuer", "").strip(), group_roles=mapping,
-                scopes=("openid", "email", "profile"),
+                scopes=("openid", "email", "profile", *_extra_scopes(form.get("scopes", ""))),
                 group_claim=form.get("group_claim", "").strip())
         else:
             raise ValidationError("Choose SAML or OpenID Connect.", code="invalid_protocol")
         return row.id
+
+
+def _extra_scopes(text: str) -> list[str]:
+    """Scopes beyond ``openid email profile`` (e.g. ``groups``, which some providers need
+    before they send groups at all), each a valid OAuth scope token (RFC 6749 3.3)."""
+    found = [scope for scope in text.replace(",", " ").split()
+             if scope not in ("openid", "email", "profile")]
+    if len(found) > 10 or any(ch in scope for scope in found for ch in '"\\'):
+        raise ValidationError("Give at most ten extra scopes, separated by spaces, without "
+                              "quotes or backslashes.", code="invalid_scopes")
+    return list(dict.fromkeys(found))
 
 
 @bp.get("/connections/<int:connection_id>")
@@ -806,7 +817,8 @@ def upload_logo(slug: str):
     data = upload.read(branding_service.LOGO_MAX_BYTES + 1) if upload else b""
     try:
         with services().db.transaction() as tx:
-            branding_service.set_logo(tx, audit_context(), tx.get(Organization, org.id), data)
+            branding_service.set_logo(tx, audit_context(), tx.get(Organization, org.id), data,
+                                      base_url=_public_base_url())
     except ValidationError as error:
         with services().db.transaction() as tx:
             audit.record(tx, audit_context(), "org.logo", outcome="failure",
@@ -816,6 +828,10 @@ def upload_logo(slug: str):
         return _branding_page(org, {}, previewing=False, status=400, error=error.message)
     flash("Logo uploaded.", "info")
     return redirect(url_for("orgadmin.branding", slug=slug))
+
+
+def _public_base_url() -> str:
+    return current_app.config.get("BASE_URL") or request.url_root.rstrip("/")
 
 
 @bp.post("/branding/logo/remove")

@@ -248,3 +248,46 @@ def test_owner_brands_the_sign_in_page_with_a_preview(browsing, live, acme_with_
     expect(visitor.get_by_text("Sign in with your Acme account.")).to_be_visible()
     expect(visitor.locator("img.brand-logo")).to_have_js_property("naturalWidth", 120)
     screenshot(visitor, "orgadmin-branded-signin.png")
+
+
+def test_sso_manager_sets_up_oidc_in_the_browser(browsing, live, make_org, make_user, tx,
+                                                  oidc_provider):
+    """OpenID Connect against node oidc-provider: the redirect URI the page shows is
+    registered there, a test sign-in runs through the real provider, then switch on."""
+    import secrets as random
+
+    from portal.services import organizations, roles, users
+    make_org("partner", "Partner Co")
+    make_user("sam@partner.example", org="partner", display_name="Sam Setup")
+    with tx() as session:
+        organizations.add_domain(session, CLI_CTX, "partner", "partner.example")
+        organizations.verify_domain_manually(session, CLI_CTX, "partner.example")
+        roles.grant_manually(session, CLI_CTX, users.get_by_email(session, "sam@partner.example"),
+                             organizations.get(session, "partner"), "sso_manager",
+                             {"sso_manager"})
+    client_id, secret = f"partner-{random.token_hex(4)}", random.token_urlsafe(24)
+    page = browsing.page()
+    sign_in(page, live.url, email="sam@partner.example")
+    page.goto(f"{live.url}/o/partner/admin/connections/new")
+    page.get_by_label("Name (shown on the sign-in button)").fill("Partner OIDC")
+    page.get_by_label("OpenID Connect").check()
+    page.get_by_label("Issuer URL").fill(oidc_provider.issuer)
+    page.get_by_label("Client ID").fill(client_id)
+    page.get_by_label("Client secret").fill(secret)
+    page.get_by_label("Claim that lists groups (optional)").fill("groups")
+    page.get_by_label("Groups to roles, one per line").fill("staff = member")
+    page.get_by_role("button", name="Create (switched off)").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Partner OIDC")
+    redirect_uri = page.locator("dd code").first.inner_text()
+    assert redirect_uri.startswith(live.url) and "/sso/oidc/" in redirect_uri
+    oidc_provider.register_client(redirect_uri, client_id=client_id, client_secret=secret)
+    oidc_provider.put_account("olga@partner.example", groups=["staff"], name="Olga")
+    expect(page.get_by_role("button", name="Switch on")).to_be_disabled()
+    connection_url = page.url
+    page.get_by_label("Email to test with").fill("olga@partner.example")
+    page.get_by_role("button", name="Run a test sign-in").click()
+    expect(page.get_by_role("heading", name="A real sign-in would succeed")).to_be_visible()
+    screenshot(page, "orgadmin-sso-oidc-test.png")
+    page.goto(connection_url)
+    page.get_by_role("button", name="Switch on").click()
+    expect(page.get_by_text("Single sign-on is on")).to_be_visible()

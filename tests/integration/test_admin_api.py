@@ -277,3 +277,21 @@ def test_every_api_route_refuses_another_organizations_ids(app, tx, two_orgs):
     with tx() as session:
         assert session.scalar(sa.select(sa.func.count()).select_from(Membership)) >= 6
         assert session.scalar(sa.select(sa.func.count()).select_from(RoleGrant)) >= 3
+
+
+def test_invitations_over_the_api_are_emailed(app, tx, two_orgs):
+    from portal.models import OutboxMessage
+    client, auth = app.test_client(), token_for(tx, "alice@acme.test")
+    made = client.post("/api/v1/orgs/acme/invitations", headers=auth,
+                       json={"email": "Nina@Acme.test", "role": "member"})
+    assert made.status_code == 201
+    link = made.get_json()["link"]
+    resent = client.post(f"/api/v1/orgs/acme/invitations/{made.get_json()['id']}/resend",
+                         headers=auth)
+    new_link = resent.get_json()["link"]
+    with tx() as session:
+        mails = session.scalars(sa.select(OutboxMessage).order_by(OutboxMessage.id)).all()
+        assert [(m.to_address, m.template) for m in mails] == [
+            ("nina@acme.test", "invitation"), ("nina@acme.test", "invitation")]
+        assert link in mails[0].text_body and new_link in mails[1].text_body
+        assert "Acme Supplies" in mails[0].html_body

@@ -11,18 +11,7 @@ from tests.peers.smtp import links_in, text_of
 LINK = 'id="invite-link" type="text" readonly value="'
 
 
-@pytest.fixture
-def mail_settings(settings, smtp_server):
-    settings.update(smtp_server.settings())
-    return settings
-
-
-@pytest.fixture
-def app(mail_settings):
-    from portal import create_app
-    app = create_app(mail_settings)
-    yield app
-    services_of(app).db.dispose()
+pytestmark = pytest.mark.mail
 
 
 def _shown_link(response) -> str:

@@ -6,18 +6,11 @@ import sqlalchemy as sa
 
 from portal.models import FederatedIdentity, UserToken
 from portal.services import organizations
-from tests.conftest import CLI_CTX, audit_events, csrf_token, services_of
+from tests.conftest import CLI_CTX, audit_events, csrf_token
 from tests.integration.test_oidc_signin import add_connection, count, federated_login
 from tests.peers.smtp import links_in
 
-
-@pytest.fixture
-def app(settings, smtp_server):
-    from portal import create_app
-    settings.update(smtp_server.settings())
-    app = create_app(settings)
-    yield app
-    services_of(app).db.dispose()
+pytestmark = pytest.mark.mail
 
 
 @pytest.fixture

@@ -134,3 +134,22 @@ def test_branding_over_the_api(app, tx, two_orgs):
     assert client.delete("/api/v1/orgs/acme/branding/logo", headers=auth).get_json()[
         "logo_url"] is None
     assert branding_of(tx) == {"primary_color": "#0b6e4f", "footer_text": "Acme"}
+
+
+def test_emails_carry_the_uploaded_logo_over_https(app, tx, two_orgs):
+    from portal.services import organizations, outbox
+    app.config["BASE_URL"] = "https://partners.example.com"
+    alice = as_user(app, "alice@acme.test")
+    image = png()
+    assert upload(alice, image, "logo.png").status_code == 302
+    version = branding_of(tx)["logo"]
+    url = f"https://partners.example.com/branding/acme/logo/{version}.img"
+    assert branding_of(tx)["logo_url"] == url
+    with tx() as session:
+        assert outbox.brand_of(organizations.get(session, "acme"))["logo_url"] == url
+    served = app.test_client().get(f"/branding/acme/logo/{version}.img")
+    assert served.status_code == 200 and served.data == image
+    assert upload(alice, png(64, 16), "new.png").status_code == 302
+    assert branding_of(tx)["logo_url"].endswith(f"/logo/{branding_of(tx)['logo']}.img")
+    post(alice, "/o/acme/admin/branding/logo/remove")
+    assert "logo_url" not in branding_of(tx) and "logo" not in branding_of(tx)

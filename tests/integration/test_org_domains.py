@@ -152,6 +152,8 @@ def test_reverify_suspends_discovery_and_restores_it(app, tx, two_orgs, dns_serv
     assert routes_to(tx, "max@acme.example") == []
     page = alice.get("/o/acme/admin/domains").get_data(as_text=True)
     assert "suspended: record gone" in page and "is no longer published" in page
+    shown = runner.invoke(["org", "show", "acme"]).output
+    assert "domain:   acme.example verified, suspended (its TXT record is gone)" in shown
     event = audit_events(app, "domain.suspend")[-1]
     assert event.organization_id == acme and event.target == "domain:acme.example"
 

@@ -101,6 +101,21 @@ def test_oidc_connection_and_secret_rotation(app, tx, partner, oidc_provider):
     assert audit_events(app, "connection.secret")[-1].organization_id is not None
 
 
+def test_oidc_connection_asks_for_extra_scopes(app, tx, partner, oidc_provider):
+    sam = as_user(app, "sam@partner.example")
+    bad = post(sam, "/o/partner/admin/connections/new", protocol="oidc", name="OIDC",
+               issuer=oidc_provider.issuer, client_id="abc", client_secret="s1",
+               scopes='groups "x"')
+    assert bad.status_code == 400 and "extra scopes" in bad.get_data(as_text=True)
+    created = post(sam, "/o/partner/admin/connections/new", protocol="oidc", name="OIDC",
+                   issuer=oidc_provider.issuer, client_id="abc", client_secret="s1",
+                   scopes="groups, openid groups")
+    assert created.status_code == 302
+    with tx() as session:
+        assert session.scalar(sa.select(Connection)).settings["scopes"] == [
+            "openid", "email", "profile", "groups"]
+
+
 def test_sso_manager_narrows_the_connection_to_domains(app, tx, partner, oidc_provider):
     sam = as_user(app, "sam@partner.example")
     path = post(sam, "/o/partner/admin/connections/new", protocol="oidc", name="OIDC",

@@ -23,18 +23,7 @@ from tests.peers.smtp import html_of, links_in, text_of
 GOOD = "tangerine lighthouse okapi"
 
 
-@pytest.fixture
-def mail_settings(settings, smtp_server):
-    settings.update(smtp_server.settings())
-    return settings
-
-
-@pytest.fixture
-def app(mail_settings):
-    from portal import create_app
-    app = create_app(mail_settings)
-    yield app
-    services_of(app).db.dispose()
+pytestmark = pytest.mark.mail
 
 
 @pytest.fixture

@@ -67,6 +67,7 @@ def register(main: click.Group, cli_context) -> None:
         with services().db.sessions() as session:
             for s in siem.listing(session, everything=True):
                 click.echo(f"{s.id}\t{s.name}\t{s.organization_id or '-'}\t{s.kind}\t"
+                           f"{'enabled' if s.enabled else 'paused'}\t"
                            f"{s.format}\t{siem.shown_target(s)}\tcursor={s.cursor_seq}\t"
                            f"lag={siem.backlog(session, s)}\tdelivered={s.delivered}\t"
                            f"attempts={s.attempts}\t{s.last_error}")
@@ -81,6 +82,27 @@ def register(main: click.Group, cli_context) -> None:
             row = siem.find(session, stream)
             siem.remove(session, cli_context(), row)
         click.echo("removed")
+
+    @siem_group.command("pause")
+    @click.argument("stream")
+    @with_appcontext
+    def siem_pause(stream: str) -> None:
+        """Stop sending STREAM's events; they wait, in order, until `trellis siem resume`."""
+        _set_enabled(stream, False)
+        click.echo("paused")
+
+    @siem_group.command("resume")
+    @click.argument("stream")
+    @with_appcontext
+    def siem_resume(stream: str) -> None:
+        """Send STREAM's events again, starting with those recorded while it was paused."""
+        _set_enabled(stream, True)
+        click.echo("resumed")
+
+    def _set_enabled(stream: str, enabled: bool) -> None:
+        from portal.services import siem
+        with services().db.transaction() as session:
+            siem.set_enabled(session, cli_context(), siem.find(session, stream), enabled)
 
     @siem_group.command("replay")
     @click.argument("stream")

@@ -227,6 +227,18 @@ def remove(session: Session, ctx: audit.Context, stream: SiemStream) -> None:
     session.delete(stream)
 
 
+def set_enabled(session: Session, ctx: audit.Context, stream: SiemStream, enabled: bool
+                ) -> None:
+    """Pause or resume a stream. A paused stream keeps its cursor, so on resuming it sends
+    everything recorded meanwhile, in order."""
+    stream.enabled = enabled
+    if enabled:
+        stream.next_attempt_at, stream.attempts = utcnow(), 0
+    audit.record(session, ctx, "siem.stream_resume" if enabled else "siem.stream_pause",
+                 target=f"siem_stream:{stream.id}", organization_id=stream.organization_id,
+                 details={"name": stream.name, "cursor_seq": stream.cursor_seq})
+
+
 def replay(session: Session, ctx: audit.Context, stream: SiemStream, since: int) -> None:
     """Send again every selected event from ``seq`` ``since`` on (dead-lettered ranges
     included), in order, from the next delivery pass."""

@@ -265,6 +265,14 @@ def test_cli_add_list_deliver_remove(app, tx, rsyslog, settings, monkeypatch, tm
     assert "deliver" in run("siem", "deliver").output
     lines = rsyslog.wait_for(2)  # the trail from the start: both siem.stream_create events
     assert "siem.stream_create" in lines[0]
+    run("siem", "pause", "soc")
+    assert "paused" in run("siem", "list").output
+    assert "delivered 0 events" in run("siem", "deliver").output  # paused: nothing sent
+    run("siem", "resume", "soc")  # what was recorded while paused goes out, in order
+    run("siem", "deliver")
+    actions = [SYSLOG_LINE.match(line) for line in rsyslog.wait_for(len(lines) + 2)]
+    assert "act=siem.stream_pause" in actions[-2].group(6)
+    assert "act=siem.stream_resume" in actions[-1].group(6)
     run("siem", "remove", "soc")
     run("siem", "remove", "nonexistent", expect=1)
     assert "soc\t" not in run("siem", "list").output

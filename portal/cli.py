@@ -800,6 +800,21 @@ def ldap_test(connection_id: int, sample_login: str) -> None:
                    f"{', '.join(roles) or '-'}")
 
 
+@ldap.command("schedule")
+@click.argument("connection_id", type=int)
+@click.argument("minutes", type=int)
+@with_appcontext
+def ldap_schedule(connection_id: int, minutes: int) -> None:
+    """Have `trellis worker` sync the connection every MINUTES (0: only by hand)."""
+    from portal.services import ldap_sync as sync
+    with services().db.transaction() as session:
+        sync.set_schedule(session, cli_context(), _ldap_connection(session, connection_id),
+                          minutes)
+    click.echo(f"connection {connection_id}: " + (
+        f"synced by trellis worker every {minutes} minutes" if minutes else
+        "synced only by hand"))
+
+
 @ldap.command("sync")
 @click.argument("connection_id", type=int)
 @click.option("--dry-run", is_flag=True, help="Report what would change; change nothing.")
@@ -810,8 +825,8 @@ def ldap_sync(connection_id: int, dry_run: bool, quiet: bool) -> None:
 
     Creates new users, updates names, emails and group roles, suspends users who are
     disabled in or gone from the directory (never deletes; their sessions end). Safe to run
-    again at any time, and meant to be run on a schedule (cron or a systemd timer): a run
-    with no changes in the directory changes nothing. Exit code 1 when the run did not
+    again at any time; `trellis ldap schedule` has `trellis worker` run it on a schedule. A
+    run with no changes in the directory changes nothing. Exit code 1 when the run did not
     finish (the pages already done stay done; running again goes on)."""
     from portal.services import ldap_sync as sync
     from portal.services import locks

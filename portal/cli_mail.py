@@ -81,10 +81,12 @@ def register(main: click.Group, cli_context) -> None:
     @with_appcontext
     def worker(interval: int, once: bool) -> None:
         """Deliver the outbox and the SIEM streams in a loop (run it under systemd or a
-        container supervisor), and delete expired sign-ups and reset links, and re-verify
-        domains whose last check is older than TRELLIS_DOMAIN_RECHECK_HOURS."""
+        container supervisor), and delete expired sign-ups and reset links, re-verify
+        domains whose last check is older than TRELLIS_DOMAIN_RECHECK_HOURS, and sync the
+        directories scheduled with `trellis ldap schedule`."""
         click.echo(f"trellis worker: delivering mail every {interval}s")
         while True:
+            _sync_directories()
             _recheck_domains()
             purged = _purge_expired()
             if purged:
@@ -129,6 +131,23 @@ def register(main: click.Group, cli_context) -> None:
         with services().db.transaction() as session:
             registration.set_mode(session, cli_context(), slug, mode)
         click.echo(f"{slug}: registration {mode}")
+
+
+def _sync_directories() -> None:
+    """Scheduled LDAP syncs that are due; one that fails is reported and tried at its next
+    interval, the others go on."""
+    from portal.cli import cli_context
+    from portal.services import ldap_sync, locks
+    s = services()
+    for connection_id in ldap_sync.claim_due(s.db):
+        try:
+            summary = ldap_sync.run(s.db, cli_context(), s.ldap, s.secrets, connection_id)
+        except (ldap_sync.SyncFailed, locks.Busy) as failed:
+            click.echo(f"ldap sync of connection {connection_id}: {failed.message}", err=True)
+            continue
+        click.echo(f"ldap sync of connection {connection_id}: {summary.created} created, "
+                   f"{summary.updated} updated, {summary.suspended} suspended, "
+                   f"{summary.errors} errors")
 
 
 def _recheck_domains() -> None:

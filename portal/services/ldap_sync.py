@@ -481,3 +481,38 @@ def _suspend_missing(db: Database, run_ctx: _Context) -> None:
             for _uid, email, subject in chunk])
         with db.transaction() as tx:
             _write(tx, run_ctx, changes)
+
+
+# -- the schedule ----------------------------------------------------------------------------
+
+def set_schedule(session: Session, ctx: audit.Context, connection: Connection,
+                 minutes: int) -> None:
+    """Let ``trellis worker`` sync this connection every ``minutes`` (0: never)."""
+    if connection.protocol != Protocol.LDAP:
+        raise ValidationError(f"Connection {connection.id} is not an LDAP connection.",
+                              code="usage")
+    if not 0 <= minutes <= 7 * 24 * 60:
+        raise ValidationError("Give the interval in minutes, from 0 (off) to one week.",
+                              code="invalid_schedule")
+    before = int(connection.settings.get("sync_every_minutes") or 0)
+    connection.settings = {**connection.settings, "sync_every_minutes": minutes}
+    audit.record(session, ctx, "connection.update", target=f"connection:{connection.id}",
+                 organization_id=connection.organization_id,
+                 details={"sync_every_minutes": [before, minutes]})
+
+
+def claim_due(db: Database, now: float | None = None) -> list[int]:
+    """Enabled LDAP connections whose scheduled sync is due, each marked as started so that
+    another worker passing by does not start it too (the sync's own lock is the guard that
+    really counts)."""
+    now = time.time() if now is None else now
+    due = []
+    with db.transaction() as tx:
+        for connection in tx.scalars(sa.select(Connection).where(
+                Connection.protocol == Protocol.LDAP, Connection.enabled.is_(True))):
+            every = int(connection.settings.get("sync_every_minutes") or 0)
+            last = float(connection.settings.get("sync_started_at") or 0)
+            if every and now - last >= every * 60:
+                connection.settings = {**connection.settings, "sync_started_at": now}
+                due.append(connection.id)
+    return due

@@ -199,6 +199,24 @@ def test_sync_command(app, tx, synced_org):
     assert wrong.exit_code == 1 and "no such connection" in wrong.output
 
 
+def test_the_worker_syncs_scheduled_directories_when_due(app, tx, synced_org):
+    from portal.cli import main
+    info = ScriptInfo(create_app=lambda: app)
+    runner = CliRunner()
+    idle = runner.invoke(main, ["worker", "--once"], obj=info)
+    assert idle.exit_code == 0 and "ldap sync" not in idle.output and state(tx) == {}
+    bad = runner.invoke(main, ["ldap", "schedule", str(synced_org), "99999"], obj=info)
+    assert bad.exit_code == 1 and "one week" in bad.output
+    scheduled = runner.invoke(main, ["ldap", "schedule", str(synced_org), "60"], obj=info)
+    assert scheduled.exit_code == 0 and "every 60 minutes" in scheduled.output
+    first = runner.invoke(main, ["worker", "--once"], obj=info)
+    assert first.exit_code == 0 and "4 created" in first.output, first.output
+    assert len(state(tx)) == 4
+    again = runner.invoke(main, ["worker", "--once"], obj=info)
+    assert "ldap sync" not in again.output  # not due for another hour
+    assert len(audit_events(app, "ldap.sync")) == 1
+
+
 def test_a_second_run_while_one_is_writing_does_not_start(app, tx, synced_org):
     """A scheduled sync can outlast its interval: the overlapping run stops at once."""
     import threading

@@ -87,19 +87,21 @@ def _failures(session: Session, since, email: str, ip: str | None) -> tuple[int,
 
 
 def _read(session: Session, name: str, read):
-    """One read, in a savepoint so that a failure leaves the transaction usable."""
+    """One read of a read-only session; a failure rolls that session back (nothing of it
+    was written) and leaves the signal missing."""
     try:
-        with session.begin_nested():
-            return read()
+        return read()
     except Exception:  # a signal must never break the sign-in
         log.warning("risk signals %s unavailable", name, exc_info=True)
+        session.rollback()
         return None
 
 
 def assess(session: Session, user_id: int, email: str, ip: str | None,
            device_id: str | None) -> Assessment:
-    """Score one sign-in from two reads (known device and network; recent failures). A read
-    that fails leaves its signals missing."""
+    """Score one sign-in from two reads (known device and network; recent failures) on
+    ``session``, a read-only session such as the request's. A read that fails leaves its
+    signals missing."""
     result = Assessment()
     wanted = {kind: value for kind, value in (("device", device_id),
                                               ("network", network_of(ip))) if value}

@@ -78,11 +78,11 @@ def confirmed_factor(session: Session, user_id: int) -> TotpFactor | None:
 
 
 def has_second_factor(session: Session, user_id: int) -> bool:
-    """An authenticator app or at least one passkey / security key."""
-    if confirmed_factor(session, user_id) is not None:
-        return True
-    return session.scalar(sa.select(sa.func.count(WebAuthnCredential.id))
-                          .where(WebAuthnCredential.user_id == user_id)) > 0
+    """An authenticator app or at least one passkey / security key (one query: every
+    sign-in asks)."""
+    return bool(session.scalar(sa.select(sa.or_(
+        sa.exists().where(TotpFactor.user_id == user_id, TotpFactor.confirmed_at.is_not(None)),
+        sa.exists().where(WebAuthnCredential.user_id == user_id)))))
 
 
 def unused_recovery_codes(session: Session, user_id: int) -> int:

@@ -190,6 +190,8 @@ def finish_sign_in(user, token: str, *, amr: tuple[str, ...], next_url: str,
             return _refuse_risky(user, token)
         ask = demand == "required" or (enrolled and (demand != "risk" or decision != "allow"))
         if ask:
+            with services().db.transaction() as tx:
+                record_risk(tx)
             return mfa_views.hold_sign_in(user, token, amr=amr, next_url=next_url,
                                           remember=remember, enroll=not enrolled)
         begin_session(user, token, amr=amr)
@@ -202,6 +204,7 @@ def _refuse_risky(user, token: str):
     scored ``deny``: the new session is ended and the attempt audited."""
     from portal import audit
     with services().db.transaction() as tx:
+        record_risk(tx)
         auth.end_session(tx, token)
         audit.record(tx, audit_context(), "auth.login", outcome="failure",
                      target=f"user:{user.email}", reason="risk_denied")
@@ -277,27 +280,39 @@ def device_id() -> str:
 
 
 def assess_risk(user, amr: tuple[str, ...]):
-    """Score this sign-in and audit the score with its signals (``auth.risk``); returns the
-    assessment, or None when it failed (logged; the sign-in goes on)."""
-    from portal import audit, risk
+    """Score this sign-in from the request's read session; the score and its signals are
+    audited (``auth.risk``) in the transaction that follows (``record_risk``), so scoring adds
+    no transaction of its own. Returns the assessment, or None when it failed (logged; the
+    sign-in goes on)."""
+    from portal import risk
     try:
-        ctx = audit_context().acting_as(user.id, user.email)
-        with services().db.transaction() as tx:
-            result = risk.assess(tx, user.id, user.email, request.remote_addr, device_id())
-            audit.record(tx, ctx, "auth.risk", target=f"user:{user.email}",
-                         details={**result.as_details(), "method": list(amr)})
-        g.risk_fresh = result.fresh
-        return result
+        result = risk.assess(db_session(), user.id, user.email, request.remote_addr,
+                             device_id())
     except Exception:
         current_app.logger.warning("risk assessment skipped", exc_info=True)
         return None
+    g.risk_event = (audit_context().acting_as(user.id, user.email), user.email,
+                    {**result.as_details(), "method": list(amr)})
+    g.risk_fresh = result.fresh
+    return result
+
+
+def record_risk(tx) -> None:
+    """Write the pending ``auth.risk`` event of this request, if any, in ``tx``."""
+    from portal import audit
+    pending = g.pop("risk_event", None)
+    if pending is not None:
+        ctx, email, details = pending
+        audit.record(tx, ctx, "auth.risk", target=f"user:{email}", details=details)
 
 
 def _remember_device(user) -> None:
-    """A completed sign-in makes this device and network known for the user."""
+    """A completed sign-in makes this device and network known for the user (and writes
+    the sign-in's risk event in the same transaction)."""
     from portal import risk
     try:
         with services().db.transaction() as tx:
+            record_risk(tx)
             risk.remember(tx, user.id, request.remote_addr, device_id(),
                           fresh=g.pop("risk_fresh", frozenset()))
     except Exception:

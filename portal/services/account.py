@@ -4,8 +4,6 @@ user's session id is "not found", exactly like an unknown one."""
 
 from __future__ import annotations
 
-import hashlib
-import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -23,7 +21,7 @@ from portal.models import (
     User,
     UserToken,
 )
-from portal.services.credentials import PasswordManagedElsewhere
+from portal.services.credentials import PasswordManagedElsewhere, digest, issue_token
 
 HISTORY = 20
 
@@ -81,7 +79,7 @@ class SessionRow:
 
 def sessions(session: Session, user_id: int, current_token: str) -> list[SessionRow]:
     """The user's sessions that still work, newest first; ``current`` marks this browser."""
-    mine = _digest(current_token or "")
+    mine = digest(current_token or "")
     rows = session.scalars(sa.select(AuthSession)
                            .where(AuthSession.user_id == user_id,
                                   AuthSession.revoked_at.is_(None),
@@ -96,7 +94,7 @@ def revoke_session(session: Session, ctx: audit.Context, user_id: int, session_i
     row = session.get(AuthSession, session_id)
     if row is None or row.user_id != user_id or row.revoked_at is not None:
         raise NotFound("There is no such session of yours.", code="unknown_session")
-    if row.token_hash == _digest(current_token or ""):
+    if row.token_hash == digest(current_token or ""):
         raise ValidationError("This is the session you are using: sign out instead.",
                               code="current_session")
     row.revoked_at = utcnow()
@@ -109,7 +107,7 @@ def revoke_others(session: Session, ctx: audit.Context, user_id: int,
     ended = session.execute(sa.update(AuthSession)
                             .where(AuthSession.user_id == user_id,
                                    AuthSession.revoked_at.is_(None),
-                                   AuthSession.token_hash != _digest(current_token or ""))
+                                   AuthSession.token_hash != digest(current_token or ""))
                             .values(revoked_at=utcnow())).rowcount or 0
     audit.record(session, ctx, "session.revoke_others", target=f"user:{ctx.actor}",
                  details={"sessions_ended": ended})
@@ -134,10 +132,6 @@ def sign_in_history(session: Session, email: str, limit: int = HISTORY) -> list[
                            .order_by(AuditEvent.seq.desc()).limit(limit))
     return [SignIn(r.occurred_at, r.outcome, str((r.details or {}).get("method", "")),
                    r.ip, r.user_agent, r.reason) for r in rows]
-
-
-def _digest(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 # -- changing the email address ------------------------------------------------------------
@@ -177,14 +171,8 @@ def request_email_change(session: Session, ctx: audit.Context, passwords, user_i
     if taken:
         return outbox.enqueue(session, to=address, template="email_taken", org=org,
                               context={"account": user.email}).id
-    now = utcnow()
-    session.execute(sa.update(UserToken)
-                    .where(UserToken.user_id == user.id, UserToken.purpose == EMAIL_CHANGE,
-                           UserToken.used_at.is_(None)).values(used_at=now))
-    token = secrets.token_urlsafe(32)
-    session.add(UserToken(user_id=user.id, purpose=EMAIL_CHANGE, email=address,
-                          token_hash=_digest(token), created_at=now,
-                          expires_at=now + timedelta(hours=hours)))
+    token = issue_token(session, user.id, EMAIL_CHANGE, timedelta(hours=hours),
+                        email=address)
     return outbox.enqueue(session, to=address, template="email_confirm", org=org,
                           context={"link": confirm_link(token), "hours": hours,
                                    "account": user.email}).id
@@ -192,7 +180,7 @@ def request_email_change(session: Session, ctx: audit.Context, passwords, user_i
 
 def open_email_change(session: Session, token: str) -> UserToken:
     from portal.services.credentials import InvalidToken
-    row = session.scalar(sa.select(UserToken).where(UserToken.token_hash == _digest(token or ""),
+    row = session.scalar(sa.select(UserToken).where(UserToken.token_hash == digest(token or ""),
                                                     UserToken.purpose == EMAIL_CHANGE))
     if row is None or row.used_at is not None or row.expires_at <= utcnow():
         raise InvalidToken()

@@ -54,6 +54,21 @@ def digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def issue_token(session: Session, user_id: int, purpose: str, lifetime: timedelta,
+                email: str = "") -> str:
+    """A new single-use token for a mailed link; older unused ones of the same purpose stop
+    working (one working link at a time). Only its SHA-256 is stored."""
+    now = utcnow()
+    session.execute(sa.update(UserToken).where(
+        UserToken.user_id == user_id, UserToken.purpose == purpose,
+        UserToken.used_at.is_(None)).values(used_at=now))
+    token = secrets.token_urlsafe(32)
+    session.add(UserToken(user_id=user_id, purpose=purpose, email=email,
+                          token_hash=digest(token), created_at=now,
+                          expires_at=now + lifetime))
+    return token
+
+
 def request_reset(session: Session, ctx: audit.Context, email: str, *, minutes: int,
                   reset_link: Callable[[str], str], sign_in_link: str) -> OutboxMessage | None:
     """Mail a reset link to an active local account; the note that the password is managed
@@ -78,14 +93,7 @@ def request_reset(session: Session, ctx: audit.Context, email: str, *, minutes: 
                      details={"provider": provider})
         return outbox.enqueue(session, to=email, template="password_managed", org=org,
                               context={"provider": provider, "link": sign_in_link})
-    now = utcnow()
-    session.execute(sa.update(UserToken)
-                    .where(UserToken.user_id == user.id, UserToken.purpose == RESET,
-                           UserToken.used_at.is_(None))
-                    .values(used_at=now))  # one working link at a time
-    token = secrets.token_urlsafe(32)
-    session.add(UserToken(user_id=user.id, purpose=RESET, token_hash=digest(token),
-                          created_at=now, expires_at=now + timedelta(minutes=minutes)))
+    token = issue_token(session, user.id, RESET, timedelta(minutes=minutes))
     audit.record(session, ctx, "password.reset_request", target=f"user:{email}",
                  details={"minutes": minutes})
     return outbox.enqueue(session, to=email, template="password_reset", org=org,

@@ -13,7 +13,6 @@ member of their own organization with exactly that email.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -35,7 +34,12 @@ from portal.models import (
     UserToken,
 )
 from portal.services import outbox
-from portal.services.credentials import InvalidToken, digest, home_organization
+from portal.services.credentials import (
+    InvalidToken,
+    digest,
+    home_organization,
+    issue_token,
+)
 from portal.services.members import Actor, _target
 
 EMAILED = "sso_link"
@@ -138,13 +142,7 @@ def mail_link(session: Session, ctx: audit.Context, email: str,
         raise InvalidToken()
     if outbox.recently_written(session, email, ("sso_link",)):
         return None, ""  # the link sent a moment ago still works; no flood of mail
-    now = utcnow()
-    session.execute(sa.update(UserToken).where(
-        UserToken.user_id == user.id, UserToken.purpose == EMAILED,
-        UserToken.used_at.is_(None)).values(used_at=now))  # one working link at a time
-    token = secrets.token_urlsafe(32)
-    session.add(UserToken(user_id=user.id, purpose=EMAILED, token_hash=digest(token),
-                          created_at=now, expires_at=now + timedelta(minutes=EMAIL_MINUTES)))
+    token = issue_token(session, user.id, EMAILED, timedelta(minutes=EMAIL_MINUTES))
     audit.record(session, ctx, "federation.link_mail", target=f"user:{email}",
                  details={"minutes": EMAIL_MINUTES})
     message = outbox.enqueue(session, to=email, template="sso_link",

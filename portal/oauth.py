@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 from authlib.integrations.flask_oauth2 import AuthorizationServer
@@ -31,6 +34,7 @@ from flask import Flask, current_app, g, request
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
+from sqlalchemy.orm import Session
 
 from portal.extensions import audit_context, db_session, services
 from portal.models import OAuthApp
@@ -212,17 +216,46 @@ def _id_token(client: AppClient, who: Principal, scopes: set[str], access_token:
     return sign(claims, alg=alg)
 
 
+@contextmanager
+def token_transaction() -> Iterator[None]:
+    """One transaction for a whole token request, opened when first needed: redeeming a
+    code, checking its user and storing the tokens commit once, after the response is
+    built and before it is sent. An exception rolls it all back (nothing was sent).
+
+    The key ring is loaded first: loading may write (the first keys) in a transaction of its
+    own, which must not wait for this one (SQLite has one writer at a time)."""
+    key_ring()
+    with ExitStack() as stack:
+        g.oauth_tx_stack = stack
+        try:
+            yield
+        finally:
+            g.pop("oauth_tx_stack", None)
+            g.pop("oauth_tx", None)
+
+
+def transaction() -> Session:
+    """The token request's transaction (see ``token_transaction``)."""
+    session = g.get("oauth_tx")
+    if session is None:
+        stack: ExitStack = g.oauth_tx_stack
+        session = g.oauth_tx = stack.enter_context(services().db.transaction())
+    return session
+
+
 def save_token(token: dict[str, Any], req) -> None:
     issued = g.pop("oauth_issued")
-    from datetime import UTC, datetime
-    with services().db.transaction() as session:
-        provider.save_token(
-            session, app_id=req.client.app.id,
-            refresh_seconds=req.client.app.refresh_token_seconds, jti=issued["jti"],
-            who=req.user,
-            grant_type=req.payload.grant_type or "", scope=token.get("scope", ""),
-            access_expires_at=datetime.fromtimestamp(issued["exp"], UTC),
-            refresh_token=token.get("refresh_token"))
+    values = dict(
+        app_id=req.client.app.id, refresh_seconds=req.client.app.refresh_token_seconds,
+        jti=issued["jti"], who=req.user, grant_type=req.payload.grant_type or "",
+        scope=token.get("scope", ""),
+        access_expires_at=datetime.fromtimestamp(issued["exp"], UTC),
+        refresh_token=token.get("refresh_token"))
+    if g.get("oauth_tx_stack") is not None:
+        provider.save_token(transaction(), **values)
+        return
+    with services().db.transaction() as session:  # outside the token endpoint
+        provider.save_token(session, **values)
 
 
 # --- grants -------------------------------------------------------------------------------
@@ -263,14 +296,14 @@ class CodeGrant(grants.AuthorizationCodeGrant):
     def query_authorization_code(self, code: str, client: AppClient):
         if not isinstance(code, str) or len(code) > 200:
             return None
-        row = provider.consume_code(services().db, audit_context, code, client.app.id)
+        row = provider.consume_code(transaction(), audit_context, code, client.app.id)
         return CodeRecord(row) if row else None
 
     def delete_authorization_code(self, authorization_code) -> None:
         """Consumed already, when it was looked up."""
 
     def authenticate_user(self, authorization_code) -> Principal | None:
-        return provider.code_principal(db_session(), authorization_code.row)
+        return provider.code_principal(transaction(), authorization_code.row)
 
 
 class CodeRecord:

@@ -145,7 +145,9 @@ def authorize():
                               "This sign-in cannot reach the authentication level the app "
                               "requires.", state)
 
-    orgs = provider.eligible_orgs(db_session(), current_user.id, client.app)
+    facts = provider.sign_in_facts(db_session(), current_user.id, current_user.email,
+                                   client.app)
+    orgs = facts.orgs
     wanted = request.values.get("org")
     if wanted:
         orgs = [o for o in orgs if o.slug == wanted]
@@ -160,13 +162,13 @@ def authorize():
     choose = len(orgs) > 1 and ("select_account" in prompts or not wanted)
 
     if request.method == "POST":
-        return _decide(grant, client, orgs, scopes, redirect_uri, state)
+        return _decide(grant, client, facts, orgs, scopes, redirect_uri, state)
     if "none" in prompts and (needs_consent or choose):
         return _to_client(redirect_uri, "consent_required" if needs_consent
                           else "account_selection_required", "The user must decide.", state)
     if needs_consent or choose:
         return _consent_page(client, orgs, scopes)
-    return _issue_code(grant, orgs[0])
+    return _issue_code(grant, facts, orgs[0])
 
 
 def _use_request_object():
@@ -199,7 +201,7 @@ def _use_request_object():
     return None
 
 
-def _decide(grant, client, orgs, scopes, redirect_uri, state):
+def _decide(grant, client, facts, orgs, scopes, redirect_uri, state):
     """The consent form was sent (CSRFProtect has checked its token)."""
     if request.form.get("decision") != "allow":
         _audit_denied(client, "user_denied")
@@ -213,10 +215,10 @@ def _decide(grant, client, orgs, scopes, redirect_uri, state):
         with services().db.transaction() as tx:
             provider.remember_consent(tx, audit_context(), current_user.id, client.app,
                                       scopes)
-    return _issue_code(grant, org)
+    return _issue_code(grant, facts, org)
 
 
-def _issue_code(grant, org: provider.OrgRef):
+def _issue_code(grant, facts: provider.SignInFacts, org: provider.OrgRef):
     token_hash = provider.digest(session.get("sid", ""))
     # The Trellis session's row id, looked up once per session (a new sign-in clears it).
     session_id = session.get("auth_session_id")
@@ -224,7 +226,7 @@ def _issue_code(grant, org: provider.OrgRef):
         session_id = session["auth_session_id"] = provider.auth_session_id(db_session(),
                                                                            token_hash)
     who = provider.principal(
-        db_session(), current_user, org, token_hash,
+        current_user, facts, org, token_hash,
         auth_time=_auth_time(), acr=f"{ACR_PREFIX}{session.get('assurance', 1)}",
         amr=tuple(session.get("amr") or ("pwd",)), session_id=session_id)
     return oauth.server().create_authorization_response(grant_user=who, grant=grant)
@@ -404,7 +406,8 @@ def _consent_page(client, orgs, scopes, error: str | None = None, status: int = 
 def token():
     if request.args:
         return _oauth_error("invalid_request", "Send parameters in the body, not the URL.")
-    return oauth.server().create_token_response()
+    with oauth.token_transaction():
+        return oauth.server().create_token_response()
 
 
 @bp.post("/oauth/introspect")

@@ -169,7 +169,7 @@ CREDENTIAL_ENDPOINTS = ("auth.login", "auth.org_login", "sso.link", "sso.link_by
                         "mfa.challenge", "mfa.setup_at_sign_in", "mfa.step_up")
 # The provider's machine endpoints take app credentials at a machine's pace.
 APP_CREDENTIAL_ENDPOINTS = ("provider.token", "provider.introspect", "provider.revoke",
-                            "provider.device_authorization")
+                            "provider.device_authorization", "provider.par")
 
 
 def _limit_credential_endpoints(app: Flask) -> None:

@@ -524,8 +524,31 @@ class OAuthApp(Base):
     sector_identifier_uri: Mapped[str] = mapped_column(sa.String(500), default="")
     access_token_signed_response_alg: Mapped[str] = mapped_column(sa.String(16),
                                                                   default="RS256")
+    # Redirect URIs the sector identifier document stopped listing at its last periodic
+    # check (``trellis worker``): refused at the authorization endpoint until it lists
+    # them again or an operator removes them.
+    blocked_redirect_uris: Mapped[list[str]] = mapped_column(sa.JSON, default=list)
+    sector_checked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class OAuthPushedRequest(Base):
+    """A pushed authorization request (RFC 9126): the parameters an app sent to
+    ``/oauth/par`` with its credentials, found again by the ``request_uri`` it got back
+    (stored as its SHA-256). Used once: the code issued for it marks it."""
+
+    __tablename__ = "oauth_pushed_requests"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    handle_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    app_id: Mapped[int] = mapped_column(sa.ForeignKey("oauth_apps.id", ondelete="CASCADE"),
+                                        index=True)
+    params: Mapped[dict[str, Any]] = mapped_column(sa.JSON, default=dict)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    opened_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class OAuthCode(Base):

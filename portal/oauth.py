@@ -288,6 +288,9 @@ class CodeGrant(grants.AuthorizationCodeGrant):
     def save_authorization_code(self, code: str, req) -> None:
         who: Principal = req.user
         with services().db.transaction() as session:
+            pushed = g.get("pushed_request_id")
+            if pushed is not None and not provider.use_pushed_request(session, pushed):
+                raise InvalidRequestError("The pushed request was used already.")
             provider.save_code(session, req.client.app.id, who, code,
                                req.payload.redirect_uri, req.scope or "",
                                req.payload.data.get("nonce", ""),

@@ -27,6 +27,7 @@ from portal.models import (
     OAuthApp,
     OAuthCode,
     OAuthConsent,
+    OAuthPushedRequest,
     OAuthToken,
     Organization,
     OrgStatus,
@@ -293,6 +294,64 @@ def consume_code(session: Session, ctx: Callable[[], audit.Context], code: str, 
                  target=f"code:{row.id}", reason="code_reused",
                  details={"revoked_tokens": revoked})
     return None
+
+
+# --- pushed authorization requests (RFC 9126) ---------------------------------------------
+
+PAR_PREFIX = "urn:ietf:params:oauth:request_uri:"
+PAR_SECONDS = 90  # the app must send the browser within this time (``expires_in``)
+# Once the browser has opened it, the request stays usable while the user signs in (at
+# their organization's identity provider, perhaps) and consents, until a code is issued.
+PAR_OPEN_SECONDS = 600
+INSERT_PUSHED = sa.insert(OAuthPushedRequest.__table__)
+
+
+@dataclass(frozen=True)
+class PushedRequest:
+    id: int
+    params: dict[str, str]
+
+
+def push_request(session: Session, app_id: int, params: dict[str, str]) -> str:
+    """Store an app's authorization request; returns the ``request_uri`` naming it (only
+    its digest is stored)."""
+    handle = secrets.token_urlsafe(32)
+    now = utcnow()
+    session.execute(INSERT_PUSHED, {
+        "handle_hash": digest(handle), "app_id": app_id, "params": params,
+        "expires_at": now + timedelta(seconds=PAR_SECONDS), "opened_at": None,
+        "used_at": None, "created_at": now})
+    if secrets.randbelow(64) == 0:  # the table only ever holds minutes of requests
+        session.execute(sa.delete(OAuthPushedRequest).where(
+            OAuthPushedRequest.expires_at < now - timedelta(hours=1)))
+    return PAR_PREFIX + handle
+
+
+def open_pushed_request(db: Database, request_uri: str, app_id: int) -> PushedRequest | None:
+    """The app's pushed request named by ``request_uri``, if it has not expired and no code
+    was issued for it yet. The first opening gives it ``PAR_OPEN_SECONDS`` more."""
+    if not isinstance(request_uri, str) or not request_uri.startswith(PAR_PREFIX) or \
+            len(request_uri) > 200:
+        return None
+    now = utcnow()
+    with db.transaction() as session:
+        row = session.scalar(sa.select(OAuthPushedRequest).where(
+            OAuthPushedRequest.handle_hash == digest(request_uri[len(PAR_PREFIX):])))
+        if row is None or row.app_id != app_id or row.used_at is not None or \
+                row.expires_at <= now:
+            return None
+        if row.opened_at is None:
+            row.opened_at = now
+            row.expires_at = now + timedelta(seconds=PAR_OPEN_SECONDS)
+        return PushedRequest(row.id, dict(row.params or {}))
+
+
+def use_pushed_request(session: Session, pushed_id: int) -> bool:
+    """Mark the pushed request used (in the transaction that saves its code); False when
+    another code was issued for it first."""
+    return session.execute(sa.update(OAuthPushedRequest).where(
+        OAuthPushedRequest.id == pushed_id, OAuthPushedRequest.used_at.is_(None))
+        .values(used_at=utcnow())).rowcount == 1
 
 
 # --- tokens -------------------------------------------------------------------------------

@@ -82,12 +82,14 @@ def register(main: click.Group, cli_context) -> None:
     def worker(interval: int, once: bool) -> None:
         """Deliver the outbox and the SIEM streams in a loop (run it under systemd or a
         container supervisor), and delete expired sign-ups and reset links, re-verify
-        domains whose last check is older than TRELLIS_DOMAIN_RECHECK_HOURS, and sync the
+        domains whose last check is older than TRELLIS_DOMAIN_RECHECK_HOURS, re-check apps'
+        sector identifier documents every TRELLIS_SECTOR_RECHECK_HOURS, and sync the
         directories scheduled with `trellis ldap schedule`."""
         click.echo(f"trellis worker: delivering mail every {interval}s")
         while True:
             _sync_directories()
             _recheck_domains()
+            _recheck_sectors()
             purged = _purge_expired()
             if purged:
                 click.echo(f"purged {purged} expired sign-up and reset link"
@@ -160,6 +162,22 @@ def _recheck_domains() -> None:
         click.echo(f"domain {name}: verification record gone, suspended")
     for name in summary.restored:
         click.echo(f"domain {name}: verification record back, restored")
+
+
+def _recheck_sectors() -> None:
+    from portal.cli import cli_context
+    from portal.services import apps
+    found = apps.recheck_sectors(services().db, cli_context(),
+                                 current_app.config["SECTOR_RECHECK_HOURS"])
+    for client_id, uris in found.blocked.items():
+        click.echo(f"app {client_id}: sector identifier document no longer lists "
+                   f"{', '.join(uris)}; blocked")
+    for client_id, uris in found.restored.items():
+        click.echo(f"app {client_id}: sector identifier document lists {', '.join(uris)} "
+                   f"again; unblocked")
+    for client_id, problem in found.unreadable.items():
+        click.echo(f"app {client_id}: sector identifier document not checked ({problem}); "
+                   f"tried again at the next pass", err=True)
 
 
 def _purge_expired() -> int:

@@ -232,6 +232,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("TRELLIS_DOMAIN_RECHECK_HOURS", "DOMAIN_RECHECK_HOURS", _int_range(1, 720), 24,
             "How often `trellis worker` looks every verified domain's TXT record up again; "
             "a domain whose record is gone stops routing sign-ins."),
+    Setting("TRELLIS_SECTOR_RECHECK_HOURS", "SECTOR_RECHECK_HOURS", _int_range(1, 720), 24,
+            "How often `trellis worker` fetches every pairwise app's sector identifier "
+            "document again; a redirect URI it no longer lists is refused until it does."),
     Setting("TRELLIS_DECISION_LOG_SAMPLE", "DECISION_LOG_SAMPLE", _fraction, 0.0,
             "Share of authorization decisions (0 to 1, e.g. `0.01`) — the decision API's and "
             "the portal's own page checks — written to the audit trail as `authz.decision` "

@@ -80,7 +80,9 @@ class AppClient(ClientMixin):
         return " ".join(dict.fromkeys(asked))
 
     def check_redirect_uri(self, redirect_uri: str) -> bool:
-        return redirect_uri in self.app.redirect_uris
+        """Registered, and not blocked by the periodic sector identifier check."""
+        return redirect_uri in self.app.redirect_uris and \
+            redirect_uri not in (self.app.blocked_redirect_uris or ())
 
     def check_client_secret(self, client_secret: str) -> bool:
         return apps.check_secret(self.app, client_secret)

@@ -22,7 +22,8 @@ from typing import Any, ClassVar
 
 from authlib.integrations.flask_oauth2 import AuthorizationServer
 from authlib.oauth2.rfc6749 import ClientMixin, grants
-from authlib.oauth2.rfc6749.errors import InvalidRequestError, InvalidScopeError
+from authlib.oauth2.rfc6749.errors import InvalidRequestError, InvalidScopeError, OAuth2Error
+from authlib.oauth2.rfc6749.hooks import hooked
 from authlib.oauth2.rfc7009 import RevocationEndpoint
 from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
 from authlib.oauth2.rfc7636 import CodeChallenge
@@ -515,6 +516,22 @@ class TrellisAuthorizationServer(AuthorizationServer):
     def query_client_id(self, app_id: int) -> str:
         app = db_session().get(OAuthApp, app_id)
         return app.client_id if app else ""
+
+    @hooked
+    def create_authorization_response(self, request=None, grant_user=None, grant=None):
+        """Authlib's, without validating the request a second time: the authorization
+        view got ``grant`` from ``get_consent_grant``, which validated it (client, redirect
+        URI, scopes, PKCE) in this same request, and nothing changed since."""
+        if grant is None or not getattr(grant, "redirect_uri", None):
+            return super().create_authorization_response(request, grant_user, grant)
+        try:
+            args = grant.create_authorization_response(grant.redirect_uri, grant_user)
+            response = self.handle_response(*args)
+        except OAuth2Error as error:
+            error.state = grant.request.payload.state
+            response = self.handle_error_response(grant.request, error)
+        grant.execute_hook("after_authorization_response", response)
+        return response
 
 
 def init_app(app: Flask) -> TrellisAuthorizationServer:

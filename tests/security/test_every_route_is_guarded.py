@@ -30,7 +30,8 @@ def test_public_routes_are_the_expected_ones(app):
                       "openapi.docs", "openapi.openapi_json",
                       "provider.authorize", "provider.device_authorization",
                       "provider.discovery", "provider.end_session", "provider.introspect",
-                      "provider.jwks", "provider.par", "provider.revoke", "provider.token", "saml.acs",
+                      "provider.jwks", "provider.par", "provider.revoke", "provider.token",
+                      "saml.acs",
                       "saml.metadata", "saml.sls", "sso.link", "sso.link_by_email",
                       "sso.link_confirm", "sso.oidc_callback",
                       "sso.start_chosen"]

@@ -223,6 +223,9 @@ def test_worker_blocks_a_redirect_uri_the_sector_document_stops_listing(
     assert _authorize(browser, client_id, other).headers["Location"].startswith(other)
     [event] = audit_events(app, "app.sector_check")
     assert event.outcome == "failure" and event.reason == "redirect_uri_unlisted"
+    operator, _ = _operator(app, make_user)
+    page = operator.get(f"/admin/apps/{client_id}").get_data(as_text=True)
+    assert "Blocked: the sector identifier document" in page and f"<code>{CB}</code>" in page
     assert event.details["blocked"] == [CB] and event.target == f"app:{client_id}"
 
     # Not due again until TRELLIS_SECTOR_RECHECK_HOURS have passed.

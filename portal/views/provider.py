@@ -257,7 +257,7 @@ def _use_pushed_request(client: oauth.AppClient):
 
 
 def _decide(grant, client, facts, orgs, scopes, redirect_uri, state):
-    """The consent form was sent (CSRFProtect has checked its token)."""
+    """The consent form was sent (``authorize`` has checked its CSRF token)."""
     if request.form.get("decision") != "allow":
         _audit_denied(client, "user_denied")
         return _to_client(redirect_uri, "access_denied", "The user declined.", state)

@@ -108,7 +108,10 @@ def assignable_roles(files: Any, org: Organization) -> list[str]:
 def list_members(session: Session, org: Organization, *, query: str = "", status: str = "",
                  role: str = "", after: str | None = None, limit: int = PAGE_SIZE) -> Page:
     """A page of members ordered by email, filtered on the server (keyset pagination, so the
-    100,000th member costs what the first does)."""
+    100,000th member costs what the first does). NUL never occurs in stored text (and
+    PostgreSQL refuses it in a parameter), so it is dropped from the filters."""
+    query, role = query.replace("\x00", ""), role.replace("\x00", "")
+    after = after.replace("\x00", "") if after else after
     where = [Membership.organization_id == org.id]
     if query:
         pattern = f"%{_escape_like(query.strip().lower())}%"

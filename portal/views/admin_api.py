@@ -42,6 +42,9 @@ bp = Blueprint("adminapi", __name__, url_prefix="/api/v1/orgs/<slug>")
 csrf.exempt(bp)  # checked below for session callers; token callers send no cookie
 
 
+MAX_ID = 2**31 - 1  # ids and versions are 32-bit columns; larger numbers name nothing
+
+
 class Unauthorized(TrellisError):
     status = 401
 
@@ -81,6 +84,7 @@ def operation(method: str, path: str, summary: str, scope: str, action: str,
             subject = _authenticate(slug, op)
             authorize(action, object_type, slug, subject=subject)
             org = organizations.get(db_session(), slug)
+            _refuse_nul()
             return view(org, **kwargs)
 
         setattr(guarded, ACCESS, f"require:{action}:{object_type}")
@@ -119,6 +123,23 @@ def _authenticate(slug: str, op: Operation) -> dict[str, Any]:
                                code="csrf_failed", status=400) from None
     g.api_actor = current_user._get_current_object()
     return {"id": str(current_user.id), "platform_operator": bool(current_user.is_operator)}
+
+
+def _refuse_nul() -> None:
+    """No stored text contains NUL and PostgreSQL refuses it, so a body carrying one is
+    answered 422 naming the field, after the ownership check (never a server error)."""
+    def walk(value: Any, field: str) -> None:
+        if isinstance(value, str) and "\x00" in value:
+            raise InvalidRequest(field, "must not contain NUL characters")
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(key, field)
+                walk(item, str(key) if field == "body" else field)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item, field)
+    if request.is_json:
+        walk(request.get_json(silent=True), "body")
 
 
 def _mark_used(token_id: int) -> None:
@@ -201,9 +222,11 @@ MEMBER_DETAIL = {"type": "object", "required": ["user_id", "email", "status", "v
     "version": {"type": "integer"},
     "roles": {"type": "array", "items": {"type": "object", "properties": {
         "role": {"type": "string"}, "source": {"type": "string"}}}}}}
-VERSION = {"type": "object", "properties": {"version": {"type": "integer"}}}
+VERSION = {"type": "object", "properties": {"version": {"type": "integer", "minimum": 0,
+                                                      "maximum": MAX_ID}}}
 ROLE = {"type": "object", "required": ["role"], "properties": {
-    "role": {"type": "string"}, "version": {"type": "integer"}}}
+    "role": {"type": "string"}, "version": {"type": "integer", "minimum": 0,
+                                            "maximum": MAX_ID}}}
 
 
 @operation("GET", "/members", "List members (search, filters, keyset pages).",
@@ -222,8 +245,8 @@ def _int_arg(name: str, default: int) -> int:
     raw = request.args.get(name, "")
     if not raw:
         return default
-    if not raw.isdigit() or int(raw) < 1:
-        raise InvalidRequest(name, "must be a positive integer")
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_ID:
+        raise InvalidRequest(name, f"must be an integer from 1 to {MAX_ID}")
     return int(raw)
 
 
@@ -235,7 +258,8 @@ def get_member(org: Organization, user_id: int):
 
 def _version(data: dict[str, Any]) -> int | None:
     version = data.get("version")
-    if version is not None and (not isinstance(version, int) or isinstance(version, bool)):
+    if version is not None and (not isinstance(version, int) or isinstance(version, bool)
+                                or not 0 <= version <= MAX_ID):
         raise InvalidRequest("version", "must be an integer")
     return version
 
@@ -274,7 +298,7 @@ def grant_role(org: Organization, user_id: int):
 
 
 LINK = {"type": "object", "required": ["event_id"],
-        "properties": {"event_id": {"type": "integer"}}}
+        "properties": {"event_id": {"type": "integer", "minimum": 1, "maximum": MAX_ID}}}
 LINK_REQUEST = {"type": "object", "properties": {
     "event_id": {"type": "integer"}, "connection_id": {"type": "integer"},
     "connection_name": {"type": "string"}, "subject": {"type": "string"},
@@ -299,7 +323,8 @@ def list_link_requests(org: Organization, user_id: int):
 def link_identity(org: Organization, user_id: int):
     members.membership(db_session(), org, user_id)
     event_id = _body().get("event_id")
-    if not isinstance(event_id, int) or isinstance(event_id, bool):
+    if not isinstance(event_id, int) or isinstance(event_id, bool) \
+            or not 1 <= event_id <= MAX_ID:
         raise InvalidRequest("event_id", "send the id of the refused sign-in")
     _change(org, lambda tx, ctx, o, actor: identity_links.link(tx, ctx, o, actor, user_id,
                                                                event_id))
@@ -320,7 +345,7 @@ INVITATION = {"type": "object", "required": ["id", "email", "role", "expires_at"
                              "role": {"type": "string"}, "expires_at": {"type": "string"},
                              "link": {"type": "string"}}}
 NEW_INVITATION = {"type": "object", "required": ["email"], "properties": {
-    "email": {"type": "string"}, "role": {"type": "string"}}}
+    "email": {"type": "string", "format": "email"}, "role": {"type": "string"}}}
 
 
 def _invitation_json(invitation, link: str | None = None) -> dict[str, Any]:
@@ -545,7 +570,7 @@ AUDIT_QUERY = (("actor", {"type": "string", "maxLength": 200}),
                ("action", {"type": "string", "maxLength": 64}),
                ("from", {"type": "string", "format": "date"}),
                ("to", {"type": "string", "format": "date"}),
-               ("before", {"type": "integer", "minimum": 1}),
+               ("before", {"type": "integer", "minimum": 1, "maximum": MAX_ID}),
                ("limit", {"type": "integer", "minimum": 1, "maximum": 500}))
 
 

@@ -588,22 +588,43 @@ def list_audit(org: Organization):
 
 # -- custom roles ------------------------------------------------------------------------
 
+CONDITIONS = {"type": "object", "description": "Per permission key, the conditions that narrow "
+              "it (only those the permission offers).", "additionalProperties": {
+                  "type": "object", "properties": {
+                      "amount_max": {"type": "integer", "minimum": 0, "maximum": 10**12},
+                      "own_org": {"type": "boolean"}, "mfa": {"type": "boolean"}}}}
 ROLE_ROW = {"type": "object", "required": ["id", "name", "permissions", "held_by"],
             "properties": {"id": {"type": "integer"}, "name": {"type": "string"},
                            "description": {"type": "string"},
                            "permissions": {"type": "array", "items": {"type": "string"}},
+                           "conditions": {"type": "object", "additionalProperties": {
+                               "type": "object"}},
                            "held_by": {"type": "integer"}}}
 NEW_ROLE = {"type": "object", "required": ["name", "permissions"], "properties": {
     "name": {"type": "string", "maxLength": 40}, "description": {"type": "string"},
-    "permissions": {"type": "array", "items": {"type": "string"}}}}
+    "permissions": {"type": "array", "items": {"type": "string"}},
+    "conditions": CONDITIONS}}
 CHANGE_ROLE = {"type": "object", "required": ["permissions"], "properties": {
     "description": {"type": "string"},
-    "permissions": {"type": "array", "items": {"type": "string"}}}}
+    "permissions": {"type": "array", "items": {"type": "string"}},
+    "conditions": CONDITIONS}}
+OFFER = {"type": "object", "properties": {
+    "permission": {"type": "string"}, "label": {"type": "string"},
+    "when": {"type": ["string", "null"]}, "amount_cap": {"type": ["integer", "null"]},
+    "conditions": {"type": "array", "items": {"enum": ["own_org", "amount_max", "mfa"]}},
+    "held": {"type": "boolean"}}}
 
 
 def _role_json(org: Organization, row) -> dict[str, Any]:
+    conditions = {}
+    for entry in row.permissions:
+        if len(entry) > 2:
+            when = entry[2].get("when", "True")
+            conditions[custom_roles.entry_key(entry)] = {
+                "when": None if when == "True" else when, **custom_roles.refinements_of(entry)}
     return {"id": row.id, "name": row.name, "description": row.description,
-            "permissions": [f"{o}/{a}" for o, a in row.permissions],
+            "permissions": [custom_roles.entry_key(e) for e in row.permissions],
+            "conditions": conditions,
             "held_by": custom_roles.usage(db_session(), org, row.name).grants}
 
 
@@ -614,6 +635,14 @@ def _role_inputs(org: Organization) -> dict[str, Any]:
     return {"offered": custom_roles.catalogue(engine.files, org),
             "held": custom_roles.held_permissions(engine, subject, org),
             "operator": bool(user.is_operator)}
+
+
+def _conditions(data: dict[str, Any]) -> dict[str, Any]:
+    value = data.get("conditions", {})
+    if not isinstance(value, dict):
+        raise InvalidRequest("conditions", 'send an object such as {"purchase_order/approve'
+                                           '@…": {"amount_max": 20000}}')
+    return value
 
 
 def _permission_list(data: dict[str, Any]) -> list[str]:
@@ -636,10 +665,13 @@ def list_roles(org: Organization):
     inputs = _role_inputs(org)
     return jsonify({"roles": [_role_json(org, r)
                               for r in custom_roles.list_for(db_session(), org)],
-                    "permissions": [{"permission": f"{o}/{a}",
-                                     "label": custom_roles.label((o, a)),
-                                     "held": (o, a) in inputs["held"]}
-                                    for o, a in inputs["offered"]]})
+                    "permissions": [
+                        {"permission": o.key, "label": o.label,
+                         "when": None if o.when == "True" else o.when,
+                         "amount_cap": o.cap, "conditions": list(o.refinements),
+                         "held": custom_roles.holds(inputs["held"],
+                                                    [o.object, o.action, {"when": o.when}])}
+                        for o in inputs["offered"]]})
 
 
 @operation("POST", "/roles", "Create a custom role from permissions you hold.",
@@ -652,6 +684,7 @@ def create_role(org: Organization):
                                   name=_string(data, "name")[:100],
                                   description=_text(data, "description")[:1000],
                                   permissions=_permission_list(data),
+                                  conditions=_conditions(data),
                                   built_in=reserved_role_names(org),
                                   actor_id=g.api_actor.id, **inputs)
         role_id = row.id
@@ -673,7 +706,8 @@ def update_role(org: Organization, role_id: int):
     with services().db.transaction() as tx:
         custom_roles.update(tx, _ctx(), tx.get(Organization, org.id), role_id,
                             description=_text(data, "description")[:1000],
-                            permissions=_permission_list(data), **inputs)
+                            permissions=_permission_list(data),
+                            conditions=_conditions(data), **inputs)
     db_session().expire_all()
     return jsonify(_role_json(org, custom_roles.get(db_session(), org, role_id)))
 
@@ -764,6 +798,43 @@ def delete_logo(org: Organization):
     return jsonify(_branding_json(organizations.get(db_session(), org.slug)))
 
 
+# -- organization settings ---------------------------------------------------------------
+
+REGISTRATION = {"type": "object", "required": ["mode", "verified_domains"], "properties": {
+    "mode": {"enum": ["invite", "domains", "open"],
+             "description": "invite: only invited people; domains: anyone with an address "
+                            "at a verified domain; open: anyone."},
+    "verified_domains": {"type": "array", "items": {"type": "string"}}}}
+CHANGE_REGISTRATION = {"type": "object", "required": ["mode"], "properties": {
+    "mode": {"enum": ["invite", "domains", "open"]}}}
+
+
+def _registration_json(org: Organization) -> dict[str, Any]:
+    from portal.services import registration
+    return {"mode": org.registration.value,
+            "verified_domains": registration.verified_domains(db_session(), org)}
+
+
+@operation("GET", "/registration", "Who may sign up to this organization.",
+           "settings:read", "manage", "organization", response="Registration")
+def get_registration(org: Organization):
+    return jsonify(_registration_json(org))
+
+
+@operation("PUT", "/registration", "Set who may sign up: invite, domains or open.",
+           "settings:write", "manage", "organization", body=CHANGE_REGISTRATION,
+           response="Registration")
+def set_registration(org: Organization):
+    from portal.services import registration
+    mode = _body().get("mode")
+    if mode not in registration.MODES:
+        raise InvalidRequest("mode", f"must be one of {', '.join(registration.MODES)}")
+    with services().db.transaction() as tx:
+        registration.set_mode(tx, _ctx(), org.slug, mode)
+    db_session().expire_all()
+    return jsonify(_registration_json(organizations.get(db_session(), org.slug)))
+
+
 SCHEMAS = {"Ok": {"type": "object", "properties": {"ok": {"type": "boolean"}}},
            "MemberPage": MEMBER_PAGE, "MemberDetail": MEMBER_DETAIL, "Invitation": INVITATION,
            "InvitationList": {"type": "object", "required": ["invitations"], "properties": {
@@ -777,11 +848,10 @@ SCHEMAS = {"Ok": {"type": "object", "properties": {"ok": {"type": "boolean"}}},
            "Domain": DOMAIN,
            "Role": ROLE_ROW,
            "Branding": BRANDING,
+           "Registration": REGISTRATION,
            "RoleList": {"type": "object", "required": ["roles", "permissions"], "properties": {
                "roles": {"type": "array", "items": ROLE_ROW},
-               "permissions": {"type": "array", "items": {"type": "object", "properties": {
-                   "permission": {"type": "string"}, "label": {"type": "string"},
-                   "held": {"type": "boolean"}}}}}},
+               "permissions": {"type": "array", "items": OFFER}}},
            "AuditPage": {"type": "object", "required": ["events", "next_before"],
                          "properties": {"events": {"type": "array", "items": AUDIT_EVENT},
                                         "next_before": {"type": ["integer", "null"]}}},

@@ -32,7 +32,9 @@ def role_id(tx, name):
 def test_owner_composes_grants_changes_a_role_and_it_applies_at_once(app, tx, two_orgs):
     alice = as_user(app, "alice@acme.test")
     page = alice.get("/o/acme/admin/roles").get_data(as_text=True)
-    assert "member/manage" in page and "purchase_order" not in page  # conditional: not offered
+    assert "member/manage" in page
+    # Conditional rules are offered with their condition; Alice is no buyer, so greyed out.
+    assert "r.obj.owner_org == r.dom and r.obj.amount &lt;= 50000" in page
     assert create(alice, "helpdesk", "member/read", "member/manage").status_code == 302
     max_id = two_orgs["max@acme.test"]
     member_page = alice.get(f"/o/acme/admin/users/{max_id}").get_data(as_text=True)
@@ -151,8 +153,8 @@ def test_deleting_a_role_in_use_is_refused_or_revokes_it_everywhere(app, tx, two
 def test_roles_over_the_api(app, tx, two_orgs):
     client, auth = app.test_client(), token_for(tx, "alice@acme.test")
     listed = client.get("/api/v1/orgs/acme/roles", headers=auth).get_json()
-    assert {"permission": "member/read", "label": "see members", "held": True} in listed[
-        "permissions"]
+    assert {"permission": "member/read", "label": "see members", "held": True, "when": None,
+            "amount_cap": None, "conditions": ["mfa"]} in listed["permissions"]
     made = client.post("/api/v1/orgs/acme/roles", headers=auth,
                        json={"name": "api_role", "permissions": ["member/read"]})
     assert made.status_code == 201 and made.get_json()["permissions"] == ["member/read"]

@@ -78,7 +78,7 @@ def set_mode(session: Session, ctx: audit.Context, slug: str, mode: str) -> Orga
     """Set who may create an account in this organization. An unknown mode is a plain
     validation error naming the choices; setting the mode it already has records nothing."""
     org = organizations.get(session, slug)
-    if mode not in MODES:
+    if not isinstance(mode, str) or mode not in MODES:
         raise ValidationError(f"Choose who may sign up: {', '.join(MODES)}.",
                               code="invalid_registration_mode")
     previous = org.registration.value

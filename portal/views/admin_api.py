@@ -827,7 +827,7 @@ def get_registration(org: Organization):
 def set_registration(org: Organization):
     from portal.services import registration
     mode = _body().get("mode")
-    if mode not in registration.MODES:
+    if not isinstance(mode, str) or mode not in registration.MODES:
         raise InvalidRequest("mode", f"must be one of {', '.join(registration.MODES)}")
     with services().db.transaction() as tx:
         registration.set_mode(tx, _ctx(), org.slug, mode)

@@ -110,7 +110,7 @@ def test_the_setting_over_the_api(app, tx, two_orgs):  # noqa: F811
     assert mode_of(tx) == "open"
     [event] = audit_events(app, "org.registration")
     assert event.actor == "alice@acme.test" and event.details["to"] == "open"
-    for body in ({"mode": "everyone"}, {"mode": None}, {}, ["open"]):
+    for body in ({"mode": "everyone"}, {"mode": None}, {}, ["open"], {"mode": [{"a": 1}]}):
         wrong = client.put("/api/v1/orgs/acme/registration", headers=auth, json=body)
         assert wrong.status_code == 422, body
         assert wrong.get_json()["field"] in ("mode", "body")

@@ -114,6 +114,13 @@ class Domain(Base):
 
 class User(Base):
     __tablename__ = "users"
+    # Member search (``%text%`` on lowercased email and name): trigram indexes on
+    # PostgreSQL (migration 0020); SQLite scans.
+    __table_args__ = tuple(
+        sa.Index(f"ix_users_{column}_trgm", sa.func.lower(sa.column(column)),
+                 postgresql_using="gin", postgresql_ops={"lower_1": "gin_trgm_ops"},
+                 info={"dialects": ("postgresql",)}).ddl_if(dialect="postgresql")
+        for column in ("email", "display_name"))
 
     id: Mapped[int] = mapped_column(primary_key=True)
     email: Mapped[str] = mapped_column(sa.String(320), unique=True)  # normalized

@@ -92,6 +92,13 @@ class Page:
     rows: list[MemberRow]
     total: int
     next_after: str | None  # keyset: the last email of this page
+    total_exact: bool = True  # False: more than COUNT_CAP match a search or role filter
+
+
+# A search or role filter counts its matches up to this many: "more than 1,000 match" tells
+# the admin to narrow it, and a short search matching a sixth of 100,000 members then costs
+# what the page itself does instead of a scan of them all.
+COUNT_CAP = 1000
 
 
 def assignable_roles(files: Any, org: Organization) -> list[str]:
@@ -125,8 +132,12 @@ def list_members(session: Session, org: Organization, *, query: str = "", status
                                        RoleGrant.role == role))
     base = sa.select(User, Membership).join(Membership, Membership.user_id == User.id).where(
         *where)
-    if query:
-        total = session.scalar(sa.select(sa.func.count()).select_from(base.subquery()))
+    exact = True
+    if query or role:
+        total = session.scalar(sa.select(sa.func.count()).select_from(
+            base.with_only_columns(User.id).limit(COUNT_CAP + 1).subquery()))
+        exact = total <= COUNT_CAP
+        total = min(total or 0, COUNT_CAP)
     else:  # no search: count memberships alone (an index-only scan, no join to users)
         total = session.scalar(sa.select(sa.func.count()).select_from(Membership).where(
             *where))
@@ -139,7 +150,7 @@ def list_members(session: Session, org: Organization, *, query: str = "", status
     rows = [MemberRow(user.id, user.email, user.display_name, membership.status.value,
                       membership.source.value, user.last_login_at,
                       tuple(sorted(grants.get(user.id, ())))) for user, membership in found]
-    return Page(rows, total or 0, rows[-1].email if more and rows else None)
+    return Page(rows, total or 0, rows[-1].email if more and rows else None, exact)
 
 
 def _escape_like(text: str) -> str:

@@ -214,6 +214,8 @@ MEMBER = {"type": "object", "required": ["user_id", "email", "status", "roles"],
     "last_sign_in": {"type": ["string", "null"]}}}
 MEMBER_PAGE = {"type": "object", "required": ["members", "total", "next_after"], "properties": {
     "members": {"type": "array", "items": MEMBER}, "total": {"type": "integer"},
+    "total_exact": {"type": "boolean", "description": "false: more than total members match "
+                    "the search or role filter (counting stops there)"},
     "next_after": {"type": ["string", "null"]}}}
 MEMBER_DETAIL = {"type": "object", "required": ["user_id", "email", "status", "version",
                                                 "roles"], "properties": {
@@ -238,6 +240,7 @@ def list_members(org: Organization):
                                 after=args.get("after") or None,
                                 limit=min(_int_arg("limit", members.PAGE_SIZE), 500))
     return jsonify({"members": [_member_json(r) for r in page.rows], "total": page.total,
+                    "total_exact": page.total_exact,
                     "next_after": page.next_after})
 
 

@@ -126,10 +126,9 @@ def list_members(session: Session, org: Organization, *, query: str = "", status
                             sa.func.lower(User.display_name).like(pattern, escape="\\")))
     if status in {s.value for s in MembershipStatus}:
         where.append(Membership.status == MembershipStatus(status))
-    if role:
-        where.append(sa.exists().where(RoleGrant.user_id == Membership.user_id,
-                                       RoleGrant.organization_id == org.id,
-                                       RoleGrant.role == role))
+    if role:  # IN, not EXISTS: PostgreSQL then walks the email order and probes the grant
+        where.append(User.id.in_(sa.select(RoleGrant.user_id).where(
+            RoleGrant.organization_id == org.id, RoleGrant.role == role)))
     base = sa.select(User, Membership).join(Membership, Membership.user_id == User.id).where(
         *where)
     exact = True

@@ -13,7 +13,7 @@ from flask_login import current_user
 from werkzeug.routing import IntegerConverter
 
 log = logging.getLogger("trellis.request")
-REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
+REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{8,64}")  # used with fullmatch: no trailing newline
 
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' https: data:; "
        "font-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; "
@@ -59,7 +59,7 @@ UPLOAD_LIMITS = {"orgadmin.import_members": 20 * 1024 * 1024}
 def _start_request() -> None:
     # A proxy's request id is kept (so lines join up across hops) only if it is harmless.
     incoming = request.headers.get("X-Request-ID", "")
-    g.request_id = incoming if incoming and REQUEST_ID.match(incoming) else \
+    g.request_id = incoming if incoming and REQUEST_ID.fullmatch(incoming) else \
         secrets.token_hex(8)
     g.started = time.perf_counter()
     if request.endpoint in UPLOAD_LIMITS:
@@ -87,7 +87,9 @@ def _finish_request(response):
             if name.lower() in present:
                 del headers[name]
         additions.extend(NO_STORE)
-    headers.extend(additions)
+    # Headers.extend re-validates every pair through several layers (~10 µs for these); the
+    # pairs are built here from constants and a validated request id, so they are appended.
+    headers._list.extend(additions)
     if log.isEnabledFor(logging.INFO):
         elapsed = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
         log.info("%s %s %s %.1fms", request.method, request.path, response.status_code,

@@ -14,10 +14,10 @@ if TYPE_CHECKING:  # Flask is imported lazily so `federation` can use the data m
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """Build the app from the environment; ``config`` overrides individual settings."""
-    from flask import Flask
+    from portal.flask_app import Portal
 
     settings = load_settings(overrides=config)
-    app = Flask(__name__, template_folder=str(ROOT / "templates"),
+    app = Portal(__name__, template_folder=str(ROOT / "templates"),
                 instance_path=settings["INSTANCE_PATH"])
     app.config.update(settings)
     from portal.security import DatabaseId
@@ -64,6 +64,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     from portal import oauth
     oauth.init_app(app)
     _limit_credential_endpoints(app)
+    app.remember_sync_callables()
     return app
 
 

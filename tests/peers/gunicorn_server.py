@@ -17,6 +17,8 @@ class GunicornServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         gunicorn = Path(sys.executable).with_name("gunicorn")
+        if worker_class == "sync":
+            threads = 1  # gunicorn runs a sync worker with threads as gthread
         self.peer = Peer(
             [str(gunicorn), "--bind", f"127.0.0.1:{self.port}", "--workers", str(workers),
              "--worker-class", worker_class, "--threads", str(threads), "--keep-alive", "30",

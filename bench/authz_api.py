@@ -313,6 +313,34 @@ def http_rates(folder: Path, server: GunicornServer, key: str, seconds: float,
     return results
 
 
+BARE_APP = """from flask import Flask, jsonify
+
+app = Flask("bare")
+app.add_url_rule("/healthz", "healthz", lambda: jsonify(status="ok"))
+"""
+
+
+def bare_flask_over_http(folder: Path, seconds: float, use_wrk: bool) -> tuple[float, float]:
+    """The HTTP baseline: a bare Flask app with one /healthz route in the same gunicorn worker
+    set-up (gthread, keep-alive), loaded the same way."""
+    (folder / "bareapp.py").write_text(BARE_APP)
+    server = GunicornServer(folder, {}, workers=1, threads=2, app="bareapp:app",
+                            pythonpath=folder)
+    try:
+        worker = worker_pid(server.process.pid)
+        if use_wrk:
+            return measured(worker, lambda: wrk_load(folder, f"{server.url}/healthz", "GET", "",
+                                                     [], seconds / 2, 4))
+        client = TrellisClient(server.url, "", cache_seconds=0)
+        try:
+            return measured(worker, lambda: python_load(
+                seconds / 2, lambda _: client._call("GET", "/healthz", None) and 1))
+        finally:
+            client.close()
+    finally:
+        server.stop()
+
+
 def main() -> int:
     global ORGS
     args = parse_args(__doc__)
@@ -328,6 +356,7 @@ def main() -> int:
             "DATABASE_URL": url, "TRELLIS_ENV": "test", "TRELLIS_INSTANCE_PATH": folder,
             "SECRET_KEY": "b" * 48, "TRELLIS_LOG_LEVEL": "WARNING", "REDIS_URL": redis_url}
         cpu = in_process({**environment, "REDIS_URL": ""}, key, count)
+        bare_http = bare_flask_over_http(Path(folder), seconds, use_wrk)
         http: dict[str, dict] = {}
         server = GunicornServer(Path(folder), environment, workers=1, threads=2)
         try:
@@ -368,6 +397,8 @@ def main() -> int:
     print(f"\nOver HTTP, one gunicorn worker, {seconds:.0f} s per measure "
           "(rate /s, and the worker's CPU µs per request → what one core can serve)")
     print(f"{'worker, load':<26}{'/healthz':>18}{'single checks':>24}{'batched checks':>24}")
+    print(f"{'bare Flask app (baseline)':<26}"
+          f"{f'{bare_http[0]:,.0f} ({bare_http[1]:,.0f} µs)':>18}")
     for name, rates in http.items():
         cells = [f"{rate:,.0f} ({cpu_us:,.0f} µs)" for rate, cpu_us in
                  (rates["healthz"], rates["single"], rates["batched"])]
@@ -384,6 +415,8 @@ def main() -> int:
     figures = {
         "organizations": ORGS, "load_average": [float(load_before), float(load_after)],
         "in_process_us": {name: round(value, 1) for name, value in cpu.items()},
+        "http_bare_flask_healthz": {"per_s": round(bare_http[0]),
+                                    "worker_cpu_us": round(bare_http[1], 1)},
         "http": {name: {kind: {"per_s": round(rate), "worker_cpu_us": round(cpu_us, 1)}
                         for kind, (rate, cpu_us) in rates.items()}
                  for name, rates in http.items()},

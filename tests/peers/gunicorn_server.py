@@ -13,7 +13,8 @@ from tests.peers.process import Peer, free_port
 
 class GunicornServer:
     def __init__(self, folder: Path, environment: dict[str, str], workers: int = 1,
-                 threads: int = 4, worker_class: str = "gthread") -> None:
+                 threads: int = 4, worker_class: str = "gthread",
+                 app: str = "portal:create_app()", pythonpath: Path | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         gunicorn = Path(sys.executable).with_name("gunicorn")
@@ -22,7 +23,7 @@ class GunicornServer:
         self.peer = Peer(
             [str(gunicorn), "--bind", f"127.0.0.1:{self.port}", "--workers", str(workers),
              "--worker-class", worker_class, "--threads", str(threads), "--keep-alive", "30",
-             "portal:create_app()"],
+             *(["--pythonpath", str(pythonpath)] if pythonpath else []), app],
             env={**os.environ, **environment}, log_path=folder / "gunicorn.log",
             ready=lambda: _answers(f"{self.url}/healthz"))
         self.process = self.peer.process

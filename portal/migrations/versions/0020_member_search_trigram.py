@@ -3,7 +3,7 @@ only), so the admin list's ``%search%`` no longer scans every user. SQLite keeps
 scan: it has no trigram indexes, and its databases are small.
 
 Revision ID: 0020
-Revises: 0014
+Revises: 0021
 """
 
 from alembic import op
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 
 revision = '0020'
-down_revision = '0014'
+down_revision = '0021'
 branch_labels = None
 depends_on = None
 

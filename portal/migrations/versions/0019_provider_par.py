@@ -2,7 +2,7 @@
 periodic sector identifier check blocked.
 
 Revision ID: 0019
-Revises: 0014
+Revises: 0020
 """
 
 from alembic import op
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 
 revision = '0019'
-down_revision = '0014'
+down_revision = '0020'
 branch_labels = None
 depends_on = None
 

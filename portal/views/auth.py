@@ -248,6 +248,8 @@ def begin_session(user, token: str, assurance: int = 1, amr: tuple[str, ...] = (
     session["amr"] = list(amr)
     login_user(user)
     _remember_device(user)
+    from portal.views.account import after_sign_in
+    after_sign_in(user)  # a scheduled account deletion is cancelled by signing in
 
 
 DEVICE_COOKIE = "trellis_device"

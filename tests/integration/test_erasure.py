@@ -28,7 +28,7 @@ from portal.models import (
     UserStatus,
 )
 from portal.services import gdpr, outbox
-from tests.conftest import CLI_CTX, audit_events, csrf_token, services_of, sign_in
+from tests.conftest import CLI_CTX, PASSWORD, audit_events, csrf_token, services_of, sign_in
 
 
 @pytest.fixture
@@ -51,11 +51,10 @@ def alice(app, tx, make_org, make_user):
     return user
 
 
-def _ask_deletion(client, password="correct horse battery staple"):
-    from tests.conftest import PASSWORD
+def _ask_deletion(client, password: str | None = None):
     return client.post("/account/delete", data={
         "csrf_token": csrf_token(client, "/account/"),
-        "password": PASSWORD if password == "correct horse battery staple" else password})
+        "password": PASSWORD if password is None else password})
 
 
 def _user(app, user_id) -> User:

@@ -148,8 +148,10 @@ def verify(token: str, typ: str | None = None) -> dict[str, Any] | None:
     return dict(decoded.claims)
 
 
-def scope_claims(who: Principal, scope: set[str]) -> dict[str, Any]:
-    claims: dict[str, Any] = {}
+def scope_claims(who: Principal, scope: set[str], client_id: str = "") -> dict[str, Any]:
+    """Claims for the granted scopes, and the profile fields this app requires
+    (progressive profiling: portal/services/profiling.py)."""
+    claims: dict[str, Any] = profile_claims(who.user_id, client_id, scope)
     if "profile" in scope:
         claims["name"] = who.name or who.email
     if "email" in scope:
@@ -159,6 +161,16 @@ def scope_claims(who: Principal, scope: set[str]) -> dict[str, Any]:
     if "roles" in scope and who.org:
         claims["roles"] = list(who.roles)
     return claims
+
+
+def profile_claims(user_id: int, client_id: str, scope: set[str]) -> dict[str, Any]:
+    from flask import current_app
+
+    from portal.services import profiling
+    schema = current_app.extensions.get("trellis_profile_schema") or ()
+    if not client_id or not schema:
+        return {}
+    return profiling.claims(db_session(), schema, user_id, client_id, scope)
 
 
 def generate_token(grant_type: str, client: AppClient, user: Principal | None = None,
@@ -208,7 +220,7 @@ def _id_token(client: AppClient, who: Principal, scopes: set[str], access_token:
         "at_hash": create_half_hash(access_token, alg).decode()}
     if who.nonce:
         claims["nonce"] = who.nonce
-    claims.update(scope_claims(who, scopes))
+    claims.update(scope_claims(who, scopes, client.client_id))
     return sign(claims, alg=alg)
 
 

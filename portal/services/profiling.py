@@ -107,6 +107,22 @@ def missing(session: Session, schema: tuple[Field, ...], user_id: int, client_id
             and not (f.optional and f.key in skipped)]
 
 
+CLAIM = "profile_fields"
+
+
+def claims(session: Session, schema: tuple[Field, ...], user_id: int, client_id: str,
+           scopes: set[str]) -> dict[str, dict[str, str]]:
+    """What an app receives in its ID token and from userinfo: the values of exactly the
+    fields it (or a scope it was granted) requires, under one claim ``profile_fields``;
+    nothing when it requires none or the person gave none."""
+    needed = {f.key for f in schema if f.needed_for(client_id, scopes)}
+    if not needed:
+        return {}
+    have = session.execute(sa.select(ProfileValue.field, ProfileValue.value).where(
+        ProfileValue.user_id == user_id, ProfileValue.field.in_(sorted(needed)))).all()
+    return {CLAIM: dict(sorted(have))} if have else {}
+
+
 def collect(session: Session, ctx: audit.Context, schema: tuple[Field, ...], user_id: int,
             form: dict[str, str], keys: list[str], *, via: str,
             allow_blank_optional: bool = True) -> dict[str, str]:

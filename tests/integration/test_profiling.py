@@ -132,3 +132,38 @@ def test_details_are_shown_and_edited_on_the_account_page(app, client, member):
     assert "Buyer" in page and "via account_page" in page
     export = client.get("/account/export").get_json()
     assert {f["field"] for f in export["profile_fields"]} == {"job_title", "phone", "country"}
+
+
+def _jwt_claims(token: str) -> dict:
+    import base64
+    import json
+    payload = token.split(".")[1]
+    return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+
+
+def test_apps_receive_exactly_the_fields_they_require_in_tokens_and_userinfo(
+        app, op, tmp_path):
+    from portal.models import User
+    from portal.services import profiling
+    from tests.integration.provider_helpers import full_login
+    delivery = register(app, name="Delivery Planner")
+    other = register(app, name="Supplier Portal")
+    schema = tmp_path / "schema.yaml"
+    schema.write_text(SCHEMA.replace("APP", delivery.client_id))
+    app.extensions["trellis_profile_schema"] = profiling.load_schema(schema)
+    with services_of(app).db.transaction() as session:
+        alice = session.scalar(sa.select(User).where(User.email == "alice@acme.test"))
+        for field, value in (("phone", "+49 30 1234567"), ("country", "Germany"),
+                             ("job_title", "Buyer")):
+            session.add(ProfileValue(user_id=alice.id, field=field, value=value,
+                                     collected_via="account_page", purpose="test"))
+    client, token, _, _ = full_login(op, delivery, scope="openid email")
+    expected = {"phone": "+49 30 1234567", "country": "Germany"}  # not job_title
+    assert _jwt_claims(token["id_token"])["profile_fields"] == expected
+    assert client.get(op + "/oauth/userinfo").json()["profile_fields"] == expected
+    # The profile scope requires the job title; an app needing nothing gets nothing.
+    client, token, _, _ = full_login(op, other, scope="openid profile")
+    assert _jwt_claims(token["id_token"])["profile_fields"] == {"job_title": "Buyer"}
+    client, token, _, _ = full_login(op, other, scope="openid email")
+    assert "profile_fields" not in _jwt_claims(token["id_token"])
+    assert "profile_fields" not in client.get(op + "/oauth/userinfo").json()

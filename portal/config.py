@@ -285,6 +285,10 @@ SETTINGS: tuple[Setting, ...] = (
             str(ROOT / "portal" / "profile_schema.yaml"),
             "YAML file of the profile fields apps may need (progressive profiling): after "
             "sign-in, a person opening an app is asked for exactly the fields it needs."),
+    Setting("TRELLIS_ORG_PROFILE_SCHEMAS", "ORG_PROFILE_SCHEMAS", _text, "",
+            "Folder of organizations' own profile fields: `<slug>.yaml` in the format of "
+            "`TRELLIS_PROFILE_SCHEMA`, asked of that organization's members only. Keys must "
+            "be unique across all schemas."),
     Setting("TRELLIS_RESET_MINUTES", "RESET_MINUTES", _int_range(5, 1440), 30,
             "How long a password reset link works."),
     Setting("TRELLIS_VERIFY_HOURS", "VERIFY_HOURS", _int_range(1, 168), 24,

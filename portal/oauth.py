@@ -151,7 +151,8 @@ def verify(token: str, typ: str | None = None) -> dict[str, Any] | None:
 def scope_claims(who: Principal, scope: set[str], client_id: str = "") -> dict[str, Any]:
     """Claims for the granted scopes, and the profile fields this app requires
     (progressive profiling: portal/services/profiling.py)."""
-    claims: dict[str, Any] = profile_claims(who.user_id, client_id, scope)
+    claims: dict[str, Any] = profile_claims(who.user_id, client_id, scope,
+                                            who.org.slug if who.org else None)
     if "profile" in scope:
         claims["name"] = who.name or who.email
     if "email" in scope:
@@ -163,11 +164,16 @@ def scope_claims(who: Principal, scope: set[str], client_id: str = "") -> dict[s
     return claims
 
 
-def profile_claims(user_id: int, client_id: str, scope: set[str]) -> dict[str, Any]:
+def profile_claims(user_id: int, client_id: str, scope: set[str],
+                   org_slug: str | None) -> dict[str, Any]:
+    """The platform's fields and those of the organization the token is for."""
     from flask import current_app
 
     from portal.services import profiling
-    schema = current_app.extensions.get("trellis_profile_schema") or ()
+    schema = profiling.schema_for(
+        current_app.extensions.get("trellis_profile_schema") or (),
+        current_app.extensions.get("trellis_org_profile_schemas") or {},
+        [org_slug] if org_slug else [])
     if not client_id or not schema:
         return {}
     return profiling.claims(db_session(), schema, user_id, client_id, scope)

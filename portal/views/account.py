@@ -387,8 +387,19 @@ def after_sign_in(user) -> None:
 
 # -- progressive profiling ---------------------------------------------------------------
 
-def _schema():
-    return current_app.extensions["trellis_profile_schema"]
+def _schema(only_orgs: list[str] | None = None):
+    """The platform's fields and those of the signed-in person's organizations (all their
+    active ones, or those among ``only_orgs``, e.g. the organizations an app is offered
+    to; ``["*"]`` means all)."""
+    from portal.services import profiling, users
+    platform = current_app.extensions["trellis_profile_schema"]
+    by_org = current_app.extensions.get("trellis_org_profile_schemas") or {}
+    if not by_org:
+        return platform
+    slugs = users.active_organization_slugs(db_session(), current_user.id)
+    if only_orgs is not None and "*" not in only_orgs:
+        slugs = [slug for slug in slugs if slug in only_orgs]
+    return profiling.schema_for(platform, by_org, slugs)
 
 
 def _profile_values(read):
@@ -402,13 +413,15 @@ def profile_fields_needed():
     from portal.models import OAuthApp
     from portal.services import profiling
     client_id = request.args.get("client_id", "")[:100]
-    if not client_id or not _schema():
+    if not client_id or not (current_app.extensions["trellis_profile_schema"] or
+                             current_app.extensions.get("trellis_org_profile_schemas")):
         return None
     app_row = db_session().scalar(sa.select(OAuthApp).where(OAuthApp.client_id == client_id))
     if app_row is None:
         return None  # the authorization endpoint explains the error itself
     scopes = set(request.args.get("scope", "").split())
-    fields = profiling.missing(db_session(), _schema(), current_user.id, client_id, scopes,
+    schema = _schema(list(app_row.organizations or []))
+    fields = profiling.missing(db_session(), schema, current_user.id, client_id, scopes,
                                set(session.get("profile_skipped", [])))
     if not fields:
         return None

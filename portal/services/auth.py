@@ -28,14 +28,18 @@ class InvalidCredentials(TrellisError):
     message = INVALID
 
 
-# Opens the session of a sign-in whose first factor passed, in that sign-in's transaction;
-# returns the token, or None when the sign-in is refused after all (its risk).
-SessionOpener = Callable[[Session, User], "str | None"]
+# Opens the session of a sign-in whose first factor passed, in that sign-in's transaction,
+# and audits ``events`` (the sign-in's own, as ``audit.record_many`` items) with whatever it
+# adds; returns the token, or None when the sign-in is refused after all (its risk).
+SessionOpener = Callable[[Session, User, list], "str | None"]
 
 
 def session_for(ctx: audit.Context, hours: int) -> SessionOpener:
-    """The plain opener: a session row, nothing else (the CLI, tests)."""
-    return lambda tx, user: start_session(tx, user, ctx, hours)
+    """The plain opener: a session row and the events, nothing else."""
+    def open_session(tx: Session, user: User, events: list) -> str:
+        audit.record_many(tx, ctx.acting_as(user.id, user.email), events)
+        return start_session(tx, user, ctx, hours)
+    return open_session
 
 
 def sign_in(db: Database, ctx: audit.Context, passwords: Passwords, throttle: LoginThrottle,
@@ -61,9 +65,9 @@ def sign_in(db: Database, ctx: audit.Context, passwords: Passwords, throttle: Lo
             session.execute(TOUCH_USER, {"user_id": user.id, "now": now})
             set_committed_value(user, "last_login_at", now)
             throttle.record_success(email)
-            audit.record(session, ctx.acting_as(user.id, user.email), "auth.login",
-                         target=f"user:{email}", details={"method": "password"})
-            return user, open_session(session, user)
+            return user, open_session(session, user, [{
+                "action": "auth.login", "target": f"user:{email}",
+                "details": {"method": "password"}}])
     reason = ("unknown_user" if user is None else "wrong_password" if not password_ok
               else f"user_{user.status.value}")
     _record_failure(db, ctx, throttle, email, reason, user)

@@ -60,7 +60,7 @@ def sign_in(db: Database, ctx: audit.Context, throttle: LoginThrottle, adapter: 
             row = tx.get(Connection, connection_id)
             plan = provisioning.plan(tx, row, identity)
             user = provisioning.apply(tx, ctx, row, plan, grants)
-            token = open_session(tx, user)
+            token = open_session(tx, user, [])
     except FederationError as error:
         _record_refusal(db, ctx, connection_id, error, identity)
         error.identity = identity

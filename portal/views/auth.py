@@ -183,22 +183,23 @@ def session_opener(amr: tuple[str, ...], *, idp_mfa: bool = False
                    ) -> Callable[[Any, Any], str | None]:
     """The step every first factor (password, directory bind, identity provider) takes in
     its own transaction once it has passed: score the risk, read what second factor is
-    asked, and write the session row, the ``auth.risk`` event and the known device in that
-    same transaction, so a sign-in commits once. ``finish_sign_in`` then acts on what was
+    asked, and write the session row, the first factor's events with the ``auth.risk``
+    event (one append to the audit chain) and the known device in that same transaction, so
+    a sign-in commits once. ``finish_sign_in`` then acts on what was
     decided. Returns the session token, or None when the sign-in is refused."""
-    def open_session(tx, user) -> str | None:
-        g.sign_in = _settle(tx, user, amr=amr, idp_mfa=idp_mfa)
+    def open_session(tx, user, events: list) -> str | None:
+        g.sign_in = _settle(tx, user, events, amr=amr, idp_mfa=idp_mfa)
         return g.sign_in.token
     return open_session
 
 
-def _settle(tx, user, *, amr: tuple[str, ...], idp_mfa: bool, token: str | None = None
-            ) -> Opened:
+def _settle(tx, user, events: list, *, amr: tuple[str, ...], idp_mfa: bool,
+            token: str | None = None) -> Opened:
     from portal import audit
     from portal.services import mfa
     ctx = audit_context()
     assessment = assess_risk(user)
-    events = [] if assessment is None else [{
+    events = list(events) if assessment is None else [*events, {
         "action": "auth.risk", "target": f"user:{user.email}",
         "details": {**assessment.as_details(), "method": list(amr)}}]
     ask = enroll = False
@@ -232,7 +233,7 @@ def finish_sign_in(user, token: str | None, *, amr: tuple[str, ...], next_url: s
     opened = g.pop("sign_in", None)
     if opened is None:  # a first factor that opened its session without ``session_opener``
         with services().db.transaction() as tx:
-            opened = _settle(tx, user, amr=amr, idp_mfa=idp_mfa, token=token)
+            opened = _settle(tx, user, [], amr=amr, idp_mfa=idp_mfa, token=token)
     if opened.token is None:
         session.clear()
         raise TrellisError("This sign-in looks unusual, so it was stopped. Try again later "

@@ -8,7 +8,7 @@ copies exported before the upgrade (SIEM, audit exports) can still be reconciled
 downgrade re-chains in the first format over the values as they are then.
 
 Revision ID: 0016
-Revises: 0014
+Revises: 0020
 Create Date: 2026-12-05 04:40:00
 """
 
@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = '0016'
-down_revision = '0014'
+down_revision = '0020'
 branch_labels = None
 depends_on = None
 

@@ -139,6 +139,11 @@ def _init_services(app: Flask) -> None:
             config["PROFILE_SCHEMA"])
     except ValueError as exc:
         raise ConfigError(f"TRELLIS_PROFILE_SCHEMA: {exc}") from None
+    try:
+        app.extensions["trellis_org_profile_schemas"] = profiling.load_org_schemas(
+            config["ORG_PROFILE_SCHEMAS"], app.extensions["trellis_profile_schema"])
+    except ValueError as exc:
+        raise ConfigError(f"TRELLIS_ORG_PROFILE_SCHEMAS: {exc}") from None
 
 
 def _policy_engine(folder: str, db, redis_url: str = "", channel: str | None = None):

@@ -1233,11 +1233,18 @@ def audit_group() -> None:
 @with_appcontext
 def audit_verify() -> None:
     """Check the hash chain; name the first event that was altered, inserted or removed."""
+    from portal.models import AuditHead
     with services().db.sessions() as session:
         result = audit.verify(session)
+        head = session.get(AuditHead, 1)
+        legacy = (head.legacy_seq, head.legacy_hash, head.legacy_problem) if head else (0, "", "")
     if not result.ok:
         _fail(f"audit chain broken after {result.checked} good events: {result.problem}")
     click.echo(f"audit chain intact: {result.checked} events")
+    if legacy[0]:
+        click.echo(f"re-chained at the upgrade to format 2: the old chain ended at event "
+                   f"{legacy[0]} with hash {legacy[1]} "
+                   f"({legacy[2] or 'it verified then'})")
 
 
 @audit_group.command("export")

@@ -288,10 +288,38 @@ SETTINGS: tuple[Setting, ...] = (
             str(ROOT / "portal" / "profile_schema.yaml"),
             "YAML file of the profile fields apps may need (progressive profiling): after "
             "sign-in, a person opening an app is asked for exactly the fields it needs."),
+    Setting("TRELLIS_ORG_PROFILE_SCHEMAS", "ORG_PROFILE_SCHEMAS", _text, "",
+            "Folder of organizations' own profile fields: `<slug>.yaml` in the format of "
+            "`TRELLIS_PROFILE_SCHEMA`, asked of that organization's members only. Keys must "
+            "be unique across all schemas."),
     Setting("TRELLIS_RESET_MINUTES", "RESET_MINUTES", _int_range(5, 1440), 30,
             "How long a password reset link works."),
     Setting("TRELLIS_VERIFY_HOURS", "VERIFY_HOURS", _int_range(1, 168), 24,
             "How long an email verification link (registration) works."),
+    Setting("TRELLIS_PRIVACY_VERSION", "PRIVACY_VERSION", _text, "1",
+            "Version of the privacy notice. People who acknowledged an older version are "
+            "asked to read the new one at their next sign-in (recorded in the consent "
+            "ledger)."),
+    Setting("TRELLIS_PRIVACY_URL", "PRIVACY_URL", _base_url, "",
+            "Where the privacy notice is published."),
+    Setting("TRELLIS_RECENT_SIGN_IN_MINUTES", "RECENT_SIGN_IN_MINUTES", _int_range(1, 120), 10,
+            "A sign-in this recent stands in for the current password when changing the "
+            "password, and confirms an account deletion for people without a password."),
+    Setting("TRELLIS_ERASURE_GRACE_DAYS", "ERASURE_GRACE_DAYS", _int_range(0, 365), 14,
+            "Days between a deletion request and the erasure (by `trellis worker`); signing "
+            "in during them cancels the deletion."),
+    Setting("TRELLIS_AUDIT_PSEUDONYM_KEY", "AUDIT_PSEUDONYM_KEY", _text, "",
+            "Key of the keyed hash (HMAC-SHA256) that replaces an erased person's email in "
+            "audit events. Empty derives it from `SECRET_KEY`; set it to keep pseudonyms "
+            "stable when `SECRET_KEY` is rotated."),
+    Setting("TRELLIS_SIGN_IN_HISTORY_DAYS", "SIGN_IN_HISTORY_DAYS", _int_range(1, 3650), 90,
+            "After this many days, sign-in events in the audit trail lose their IP address "
+            "and browser (the events themselves are kept)."),
+    Setting("TRELLIS_SESSION_RETENTION_DAYS", "SESSION_RETENTION_DAYS", _int_range(1, 3650),
+            30, "Ended (signed out or expired) sessions are deleted this many days later."),
+    Setting("TRELLIS_OUTBOX_RETENTION_DAYS", "OUTBOX_RETENTION_DAYS", _int_range(1, 3650), 30,
+            "Sent and failed emails are deleted from the outbox this many days after they "
+            "were written."),
     Setting("TRELLIS_LOG_FORMAT", "LOG_FORMAT", _choice("text", "json"), "text",
             "`json` writes one JSON object per log line."),
     Setting("TRELLIS_LOG_LEVEL", "LOG_LEVEL", _choice("DEBUG", "INFO", "WARNING", "ERROR"),

@@ -132,6 +132,10 @@ class User(Base):
     is_operator: Mapped[bool] = mapped_column(default=False, index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Deletion asked by the person: erased by the worker after this time unless they sign
+    # in (or cancel on the account page) before; erased_at marks the tombstone left after.
+    erase_after: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    erased_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     memberships: Mapped[list[Membership]] = relationship(back_populates="user")
 
@@ -282,6 +286,11 @@ class AuditEvent(Base):
     user_agent: Mapped[str] = mapped_column(sa.String(400), default="")
     request_id: Mapped[str] = mapped_column(sa.String(64), default="")
     details: Mapped[dict[str, Any]] = mapped_column(sa.JSON, default=dict)
+    # The chain covers the personal fields above through this salted digest; erasure
+    # deletes the salt (see portal/audit.py).
+    personal_digest: Mapped[str] = mapped_column(sa.String(64), default="", server_default="")
+    personal_salt: Mapped[str] = mapped_column(sa.String(32), default="", server_default="")
+    pseudonymized_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     prev_hash: Mapped[str] = mapped_column(sa.String(64))
     hash: Mapped[str] = mapped_column(sa.String(64))
 
@@ -296,6 +305,11 @@ class AuditHead(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     last_seq: Mapped[int] = mapped_column(sa.BigInteger, default=0)
     last_hash: Mapped[str] = mapped_column(sa.String(64))
+    # The head of the chain in its first format, when migration 0016 re-chained it; an
+    # empty problem means the old chain verified then.
+    legacy_seq: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default="0")
+    legacy_hash: Mapped[str] = mapped_column(sa.String(64), default="", server_default="")
+    legacy_problem: Mapped[str] = mapped_column(sa.String(200), default="", server_default="")
 
 
 class Protocol(enum.StrEnum):

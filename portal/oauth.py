@@ -155,8 +155,11 @@ def verify(token: str, typ: str | None = None) -> dict[str, Any] | None:
     return dict(decoded.claims)
 
 
-def scope_claims(who: Principal, scope: set[str]) -> dict[str, Any]:
-    claims: dict[str, Any] = {}
+def scope_claims(who: Principal, scope: set[str], client_id: str = "") -> dict[str, Any]:
+    """Claims for the granted scopes, and the profile fields this app requires
+    (progressive profiling: portal/services/profiling.py)."""
+    claims: dict[str, Any] = profile_claims(who.user_id, client_id, scope,
+                                            who.org.slug if who.org else None)
     if "profile" in scope:
         claims["name"] = who.name or who.email
     if "email" in scope:
@@ -166,6 +169,21 @@ def scope_claims(who: Principal, scope: set[str]) -> dict[str, Any]:
     if "roles" in scope and who.org:
         claims["roles"] = list(who.roles)
     return claims
+
+
+def profile_claims(user_id: int, client_id: str, scope: set[str],
+                   org_slug: str | None) -> dict[str, Any]:
+    """The platform's fields and those of the organization the token is for."""
+    from flask import current_app
+
+    from portal.services import profiling
+    schema = profiling.schema_for(
+        current_app.extensions.get("trellis_profile_schema") or (),
+        current_app.extensions.get("trellis_org_profile_schemas") or {},
+        [org_slug] if org_slug else [])
+    if not client_id or not schema:
+        return {}
+    return profiling.claims(db_session(), schema, user_id, client_id, scope)
 
 
 def generate_token(grant_type: str, client: AppClient, user: Principal | None = None,
@@ -215,7 +233,7 @@ def _id_token(client: AppClient, who: Principal, scopes: set[str], access_token:
         "at_hash": create_half_hash(access_token, alg).decode()}
     if who.nonce:
         claims["nonce"] = who.nonce
-    claims.update(scope_claims(who, scopes))
+    claims.update(scope_claims(who, scopes, client.client_id))
     return sign(claims, alg=alg)
 
 

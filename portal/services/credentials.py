@@ -134,9 +134,11 @@ def reset(session: Session, ctx: audit.Context, passwords: Passwords, token: str
 
 def change(db: Database, ctx: audit.Context, passwords: Passwords, throttle: LoginThrottle,
            user_id: int, current: str, password: str, confirm: str, *, session_token: str,
-           reset_page: str) -> int:
+           reset_page: str, recent_sign_in: bool = False) -> int:
     """Change a password while signed in: the current one is required (wrong guesses count
-    toward the same lockout as sign-in), and every other session ends. Returns how many."""
+    toward the same lockout as sign-in) unless the person signed in within the last minutes
+    (``recent_sign_in``, decided by the caller from the session), and every other session
+    ends. Returns how many."""
     with db.sessions() as session:
         user = session.get(User, user_id)
         email = user.email
@@ -147,9 +149,10 @@ def change(db: Database, ctx: audit.Context, passwords: Passwords, throttle: Log
     throttle.check(email, ctx.ip)
     with db.transaction() as session:
         user = session.get(User, user_id)
-        if passwords.verify(user.password_hash, current):
+        if (recent_sign_in and not current) or passwords.verify(user.password_hash, current):
             _check_new(password, confirm, user)
-            throttle.record_success(email)
+            if not recent_sign_in or current:
+                throttle.record_success(email)
             user.password_hash = passwords.hash(password)
             ended = session.execute(
                 sa.update(AuthSession)
@@ -157,7 +160,8 @@ def change(db: Database, ctx: audit.Context, passwords: Passwords, throttle: Log
                        AuthSession.token_hash != digest(session_token or ""))
                 .values(revoked_at=utcnow())).rowcount or 0
             audit.record(session, ctx, "password.change", target=f"user:{email}",
-                         details={"other_sessions_ended": ended})
+                         details={"other_sessions_ended": ended,
+                                  "confirmed_by": "password" if current else "recent_sign_in"})
             _notify_changed(session, user, "change", reset_page)
             return ended
     throttle.record_failure(email, ctx.ip)

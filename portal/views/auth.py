@@ -292,6 +292,8 @@ def begin_session(user, token: str, assurance: int = 1, amr: tuple[str, ...] = (
                 _remember_device(tx, user, frozenset())
         except Exception:
             current_app.logger.warning("could not remember the device", exc_info=True)
+    from portal.views.account import after_sign_in
+    after_sign_in(user)  # a scheduled account deletion is cancelled by signing in
 
 
 DEVICE_COOKIE = "trellis_device"

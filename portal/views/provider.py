@@ -582,7 +582,7 @@ def userinfo():
     app = db_session().get(OAuthAppModel, row.app_id)
     claims: dict[str, Any] = {"sub": provider.subject_for(app, row.user_id)}
     if who:
-        claims.update(oauth.scope_claims(who, scopes))
+        claims.update(oauth.scope_claims(who, scopes, app.client_id))
     return jsonify(claims)
 
 

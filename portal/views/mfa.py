@@ -234,7 +234,8 @@ def totp_setup():
 
 
 def _notify(tx, user: User, change: str) -> None:
-    mfa.notify_change(tx, user, change, url_for("mfa.security", _external=True))
+    from portal.views.account import not_me_link
+    mfa.notify_change(tx, user, change, url_for("mfa.security", _external=True), not_me_link)
 
 
 def _recently_signed_in() -> bool:

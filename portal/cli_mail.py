@@ -81,9 +81,11 @@ def register(main: click.Group, cli_context) -> None:
     @with_appcontext
     def worker(interval: int, once: bool) -> None:
         """Deliver the outbox and the SIEM streams in a loop (run it under systemd or a
-        container supervisor), and delete expired sign-ups and reset links, re-verify
-        domains whose last check is older than TRELLIS_DOMAIN_RECHECK_HOURS, and sync the
-        directories scheduled with `trellis ldap schedule`."""
+        container supervisor), compare each complete window of sign-in events with its
+        baseline (anomalies are audited and mailed), delete expired sign-ups and reset
+        links, re-verify domains whose last check is older than
+        TRELLIS_DOMAIN_RECHECK_HOURS, and sync the directories scheduled with
+        `trellis ldap schedule`."""
         click.echo(f"trellis worker: delivering mail every {interval}s")
         while True:
             _sync_directories()
@@ -92,6 +94,7 @@ def register(main: click.Group, cli_context) -> None:
             if purged:
                 click.echo(f"purged {purged} expired sign-up and reset link"
                            f"{'s' if purged != 1 else ''}")
+            _detect_anomalies()
             _deliver_events()
             report = _deliver_once()
             if report.sent or report.retrying or report.failed:
@@ -167,6 +170,21 @@ def _purge_expired() -> int:
     from portal.services import credentials, registration
     with services().db.transaction() as session:
         return registration.purge_expired(session) + credentials.purge_expired(session)
+
+
+def _detect_anomalies() -> None:
+    """Each complete window of sign-in events against its baseline; an anomaly is audited
+    (so the SIEM streams delivered next carry it) and mailed, in the same transaction."""
+    from portal.cli import cli_context
+    from portal.services import anomaly
+    config = current_app.config
+    base = (config.get("BASE_URL") or "").rstrip("/")
+    report = anomaly.evaluate(
+        services().db, cli_context(), anomaly.Settings.from_config(config),
+        link_for=lambda slug: f"{base}/o/{slug}/admin/audit" if base and slug else "")
+    for finding in report.findings:
+        click.echo(f"anomaly: {finding.scope} {finding.metric} {finding.count} "
+                   f"(baseline {finding.mean:.1f}, z {finding.z:.1f})")
 
 
 def _deliver_events() -> None:

@@ -58,6 +58,7 @@ SUBJECTS = {
     "sso_link": "Link your company sign-in to your {site} account",
     "mfa_changed": "The sign-in protection of your {site} account changed",
     "new_device": "New sign-in to your {site} account",
+    "anomaly": "Unusual sign-in activity at {site}",
 }
 
 

@@ -18,7 +18,6 @@ from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from portal.db import utcnow
@@ -64,26 +63,26 @@ def _digest(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
 
 
-def _known(session: Session, user_id: int, wanted: dict[str, str]) -> dict[str, Any]:
-    """Of the kinds in ``wanted`` (kind -> value), those known for the user, with when they
-    were last seen: one query."""
-    digests = {kind: _digest(value) for kind, value in wanted.items()}
-    rows = session.execute(sa.select(KnownSignal.kind, KnownSignal.value,
-                                     KnownSignal.last_seen_at).where(
-        KnownSignal.user_id == user_id, KnownSignal.kind.in_(list(digests)),
-        KnownSignal.value.in_(list(digests.values()))))
-    return {kind: seen for kind, value, seen in rows if digests.get(kind) == value}
+_KNOWN = KnownSignal.__table__
+_EVENTS = AuditEvent.__table__
 
 
-def _failures(session: Session, since, email: str, ip: str | None) -> tuple[int, int | None]:
-    """Failed sign-ins and codes since ``since``, for the account and (with an IP) from the
-    client's address: both counted in one pass over the window."""
-    failed = sa.and_(AuditEvent.action.in_(("auth.login", "auth.mfa")),
-                     AuditEvent.outcome == "failure", AuditEvent.occurred_at >= since)
-    by_account = sa.func.count().filter(AuditEvent.target == f"user:{email}")
-    by_ip = sa.func.count().filter(AuditEvent.ip == ip) if ip else sa.literal(None)
-    account, address = session.execute(sa.select(by_account, by_ip).where(failed)).one()
-    return account or 0, (address or 0) if ip else None
+def _last_seen(kind: str):
+    return sa.select(_KNOWN.c.last_seen_at).where(
+        _KNOWN.c.user_id == sa.bindparam("user_id"), _KNOWN.c.kind == kind,
+        _KNOWN.c.value == sa.bindparam(kind)).scalar_subquery()
+
+
+_FAILURES = sa.select(
+    sa.func.count().filter(_EVENTS.c.target == sa.bindparam("target")).label("account"),
+    sa.func.count().filter(_EVENTS.c.ip == sa.bindparam("ip")).label("address"),
+).where(_EVENTS.c.action.in_(("auth.login", "auth.mfa")), _EVENTS.c.outcome == "failure",
+        _EVENTS.c.occurred_at >= sa.bindparam("since")).subquery()
+# When the device and the network were last seen for the user (NULL: never), and the failed
+# sign-ins and codes in the window for the account and from the client's address: every
+# sign-in reads all of it, so it is one statement, built once.
+SIGNALS = sa.select(_last_seen("device"), _last_seen("network"), _FAILURES.c.account,
+                    _FAILURES.c.address)
 
 
 def _read(session: Session, name: str, read):
@@ -99,30 +98,35 @@ def _read(session: Session, name: str, read):
 
 def assess(session: Session, user_id: int, email: str, ip: str | None,
            device_id: str | None) -> Assessment:
-    """Score one sign-in from two reads (known device and network; recent failures) on
-    ``session``, a read-only session such as the request's. A read that fails leaves its
-    signals missing."""
+    """Score one sign-in from one read on ``session`` (the request's read session, or the
+    sign-in's own transaction). If the read fails every signal is missing."""
     result = Assessment()
-    wanted = {kind: value for kind, value in (("device", device_id),
-                                              ("network", network_of(ip))) if value}
-    known = _read(session, "known", lambda: _known(session, user_id, wanted)) \
-        if wanted else {}
-    for name, kind in (("new_device", "device"), ("new_network", "network")):
-        if kind in wanted and known is not None:
-            result.signals[name] = kind not in known
+    network = network_of(ip)
+    row = _read(session, "signals", lambda: session.execute(SIGNALS, {
+        "user_id": user_id, "device": _digest(device_id) if device_id else None,
+        "network": _digest(network) if network else None, "target": f"user:{email}",
+        "ip": ip, "since": utcnow() - VELOCITY_WINDOW}).one())
+    seen = {}
+    if row is None:
+        result.missing += ["new_device", "new_network", "account_failures", "ip_failures"]
+    else:
+        device_seen, network_seen, account, address = row
+        seen = {kind: at for kind, at, value in (("device", device_seen, device_id),
+                                                 ("network", network_seen, network))
+                if value and at is not None}
+        for name, kind, value in (("new_device", "device", device_id),
+                                  ("new_network", "network", network)):
+            if value:
+                result.signals[name] = kind not in seen
+            else:
+                result.missing.append(name)
+        result.signals["account_failures"] = account or 0
+        if ip:
+            result.signals["ip_failures"] = address or 0
         else:
-            result.missing.append(name)
-    counts = _read(session, "failures",
-                   lambda: _failures(session, utcnow() - VELOCITY_WINDOW, email, ip))
-    account, address = counts if counts is not None else (None, None)
-    for name, value in (("account_failures", account), ("ip_failures", address)):
-        if value is None:
-            result.missing.append(name)
-        else:
-            result.signals[name] = value
+            result.missing.append("ip_failures")
     recently = utcnow() - TOUCH_EVERY
-    result.fresh = frozenset(kind for kind, seen in (known or {}).items()
-                             if seen >= recently)
+    result.fresh = frozenset(kind for kind, at in seen.items() if at >= recently)
     score = sum(WEIGHTS[name] for name in WEIGHTS if result.signals.get(name) is True)
     score += min(MAX_ACCOUNT_FAILURES,
                  PER_ACCOUNT_FAILURE * result.signals.get("account_failures", 0))
@@ -133,24 +137,29 @@ def assess(session: Session, user_id: int, email: str, ip: str | None,
     return result
 
 
+def _upsert(dialect: str):
+    """INSERT ... ON CONFLICT DO UPDATE for the user's (kind, value): one statement whether
+    the signal is new or known, and no race with a concurrent sign-in from the same place."""
+    from sqlalchemy.dialects import postgresql, sqlite
+    insert = (postgresql if dialect == "postgresql" else sqlite).insert(_KNOWN)
+    return insert.on_conflict_do_update(index_elements=["user_id", "kind", "value"],
+                                        set_={"last_seen_at": insert.excluded.last_seen_at})
+
+
+_UPSERTS: dict[str, Any] = {}
+
+
 def remember(session: Session, user_id: int, ip: str | None, device_id: str | None,
              fresh: frozenset[str] = frozenset()) -> None:
     """After a completed sign-in: this device and network are now known for the user.
     ``fresh`` (kinds the assessment found seen within a day) need no write."""
     now = utcnow()
-    for kind, value in (("device", device_id), ("network", network_of(ip))):
-        if not value or kind in fresh:
-            continue
-        digest = _digest(value)
-        updated = session.execute(
-            sa.update(KnownSignal)
-            .where(KnownSignal.user_id == user_id, KnownSignal.kind == kind,
-                   KnownSignal.value == digest)
-            .values(last_seen_at=now).execution_options(synchronize_session=False)).rowcount
-        if not updated:
-            try:
-                with session.begin_nested():
-                    session.add(KnownSignal(user_id=user_id, kind=kind, value=digest,
-                                            first_seen_at=now, last_seen_at=now))
-            except IntegrityError:
-                pass  # a concurrent sign-in from the same place got there first
+    rows = [{"user_id": user_id, "kind": kind, "value": _digest(value), "first_seen_at": now,
+             "last_seen_at": now}
+            for kind, value in (("device", device_id), ("network", network_of(ip)))
+            if value and kind not in fresh]
+    if rows:
+        dialect = session.get_bind().dialect.name
+        if dialect not in _UPSERTS:
+            _UPSERTS[dialect] = _upsert(dialect)
+        session.execute(_UPSERTS[dialect], rows)

@@ -124,14 +124,42 @@ def not_me_link(token: str) -> str:
 def notify_new_device(tx, user, device_id: str, read) -> int | None:
     """Called by sign-in completion (``views.auth._remember_device``) in its transaction,
     before the device is remembered: a sign-in from a device the account has not used
-    before mails the owner. Returns the message id, to deliver once committed."""
+    before mails the owner (delivered once the response is done, so after the commit). A
+    failure here is logged and never breaks the sign-in. Returns the message id."""
     from portal import useragent
     from portal.services import takeover
-    if not takeover.device_is_new(read, user.id, device_id):
+    try:
+        if not takeover.device_is_new(read, user.id, device_id):
+            return None
+        with tx.begin_nested():
+            message_id = takeover.notify_new_device(
+                tx, user, ip=request.remote_addr or "",
+                browser=useragent.describe(request.user_agent.string),
+                link_for=not_me_link)
+    except Exception:
+        current_app.logger.warning("new-device notice skipped", exc_info=True)
+        read.rollback()
         return None
-    return takeover.notify_new_device(tx, user, ip=request.remote_addr or "",
-                                      browser=useragent.describe(request.user_agent.string),
-                                      link_for=not_me_link)
+    _deliver_after_commit([message_id])
+    return message_id
+
+
+def _deliver_after_commit(ids: list[int]) -> None:
+    """An attempt at delivery once the view returned (its transaction is committed by
+    then): at once under the test client, else after the response is sent."""
+    from flask import after_this_request
+    app = current_app._get_current_object()
+
+    @after_this_request
+    def deliver(response):
+        if app.testing and not app.config.get("MAIL_AFTER_RESPONSE"):
+            deliver_now(ids)
+        else:
+            def attempt() -> None:
+                with app.app_context():
+                    deliver_now(ids)
+            response.call_on_close(attempt)
+        return response
 
 
 @bp.route("/account/not-me/<token>", methods=["GET", "POST"])

@@ -461,7 +461,7 @@ def passwordless_sign_in():
     from portal import audit
     from portal.db import utcnow
     from portal.models import UserStatus
-    from portal.views.auth import finish_sign_in
+    from portal.views.auth import finish_sign_in, session_opener
     body = _json_body()
     challenge = _take_challenge("passwordless", 0)
     s, ctx, rp = services(), audit_context(), relying_party()
@@ -477,15 +477,15 @@ def passwordless_sign_in():
                 reason = f"user_{user.status.value}"
             else:
                 user.last_login_at = utcnow()
-                token = auth.start_session(tx, user, ctx,
-                                           current_app.config["SESSION_HOURS"])
-                audit.record(tx, ctx.acting_as(user.id, user.email), "auth.login",
-                             target=f"user:{user.email}", details={"method": "passkey"})
+                token = session_opener(("hwk",), idp_mfa=True)(tx, user, [{
+                    "action": "auth.login", "target": f"user:{user.email}",
+                    "details": {"method": "passkey"}}])
+                reason = "risk_denied" if token is None else ""
     except mfa.InvalidCode as refused:
         reason = refused.detail or "passkey_invalid"
         user = db_session().get(User, getattr(refused, "user_id", None)) \
             if getattr(refused, "user_id", None) else None
-    if token is None:
+    if token is None and reason != "risk_denied":
         s.throttle.record_failure(key, ctx.ip)
         with s.db.transaction() as tx:
             audit.record(tx, ctx, "auth.login", outcome="failure",

@@ -115,9 +115,9 @@ def counts(session: Session, start: datetime, end: datetime
                                    .group_by(metric)):
         if name:
             found[(None, name)] = n
-    # The account an event is about: its actor once signed in, else the target "user:email".
-    account = sa.or_(User.id == AuditEvent.actor_id,
-                     AuditEvent.target == sa.literal("user:") + User.email)
+    # The account an event is about: every sign-in event names it as "user:<email>" (an
+    # equality join the database can hash; IP lockouts name no account).
+    account = AuditEvent.target == sa.literal("user:") + User.email
     by_org = (sa.select(Membership.organization_id, metric,
                         sa.func.count(sa.distinct(AuditEvent.seq)))
               .select_from(AuditEvent).join(User, account)

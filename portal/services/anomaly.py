@@ -115,9 +115,11 @@ def counts(session: Session, start: datetime, end: datetime
                                    .group_by(metric)):
         if name:
             found[(None, name)] = n
-    # The account an event is about: every sign-in event names it as "user:<email>" (an
-    # equality join the database can hash; IP lockouts name no account).
-    account = AuditEvent.target == sa.literal("user:") + User.email
+    # The account an event is about: every sign-in event names it as "user:<email>"; the
+    # email is cut out of the target so the lookup uses the unique index on users.email (IP
+    # lockouts name no account).
+    account = sa.and_(AuditEvent.target.startswith("user:"),
+                      User.email == sa.func.substr(AuditEvent.target, 6))
     by_org = (sa.select(Membership.organization_id, metric,
                         sa.func.count(sa.distinct(AuditEvent.seq)))
               .select_from(AuditEvent).join(User, account)

@@ -58,6 +58,7 @@ def _alice_id(app) -> int:
     ({"bad_signature": True}, "passkey_invalid"),
     ({"origin": "https://evil.test"}, "passkey_origin"),
     ({"count": 0}, "passkey_sign_count"),
+    ({"user_verified": False}, "passkey_user_verification"),
 ])
 def test_bad_assertions_are_refused_and_audited(client, app, enrolled, lie, reason):  # noqa: F811
     if reason == "passkey_sign_count":

@@ -275,6 +275,11 @@ class AuditEvent(Base):
     """Append-only and hash-chained: each row stores the previous row's hash and its own."""
 
     __tablename__ = "audit_events"
+    # Failed sign-ins and codes by time: the risk engine counts the recent ones on every
+    # sign-in (``risk.SIGNALS``, whose query names the same literal condition).
+    __table_args__ = (sa.Index("ix_audit_events_failures", "occurred_at",
+                               sqlite_where=sa.text("outcome = 'failure'"),
+                               postgresql_where=sa.text("outcome = 'failure'")),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     seq: Mapped[int] = mapped_column(sa.BigInteger, unique=True)

@@ -2,7 +2,7 @@
 organization.
 
 Revision ID: 0018
-Revises: 0014
+Revises: 0021
 """
 
 from alembic import op
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 
 revision = '0018'
-down_revision = '0014'
+down_revision = '0021'
 branch_labels = None
 depends_on = None
 

@@ -459,6 +459,19 @@ def user_suspend(email: str, reason: str) -> None:
         click.echo(f"suspended {suspended.email}")
 
 
+@user.command("unlock")
+@click.argument("email")
+@click.option("--reason", default="", help="Recorded in the audit trail.")
+@with_appcontext
+def user_unlock(email: str, reason: str) -> None:
+    """Give back an account that was locked ("this wasn't me") or suspended, once its owner
+    is known to be in control; they then choose a new password with a reset link."""
+    from portal.services import takeover
+    with services().db.transaction() as session:
+        row = takeover.unlock(session, cli_context(), email, reason)
+        click.echo(f"unlocked {row.email}")
+
+
 @user.command("mfa-reset")
 @click.argument("email")
 @click.option("--reason", default="", help="Recorded in the audit trail.")

@@ -83,10 +83,12 @@ def register(main: click.Group, cli_context) -> None:
     def worker(interval: int, once: bool) -> None:
         """Deliver the outbox and the SIEM streams in a loop (run it under systemd or a
         container supervisor), erase accounts whose deletion grace period is over, apply
-        the retention settings, delete expired sign-ups and reset links, re-verify
-        domains whose last check is older than TRELLIS_DOMAIN_RECHECK_HOURS, re-check apps'
-        sector identifier documents every TRELLIS_SECTOR_RECHECK_HOURS, and sync the
-        directories scheduled with `trellis ldap schedule`."""
+        the retention settings, compare each complete window of sign-in events with its
+        baseline (anomalies are audited and mailed), delete expired sign-ups and reset
+        links, re-verify domains whose last check is older than
+        TRELLIS_DOMAIN_RECHECK_HOURS, re-check apps' sector identifier documents every
+        TRELLIS_SECTOR_RECHECK_HOURS, and sync the directories scheduled with
+        `trellis ldap schedule`."""
         click.echo(f"trellis worker: delivering mail every {interval}s")
         while True:
             _sync_directories()
@@ -98,6 +100,7 @@ def register(main: click.Group, cli_context) -> None:
                            f"{'s' if purged != 1 else ''}")
             erase_due()
             apply_retention()
+            _detect_anomalies()
             _deliver_events()
             report = _deliver_once()
             if report.sent or report.retrying or report.failed:
@@ -260,6 +263,19 @@ def apply_retention():
         click.echo(f"retention: deleted {done.sessions} sessions and {done.emails} emails, "
                    f"forgot the address of {done.sign_in_events} sign-in events")
     return done
+def _detect_anomalies() -> None:
+    """Each complete window of sign-in events against its baseline; an anomaly is audited
+    (so the SIEM streams delivered next carry it) and mailed, in the same transaction."""
+    from portal.cli import cli_context
+    from portal.services import anomaly
+    config = current_app.config
+    base = (config.get("BASE_URL") or "").rstrip("/")
+    report = anomaly.evaluate(
+        services().db, cli_context(), anomaly.Settings.from_config(config),
+        link_for=lambda slug: f"{base}/o/{slug}/admin/audit" if base and slug else "")
+    for finding in report.findings:
+        click.echo(f"anomaly: {finding.scope} {finding.metric} {finding.count} "
+                   f"(baseline {finding.mean:.1f}, z {finding.z:.1f})")
 
 
 def _deliver_events() -> None:

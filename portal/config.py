@@ -45,6 +45,19 @@ def _int_range(low: int, high: int) -> Callable[[str], int]:
     return parse
 
 
+def _float_range(low: float, high: float) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValueError("must be a number") from None
+        if not low <= value <= high:
+            raise ValueError(f"must be between {low:g} and {high:g}")
+        return value
+
+    return parse
+
+
 def _bool(raw: str) -> bool:
     lowered = raw.strip().lower()
     if lowered in {"1", "true", "yes", "on"}:
@@ -272,6 +285,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("TRELLIS_SIEM_BATCH_SIZE", "SIEM_BATCH_SIZE", _int_range(1, 10000), 500,
             "Most events sent to one SIEM stream in one attempt (one webhook request, one "
             "syslog connection)."),
+    Setting("TRELLIS_ANOMALY_WINDOW_MINUTES", "ANOMALY_WINDOW_MINUTES", _int_range(1, 1440),
+            15, "Length of the windows in which `trellis worker` counts sign-ins, failures, "
+            "lockouts and failed codes (per organization and platform-wide) to compare each "
+            "with its recent baseline."),
+    Setting("TRELLIS_ANOMALY_Z", "ANOMALY_Z", _float_range(1.0, 50.0), 3.0,
+            "How many standard deviations above its baseline a window's count must be to "
+            "be reported as an anomaly (audited, sent to SIEM streams, mailed to admins)."),
+    Setting("TRELLIS_ANOMALY_MIN_COUNT", "ANOMALY_MIN_COUNT", _int_range(1, 1000000), 10,
+            "Smallest count in a window that can be an anomaly (small numbers are noise)."),
     Setting("TRELLIS_REGISTRATION", "REGISTRATION", _choice("closed", "open"), "closed",
             "`open` lets anyone create an account at `/register` without an organization; "
             "each organization has its own setting for `/o/<slug>/register`."),

@@ -249,6 +249,26 @@ class KnownSignal(Base):
     last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+class AnomalyBaseline(Base):
+    """The recent baseline (EWMA mean and variance over ``samples`` windows) of one sign-in
+    rate (``metric``) for the platform (``scope`` "platform") or one organization ("org:ID"),
+    and the end of the last window folded into it (see ``services.anomaly``)."""
+
+    __tablename__ = "anomaly_baselines"
+    __table_args__ = (sa.UniqueConstraint("scope", "metric",
+                                          name="uq_anomaly_baselines_scope_metric"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    scope: Mapped[str] = mapped_column(sa.String(32))
+    organization_id: Mapped[int | None] = mapped_column(
+        sa.ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
+    metric: Mapped[str] = mapped_column(sa.String(32))
+    mean: Mapped[float] = mapped_column(sa.Float, default=0.0)
+    variance: Mapped[float] = mapped_column(sa.Float, default=0.0)
+    samples: Mapped[int] = mapped_column(default=0)
+    window_end: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 class RecoveryCode(Base):
     """One-time recovery codes, stored as argon2id hashes only (shown to the user once)."""
 

@@ -96,7 +96,8 @@ def reset_password(token: str):
                                   form.password.data, form.confirm.data,
                                   sign_in_link=url_for("auth.login", _external=True),
                                   reset_page=url_for("account.forgot_password",
-                                                     _external=True))
+                                                     _external=True),
+                                  not_me=not_me_link)
         except credentials.InvalidToken as exc:
             return render_template("account/link_invalid.html", message=exc.message,
                                    again=url_for("account.forgot_password")), 400
@@ -111,6 +112,84 @@ def reset_password(token: str):
             return redirect(url_for("auth.login"))
     return render_template("account/reset.html", form=form, email=user.email,
                            error=error or "Enter the new password twice."), 400
+
+
+# -- "this wasn't me" ---------------------------------------------------------------------
+
+def not_me_link(token: str) -> str:
+    """The absolute address of a "this wasn't me" link, for the notices that carry one."""
+    return url_for("account.not_me", token=token, _external=True)
+
+
+def notify_new_device(tx, user, device_id: str, read) -> int | None:
+    """Called by sign-in completion (``views.auth._remember_device``) in its transaction,
+    before the device is remembered: a sign-in from a device the account has not used
+    before mails the owner (delivered once the response is done, so after the commit). A
+    failure here is logged and never breaks the sign-in. Returns the message id."""
+    from portal import useragent
+    from portal.services import takeover
+    try:
+        if not takeover.device_is_new(read, user.id, device_id):
+            return None
+        with tx.begin_nested():
+            message_id = takeover.notify_new_device(
+                tx, user, ip=request.remote_addr or "",
+                browser=useragent.describe(request.user_agent.string),
+                link_for=not_me_link)
+    except Exception:
+        current_app.logger.warning("new-device notice skipped", exc_info=True)
+        read.rollback()
+        return None
+    _deliver_after_commit([message_id])
+    return message_id
+
+
+def _deliver_after_commit(ids: list[int]) -> None:
+    """An attempt at delivery once the view returned (its transaction is committed by
+    then): at once under the test client, else after the response is sent."""
+    from flask import after_this_request
+    app = current_app._get_current_object()
+
+    @after_this_request
+    def deliver(response):
+        if app.testing and not app.config.get("MAIL_AFTER_RESPONSE"):
+            deliver_now(ids)
+        else:
+            def attempt() -> None:
+                with app.app_context():
+                    deliver_now(ids)
+            response.call_on_close(attempt)
+        return response
+
+
+@bp.route("/account/not-me/<token>", methods=["GET", "POST"])
+@public
+def not_me(token: str):
+    """From a notice email, in any browser: GET only shows what will happen (mail scanners
+    follow links), the button locks the account."""
+    from portal.services import takeover
+    g.no_store = True
+    if len(token) > MAX_TOKEN:
+        abort(404)
+    try:
+        _row, user = takeover.open_link(db_session(), token)
+    except takeover.LockLinkInvalid as exc:
+        _audit_bad_token("user.lock", token)
+        return render_template("account/link_invalid.html", message=exc.message,
+                               again=url_for("auth.login")), 400
+    use_branding(credentials.home_organization(db_session(), user))
+    form = PostForm()
+    if request.method in ("GET", "HEAD") or not form.validate_on_submit():
+        return render_template("account/not_me.html", form=form, email=user.email,
+                               done=False)
+    try:
+        with services().db.transaction() as tx:
+            takeover.lock(tx, audit_context(), token)
+    except takeover.LockLinkInvalid as exc:
+        return render_template("account/link_invalid.html", message=exc.message,
+                               again=url_for("auth.login")), 400
+    session.clear()  # if this browser was signed in to the account, it no longer is
+    return render_template("account/not_me.html", form=form, email=user.email, done=True)
 
 
 # -- changing the password while signed in -----------------------------------------------
@@ -138,7 +217,7 @@ def change_password():
             form.current.data, form.password.data, form.confirm.data,
             session_token=session.get("sid", ""),
             reset_page=url_for("account.forgot_password", _external=True),
-            recent_sign_in=recent)
+            recent_sign_in=recent, not_me=not_me_link)
     except TooManyAttempts as exc:
         return render_template("account/change.html", form=form, error=exc.message,
                                recent=recent), exc.status, exc.headers
@@ -282,7 +361,8 @@ def confirm_email(token: str):
         return render_template("account/confirm_email.html", form=form, email=pending.email)
     try:
         with services().db.transaction() as tx:
-            _user, notice_id = account.confirm_email_change(tx, audit_context(), token)
+            _user, notice_id = account.confirm_email_change(tx, audit_context(), token,
+                                                                not_me_link)
     except credentials.InvalidToken as exc:
         return render_template("account/link_invalid.html", message=exc.message,
                                again=url_for("account.index")), 400

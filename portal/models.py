@@ -114,6 +114,13 @@ class Domain(Base):
 
 class User(Base):
     __tablename__ = "users"
+    # Member search (``%text%`` on lowercased email and name): trigram indexes on
+    # PostgreSQL (migration 0020); SQLite scans.
+    __table_args__ = tuple(
+        sa.Index(f"ix_users_{column}_trgm", sa.func.lower(sa.column(column)),
+                 postgresql_using="gin", postgresql_ops={"lower_1": "gin_trgm_ops"},
+                 info={"dialects": ("postgresql",)}).ddl_if(dialect="postgresql")
+        for column in ("email", "display_name"))
 
     id: Mapped[int] = mapped_column(primary_key=True)
     email: Mapped[str] = mapped_column(sa.String(320), unique=True)  # normalized
@@ -255,6 +262,11 @@ class AuditEvent(Base):
     """Append-only and hash-chained: each row stores the previous row's hash and its own."""
 
     __tablename__ = "audit_events"
+    # Failed sign-ins and codes by time: the risk engine counts the recent ones on every
+    # sign-in (``risk.SIGNALS``, whose query names the same literal condition).
+    __table_args__ = (sa.Index("ix_audit_events_failures", "occurred_at",
+                               sqlite_where=sa.text("outcome = 'failure'"),
+                               postgresql_where=sa.text("outcome = 'failure'")),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     seq: Mapped[int] = mapped_column(sa.BigInteger, unique=True)

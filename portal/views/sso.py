@@ -173,7 +173,7 @@ def finish(connection: Connection, identity, pending: dict[str, Any], ctx,
                 plan = provisioning.plan(tx, row, identity)
                 user = provisioning.apply(tx, ctx, row, plan, s.role_grants)
             token = session_opener(("fed",), idp_mfa=trusts_idp_mfa(connection, identity))(
-                tx, user, [])
+                tx, user, [known.login] if known is not None else [])
             landing_url = safe_next(pending.get("next")) if pending.get("next") else \
                 landing(tx, user.id, connection, known)
     except FederationError as error:
@@ -306,8 +306,8 @@ def _link_and_sign_in(connection: Connection, identity, offer: dict, *, password
 
 
 def landing(tx, user_id: int, connection: Connection | None = None, known=None) -> str:
-    if known is not None and known.organizations == 1 and connection.organization_id:
-        return url_for("home.organization", slug=connection.organization.slug)
+    if known is not None and known.organizations == 1 and known.org_slug:
+        return url_for("home.organization", slug=known.org_slug)
     slugs = users.active_organization_slugs(tx, user_id, limit=2)
     if len(slugs) == 1:
         return url_for("home.organization", slug=slugs[0])

@@ -195,19 +195,20 @@ def apply(session: Session, ctx: audit.Context, connection: Connection, result: 
     if result.refusal is not None:
         raise result.refusal
     events: list[dict[str, Any]] = []
+    now = utcnow()
     if result.create_user:
         user = User(email=identity.email, status=UserStatus.ACTIVE, password_hash=None,
-                    display_name=_display_name(identity))
+                    display_name=_display_name(identity), last_login_at=now)
         session.add(user)
         session.flush()
         session.add(FederatedIdentity(connection_id=connection.id, subject=identity.subject,
-                                      user_id=user.id, last_login_at=utcnow()))
+                                      user_id=user.id, last_login_at=now))
         events.append({"action": "federation.provision", "target": target,
                        "organization_id": org_id,
                        "details": {"email": user.email, "connection": connection.id}})
     else:
         user = result.user
-        result.link.last_login_at = utcnow()
+        user.last_login_at = result.link.last_login_at = now
         for attribute, (_old, new) in result.attribute_changes.items():
             setattr(user, attribute, new)
         if result.attribute_changes:
@@ -223,18 +224,19 @@ def apply(session: Session, ctx: audit.Context, connection: Connection, result: 
                        "details": {"source": "jit", "connection": connection.id}})
     if org_id is not None and grants is not None:
         session.flush()
-        events += _sync_roles(session, grants, user, org_id, result)
-    user.last_login_at = utcnow()
+        events += _sync_roles(session, grants, user, org_id, result,
+                              new_user=result.create_user)
     events.append(login_event(connection, identity, user.email))
     audit.record_many(session, ctx.acting_as(user.id, user.email), events)
     return user
 
 
 def _sync_roles(session: Session, grants: RoleGrants, user: User, org_id: int,
-                result: Plan) -> list[dict[str, Any]]:
+                result: Plan, new_user: bool = False) -> list[dict[str, Any]]:
     """Roles from the IdP follow the IdP; roles granted by hand are never touched. Returns
-    the audit event of a change, if any."""
-    current = grants.roles(session, user.id, org_id, result.role_source)
+    the audit event of a change, if any. (An account created just now holds none.)"""
+    current = set() if new_user else grants.roles(session, user.id, org_id,
+                                                  result.role_source)
     added, removed = result.roles - current, current - result.roles
     for role in sorted(added):
         grants.grant(session, user.id, org_id, role, result.role_source)

@@ -1,11 +1,20 @@
-"""Risk signals of a sign-in: is the device new, is the network new, how many failures came
-just before it (for the account and from the client's IP). Each sign-in gets a score and a
+"""Risk signals of a sign-in, its score and its decision (allow / step-up / deny).
+
+Signals: is the device new, is the network new, how many failures came just before it (for
+the account and from the client's IP), how many distinct accounts failed from that IP (a
+credential-stuffing run), is the password on the list of common and breached passwords, is
+the hour unusual for this user, and (with a GeoIP database configured) could the user have
+travelled from the last sign-in's place in the time since. Each sign-in gets a score and a
 decision, recorded in the audit trail (``auth.risk``) with the signals that contributed.
 
-Today the decision is recorded, not enforced: users with a second factor are asked for it
-anyway, and nothing is denied on a score. A signal that cannot be read (no IP, no device
-cookie store, a database hiccup) is listed as missing and scores nothing: the assessment
+The decision acts for members of organizations with the ``risk`` MFA policy; elsewhere it is
+recorded only. A signal that cannot be read (no IP, no device cookie, a database or Redis
+hiccup, an unreadable GeoIP file) is listed as missing and scores nothing: the assessment
 degrades, it never breaks a sign-in.
+
+Cost: at most three reads per sign-in, each one round trip: the user's known signals together
+with the organization thresholds (one SQL query), the failure counts (one SQL query) and the
+distinct accounts failing from the IP (one throttle-store read, Redis when configured).
 """
 
 from __future__ import annotations
@@ -13,27 +22,53 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import logging
+import math
+import time
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from portal.db import utcnow
-from portal.models import AuditEvent, KnownSignal
+from portal.db import UTCDateTime, utcnow
+from portal.models import AuditEvent, KnownSignal, Membership, MembershipStatus, Organization
 
 log = logging.getLogger("trellis.risk")
 
 VELOCITY_WINDOW = timedelta(minutes=15)
 TOUCH_EVERY = timedelta(days=1)
 # Weights: a sign-in from a new device and a new network after a burst of failures is the
-# typical account takeover; each alone is ordinary (travel, a new laptop).
-WEIGHTS = {"new_device": 30, "new_network": 20}
+# typical account takeover; each alone is ordinary (travel, a new laptop). Each of the
+# others alone stays below the step-up threshold too, except impossible travel.
+WEIGHTS = {"new_device": 30, "new_network": 20, "ip_accounts": 40, "common_password": 25,
+           "unusual_hour": 15, "impossible_travel": 50}
 PER_ACCOUNT_FAILURE, MAX_ACCOUNT_FAILURES = 10, 40
 PER_IP_FAILURE, MAX_IP_FAILURES = 2, 20
-STEP_UP_AT, DENY_AT = 50, 80
+STEP_UP_AT, DENY_AT = 50, 80  # defaults; TRELLIS_RISK_STEP_UP_AT/_DENY_AT and per organization
+# Credential stuffing: distinct accounts failing from one IP in a fixed 15-minute window
+# (the current and the previous window are read, so a run never resets to zero at once).
+STUFFING_WINDOW_SECONDS = 900
+IP_ACCOUNTS = 20
+# Unusual hour: only once the user signed in on this many days (a row per UTC hour counts
+# the days it was used); an hour is unusual when neither it nor its neighbours ever were.
+MIN_HOUR_HISTORY = 10
+# Impossible travel: faster than an airliner, over a distance larger than city-level GeoIP
+# error; the last place is refreshed at most once an hour when it does not change.
+TRAVEL_KMH, TRAVEL_MIN_KM = 1000.0, 500.0
+PLACE_EVERY = timedelta(hours=1)
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    step_up_at: int = STEP_UP_AT
+    deny_at: int = DENY_AT
+
+    def decide(self, score: int) -> str:
+        return ("deny" if score >= self.deny_at else
+                "step_up" if score >= self.step_up_at else "allow")
 
 
 @dataclass
@@ -42,11 +77,14 @@ class Assessment:
     decision: str = "allow"  # allow, step_up, deny
     signals: dict[str, Any] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)
-    fresh: frozenset[str] = frozenset()  # kinds ("device", "network") seen within a day
+    fresh: frozenset[str] = frozenset()  # kinds ("device", "network", ...) needing no write
+    place: str | None = None  # "lat,lon" of this sign-in, with a GeoIP database
+    thresholds: Thresholds = field(default_factory=Thresholds)
 
     def as_details(self) -> dict[str, Any]:
         return {"score": self.score, "decision": self.decision, "signals": self.signals,
-                "missing": self.missing}
+                "missing": self.missing,
+                "thresholds": [self.thresholds.step_up_at, self.thresholds.deny_at]}
 
 
 def network_of(ip: str | None) -> str | None:
@@ -64,15 +102,48 @@ def _digest(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
 
 
-def _known(session: Session, user_id: int, wanted: dict[str, str]) -> dict[str, Any]:
-    """Of the kinds in ``wanted`` (kind -> value), those known for the user, with when they
-    were last seen: one query."""
+@dataclass
+class _Known:
+    seen: dict[str, datetime]  # device/network kind -> last seen
+    hours: dict[int, tuple[int, datetime]]  # UTC hour -> (days seen, last seen)
+    place: tuple[str, datetime] | None
+    step_up_at: int | None  # the strictest among the user's organizations (None: none)
+    deny_at: int | None
+
+
+def _known(session: Session, user_id: int, wanted: dict[str, str],
+           defaults: Thresholds) -> _Known:
+    """The user's known device and network (of those in ``wanted``, kind -> value), the
+    hour histogram, the last place, and the strictest risk thresholds among their
+    organizations (each one's own, or the platform's ``defaults``): one query (a UNION ALL
+    of the user's rows and one aggregate row)."""
     digests = {kind: _digest(value) for kind, value in wanted.items()}
-    rows = session.execute(sa.select(KnownSignal.kind, KnownSignal.value,
-                                     KnownSignal.last_seen_at).where(
-        KnownSignal.user_id == user_id, KnownSignal.kind.in_(list(digests)),
-        KnownSignal.value.in_(list(digests.values()))))
-    return {kind: seen for kind, value, seen in rows if digests.get(kind) == value}
+    mine = sa.or_(sa.and_(KnownSignal.kind.in_(list(digests) or [""]),
+                          KnownSignal.value.in_(list(digests.values()) or [""])),
+                  KnownSignal.kind.in_(("hour", "place")))
+    signals = sa.select(KnownSignal.kind, KnownSignal.value, KnownSignal.last_seen_at,
+                        KnownSignal.hits).where(KnownSignal.user_id == user_id, mine)
+    thresholds = (sa.select(sa.literal("thresholds", sa.String(16)),
+                            sa.cast(sa.func.min(sa.func.coalesce(Organization.risk_deny_at,
+                                                                  defaults.deny_at)),
+                                    sa.String(64)),
+                            sa.cast(sa.null(), UTCDateTime),
+                            sa.func.min(sa.func.coalesce(Organization.risk_step_up_at,
+                                                         defaults.step_up_at)))
+                  .join(Membership, Membership.organization_id == Organization.id)
+                  .where(Membership.user_id == user_id,
+                         Membership.status == MembershipStatus.ACTIVE))
+    result = _Known({}, {}, None, None, None)
+    for kind, value, seen, hits in session.execute(sa.union_all(signals, thresholds)):
+        if kind == "thresholds":
+            result.step_up_at, result.deny_at = hits, int(value) if value else None
+        elif kind == "hour":
+            result.hours[int(value)] = (hits, seen)
+        elif kind == "place":
+            result.place = (value, seen)
+        elif digests.get(kind) == value:
+            result.seen[kind] = seen
+    return result
 
 
 def _failures(session: Session, since, email: str, ip: str | None) -> tuple[int, int | None]:
@@ -86,71 +157,226 @@ def _failures(session: Session, since, email: str, ip: str | None) -> tuple[int,
     return account or 0, (address or 0) if ip else None
 
 
-def _read(session: Session, name: str, read):
-    """One read of a read-only session; a failure rolls that session back (nothing of it
-    was written) and leaves the signal missing."""
+def _read(session: Session | None, name: str, read):
+    """One read; a failure rolls the (read-only) session back (nothing of it was written)
+    and leaves the signal missing."""
     try:
         return read()
     except Exception:  # a signal must never break the sign-in
         log.warning("risk signals %s unavailable", name, exc_info=True)
-        session.rollback()
+        if session is not None:
+            session.rollback()
         return None
 
 
+# ---- credential stuffing: distinct accounts failing from one IP
+
+
+def _stuffing_keys(ip: str, now: float) -> list[str]:
+    bucket = int(now // STUFFING_WINDOW_SECONDS)
+    return [f"accts:{ip}:{bucket}", f"accts:{ip}:{bucket - 1}"]
+
+
+def accounts_failing_from(throttle, ip: str, now: float | None = None) -> int:
+    """Distinct accounts that failed to sign in from ``ip`` in this window or the last."""
+    return max(throttle.store.members(_stuffing_keys(ip, now or time.time())))
+
+
+def note_failed_account(db, ctx, throttle, account: str) -> bool:
+    """Count ``account`` among those failing (or throttled) from the client's IP. When the
+    count reaches the threshold (once per window), the IP is locked for the longest lockout
+    and the run is audited as ``auth.credential_stuffing``. Returns whether that happened.
+    Never raises: a throttle store that is down only loses the count."""
+    ip = getattr(ctx, "ip", "") or ""
+    if throttle is None or not ip:
+        return False
+    try:
+        key = _stuffing_keys(ip, throttle.clock())[0]
+        added, size = throttle.store.add_member(key, _digest(account)[:32],
+                                                2 * STUFFING_WINDOW_SECONDS)
+        limit = getattr(throttle, "ip_accounts", IP_ACCOUNTS)
+        if not (added and size == limit):
+            return False
+        seconds = throttle.max_seconds
+        throttle.store.lock(throttle.ip_key(ip), throttle.clock() + seconds,
+                            STUFFING_WINDOW_SECONDS + seconds)
+        from portal import audit
+        with db.transaction() as tx:
+            audit.record(tx, ctx, "auth.credential_stuffing", outcome="failure",
+                         target=f"ip:{ip}", reason="many_accounts",
+                         details={"accounts": size, "window_seconds": STUFFING_WINDOW_SECONDS,
+                                  "locked_seconds": seconds})
+        return True
+    except Exception:
+        log.warning("credential stuffing count unavailable", exc_info=True)
+        return False
+
+
+# ---- common (breached) passwords
+
+
+def common_password(password: str | None) -> bool | None:
+    """Whether the password just used is on the list of common passwords from breach
+    corpora that registration refuses (``passwords.is_common``). Only this answer is kept,
+    never the password. None when there was no password (a federated sign-in)."""
+    if not password:
+        return None
+    from portal.passwords import is_common
+    return is_common(password)
+
+
+# ---- impossible travel
+
+
+@lru_cache(maxsize=4)
+def _geoip(path: str):
+    import maxminddb
+    return maxminddb.open_database(path)
+
+
+def locate(path: str, ip: str | None) -> tuple[float, float] | None:
+    """Latitude and longitude of ``ip`` in the MaxMind-format database at ``path`` (None
+    when the address is not in it). Raises when the file or the library is missing."""
+    if not ip:
+        return None
+    record = _geoip(path).get(ip.strip())
+    location = (record or {}).get("location") if isinstance(record, dict) else None
+    if not location or location.get("latitude") is None:
+        return None
+    return float(location["latitude"]), float(location["longitude"])
+
+
+def distance_km(a: tuple[float, float], b: tuple[float, float]) -> float:
+    """Great-circle distance (haversine, mean Earth radius)."""
+    lat1, lon1, lat2, lon2 = map(math.radians, (*a, *b))
+    h = (math.sin((lat2 - lat1) / 2) ** 2
+         + math.cos(lat1) * math.cos(lat2) * math.sin((lon2 - lon1) / 2) ** 2)
+    return 2 * 6371.0 * math.asin(min(1.0, math.sqrt(h)))
+
+
+def _place(point: tuple[float, float]) -> str:
+    return f"{point[0]:.2f},{point[1]:.2f}"
+
+
+def _travel(known: _Known, here: tuple[float, float], now: datetime) -> bool | None:
+    if known.place is None:
+        return None  # the first located sign-in: nothing to compare with
+    lat, _, lon = known.place[0].partition(",")
+    km = distance_km((float(lat), float(lon)), here)
+    hours = max((now - known.place[1]).total_seconds() / 3600, 1 / 60)
+    return km >= TRAVEL_MIN_KM and km / hours > TRAVEL_KMH
+
+
+# ---- the assessment
+
+
 def assess(session: Session, user_id: int, email: str, ip: str | None,
-           device_id: str | None) -> Assessment:
-    """Score one sign-in from two reads (known device and network; recent failures) on
-    ``session``, a read-only session such as the request's. A read that fails leaves its
-    signals missing."""
+           device_id: str | None, *, throttle=None, password_common: bool | None = None,
+           geoip: str = "", defaults: Thresholds | None = None,
+           now: datetime | None = None) -> Assessment:
+    """Score one sign-in from at most three reads (known signals with the organizations'
+    thresholds; recent failures; accounts failing from the IP) on ``session``, a read-only
+    session such as the request's, and ``throttle``'s store. A read that fails leaves its
+    signals missing. ``password_common`` comes from ``common_password`` (None: no password
+    in this sign-in); ``geoip`` is the GeoIP database path (empty: no travel signal)."""
     result = Assessment()
+    now = now or utcnow()
+    defaults = defaults or Thresholds()
     wanted = {kind: value for kind, value in (("device", device_id),
                                               ("network", network_of(ip))) if value}
-    known = _read(session, "known", lambda: _known(session, user_id, wanted)) \
-        if wanted else {}
+    known = _read(session, "known", lambda: _known(session, user_id, wanted, defaults))
     for name, kind in (("new_device", "device"), ("new_network", "network")):
         if kind in wanted and known is not None:
-            result.signals[name] = kind not in known
+            result.signals[name] = kind not in known.seen
         else:
             result.missing.append(name)
     counts = _read(session, "failures",
-                   lambda: _failures(session, utcnow() - VELOCITY_WINDOW, email, ip))
+                   lambda: _failures(session, now - VELOCITY_WINDOW, email, ip))
     account, address = counts if counts is not None else (None, None)
     for name, value in (("account_failures", account), ("ip_failures", address)):
         if value is None:
             result.missing.append(name)
         else:
             result.signals[name] = value
-    recently = utcnow() - TOUCH_EVERY
-    result.fresh = frozenset(kind for kind, seen in (known or {}).items()
-                             if seen >= recently)
+    accounts = _read(None, "ip_accounts", lambda: accounts_failing_from(throttle, ip)) \
+        if throttle is not None and ip else None
+    if accounts is None:
+        result.missing.append("ip_accounts")
+    else:
+        result.signals["ip_accounts"] = accounts
+    if password_common is not None:
+        result.signals["common_password"] = password_common
+    hour = now.hour
+    if known is None:
+        result.missing.append("unusual_hour")
+    elif sum(hits for hits, _ in known.hours.values()) >= MIN_HOUR_HISTORY:
+        result.signals["unusual_hour"] = not any(
+            (h % 24) in known.hours for h in (hour - 1, hour, hour + 1))
+    if geoip:
+        here = _read(None, "geoip", lambda: locate(geoip, ip))
+        if here is None or known is None:
+            result.missing.append("impossible_travel")
+        else:
+            result.place = _place(here)
+            travel = _travel(known, here, now)
+            if travel is not None:
+                result.signals["impossible_travel"] = travel
+    recently = now - TOUCH_EVERY
+    fresh = {kind for kind, seen in (known.seen.items() if known else ()) if seen >= recently}
+    if known is not None and hour in known.hours and known.hours[hour][1] >= recently:
+        fresh.add("hour")
+    if known is not None and known.place is not None and result.place == known.place[0] \
+            and known.place[1] >= now - PLACE_EVERY:
+        fresh.add("place")
+    result.fresh = frozenset(fresh)
+    result.thresholds = Thresholds(
+        (known.step_up_at if known and known.step_up_at else defaults.step_up_at),
+        (known.deny_at if known and known.deny_at else defaults.deny_at))
     score = sum(WEIGHTS[name] for name in WEIGHTS if result.signals.get(name) is True)
     score += min(MAX_ACCOUNT_FAILURES,
                  PER_ACCOUNT_FAILURE * result.signals.get("account_failures", 0))
     score += min(MAX_IP_FAILURES, PER_IP_FAILURE * result.signals.get("ip_failures", 0))
+    if result.signals.get("ip_accounts", 0) >= getattr(throttle, "ip_accounts", IP_ACCOUNTS):
+        score += WEIGHTS["ip_accounts"]
     result.score = min(100, score)
-    result.decision = ("deny" if result.score >= DENY_AT else
-                       "step_up" if result.score >= STEP_UP_AT else "allow")
+    result.decision = result.thresholds.decide(result.score)
     return result
 
 
 def remember(session: Session, user_id: int, ip: str | None, device_id: str | None,
-             fresh: frozenset[str] = frozenset()) -> None:
-    """After a completed sign-in: this device and network are now known for the user.
-    ``fresh`` (kinds the assessment found seen within a day) need no write."""
-    now = utcnow()
-    for kind, value in (("device", device_id), ("network", network_of(ip))):
-        if not value or kind in fresh:
+             fresh: frozenset[str] = frozenset(), place: str | None = None,
+             now: datetime | None = None) -> None:
+    """After a completed sign-in: this device and network are now known for the user, the
+    hour counts one more day, and ``place`` (with GeoIP) is the last place. ``fresh``
+    (kinds the assessment found seen recently) need no write."""
+    now = now or utcnow()
+    rows = [(kind, _digest(value)) for kind, value in (("device", device_id),
+                                                        ("network", network_of(ip))) if value]
+    rows.append(("hour", str(now.hour)))
+    for kind, value in rows:
+        if kind in fresh:
             continue
-        digest = _digest(value)
-        updated = session.execute(
-            sa.update(KnownSignal)
-            .where(KnownSignal.user_id == user_id, KnownSignal.kind == kind,
-                   KnownSignal.value == digest)
-            .values(last_seen_at=now).execution_options(synchronize_session=False)).rowcount
-        if not updated:
-            try:
-                with session.begin_nested():
-                    session.add(KnownSignal(user_id=user_id, kind=kind, value=digest,
-                                            first_seen_at=now, last_seen_at=now))
-            except IntegrityError:
-                pass  # a concurrent sign-in from the same place got there first
+        values = {"last_seen_at": now}
+        if kind == "hour":
+            values["hits"] = KnownSignal.hits + 1
+        _upsert(session, user_id, kind, value, now,
+                sa.update(KnownSignal).where(KnownSignal.user_id == user_id,
+                                             KnownSignal.kind == kind,
+                                             KnownSignal.value == value).values(**values))
+    if place and "place" not in fresh:
+        _upsert(session, user_id, "place", place, now,
+                sa.update(KnownSignal).where(KnownSignal.user_id == user_id,
+                                             KnownSignal.kind == "place")
+                .values(value=place, last_seen_at=now))
+
+
+def _upsert(session: Session, user_id: int, kind: str, value: str, now: datetime,
+            update) -> None:
+    updated = session.execute(update.execution_options(synchronize_session=False)).rowcount
+    if not updated:
+        try:
+            with session.begin_nested():
+                session.add(KnownSignal(user_id=user_id, kind=kind, value=value, hits=1,
+                                        first_seen_at=now, last_seen_at=now))
+        except IntegrityError:
+            pass  # a concurrent sign-in from the same place got there first

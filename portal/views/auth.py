@@ -136,6 +136,7 @@ def _password_sign_in(form: LoginForm, org):
     except TooManyAttempts as exc:
         return _render(form, org, step="password", error=exc.message, status=exc.status,
                        headers=exc.headers)
+    note_password(form.password.data)
     return finish_sign_in(user, token, amr=("pwd",), next_url=safe_next(form.next.data))
 
 
@@ -164,6 +165,7 @@ def _directory_sign_in(connection: Connection, form: LoginForm, org):
         from portal.views.sso import landing
         with s.db.sessions() as db:
             next_url = landing(db, user.id)
+    note_password(form.password.data)
     return finish_sign_in(user, token, amr=("pwd",), next_url=next_url)
 
 
@@ -285,16 +287,32 @@ def assess_risk(user, amr: tuple[str, ...]):
     no transaction of its own. Returns the assessment, or None when it failed (logged; the
     sign-in goes on)."""
     from portal import risk
+    config = current_app.config
     try:
         result = risk.assess(db_session(), user.id, user.email, request.remote_addr,
-                             device_id())
+                             device_id(), throttle=services().throttle,
+                             password_common=g.pop("risk_common_password", None),
+                             geoip=config["GEOIP_DATABASE"],
+                             defaults=risk.Thresholds(config["RISK_STEP_UP_AT"],
+                                                      config["RISK_DENY_AT"]))
     except Exception:
         current_app.logger.warning("risk assessment skipped", exc_info=True)
         return None
     g.risk_event = (audit_context().acting_as(user.id, user.email), user.email,
                     {**result.as_details(), "method": list(amr)})
     g.risk_fresh = result.fresh
+    g.risk_place = result.place
     return result
+
+
+def note_password(password: str | None) -> None:
+    """Whether the password of this sign-in is a common one, for the risk assessment that
+    follows: only the answer is kept (in the request's ``g``), never the password."""
+    from portal import risk
+    try:
+        g.risk_common_password = risk.common_password(password)
+    except Exception:
+        current_app.logger.warning("common-password check skipped", exc_info=True)
 
 
 def record_risk(tx) -> None:
@@ -314,7 +332,8 @@ def _remember_device(user) -> None:
         with services().db.transaction() as tx:
             record_risk(tx)
             risk.remember(tx, user.id, request.remote_addr, device_id(),
-                          fresh=g.pop("risk_fresh", frozenset()))
+                          fresh=g.pop("risk_fresh", frozenset()),
+                          place=g.pop("risk_place", None))
     except Exception:
         current_app.logger.warning("could not remember the device", exc_info=True)
 

@@ -36,7 +36,9 @@ def test_first_sign_in_is_new_then_known(client, app, alice):
     sign_in(client, "alice@acme.test")
     again = last_risk(app)
     assert again["signals"] == {"new_device": False, "new_network": False,
-                                "account_failures": 0, "ip_failures": 0}
+                                "account_failures": 0, "ip_failures": 0, "ip_accounts": 0,
+                                "common_password": False}
+    assert again["thresholds"] == [50, 80]
     assert (again["score"], again["decision"]) == (0, "allow")
 
 
@@ -80,8 +82,9 @@ def test_missing_signals_degrade_without_breaking_the_sign_in(client, app, alice
         "csrf_token": csrf_token(client)}, environ_base={"REMOTE_ADDR": ""})
     assert response.status_code == 302 and response.headers["Location"] == "/"
     details = last_risk(app)
-    assert set(details["missing"]) == {"new_network", "account_failures", "ip_failures"}
-    assert details["signals"] == {"new_device": True}
+    assert set(details["missing"]) == {"new_network", "account_failures", "ip_failures",
+                                       "ip_accounts"}
+    assert details["signals"] == {"new_device": True, "common_password": False}
     assert client.get("/").status_code == 200
 
 

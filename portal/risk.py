@@ -179,7 +179,8 @@ def _stuffing_keys(ip: str, now: float) -> list[str]:
 
 def accounts_failing_from(throttle, ip: str, now: float | None = None) -> int:
     """Distinct accounts that failed to sign in from ``ip`` in this window or the last."""
-    return max(throttle.store.members(_stuffing_keys(ip, now or time.time())))
+    clock = getattr(throttle, "clock", time.time)
+    return max(throttle.store.members(_stuffing_keys(ip, now or clock())))
 
 
 def note_failed_account(db, ctx, throttle, account: str) -> bool:

@@ -159,7 +159,7 @@ def test_an_unusual_hour_counts_only_after_enough_history(app, make_user, tx):
 
 def _geoip_file(path) -> str:
     import netaddr
-    from mmdb_writer import MMDBWriter, MmdbF64
+    from mmdb_writer import MmdbF64, MMDBWriter
     writer = MMDBWriter(ip_version=6, database_type="GeoLite2-City", ipv4_compatible=True)
     for network, (lat, lon) in (("198.51.100.0/24", (48.86, 2.35)),
                                 ("203.0.113.0/24", (-33.87, 151.21))):

@@ -242,6 +242,28 @@ def org_mfa_policy(slug: str, policy: str) -> None:
         click.echo(f"MFA policy of {item.slug}: {policy}")
 
 
+@org.command("risk-thresholds")
+@click.argument("slug")
+@click.option("--step-up", default="", help="Score (1-100) from which the second factor is "
+              "asked under the risk policy; empty: the platform's default.")
+@click.option("--deny", default="", help="Score (1-101) from which members without a second "
+              "factor are stopped; 101: never; empty: the platform's default.")
+@with_appcontext
+def org_risk_thresholds(slug: str, step_up: str, deny: str) -> None:
+    """Set an organization's own risk thresholds (both options empty: the defaults)."""
+    from flask import current_app
+
+    from portal.services import mfa, organizations
+    config = current_app.config
+    defaults = (config["RISK_STEP_UP_AT"], config["RISK_DENY_AT"])
+    with services().db.transaction() as session:
+        item = organizations.get(session, slug)
+        mfa.set_risk_thresholds(session, cli_context(), item, step_up, deny, defaults)
+        click.echo(f"risk thresholds of {item.slug}: step-up from "
+                   f"{item.risk_step_up_at or defaults[0]}, deny from "
+                   f"{item.risk_deny_at or defaults[1]}")
+
+
 @org.command("branding")
 @click.argument("slug")
 @click.option("--primary-color", help="Branding colour, e.g. #0b6e4f.")

@@ -543,8 +543,10 @@ def revoke_token(slug: str, token_id: int):
 def security(slug: str):
     from portal.services import mfa
     org = _org(slug)
+    config = current_app.config
     return _render("orgadmin/security.html", org, policies=MFA_POLICIES,
                    connections=_federated_connections(org),
+                   defaults=(config["RISK_STEP_UP_AT"], config["RISK_DENY_AT"]),
                    sign_ins=mfa.recent_risk(db_session(), org.id))
 
 
@@ -553,7 +555,8 @@ MFA_POLICIES = (("off", "Off: members choose for themselves"),
                            "auditors)"),
                 ("all", "Required for every member"),
                 ("risk", "When a sign-in looks risky (new device or network, recent failed "
-                         "attempts); risky sign-ins of members without one are stopped"))
+                         "attempts, a common password, an unusual hour...); risky sign-ins "
+                         "of members without one are stopped"))
 
 
 def _federated_connections(org: Organization) -> list[Connection]:
@@ -566,13 +569,19 @@ def _federated_connections(org: Organization) -> list[Connection]:
 @bp.post("/security")
 @require("manage", "organization", org_arg="slug")
 def update_security(slug: str):
-    """Save the MFA policy and which connections' multi-factor sign-ins are trusted."""
+    """Save the MFA policy, the risk thresholds and which connections' multi-factor
+    sign-ins are trusted (all or nothing: a bad value saves none of them)."""
     from portal.services import mfa
     org = _org(slug)
     trusted = set(request.form.getlist("trust_idp_mfa"))
-    ctx = audit_context()
+    ctx, config = audit_context(), current_app.config
     with services().db.transaction() as tx:
-        mfa.set_policy(tx, ctx, tx.get(Organization, org.id), request.form.get("policy", ""))
+        row = tx.get(Organization, org.id)
+        mfa.set_policy(tx, ctx, row, request.form.get("policy", ""))
+        if "risk_step_up_at" in request.form or "risk_deny_at" in request.form:
+            mfa.set_risk_thresholds(tx, ctx, row, request.form.get("risk_step_up_at"),
+                                    request.form.get("risk_deny_at"),
+                                    (config["RISK_STEP_UP_AT"], config["RISK_DENY_AT"]))
         for connection in _federated_connections(org):
             mfa.set_idp_mfa_trust(tx, ctx, tx.get(Connection, connection.id),
                                   str(connection.id) in trusted)

@@ -495,6 +495,23 @@ def user_mfa_reset(email: str, reason: str) -> None:
         click.echo(f"{row.email}: removed {removed} second factor(s) and the recovery codes")
 
 
+@user.command("verify-identity")
+@click.argument("email")
+@click.option("--method", required=True, type=click.Choice(["in_person", "document"]),
+              help="How the person was checked.")
+@click.option("--note", required=True, help="Which document or who checked; audited.")
+@with_appcontext
+def user_verify_identity(email: str, method: str, note: str) -> None:
+    """Record that an operator checked the person behind an account (identity assurance
+    level 3: policies see r.sub.identity_level, apps see acr urn:trellis:loa:3)."""
+    from portal import assurance
+    from portal.services import users
+    with services().db.transaction() as session:
+        row = users.get_by_email(session, email)
+        assurance.verify(session, cli_context(), row, method, note)
+        click.echo(f"{row.email}: identity level {row.identity_level} ({method})")
+
+
 @main.group()
 def admin() -> None:
     """Platform operators."""

@@ -167,6 +167,15 @@ def link_identity(slug: str, user_id: int):
         "Linked: this identity now signs in to this account.")
 
 
+@bp.post("/users/<int:user_id>/verify-identity")
+@require("manage", "member", org_arg="slug")
+def verify_identity(slug: str, user_id: int):
+    method, note = request.form.get("method", ""), request.form.get("note", "")[:1000]
+    return _change(slug, user_id, lambda tx, ctx, org, actor: members.verify_identity(
+        tx, ctx, org, actor, user_id, method, note),
+        "Identity recorded as verified by an administrator.")
+
+
 @bp.post("/users/<int:user_id>/roles")
 @require("grant", "role", org_arg="slug")
 def roles(slug: str, user_id: int):

@@ -269,6 +269,10 @@ class AuditEvent(Base):
     """Append-only and hash-chained: each row stores the previous row's hash and its own."""
 
     __tablename__ = "audit_events"
+    # The risk engine counts an account's and an IP's recent failures at every sign-in.
+    __table_args__ = (sa.Index("ix_audit_events_target_outcome", "target", "outcome",
+                               "occurred_at"),
+                      sa.Index("ix_audit_events_ip_outcome", "ip", "outcome", "occurred_at"))
 
     id: Mapped[int] = mapped_column(primary_key=True)
     seq: Mapped[int] = mapped_column(sa.BigInteger, unique=True)

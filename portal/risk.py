@@ -12,9 +12,10 @@ recorded only. A signal that cannot be read (no IP, no device cookie, a database
 hiccup, an unreadable GeoIP file) is listed as missing and scores nothing: the assessment
 degrades, it never breaks a sign-in.
 
-Cost: at most three reads per sign-in, each one round trip: the user's known signals together
-with the organization thresholds (one SQL query), the failure counts (one SQL query) and the
-distinct accounts failing from the IP (one throttle-store read, Redis when configured).
+Cost: two reads per sign-in, each one round trip: one SQL query (``_READ``: the user's known
+signals, the organization thresholds and the failure counts) and one throttle-store read
+(the distinct accounts failing from the IP; Redis when configured). The GeoIP lookup is in
+memory (the file is memory-mapped once per process).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from portal.db import UTCDateTime, utcnow
-from portal.models import AuditEvent, KnownSignal, Membership, MembershipStatus, Organization
+from portal.models import KnownSignal
 
 log = logging.getLogger("trellis.risk")
 
@@ -109,34 +110,57 @@ class _Known:
     place: tuple[str, datetime] | None
     step_up_at: int | None  # the strictest among the user's organizations (None: none)
     deny_at: int | None
+    account_failures: int = 0
+    ip_failures: int = 0
 
 
-def _known(session: Session, user_id: int, wanted: dict[str, str],
-           defaults: Thresholds) -> _Known:
-    """The user's known device and network (of those in ``wanted``, kind -> value), the
-    hour histogram, the last place, and the strictest risk thresholds among their
-    organizations (each one's own, or the platform's ``defaults``): one query (a UNION ALL
-    of the user's rows and one aggregate row)."""
+# Everything the assessment reads from the database, in one statement and one round trip:
+# the user's known device and network, hour histogram and last place (the unique index on
+# user_id, kind, value), the strictest thresholds of their organizations, and the failed
+# sign-ins and codes in the window for the account and for the IP (each a range scan of its
+# own index on audit_events: target or ip, then outcome, then occurred_at). Plain SQL that
+# SQLite and PostgreSQL both run, prepared once: building and caching an expression of this
+# size costs more than running it.
+_READ = sa.text("""
+SELECT kind, value, last_seen_at, hits FROM known_signals
+ WHERE user_id = :user_id
+   AND ((kind = 'device' AND value = :device) OR (kind = 'network' AND value = :network)
+        OR kind IN ('hour', 'place'))
+UNION ALL
+SELECT 'thresholds', CAST(MIN(COALESCE(o.risk_deny_at, :deny_at)) AS VARCHAR(8)), NULL,
+       MIN(COALESCE(o.risk_step_up_at, :step_up_at))
+  FROM organizations o JOIN memberships m ON m.organization_id = o.id
+ WHERE m.user_id = :user_id AND m.status = 'active'
+UNION ALL
+SELECT 'account_failures', NULL, NULL, COUNT(*) FROM audit_events
+ WHERE target = :target AND outcome = 'failure' AND occurred_at >= :since
+   AND action IN ('auth.login', 'auth.mfa')
+UNION ALL
+SELECT 'ip_failures', NULL, NULL, COUNT(*) FROM audit_events
+ WHERE ip = :ip AND outcome = 'failure' AND occurred_at >= :since
+   AND action IN ('auth.login', 'auth.mfa')
+""").bindparams(sa.bindparam("since", type_=UTCDateTime)).columns(
+    sa.column("kind", sa.String), sa.column("value", sa.String),
+    sa.column("last_seen_at", UTCDateTime), sa.column("hits", sa.Integer))
+
+
+def _known(session: Session, user_id: int, email: str, ip: str | None,
+           wanted: dict[str, str], defaults: Thresholds, since: datetime) -> _Known:
+    """The user's known signals, their organizations' thresholds (each one's own, or the
+    platform's ``defaults``) and the recent failures: one query (``_READ``)."""
     digests = {kind: _digest(value) for kind, value in wanted.items()}
-    mine = sa.or_(sa.and_(KnownSignal.kind.in_(list(digests) or [""]),
-                          KnownSignal.value.in_(list(digests.values()) or [""])),
-                  KnownSignal.kind.in_(("hour", "place")))
-    signals = sa.select(KnownSignal.kind, KnownSignal.value, KnownSignal.last_seen_at,
-                        KnownSignal.hits).where(KnownSignal.user_id == user_id, mine)
-    thresholds = (sa.select(sa.literal("thresholds", sa.String(16)),
-                            sa.cast(sa.func.min(sa.func.coalesce(Organization.risk_deny_at,
-                                                                  defaults.deny_at)),
-                                    sa.String(64)),
-                            sa.cast(sa.null(), UTCDateTime),
-                            sa.func.min(sa.func.coalesce(Organization.risk_step_up_at,
-                                                         defaults.step_up_at)))
-                  .join(Membership, Membership.organization_id == Organization.id)
-                  .where(Membership.user_id == user_id,
-                         Membership.status == MembershipStatus.ACTIVE))
     result = _Known({}, {}, None, None, None)
-    for kind, value, seen, hits in session.execute(sa.union_all(signals, thresholds)):
+    rows = session.execute(_READ, {
+        "user_id": user_id, "device": digests.get("device"), "network": digests.get("network"),
+        "deny_at": defaults.deny_at, "step_up_at": defaults.step_up_at,
+        "target": f"user:{email}", "ip": ip or "", "since": since})
+    for kind, value, seen, hits in rows:
         if kind == "thresholds":
             result.step_up_at, result.deny_at = hits, int(value) if value else None
+        elif kind == "account_failures":
+            result.account_failures = hits or 0
+        elif kind == "ip_failures":
+            result.ip_failures = hits or 0
         elif kind == "hour":
             result.hours[int(value)] = (hits, seen)
         elif kind == "place":
@@ -144,17 +168,6 @@ def _known(session: Session, user_id: int, wanted: dict[str, str],
         elif digests.get(kind) == value:
             result.seen[kind] = seen
     return result
-
-
-def _failures(session: Session, since, email: str, ip: str | None) -> tuple[int, int | None]:
-    """Failed sign-ins and codes since ``since``, for the account and (with an IP) from the
-    client's address: both counted in one pass over the window."""
-    failed = sa.and_(AuditEvent.action.in_(("auth.login", "auth.mfa")),
-                     AuditEvent.outcome == "failure", AuditEvent.occurred_at >= since)
-    by_account = sa.func.count().filter(AuditEvent.target == f"user:{email}")
-    by_ip = sa.func.count().filter(AuditEvent.ip == ip) if ip else sa.literal(None)
-    account, address = session.execute(sa.select(by_account, by_ip).where(failed)).one()
-    return account or 0, (address or 0) if ip else None
 
 
 def _read(session: Session | None, name: str, read):
@@ -275,8 +288,8 @@ def assess(session: Session, user_id: int, email: str, ip: str | None,
            device_id: str | None, *, throttle=None, password_common: bool | None = None,
            geoip: str = "", defaults: Thresholds | None = None,
            now: datetime | None = None) -> Assessment:
-    """Score one sign-in from at most three reads (known signals with the organizations'
-    thresholds; recent failures; accounts failing from the IP) on ``session``, a read-only
+    """Score one sign-in from two reads (``_READ`` on ``session``; the accounts failing
+    from the IP in the throttle store): ``session`` is a read-only
     session such as the request's, and ``throttle``'s store. A read that fails leaves its
     signals missing. ``password_common`` comes from ``common_password`` (None: no password
     in this sign-in); ``geoip`` is the GeoIP database path (empty: no travel signal)."""
@@ -285,20 +298,18 @@ def assess(session: Session, user_id: int, email: str, ip: str | None,
     defaults = defaults or Thresholds()
     wanted = {kind: value for kind, value in (("device", device_id),
                                               ("network", network_of(ip))) if value}
-    known = _read(session, "known", lambda: _known(session, user_id, wanted, defaults))
+    known = _read(session, "known", lambda: _known(session, user_id, email, ip, wanted,
+                                                   defaults, now - VELOCITY_WINDOW))
     for name, kind in (("new_device", "device"), ("new_network", "network")):
         if kind in wanted and known is not None:
             result.signals[name] = kind not in known.seen
         else:
             result.missing.append(name)
-    counts = _read(session, "failures",
-                   lambda: _failures(session, now - VELOCITY_WINDOW, email, ip))
-    account, address = counts if counts is not None else (None, None)
-    for name, value in (("account_failures", account), ("ip_failures", address)):
-        if value is None:
+    for name in ("account_failures", "ip_failures"):
+        if known is None or (name == "ip_failures" and not ip):
             result.missing.append(name)
         else:
-            result.signals[name] = value
+            result.signals[name] = getattr(known, name)
     accounts = _read(None, "ip_accounts", lambda: accounts_failing_from(throttle, ip)) \
         if throttle is not None and ip else None
     if accounts is None:

@@ -76,15 +76,16 @@ def test_missing_signals_degrade_without_breaking_the_sign_in(client, app, alice
                                                               monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("the audit table is unreadable")
-    monkeypatch.setattr(risk, "_failures", broken)
+    monkeypatch.setattr(risk, "_known", broken)
     response = client.post("/login", data={
         "email": "alice@acme.test", "password": "correct horse battery",
         "csrf_token": csrf_token(client)}, environ_base={"REMOTE_ADDR": ""})
     assert response.status_code == 302 and response.headers["Location"] == "/"
     details = last_risk(app)
-    assert set(details["missing"]) == {"new_network", "account_failures", "ip_failures",
-                                       "ip_accounts"}
-    assert details["signals"] == {"new_device": True, "common_password": False}
+    assert set(details["missing"]) == {"new_device", "new_network", "account_failures",
+                                       "ip_failures", "ip_accounts", "unusual_hour"}
+    assert details["signals"] == {"common_password": False}
+    assert details["thresholds"] == [50, 80]  # the platform's, as nothing could be read
     assert client.get("/").status_code == 200
 
 

@@ -1,5 +1,6 @@
 """Risk engine tuning and identity assurance: how often a known signal was seen (the sign-in
-hour histogram), per-organization risk thresholds, and how each user's identity was proven.
+hour histogram), per-organization risk thresholds, indexes for the failure counts read at
+every sign-in, and how each user's identity was proven.
 
 Revision ID: 0017
 Revises: 0014
@@ -17,6 +18,9 @@ depends_on = None
 
 
 def upgrade() -> None:
+    with op.batch_alter_table('audit_events', schema=None) as batch_op:
+        batch_op.create_index('ix_audit_events_target_outcome', ['target', 'outcome', 'occurred_at'], unique=False)
+        batch_op.create_index('ix_audit_events_ip_outcome', ['ip', 'outcome', 'occurred_at'], unique=False)
     with op.batch_alter_table('known_signals', schema=None) as batch_op:
         batch_op.add_column(sa.Column('hits', sa.Integer(), server_default='1', nullable=False))
     with op.batch_alter_table('organizations', schema=None) as batch_op:
@@ -38,3 +42,6 @@ def downgrade() -> None:
         batch_op.drop_column('risk_step_up_at')
     with op.batch_alter_table('known_signals', schema=None) as batch_op:
         batch_op.drop_column('hits')
+    with op.batch_alter_table('audit_events', schema=None) as batch_op:
+        batch_op.drop_index('ix_audit_events_ip_outcome')
+        batch_op.drop_index('ix_audit_events_target_outcome')

@@ -10,6 +10,7 @@ never links accounts.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 from typing import Protocol as TypingProtocol
 
 import sqlalchemy as sa
@@ -26,6 +27,7 @@ from portal.models import (
     Membership,
     MembershipSource,
     MembershipStatus,
+    Organization,
     Protocol,
     RoleGrant,
     User,
@@ -223,7 +225,8 @@ def apply(session: Session, ctx: audit.Context, connection: Connection, result: 
     if org_id is not None and (user.identity_level or 0) < 2:
         _raise_assurance(session, ctx.acting_as(user.id, user.email), connection, user)
     user.last_login_at = utcnow()
-    _record_login(session, ctx.acting_as(user.id, user.email), connection, identity, user.email)
+    audit.record_many(session, ctx.acting_as(user.id, user.email),
+                      [login_event(connection, identity, user.email)])
     return user
 
 
@@ -299,6 +302,7 @@ def _display_name(identity: ExternalIdentity) -> str:
 
 _LINKS, _USERS = FederatedIdentity.__table__, User.__table__
 _MEMBERSHIPS, _GRANTS = Membership.__table__, RoleGrant.__table__
+_ORGS = Organization.__table__
 _ACTIVE_ORGS = (sa.select(sa.func.count()).select_from(_MEMBERSHIPS)
                 .where(_MEMBERSHIPS.c.user_id == _USERS.c.id,
                        _MEMBERSHIPS.c.status == MembershipStatus.ACTIVE.value)
@@ -306,7 +310,9 @@ _ACTIVE_ORGS = (sa.select(sa.func.count()).select_from(_MEMBERSHIPS)
 RETURNING_ROW = (
     sa.select(_LINKS.c.id.label("link_id"), _USERS.c.id, _USERS.c.email, _USERS.c.status,
               _USERS.c.display_name, _MEMBERSHIPS.c.status.label("membership"),
-              _ACTIVE_ORGS.label("active_orgs"))
+              _ACTIVE_ORGS.label("active_orgs"),
+              sa.select(_ORGS.c.slug).where(_ORGS.c.id == sa.bindparam("org_id"))
+              .scalar_subquery().label("org_slug"))
     .select_from(_LINKS.join(_USERS, _USERS.c.id == _LINKS.c.user_id).outerjoin(
         _MEMBERSHIPS, sa.and_(_MEMBERSHIPS.c.user_id == _USERS.c.id,
                               _MEMBERSHIPS.c.organization_id == sa.bindparam("org_id"))))
@@ -327,13 +333,16 @@ class Returning:
     user_id: int
     email: str
     organizations: int  # how many organizations the user is an active member of
+    org_slug: str | None  # the connection's organization
+    login: dict[str, Any]  # the sign-in's audit event, for the caller to append
 
 
 def sign_in_returning(session: Session, ctx: audit.Context, connection: Connection,
                       identity: ExternalIdentity) -> Returning | None:
     """Most sign-ins are a known subject whose account, membership, name and IdP-mapped roles
     have not changed: this records such a sign-in with a few prebuilt statements (the same
-    writes and audit event as ``apply``). For anything else it returns None without writing,
+    writes as ``apply``), and returns its audit event for the caller to append with the new
+    session's (one append to the chain). For anything else it returns None without writing,
     and the caller takes ``plan``/``apply``, which decide it."""
     org_id = connection.organization_id
     if not connection.enabled or not _domain_allowed(connection, identity.email):
@@ -355,16 +364,17 @@ def sign_in_returning(session: Session, ctx: audit.Context, connection: Connecti
     now = utcnow()
     session.execute(TOUCH_LINK, {"link_id": row.link_id, "now": now})
     session.execute(TOUCH_USER, {"user_id": row.id, "now": now})
-    _record_login(session, ctx.acting_as(row.id, row.email), connection, identity, row.email)
-    return Returning(row.id, row.email, row.active_orgs)
+    return Returning(row.id, row.email, row.active_orgs, row.org_slug,
+                     login_event(connection, identity, row.email))
 
 
-def _record_login(session: Session, ctx: audit.Context, connection: Connection,
-                  identity: ExternalIdentity, email: str) -> None:
-    audit.record(session, ctx, "auth.login", target=f"user:{email}",
-                 organization_id=connection.organization_id,
-                 details={"method": connection.protocol.value, "connection": connection.id,
-                          "amr": list(identity.auth.amr), "acr": identity.auth.acr})
+def login_event(connection: Connection, identity: ExternalIdentity, email: str
+                ) -> dict[str, Any]:
+    """The ``auth.login`` event of a federated sign-in, as an ``audit.record_many`` item."""
+    return {"action": "auth.login", "target": f"user:{email}",
+            "organization_id": connection.organization_id,
+            "details": {"method": connection.protocol.value, "connection": connection.id,
+                        "amr": list(identity.auth.amr), "acr": identity.auth.acr}}
 
 
 def _refuse(code: str, message: str) -> FederationError:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import os
 import re
 import secrets
 import threading
@@ -36,6 +37,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from lxml import etree
+from onelogin.saml2 import xml_utils
 from onelogin.saml2.auth import OneLogin_Saml2_Auth
 from onelogin.saml2.constants import OneLogin_Saml2_Constants as C
 from onelogin.saml2.errors import OneLogin_Saml2_Error, OneLogin_Saml2_ValidationError
@@ -43,6 +45,7 @@ from onelogin.saml2.metadata import OneLogin_Saml2_Metadata
 from onelogin.saml2.response import OneLogin_Saml2_Response
 from onelogin.saml2.settings import OneLogin_Saml2_Settings
 from onelogin.saml2.utils import OneLogin_Saml2_Utils
+from onelogin.saml2.xml_utils import OneLogin_Saml2_XML
 
 from federation.errors import FederationError
 from federation.identity import AuthContext, ExternalIdentity, Redirect, RequestContext
@@ -162,6 +165,38 @@ PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False
                          dtd_validation=False, huge_tree=False, remove_blank_text=False,
                          collect_ids=False)
 DOCTYPE = re.compile(rb"<!\s*(DOCTYPE|ENTITY)", re.IGNORECASE)
+
+
+_compiled_schemas = threading.local()
+LIBRARY_VALIDATE_XML = OneLogin_Saml2_XML.validate_xml
+
+
+def validate_xml_with_kept_schema(xml, schema: str, debug: bool = False):
+    """python3-saml's ``validate_xml`` (same checks, same return values), except that the
+    XSD is compiled once per thread instead of being read and compiled for every message:
+    compiling the protocol schema and its imports cost about as much as the rest of a
+    response's validation. lxml schema objects must not be shared between threads, hence
+    one per thread."""
+    try:
+        document = OneLogin_Saml2_XML.to_etree(xml)
+    except Exception:
+        return "unloaded_xml"
+    kept = _compiled_schemas.__dict__
+    if schema not in kept:
+        path = os.path.join(os.path.dirname(xml_utils.__file__), "schemas", schema)
+        with open(path, "rb") as source:
+            kept[schema] = OneLogin_Saml2_XML._schema_class(etree.parse(source))
+    if not kept[schema].validate(document):
+        return "invalid_xml"
+    return document
+
+
+def install_kept_schemas() -> None:
+    """Every python3-saml validation in the process uses ``validate_xml_with_kept_schema``."""
+    OneLogin_Saml2_XML.validate_xml = staticmethod(validate_xml_with_kept_schema)
+
+
+install_kept_schemas()
 
 
 def parse_xml(data: bytes, what: str = "message") -> etree._Element:

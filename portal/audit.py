@@ -62,7 +62,7 @@ def record(session: Session, context: Context, action: str, *, outcome: str = "s
     event["hash"] = _chain(last_hash, event)
     # Prebuilt Core statements: this runs on every sign-in.
     session.execute(INSERT_EVENT, event)
-    session.execute(MOVE_HEAD, {"new_seq": event["seq"], "new_hash": event["hash"]})
+    _moved(session, event["seq"], event["hash"])
     return event
 
 
@@ -89,7 +89,7 @@ def record_many(session: Session, context: Context,
         rows.append(event)
         last_seq, last_hash = event["seq"], event["hash"]
     session.execute(INSERT_EVENT, rows)
-    session.execute(MOVE_HEAD, {"new_seq": last_seq, "new_hash": last_hash})
+    _moved(session, last_seq, last_hash)
 
 
 HEAD = AuditHead.__table__
@@ -103,12 +103,27 @@ MOVE_HEAD = sa.update(HEAD).where(HEAD.c.id == 1).values(
 
 def _lock_head(session: Session) -> tuple[int, str]:
     # The UPDATE takes the row lock (PostgreSQL) or the write lock (SQLite) before we read the
-    # head, so two concurrent appenders can never chain onto the same previous event.
+    # head, so two concurrent appenders can never chain onto the same previous event. The
+    # lock lasts until the transaction ends, so later events of the same (sub)transaction
+    # chain onto the head this one moved (``_moved``) without locking again; a savepoint
+    # begun or rolled back in between is another (sub)transaction and locks afresh.
+    cached = session.info.get("audit_head")
+    if cached is not None and cached[0] is _current(session):
+        return cached[1], cached[2]
     row = session.execute(LOCK_HEAD).first()
     if row is None:  # a database created without the initial migration's head row
         session.execute(sa.insert(HEAD).values(id=1, last_seq=0, last_hash=GENESIS))
         return 0, GENESIS
     return row.last_seq, row.last_hash
+
+
+def _current(session: Session):
+    return session.get_nested_transaction() or session.get_transaction()
+
+
+def _moved(session: Session, seq: int, hash_: str) -> None:
+    session.execute(MOVE_HEAD, {"new_seq": seq, "new_hash": hash_})
+    session.info["audit_head"] = (_current(session), seq, hash_)
 
 
 def canonical(fields: dict[str, Any]) -> str:

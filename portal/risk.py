@@ -31,7 +31,6 @@ from functools import lru_cache
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from portal.db import UTCDateTime, utcnow
@@ -168,6 +167,9 @@ def _known(session: Session, user_id: int, email: str, ip: str | None,
         elif digests.get(kind) == value:
             result.seen[kind] = seen
     return result
+
+
+_KNOWN = KnownSignal.__table__
 
 
 def _read(session: Session | None, name: str, read):
@@ -355,40 +357,52 @@ def assess(session: Session, user_id: int, email: str, ip: str | None,
     return result
 
 
+def _upsert(dialect: str):
+    """INSERT ... ON CONFLICT DO UPDATE for the user's (kind, value): one statement whether
+    the signal is new or known, and no race with a concurrent sign-in from the same place.
+    ``hits`` counts the days a signal was seen (rows are touched at most once a day): the
+    hour histogram reads it."""
+    from sqlalchemy.dialects import postgresql, sqlite
+    insert = (postgresql if dialect == "postgresql" else sqlite).insert(_KNOWN)
+    return insert.on_conflict_do_update(
+        index_elements=["user_id", "kind", "value"],
+        set_={"last_seen_at": insert.excluded.last_seen_at, "hits": _KNOWN.c.hits + 1})
+
+
+_UPSERTS: dict[str, Any] = {}
+
+
 def remember(session: Session, user_id: int, ip: str | None, device_id: str | None,
              fresh: frozenset[str] = frozenset(), place: str | None = None,
              now: datetime | None = None) -> None:
     """After a completed sign-in: this device and network are now known for the user, the
     hour counts one more day, and ``place`` (with GeoIP) is the last place. ``fresh``
-    (kinds the assessment found seen recently) need no write."""
+    (kinds the assessment found seen recently) need no write: a user signing in again
+    from the same browser and network within a day writes nothing here."""
     now = now or utcnow()
-    rows = [(kind, _digest(value)) for kind, value in (("device", device_id),
-                                                        ("network", network_of(ip))) if value]
-    rows.append(("hour", str(now.hour)))
-    for kind, value in rows:
-        if kind in fresh:
-            continue
-        values = {"last_seen_at": now}
-        if kind == "hour":
-            values["hits"] = KnownSignal.hits + 1
-        _upsert(session, user_id, kind, value, now,
-                sa.update(KnownSignal).where(KnownSignal.user_id == user_id,
-                                             KnownSignal.kind == kind,
-                                             KnownSignal.value == value).values(**values))
+    wanted = [(kind, _digest(value)) for kind, value in (("device", device_id),
+                                                          ("network", network_of(ip)))
+              if value]
+    wanted.append(("hour", str(now.hour)))
+    rows = [{"user_id": user_id, "kind": kind, "value": value, "first_seen_at": now,
+             "last_seen_at": now, "hits": 1} for kind, value in wanted if kind not in fresh]
+    dialect = session.get_bind().dialect.name
+    if rows:
+        if dialect not in _UPSERTS:
+            _UPSERTS[dialect] = _upsert(dialect)
+        session.execute(_UPSERTS[dialect], rows)
     if place and "place" not in fresh:
-        _upsert(session, user_id, "place", place, now,
-                sa.update(KnownSignal).where(KnownSignal.user_id == user_id,
-                                             KnownSignal.kind == "place")
-                .values(value=place, last_seen_at=now))
+        moved = session.execute(_MOVE_PLACE, {"user_id": user_id, "place": place,
+                                              "now": now}).rowcount
+        if not moved:
+            if dialect not in _UPSERTS:
+                _UPSERTS[dialect] = _upsert(dialect)
+            session.execute(_UPSERTS[dialect], [{
+                "user_id": user_id, "kind": "place", "value": place, "first_seen_at": now,
+                "last_seen_at": now, "hits": 1}])
 
 
-def _upsert(session: Session, user_id: int, kind: str, value: str, now: datetime,
-            update) -> None:
-    updated = session.execute(update.execution_options(synchronize_session=False)).rowcount
-    if not updated:
-        try:
-            with session.begin_nested():
-                session.add(KnownSignal(user_id=user_id, kind=kind, value=value, hits=1,
-                                        first_seen_at=now, last_seen_at=now))
-        except IntegrityError:
-            pass  # a concurrent sign-in from the same place got there first
+# The user's one "place" row follows them (with a GeoIP database configured).
+_MOVE_PLACE = sa.update(_KNOWN).where(
+    _KNOWN.c.user_id == sa.bindparam("user_id"), _KNOWN.c.kind == "place").values(
+    value=sa.bindparam("place"), last_seen_at=sa.bindparam("now"))

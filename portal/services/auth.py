@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Callable
 from datetime import timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from portal import audit, risk
 from portal.db import Database, utcnow
@@ -26,8 +28,22 @@ class InvalidCredentials(TrellisError):
     message = INVALID
 
 
+# Opens the session of a sign-in whose first factor passed, in that sign-in's transaction,
+# and audits ``events`` (the sign-in's own, as ``audit.record_many`` items) with whatever it
+# adds; returns the token, or None when the sign-in is refused after all (its risk).
+SessionOpener = Callable[[Session, User, list], "str | None"]
+
+
+def session_for(ctx: audit.Context, hours: int) -> SessionOpener:
+    """The plain opener: a session row and the events, nothing else."""
+    def open_session(tx: Session, user: User, events: list) -> str:
+        audit.record_many(tx, ctx.acting_as(user.id, user.email), events)
+        return start_session(tx, user, ctx, hours)
+    return open_session
+
+
 def sign_in(db: Database, ctx: audit.Context, passwords: Passwords, throttle: LoginThrottle,
-            email: str, password: str, session_hours: int) -> tuple[User, str]:
+            email: str, password: str, open_session: SessionOpener) -> tuple[User, str | None]:
     """Check a password sign-in and open a server-side session in the same transaction.
 
     Returns the user and the session token, or raises with the same message for every reason
@@ -48,12 +64,14 @@ def sign_in(db: Database, ctx: audit.Context, passwords: Passwords, throttle: Lo
         if user is not None and password_ok and user.status == UserStatus.ACTIVE:
             if passwords.needs_rehash(user.password_hash):
                 user.password_hash = passwords.hasher.hash(password)
-            user.last_login_at = utcnow()
+                session.flush()
+            now = utcnow()
+            session.execute(TOUCH_USER, {"user_id": user.id, "now": now})
+            set_committed_value(user, "last_login_at", now)
             throttle.record_success(email)
-            token = start_session(session, user, ctx, session_hours)
-            audit.record(session, ctx.acting_as(user.id, user.email), "auth.login",
-                         target=f"user:{email}", details={"method": "password"})
-            return user, token
+            return user, open_session(session, user, [{
+                "action": "auth.login", "target": f"user:{email}",
+                "details": {"method": "password"}}])
     reason = ("unknown_user" if user is None else "wrong_password" if not password_ok
               else f"user_{user.status.value}")
     _record_failure(db, ctx, throttle, email, reason, user)
@@ -88,6 +106,8 @@ def start_session(session: Session, user: User, ctx: audit.Context, hours: int) 
 
 INSERT_SESSION = sa.insert(AuthSession.__table__)
 USER_BY_EMAIL = sa.select(User).where(User.email == sa.bindparam("email"))
+TOUCH_USER = sa.update(User.__table__).where(User.__table__.c.id == sa.bindparam("user_id")
+                                             ).values(last_login_at=sa.bindparam("now"))
 
 
 def load_session_user(session: Session, token: str | None, user_id: str | None) -> User | None:

@@ -33,7 +33,7 @@ def throttle_key(login: str) -> str:
 
 def sign_in(db: Database, ctx: audit.Context, throttle: LoginThrottle, adapter: LdapAdapter,
             box: SecretBox, grants, connection_id: int, login: str, password: str,
-            session_hours: int) -> tuple[User, str, ExternalIdentity]:
+            open_session: auth.SessionOpener) -> tuple[User, str | None, ExternalIdentity]:
     """Bind as the user, provision, open a session. Raises ``auth.InvalidCredentials`` for
     anything a guesser could learn from, ``FederationError`` for the rest (the directory is
     down, the account is disabled or expired, provisioning refused; ``error.identity`` then
@@ -66,7 +66,7 @@ def sign_in(db: Database, ctx: audit.Context, throttle: LoginThrottle, adapter: 
             row = tx.get(Connection, connection_id)
             plan = provisioning.plan(tx, row, identity)
             user = provisioning.apply(tx, ctx, row, plan, grants)
-            token = auth.start_session(tx, user, ctx, session_hours)
+            token = open_session(tx, user, [])
     except FederationError as error:
         _record_refusal(db, ctx, connection_id, error, identity)
         error.identity = identity

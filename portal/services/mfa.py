@@ -117,6 +117,35 @@ def requirement_for(session: Session, user_id: int) -> str:
     return "risk" if MfaPolicy.RISK in policies else "none"
 
 
+def _member_of_org_with(policy: MfaPolicy, *extra) -> sa.Exists:
+    user_id = sa.bindparam("user_id")
+    return sa.exists().where(
+        Membership.user_id == user_id, Membership.status == MembershipStatus.ACTIVE,
+        Organization.id == Membership.organization_id, Organization.mfa_policy == policy,
+        *extra)
+
+
+# Whether the user has a second factor, and what their organizations demand, in one
+# statement built once: every sign-in asks both.
+SIGN_IN_DEMAND = sa.select(
+    sa.or_(sa.exists().where(TotpFactor.user_id == sa.bindparam("user_id"),
+                             TotpFactor.confirmed_at.is_not(None)),
+           sa.exists().where(WebAuthnCredential.user_id == sa.bindparam("user_id"))),
+    _member_of_org_with(MfaPolicy.ALL),
+    _member_of_org_with(MfaPolicy.ADMINS, RoleGrant.user_id == sa.bindparam("user_id"),
+                        RoleGrant.organization_id == Organization.id,
+                        RoleGrant.role.in_(sorted(ADMIN_ROLES))),
+    _member_of_org_with(MfaPolicy.RISK))
+
+
+def sign_in_demand(session: Session, user_id: int) -> tuple[bool, str]:
+    """``(has a second factor, requirement_for)`` in one round trip."""
+    enrolled, everyone, admins, risk = session.execute(SIGN_IN_DEMAND,
+                                                       {"user_id": user_id}).one()
+    demand = "required" if everyone or admins else "risk" if risk else "none"
+    return bool(enrolled), demand
+
+
 def idp_asserted_mfa(amr: tuple[str, ...] | list[str], acr: str | None) -> bool:
     """Whether a federated sign-in says the identity provider used more than a password."""
     return bool(set(amr or ()) & MFA_AMR)

@@ -4,6 +4,9 @@ sign-out."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from flask import (
     Blueprint,
@@ -127,26 +130,26 @@ def _password_sign_in(form: LoginForm, org):
     if directory_connection is not None:
         return _directory_sign_in(directory_connection, form, org)
     s = services()
+    note_password(form.password.data)  # scored in the sign-in's transaction
     try:
         user, token = auth.sign_in(s.db, audit_context(), s.passwords, s.throttle,
                                    form.email.data, form.password.data,
-                                   session_hours=current_app.config["SESSION_HOURS"])
+                                   session_opener(("pwd",)))
     except auth.InvalidCredentials as exc:
         return _render(form, org, step="password", error=exc.message, status=exc.status)
     except TooManyAttempts as exc:
         return _render(form, org, step="password", error=exc.message, status=exc.status,
                        headers=exc.headers)
-    note_password(form.password.data)
     return finish_sign_in(user, token, amr=("pwd",), next_url=safe_next(form.next.data))
 
 
 def _directory_sign_in(connection: Connection, form: LoginForm, org):
     s, ctx = services(), audit_context()
+    note_password(form.password.data)  # scored in the sign-in's transaction
     try:
         user, token, _identity = directory.sign_in(
             s.db, ctx, s.throttle, s.ldap, s.secrets, s.role_grants, connection.id,
-            form.email.data or "", form.password.data or "",
-            session_hours=current_app.config["SESSION_HOURS"])
+            form.email.data or "", form.password.data or "", session_opener(("pwd",)))
     except (auth.InvalidCredentials, TooManyAttempts) as exc:
         return _render(form, org, step="password", error=exc.message, status=exc.status,
                        headers=exc.headers)
@@ -165,55 +168,89 @@ def _directory_sign_in(connection: Connection, form: LoginForm, org):
         from portal.views.sso import landing
         with s.db.sessions() as db:
             next_url = landing(db, user.id)
-    note_password(form.password.data)
     return finish_sign_in(user, token, amr=("pwd",), next_url=next_url)
 
 
-def finish_sign_in(user, token: str, *, amr: tuple[str, ...], next_url: str,
-                   remember: dict | None = None, idp_mfa: bool = False):
-    """Every sign-in ends here once its first factor (password, directory bind, identity
-    provider) is done. Users who have a second factor, or whose organization requires one,
-    are held at the code (or enrollment) step; ``idp_mfa`` is set when a trusted identity
-    provider asserted that it already used a second factor. Under the ``risk`` policy the
-    sign-in's risk decision says whether the code is asked (and ``deny`` refuses members
-    who have no second factor)."""
+@dataclass(frozen=True)
+class Opened:
+    """What the sign-in's transaction decided: the session token (None when the risk
+    decision refused the sign-in) and whether a second factor (or enrolling one) is asked."""
+
+    token: str | None
+    ask: bool = False
+    enroll: bool = False
+
+
+def session_opener(amr: tuple[str, ...], *, idp_mfa: bool = False
+                   ) -> Callable[[Any, Any], str | None]:
+    """The step every first factor (password, directory bind, identity provider) takes in
+    its own transaction once it has passed: score the risk, read what second factor is
+    asked, and write the session row, the first factor's events with the ``auth.risk``
+    event (one append to the audit chain) and the known device in that same transaction, so
+    a sign-in commits once. ``finish_sign_in`` then acts on what was
+    decided. Returns the session token, or None when the sign-in is refused."""
+    def open_session(tx, user, events: list) -> str | None:
+        g.sign_in = _settle(tx, user, events, amr=amr, idp_mfa=idp_mfa)
+        return g.sign_in.token
+    return open_session
+
+
+def _settle(tx, user, events: list, *, amr: tuple[str, ...], idp_mfa: bool,
+            token: str | None = None) -> Opened:
+    from portal import audit
     from portal.services import mfa
-    from portal.views import mfa as mfa_views
-    assessment = assess_risk(user, amr)
-    if idp_mfa:
-        begin_session(user, token, assurance=2, amr=(*amr, "mfa"))
-        session["mfa_at"] = int(time.time())
-    else:
-        read = db_session()
-        enrolled = mfa.has_second_factor(read, user.id)
-        demand = mfa.requirement_for(read, user.id)
+    ctx = audit_context()
+    assessment = assess_risk(user)
+    events = list(events) if assessment is None else [*events, {
+        "action": "auth.risk", "target": f"user:{user.email}",
+        "details": {**assessment.as_details(), "method": list(amr)}}]
+    ask = enroll = False
+    if not idp_mfa:  # a trusted identity provider's own second factor counts
+        enrolled, demand = mfa.sign_in_demand(tx, user.id)
         decision = assessment.decision if assessment is not None else "step_up"
         if demand == "risk" and decision == "deny" and not enrolled:
-            return _refuse_risky(user, token)
+            auth.end_session(tx, token)
+            events.append({"action": "auth.login", "outcome": "failure",
+                           "target": f"user:{user.email}", "reason": "risk_denied"})
+            audit.record_many(tx, ctx.acting_as(user.id, user.email), events)
+            return Opened(None)
         ask = demand == "required" or (enrolled and (demand != "risk" or decision != "allow"))
-        if ask:
-            with services().db.transaction() as tx:
-                record_risk(tx)
-            return mfa_views.hold_sign_in(user, token, amr=amr, next_url=next_url,
-                                          remember=remember, enroll=not enrolled)
-        begin_session(user, token, amr=amr)
+        enroll = ask and not enrolled
+    if token is None:
+        token = auth.start_session(tx, user, ctx, current_app.config["SESSION_HOURS"])
+    audit.record_many(tx, ctx.acting_as(user.id, user.email), events)
+    if not ask:  # a sign-in held for its second factor is not complete yet
+        _remember_device(tx, user, assessment.fresh if assessment else frozenset())
+    return Opened(token, ask, enroll)
+
+
+def finish_sign_in(user, token: str | None, *, amr: tuple[str, ...], next_url: str,
+                   remember: dict | None = None, idp_mfa: bool = False):
+    """Every sign-in ends here once its transaction committed. Users who have a second
+    factor, or whose organization requires one, are held at the code (or enrollment) step;
+    ``idp_mfa`` is set when a trusted identity provider asserted that it already used a
+    second factor. Under the ``risk`` policy the sign-in's risk decision says whether the
+    code is asked (and ``deny`` refuses members who have no second factor)."""
+    from portal.views import mfa as mfa_views
+    opened = g.pop("sign_in", None)
+    if opened is None:  # a first factor that opened its session without ``session_opener``
+        with services().db.transaction() as tx:
+            opened = _settle(tx, user, [], amr=amr, idp_mfa=idp_mfa, token=token)
+    if opened.token is None:
+        session.clear()
+        raise TrellisError("This sign-in looks unusual, so it was stopped. Try again later "
+                           "from a device you have used before, or ask your administrator.",
+                           code="risk_denied", status=403)
+    if opened.ask:
+        return mfa_views.hold_sign_in(user, opened.token, amr=amr, next_url=next_url,
+                                      remember=remember, enroll=opened.enroll)
+    if idp_mfa:
+        begin_session(user, opened.token, assurance=2, amr=(*amr, "mfa"), known=True)
+        session["mfa_at"] = int(time.time())
+    else:
+        begin_session(user, opened.token, amr=amr, known=True)
     session.update(remember or {})
     return redirect(next_url)
-
-
-def _refuse_risky(user, token: str):
-    """A member of a risk-policy organization, without a second factor, whose sign-in
-    scored ``deny``: the new session is ended and the attempt audited."""
-    from portal import audit
-    with services().db.transaction() as tx:
-        record_risk(tx)
-        auth.end_session(tx, token)
-        audit.record(tx, audit_context(), "auth.login", outcome="failure",
-                     target=f"user:{user.email}", reason="risk_denied")
-    session.clear()
-    raise TrellisError("This sign-in looks unusual, so it was stopped. Try again later "
-                       "from a device you have used before, or ask your administrator.",
-                       code="risk_denied", status=403)
 
 
 def password_step(org, login_hint: str | None, next_url: str):
@@ -237,11 +274,13 @@ def _render(form: LoginForm, org, *, step: str = "email", error: str | None = No
     return page, status, headers or {}
 
 
-def begin_session(user, token: str, assurance: int = 1, amr: tuple[str, ...] = ("pwd",)
-                  ) -> None:
+def begin_session(user, token: str, assurance: int = 1, amr: tuple[str, ...] = ("pwd",),
+                  *, known: bool = False) -> None:
     """A fresh session at every sign-in: nothing planted before it survives. ``assurance``
     is 1 for a password, 2 when a second factor was used (policies may require it);
-    ``auth_time`` and ``amr`` go into the ID tokens apps receive."""
+    ``auth_time`` and ``amr`` go into the ID tokens apps receive. ``known``: the sign-in's
+    transaction already remembered this device (a sign-in completed by its second factor
+    remembers it here)."""
     session.clear()
     session.permanent = True
     session["sid"] = token
@@ -249,7 +288,12 @@ def begin_session(user, token: str, assurance: int = 1, amr: tuple[str, ...] = (
     session["auth_time"] = int(time.time())
     session["amr"] = list(amr)
     login_user(user)
-    _remember_device(user)
+    if not known:
+        try:
+            with services().db.transaction() as tx:
+                _remember_device(tx, user, frozenset())
+        except Exception:
+            current_app.logger.warning("could not remember the device", exc_info=True)
 
 
 DEVICE_COOKIE = "trellis_device"
@@ -281,11 +325,10 @@ def device_id() -> str:
     return g.device_id
 
 
-def assess_risk(user, amr: tuple[str, ...]):
-    """Score this sign-in from the request's read session; the score and its signals are
-    audited (``auth.risk``) in the transaction that follows (``record_risk``), so scoring adds
-    no transaction of its own. Returns the assessment, or None when it failed (logged; the
-    sign-in goes on)."""
+def assess_risk(user):
+    """Score this sign-in from the request's read session (a read that fails there leaves
+    its signals missing without touching the sign-in's transaction). Returns the
+    assessment, or None when scoring failed (logged; the sign-in goes on)."""
     from portal import risk
     config = current_app.config
     try:
@@ -298,16 +341,14 @@ def assess_risk(user, amr: tuple[str, ...]):
     except Exception:
         current_app.logger.warning("risk assessment skipped", exc_info=True)
         return None
-    g.risk_event = (audit_context().acting_as(user.id, user.email), user.email,
-                    {**result.as_details(), "method": list(amr)})
-    g.risk_fresh = result.fresh
-    g.risk_place = result.place
+    g.risk_place = result.place  # remembered with the device once the sign-in completes
     return result
 
 
 def note_password(password: str | None) -> None:
-    """Whether the password of this sign-in is a common one, for the risk assessment that
-    follows: only the answer is kept (in the request's ``g``), never the password."""
+    """Whether the password of this sign-in is a common one, for the risk assessment in
+    the sign-in's transaction: only the answer is kept (in the request's ``g``), never the
+    password."""
     from portal import risk
     try:
         g.risk_common_password = risk.common_password(password)
@@ -315,27 +356,11 @@ def note_password(password: str | None) -> None:
         current_app.logger.warning("common-password check skipped", exc_info=True)
 
 
-def record_risk(tx) -> None:
-    """Write the pending ``auth.risk`` event of this request, if any, in ``tx``."""
-    from portal import audit
-    pending = g.pop("risk_event", None)
-    if pending is not None:
-        ctx, email, details = pending
-        audit.record(tx, ctx, "auth.risk", target=f"user:{email}", details=details)
-
-
-def _remember_device(user) -> None:
-    """A completed sign-in makes this device and network known for the user (and writes
-    the sign-in's risk event in the same transaction)."""
+def _remember_device(tx, user, fresh: frozenset[str]) -> None:
+    """A completed sign-in makes this device, network, hour and place known for the user."""
     from portal import risk
-    try:
-        with services().db.transaction() as tx:
-            record_risk(tx)
-            risk.remember(tx, user.id, request.remote_addr, device_id(),
-                          fresh=g.pop("risk_fresh", frozenset()),
-                          place=g.pop("risk_place", None))
-    except Exception:
-        current_app.logger.warning("could not remember the device", exc_info=True)
+    risk.remember(tx, user.id, request.remote_addr, device_id(), fresh=fresh,
+                  place=g.get("risk_place"))
 
 
 @bp.post("/logout")

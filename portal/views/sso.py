@@ -25,6 +25,7 @@ from portal.models import Connection, Protocol, User
 from portal.permissions import public, require
 from portal.security import safe_next
 from portal.services import auth, connections, replay, users
+from portal.views.auth import finish_sign_in, session_opener
 
 bp = Blueprint("sso", __name__, url_prefix="/sso")
 log = logging.getLogger("trellis.sso")
@@ -171,7 +172,8 @@ def finish(connection: Connection, identity, pending: dict[str, Any], ctx,
                 row = tx.get(Connection, connection.id)
                 plan = provisioning.plan(tx, row, identity)
                 user = provisioning.apply(tx, ctx, row, plan, s.role_grants)
-            token = auth.start_session(tx, user, ctx, current_app.config["SESSION_HOURS"])
+            token = session_opener(("fed",), idp_mfa=trusts_idp_mfa(connection, identity))(
+                tx, user, [known.login] if known is not None else [])
             landing_url = safe_next(pending.get("next")) if pending.get("next") else \
                 landing(tx, user.id, connection, known)
     except FederationError as error:
@@ -179,7 +181,6 @@ def finish(connection: Connection, identity, pending: dict[str, Any], ctx,
         if error.code == "account_exists":
             return offer_link(connection, identity, pending, remember)
         raise
-    from portal.views.auth import finish_sign_in
     return finish_sign_in(user, token, amr=("fed",), next_url=landing_url, remember=remember,
                           idp_mfa=trusts_idp_mfa(connection, identity))
 
@@ -284,7 +285,8 @@ def _link_and_sign_in(connection: Connection, identity, offer: dict, *, password
     if user is None:
         user, proof_session = auth.sign_in(s.db, ctx, s.passwords, s.throttle, identity.email,
                                            password,
-                                           session_hours=current_app.config["SESSION_HOURS"])
+                                           auth.session_for(ctx, current_app.config[
+                                               "SESSION_HOURS"]))
     with s.db.transaction() as tx:
         if proof_session is not None:
             auth.end_session(tx, proof_session)  # the password only proved control
@@ -293,18 +295,19 @@ def _link_and_sign_in(connection: Connection, identity, offer: dict, *, password
                           proof=proof)
         plan = provisioning.plan(tx, row, identity)
         user = provisioning.apply(tx, ctx, row, plan, s.role_grants)
-        token = auth.start_session(tx, user, ctx, current_app.config["SESSION_HOURS"])
+        token = session_opener(("fed",), idp_mfa=trusts_idp_mfa(connection, identity))(
+            tx, user, [])
         landing_url = safe_next(offer.get("next")) if offer.get("next") else \
             landing(tx, user.id)
-    from portal.views.auth import finish_sign_in  # replaces the password sign-in session too
+    # finish_sign_in replaces the password sign-in session too
     return finish_sign_in(user, token, amr=("fed",), next_url=landing_url,
                           remember=offer.get("remember") or None,
                           idp_mfa=trusts_idp_mfa(connection, identity))
 
 
 def landing(tx, user_id: int, connection: Connection | None = None, known=None) -> str:
-    if known is not None and known.organizations == 1 and connection.organization_id:
-        return url_for("home.organization", slug=connection.organization.slug)
+    if known is not None and known.organizations == 1 and known.org_slug:
+        return url_for("home.organization", slug=known.org_slug)
     slugs = users.active_organization_slugs(tx, user_id, limit=2)
     if len(slugs) == 1:
         return url_for("home.organization", slug=slugs[0])

@@ -97,3 +97,26 @@ def test_export_formats(chain, tx):
     assert csv_text.splitlines()[0].startswith("seq,occurred_at,actor_id,actor,")
     assert len(csv_text.splitlines()) == 6
     assert future == []
+
+
+def test_events_of_a_rolled_back_savepoint_leave_no_gap(tx):
+    """Several events in one transaction lock the chain's head once; one recorded inside a
+    savepoint that rolled back is gone, and the events around it still chain."""
+    with tx() as session:
+        audit.record(session, CLI_CTX, "test.kept", target="thing:1")
+        with pytest.raises(RuntimeError), session.begin_nested():
+            audit.record(session, CLI_CTX, "test.undone", target="thing:2")
+            raise RuntimeError("the change this event described failed")
+        audit.record(session, CLI_CTX, "test.kept", target="thing:3")
+        with session.begin_nested():
+            audit.record(session, CLI_CTX, "test.kept", target="thing:4")
+        audit.record(session, CLI_CTX, "test.kept", target="thing:5")
+    with tx() as session:
+        audit.record(session, CLI_CTX, "test.kept", target="thing:6")
+    result = verify(tx)
+    assert result.ok and result.checked == 5
+    with tx() as session:
+        rows = session.execute(sa.select(AuditEvent.seq, AuditEvent.target)
+                               .order_by(AuditEvent.seq)).all()
+    assert rows == [(1, "thing:1"), (2, "thing:3"), (3, "thing:4"), (4, "thing:5"),
+                    (5, "thing:6")]

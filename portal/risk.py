@@ -392,8 +392,8 @@ def remember(session: Session, user_id: int, ip: str | None, device_id: str | No
             _UPSERTS[dialect] = _upsert(dialect)
         session.execute(_UPSERTS[dialect], rows)
     if place and "place" not in fresh:
-        moved = session.execute(_MOVE_PLACE, {"user_id": user_id, "place": place,
-                                              "now": now}).rowcount
+        moved = session.execute(_MOVE_PLACE, {"b_user": user_id, "b_place": place,
+                                              "b_now": now}).rowcount
         if not moved:
             if dialect not in _UPSERTS:
                 _UPSERTS[dialect] = _upsert(dialect)
@@ -404,5 +404,5 @@ def remember(session: Session, user_id: int, ip: str | None, device_id: str | No
 
 # The user's one "place" row follows them (with a GeoIP database configured).
 _MOVE_PLACE = sa.update(_KNOWN).where(
-    _KNOWN.c.user_id == sa.bindparam("user_id"), _KNOWN.c.kind == "place").values(
-    value=sa.bindparam("place"), last_seen_at=sa.bindparam("now"))
+    _KNOWN.c.user_id == sa.bindparam("b_user"), _KNOWN.c.kind == "place").values(
+    value=sa.bindparam("b_place"), last_seen_at=sa.bindparam("b_now"))

@@ -17,6 +17,7 @@ from portal import create_app, risk
 from portal.db import utcnow
 from portal.models import KnownSignal, User
 from tests.conftest import PASSWORD, audit_events, csrf_token, services_of
+from tests.integration.test_cli import trellis  # noqa: F401  (the CLI runner fixture)
 
 PARIS, SYDNEY, NOWHERE = "198.51.100.7", "203.0.113.9", "192.0.2.1"
 
@@ -214,3 +215,19 @@ def test_a_missing_geoip_file_degrades(settings, tmp_path):
     response = post_sign_in(client, "gina@acme.test", ip=PARIS)
     assert response.status_code == 302 and client.get("/").status_code == 200
     assert "impossible_travel" in last_risk(app)["missing"]
+
+
+def test_operators_set_risk_thresholds_from_the_command_line(trellis, app, make_org):  # noqa: F811
+    from portal.services import organizations
+    make_org("acme", "Acme Supplies")
+    assert trellis("org", "risk-thresholds", "acme", "--step-up", "40", "--deny", "101"
+                   ).output == "risk thresholds of acme: step-up from 40, deny from 101\n"
+    assert "risk_deny_at" in trellis("org", "risk-thresholds", "acme", "--step-up", "90",
+                                     "--deny", "60", expect=1).output
+    with services_of(app).db.sessions() as session:
+        org = organizations.get(session, "acme")
+        assert (org.risk_step_up_at, org.risk_deny_at) == (40, 101)
+    assert trellis("org", "risk-thresholds", "acme").output == \
+        "risk thresholds of acme: step-up from 50, deny from 80\n"
+    assert [e.details["after"] for e in audit_events(app, "organization.risk_thresholds")] \
+        == [[40, 101], [None, None]]

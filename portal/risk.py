@@ -262,6 +262,16 @@ def locate(path: str, ip: str | None) -> tuple[float, float] | None:
     return float(location["latitude"]), float(location["longitude"])
 
 
+def place_of(path: str, ip: str | None) -> str | None:
+    """The rounded place of ``ip`` to remember, or None (not located, no database)."""
+    try:
+        here = locate(path, ip) if path else None
+    except Exception:
+        log.warning("GeoIP lookup failed", exc_info=True)
+        return None
+    return _place(here) if here else None
+
+
 def distance_km(a: tuple[float, float], b: tuple[float, float]) -> float:
     """Great-circle distance (haversine, mean Earth radius)."""
     lat1, lon1, lat2, lon2 = map(math.radians, (*a, *b))

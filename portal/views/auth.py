@@ -359,8 +359,10 @@ def note_password(password: str | None) -> None:
 def _remember_device(tx, user, fresh: frozenset[str]) -> None:
     """A completed sign-in makes this device, network, hour and place known for the user."""
     from portal import risk
-    risk.remember(tx, user.id, request.remote_addr, device_id(), fresh=fresh,
-                  place=g.get("risk_place"))
+    place = g.get("risk_place")
+    if place is None and "place" not in fresh:  # completed at the code step: locate again
+        place = risk.place_of(current_app.config["GEOIP_DATABASE"], request.remote_addr)
+    risk.remember(tx, user.id, request.remote_addr, device_id(), fresh=fresh, place=place)
 
 
 @bp.post("/logout")

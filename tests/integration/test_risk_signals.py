@@ -231,3 +231,34 @@ def test_operators_set_risk_thresholds_from_the_command_line(trellis, app, make_
         "risk thresholds of acme: step-up from 50, deny from 80\n"
     assert [e.details["after"] for e in audit_events(app, "organization.risk_thresholds")] \
         == [[40, 101], [None, None]]
+
+
+def test_a_sign_in_completed_at_the_code_step_moves_the_place(geo_app):
+    from portal.services import mfa, users
+    from tests.conftest import CLI_CTX
+    from tests.integration.test_mfa import previous_code
+    app = geo_app
+    s = services_of(app)
+    with s.db.transaction() as session:
+        user = users.create(session, CLI_CTX, s.passwords, email="hana@acme.test",
+                            password=PASSWORD, display_name="", org_slug=None,
+                            operator=False)
+        secret = mfa.begin_totp(session, s.secrets, user).secret
+        mfa.confirm_totp(session, CLI_CTX, s.secrets, s.passwords, user,
+                         previous_code(secret))
+    client = app.test_client()
+    assert post_sign_in(client, "hana@acme.test", ip=PARIS).headers["Location"] == \
+        "/login/mfa"
+    token = csrf_token(client, "/login/mfa")
+    import pyotp
+    response = client.post("/login/mfa", data={"code": pyotp.TOTP(secret).now(),
+                                               "csrf_token": token},
+                           environ_base={"REMOTE_ADDR": PARIS})
+    assert response.status_code == 302
+    with s.db.sessions() as session:
+        places = session.scalars(sa.select(KnownSignal.value).where(
+            KnownSignal.kind == "place")).all()
+    assert places == ["48.86,2.35"]
+    sign_out(client)
+    post_sign_in(client, "hana@acme.test", ip=SYDNEY)
+    assert last_risk(app)["signals"]["impossible_travel"] is True

@@ -12,6 +12,7 @@ platform roles, organization kinds and policy versions through callables it is g
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -27,6 +28,7 @@ from casbin.util import escape_assertion, key_match
 from casbin.util.expression import SimpleEval
 from casbin.util.log import disabled_logging
 
+from policies import custom
 from policies.errors import PolicyError
 from policies.files import PolicyFiles, load_policy_files, parse_org_policy
 
@@ -496,14 +498,26 @@ class PolicyEngine:
 
     def _custom_rules(self, org: str, kind: str) -> list[list[str]]:
         """Custom roles' rows, each kept only while the kind's template (or the organization's
-        file) still allows that permission unconditionally: shrinking a template shrinks the
-        custom roles built from it."""
-        offered = {(line[3], line[4]) for line in (*self.files.kinds.get(kind, []),
-                                                   *self.files.orgs.get(org, []))
-                   if line[0] == "p" and line[1] != "*" and line[5] == "True"
-                   and line[6] == "allow"}
-        return [["p", row[1], org, row[3], row[4], "True", "allow"]
-                for row in self.sources.custom_rules(org) if (row[3], row[4]) in offered]
+        file) still has the allow rule it was composed from, with the same condition:
+        shrinking a template shrinks the custom roles built from it. A row may carry the
+        owner's refinements (``policies.custom``) as JSON in an eighth field; the rule's
+        condition is then the template's AND those, never more."""
+        offered = {(line[3], line[4], line[5])
+                   for line in (*self.files.kinds.get(kind, []), *self.files.orgs.get(org, []))
+                   if line[0] == "p" and line[1] != "*" and line[6] == "allow"}
+        rows = []
+        for row in self.sources.custom_rules(org):
+            when = row[5] if len(row) > 5 else "True"
+            if (row[3], row[4], when) not in offered:
+                continue
+            try:
+                condition = custom.compose(when, json.loads(row[7]) if len(row) > 7 else None)
+            except (ValueError, PolicyError) as error:
+                log.error("custom role %s of %s has a condition the platform does not allow; "
+                          "left out: %s", row[1], org, error)
+                continue
+            rows.append(["p", row[1], org, row[3], row[4], condition, "allow"])
+        return rows
 
     def _build(self, org: str) -> casbin.Enforcer | None:
         sources = self.sources

@@ -12,6 +12,7 @@ organizations in this process at once, and — with Redis — in every other wor
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from pathlib import Path
 
@@ -116,14 +117,24 @@ def database_sources(db: Database) -> Sources:
         return kind.value, grants, operators, text
 
     def custom_rules(slug: str) -> list[list[str]]:
-        """Each permission of each custom role, as an unconditional allow in this
-        organization only."""
+        """Each permission of each custom role, as an allow in this organization only: the
+        template rule's condition it was composed from, and the owner's refinements (the
+        engine checks the first and composes the second)."""
         if slug == PLATFORM:
             return []
         with db.engine.connect() as connection:
             rows = connection.execute(CUSTOM_ROLES, {"slug": slug}).all()
-        return [["p", name, slug, obj, act, "True", "allow"]
-                for name, permissions in rows for obj, act in permissions]
+        result = []
+        for name, permissions in rows:
+            for entry in permissions:
+                if len(entry) > 2:  # [object, action, {"when": ..., refinements}]
+                    refinements = {k: v for k, v in entry[2].items() if k != "when"}
+                    result.append(["p", name, slug, entry[0], entry[1],
+                                   entry[2].get("when", "True"), "allow",
+                                   json.dumps(refinements)])
+                else:
+                    result.append(["p", name, slug, entry[0], entry[1], "True", "allow"])
+        return result
 
     return Sources(grants=grants, platform_roles=platform_roles, org_kind=org_kind,
                    version=version, org_policy=org_policy, load=load,

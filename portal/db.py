@@ -50,6 +50,16 @@ class UTCDateTime(TypeDecorator):
         return value.astimezone(UTC)
 
 
+def for_dialect(dialect: str):
+    """``include_object`` for Alembic's comparison: an object marked
+    ``info={"dialects": (...)}`` (a PostgreSQL-only index) exists only on those dialects, so
+    it is left out of the comparison elsewhere. Its DDL carries the same ``ddl_if``."""
+    def include(obj, _name, _type, _reflected, _compare_to) -> bool:
+        dialects = getattr(obj, "info", {}).get("dialects")
+        return dialects is None or dialect in dialects
+    return include
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 

@@ -127,6 +127,14 @@ BY_PREVIOUS_DIGEST = sa.select(ApiClient.id, ApiClient.organizations).where(
     ApiClient.previous_key_expires_at > sa.bindparam("now"), ApiClient.enabled.is_(True))
 
 
+def cached(key: str | None, cache: KeyCache) -> Caller | None:
+    """The caller for a key authenticated within the cache's lifetime, without a database
+    session (the decision API's hot path); None means: call ``authenticate``."""
+    if not key or not key.startswith(PREFIX):
+        return None
+    return cache.get(_digest(key))
+
+
 def authenticate(session: Session, key: str | None, cache: KeyCache | None = None) -> Caller:
     if not key or not key.startswith(PREFIX):
         raise Unauthenticated()

@@ -1,23 +1,30 @@
 """Custom roles: an organization's owner composes a role from the permissions the platform's
 policy allows for the organization's kind, and grants it like a built-in role.
 
-The permissions on offer are the unconditional allow rules of the kind's template (and of the
-organization's own policy file): ``(object type, action)`` pairs such as ``member/read``.
-Rules with a condition (``buyer`` approving orders up to an amount) are not offered; such
-roles stay in the policy files. The engine reads custom roles as allow rows of this
-organization only (``portal.authz``), and a committed change reaches every worker within the
-engine's version check.
+The permissions on offer are the allow rules of the kind's template (and of the organization's
+own policy file), each an :class:`Offer`: ``member/read`` from an unconditional rule, or
+``purchase_order/approve`` from a conditional one (``buyer`` approving their organization's
+orders up to 50,000), which keeps its condition. The owner may narrow any of them with the
+refinements the platform allows (``policies.custom``: an amount limit, own-organization
+objects, MFA). The engine reads custom roles as allow rows of this organization only
+(``portal.authz``), composing template condition AND refinements, and a committed change
+reaches every worker within the engine's version check.
 
-No escalation: whoever creates or changes a role must hold every permission in it, and
-granting a custom role needs the same (``grantable``). A role still held by someone, offered
+A role's ``permissions`` are stored as ``[object, action]`` (unconditional, no refinement) or
+``[object, action, {"when": <template condition>, <refinements>}]``.
+
+No escalation: whoever creates or changes a role must hold every permission in it (the same
+rule, or the permission unconditionally; a narrowed copy does not count), and granting a
+custom role needs the same (``grantable``). A role still held by someone, offered
 by an invitation or mapped from an identity provider's group is not deleted unless the
 admin asks for its grants and invitations to be revoked with it (audited).
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +32,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from policies import custom as refine
 from portal import audit
 from portal.db import utcnow
 from portal.errors import Conflict, Forbidden, NotFound, ValidationError
@@ -49,9 +57,41 @@ LABELS = {  # what a permission lets someone do, in the admins' words
 }
 
 
-def label(permission: Permission) -> str:
-    return LABELS.get(tuple(permission), f"{permission[1]} {permission[0]}")
 Permission = tuple[str, str]  # (object type, action)
+Held = frozenset[tuple[str, str, str]]  # (object type, action, condition or "True")
+
+
+def label(permission: Any) -> str:
+    obj, act = permission[0], permission[1]
+    return LABELS.get((obj, act), f"{act} {obj}")
+
+
+@dataclass(frozen=True)
+class Offer:
+    """A permission a custom role may have: an allow rule of the template, its condition
+    (``"True"`` for none), and the refinements an owner may add to it."""
+
+    object: str
+    action: str
+    when: str
+    refinements: tuple[str, ...]
+
+    @property
+    def key(self) -> str:
+        """``member/read``; a conditional rule's key carries a digest of its condition, so it
+        stays the same while the template's rule does."""
+        base = f"{self.object}/{self.action}"
+        if self.when == "True":
+            return base
+        return f"{base}@{hashlib.sha256(self.when.encode()).hexdigest()[:8]}"
+
+    @property
+    def cap(self) -> int | None:
+        return refine.amount_cap(self.when)
+
+    @property
+    def label(self) -> str:
+        return label((self.object, self.action))
 
 
 @dataclass(frozen=True)
@@ -65,21 +105,61 @@ class Usage:
         return bool(self.grants or self.invitations or self.connections)
 
 
-def catalogue(files: Any, org: Organization) -> list[Permission]:
-    """The permissions an owner may compose roles from: unconditional allows of the kind's
-    template and the organization's own file, without wildcards."""
+def catalogue(files: Any, org: Organization) -> list[Offer]:
+    """The permissions an owner may compose roles from: the allow rules of the kind's
+    template and the organization's own file that name a role and no wildcard, with their
+    conditions."""
     lines = [*files.kinds.get(org.kind.value, []), *files.orgs.get(org.slug, [])]
-    found = {(line[3], line[4]) for line in lines
-             if line[0] == "p" and line[1] != "*" and line[5] == "True"
-             and line[6] == "allow" and "*" not in line[3] and line[4] != "*"}
-    return sorted(found)
+    found = {(line[3], line[4], line[5]) for line in lines
+             if line[0] == "p" and line[1] != "*" and line[6] == "allow"
+             and "*" not in line[3] and line[4] != "*"}
+    return [Offer(obj, act, when, refine.applicable(obj, when, lines))
+            for obj, act, when in sorted(found, key=lambda f: (f[0], f[1], f[2] != "True",
+                                                              f[2]))]
 
 
-def held_permissions(engine: Any, subject: dict[str, Any], org: Organization
-                     ) -> frozenset[Permission]:
-    """The unconditional permissions the subject holds in the organization."""
-    return frozenset((p["object"], p["action"]) for p in engine.permissions(subject, org.slug)
-                     if p["condition"] is None)
+def held_permissions(engine: Any, subject: dict[str, Any], org: Organization) -> Held:
+    """What the subject holds in the organization: (object, action, condition) of every
+    allow rule reaching them, ``"True"`` for an unconditional one."""
+    return frozenset((p["object"], p["action"], p["condition"] or "True")
+                     for p in engine.permissions(subject, org.slug))
+
+
+def holds(held: Held, entry: Any) -> bool:
+    """Whether ``held`` covers a stored permission entry: unconditionally, or through the
+    very rule it was composed from (refinements only narrow it)."""
+    obj, act = entry[0], entry[1]
+    when = entry[2].get("when", "True") if len(entry) > 2 else "True"
+    return (obj, act, "True") in held or (obj, act, when) in held
+
+
+def describe(entry: Any, offers: Iterable[Offer] = ()) -> str:
+    """``purchase_order/approve (amount at most 20000, with MFA)``: a stored permission as
+    the pages, the API and the audit trail show it."""
+    text = f"{entry[0]}/{entry[1]}"
+    if len(entry) <= 2:
+        return text
+    details = entry[2]
+    parts = []
+    if details.get("when", "True") != "True":
+        parts.append(f"when {details['when']}")
+    if details.get("own_org"):
+        parts.append("own organization's only")
+    if "amount_max" in details:
+        parts.append(f"amount at most {details['amount_max']}")
+    if details.get("mfa"):
+        parts.append("with MFA")
+    return f"{text} ({', '.join(parts)})" if parts else text
+
+
+def entry_key(entry: Any) -> str:
+    """The offer key a stored entry was made from (``member/read``, ``x/y@digest``)."""
+    when = entry[2].get("when", "True") if len(entry) > 2 else "True"
+    return Offer(entry[0], entry[1], when, ()).key
+
+
+def refinements_of(entry: Any) -> dict[str, Any]:
+    return {k: v for k, v in entry[2].items() if k != "when"} if len(entry) > 2 else {}
 
 
 def list_for(session: Session, org: Organization) -> list[CustomRole]:
@@ -91,10 +171,10 @@ def names(session: Session, org: Organization) -> list[str]:
     return [role.name for role in list_for(session, org)]
 
 
-def grantable(session: Session, org: Organization, held: frozenset[Permission]) -> frozenset[str]:
+def grantable(session: Session, org: Organization, held: Held) -> frozenset[str]:
     """Custom roles whose every permission ``held`` covers: the ones this admin may grant."""
     return frozenset(role.name for role in list_for(session, org)
-                     if {tuple(p) for p in role.permissions} <= held)
+                     if all(holds(held, entry) for entry in role.permissions))
 
 
 def get(session: Session, org: Organization, role_id: int) -> CustomRole:
@@ -116,32 +196,66 @@ def usage(session: Session, org: Organization, name: str) -> Usage:
     return Usage(grants, invitations, mapped)
 
 
-def _permissions(raw: Iterable[Any], offered: list[Permission], held: frozenset[Permission],
-                 operator: bool) -> list[list[str]]:
-    """``member/read`` strings (or pairs) -> sorted [[object, action]]; each must be on offer
-    and held by the admin."""
-    chosen: set[Permission] = set()
+def _permissions(raw: Iterable[Any], offered: list[Offer], held: Held, operator: bool,
+                 conditions: Mapping[str, Any] | None = None) -> list[list[Any]]:
+    """Offer keys (``member/read``, ``purchase_order/approve@1a2b3c4d``; or ``[object,
+    action]`` pairs) and, per key, the refinements chosen for it -> stored entries. Each must
+    be on offer, each refinement allowed for it, and the admin must hold each permission."""
+    by_key = {offer.key: offer for offer in offered}
+    conditions = dict(conditions or {})
+    chosen: dict[str, list[Any]] = {}
     for item in raw:
-        if isinstance(item, str) and "/" in item:
-            obj, _, act = item.partition("/")
-        elif isinstance(item, list | tuple) and len(item) == 2 and all(
+        if isinstance(item, list | tuple) and len(item) == 2 and all(
                 isinstance(part, str) for part in item):
-            obj, act = item
-        else:
+            item = f"{item[0]}/{item[1]}"
+        if not isinstance(item, str) or "/" not in item:
             raise ValidationError("Each permission looks like member/read.",
                                   code="invalid_permission")
-        if (obj, act) not in offered:
-            raise ValidationError(f"{obj}/{act} is not a permission roles of this "
-                                  "organization can have.", code="invalid_permission")
-        chosen.add((obj, act))
+        offer = by_key.get(item)
+        if offer is None:
+            conditional = [o.key for o in offered if f"{o.object}/{o.action}" == item]
+            hint = (f" It exists only with the platform's condition: choose "
+                    f"{' or '.join(conditional)}." if conditional else "")
+            raise ValidationError(f"{item} is not a permission roles of this organization "
+                                  f"can have.{hint}", code="invalid_permission")
+        chosen[item] = _entry(offer, conditions.pop(item, None))
+    if conditions:
+        raise ValidationError(f"Conditions for {', '.join(sorted(conditions))}, which the "
+                              "role does not have.", code="invalid_condition")
     if not chosen:
         raise ValidationError("Choose at least one permission.", code="invalid_permission")
-    missing = sorted(chosen - held)
+    missing = sorted(key for key, entry in chosen.items() if not holds(held, entry))
     if missing and not operator:
         raise Forbidden("You can only put permissions you hold yourself into a role; you do "
-                        f"not hold {', '.join(f'{o}/{a}' for o, a in missing)}.",
-                        code="escalation")
-    return [list(p) for p in sorted(chosen)]
+                        f"not hold {', '.join(missing)}.", code="escalation")
+    return [chosen[key] for key in sorted(chosen)]
+
+
+def _entry(offer: Offer, wanted: Any) -> list[Any]:
+    """One stored permission: the offer, narrowed by the refinements it allows."""
+    if wanted is None:
+        wanted = {}
+    if not isinstance(wanted, Mapping):
+        raise ValidationError(f"The conditions of {offer.key} are an object such as "
+                              '{"amount_max": 20000, "mfa": true}.', code="invalid_condition")
+    not_here = sorted(set(wanted) - set(offer.refinements))
+    if [k for k in not_here if wanted[k] not in (None, False)]:
+        raise ValidationError(f"{offer.key} cannot have the condition "
+                              f"{', '.join(not_here)}; it allows "
+                              f"{', '.join(offer.refinements) or 'none'}.",
+                              code="invalid_condition")
+    try:
+        picked = refine.clean({k: v for k, v in wanted.items() if k in offer.refinements})
+    except refine.RefinementError as error:
+        raise ValidationError(f"{offer.key}: {error.detail}.", code="invalid_condition") \
+            from None
+    cap = offer.cap
+    if cap is not None and picked.get("amount_max", 0) > cap:
+        raise ValidationError(f"{offer.key}: the amount limit can be at most {cap}, the "
+                              "platform's own limit.", code="invalid_condition")
+    if offer.when == "True" and not picked:
+        return [offer.object, offer.action]
+    return [offer.object, offer.action, {"when": offer.when, **picked}]
 
 
 def _clean_name(name: str, reserved: Iterable[str]) -> str:
@@ -163,11 +277,12 @@ def _description(text: str) -> str:
 
 
 def create(session: Session, ctx: audit.Context, org: Organization, *, name: str,
-           description: str, permissions: Iterable[Any], offered: list[Permission],
-           built_in: Iterable[str], held: frozenset[Permission], actor_id: int | None,
-           operator: bool = False) -> CustomRole:
+           description: str, permissions: Iterable[Any], offered: list[Offer],
+           built_in: Iterable[str], held: Held, actor_id: int | None,
+           operator: bool = False, conditions: Mapping[str, Any] | None = None
+           ) -> CustomRole:
     name = _clean_name(name, built_in)
-    chosen = _permissions(permissions, offered, held, operator)
+    chosen = _permissions(permissions, offered, held, operator, conditions)
     if session.scalar(sa.select(CustomRole.id).where(CustomRole.organization_id == org.id,
                                                      CustomRole.name == name)) is not None:
         raise Conflict(f"This organization already has a role {name}.", code="role_exists")
@@ -181,42 +296,42 @@ def create(session: Session, ctx: audit.Context, org: Organization, *, name: str
                        code="role_exists") from None
     audit.record(session, ctx, "custom_role.create", target=f"role:{name}",
                  organization_id=org.id,
-                 details={"permissions": [f"{o}/{a}" for o, a in chosen],
+                 details={"permissions": [describe(e) for e in chosen],
                           "description": role.description})
     return role
 
 
 def update(session: Session, ctx: audit.Context, org: Organization, role_id: int, *,
-           description: str, permissions: Iterable[Any], offered: list[Permission],
-           held: frozenset[Permission], operator: bool = False) -> CustomRole:
+           description: str, permissions: Iterable[Any], offered: list[Offer],
+           held: Held, operator: bool = False,
+           conditions: Mapping[str, Any] | None = None) -> CustomRole:
     """Change the permissions (all must be held by the admin, the removed ones too: nobody
     takes away what they could not give) and the description."""
     role = get(session, org, role_id)
-    chosen = _permissions(permissions, offered, held, operator)
-    before = [tuple(p) for p in role.permissions]
-    missing = sorted(set(before) - held)
+    chosen = _permissions(permissions, offered, held, operator, conditions)
+    before = list(role.permissions)
+    missing = [describe(e) for e in before if not holds(held, e)]
     if missing and not operator:
-        raise Forbidden("This role has permissions you do not hold "
-                        f"({', '.join(f'{o}/{a}' for o, a in missing)}); only someone who "
-                        "holds them may change it.", code="escalation")
+        raise Forbidden(f"This role has permissions you do not hold ({', '.join(missing)}); "
+                        "only someone who holds them may change it.", code="escalation")
     role.permissions, role.description = chosen, _description(description)
     role.updated_at = utcnow()
     session.flush()
     audit.record(session, ctx, "custom_role.update", target=f"role:{role.name}",
                  organization_id=org.id,
-                 details={"before": [f"{o}/{a}" for o, a in before],
-                          "after": [f"{o}/{a}" for o, a in chosen]})
+                 details={"before": [describe(e) for e in before],
+                          "after": [describe(e) for e in chosen]})
     return role
 
 
 def delete(session: Session, ctx: audit.Context, org: Organization, role_id: int, *,
-           held: frozenset[Permission], revoke: bool = False, operator: bool = False) -> Usage:
+           held: Held, revoke: bool = False, operator: bool = False) -> Usage:
     """Delete the role. While someone holds it or an invitation offers it, this is refused
     unless ``revoke``: then those grants and invitations go with it, in the same audited
     transaction. A role mapped from an IdP group is always refused: change the mapping
     first, or the next sign-in would grant a role that no longer exists."""
     role = get(session, org, role_id)
-    missing = sorted({tuple(p) for p in role.permissions} - held)
+    missing = [e for e in role.permissions if not holds(held, e)]
     if missing and not operator:
         raise Forbidden("This role has permissions you do not hold; only someone who holds "
                         "them may delete it.", code="escalation")
@@ -242,6 +357,5 @@ def delete(session: Session, ctx: audit.Context, org: Organization, role_id: int
                  organization_id=org.id,
                  details={"revoked_grants": used.grants if revoke else 0,
                           "revoked_invitations": used.invitations if revoke else 0,
-                          "permissions": [f"{o}/{a}" for o, a in
-                                          (tuple(p) for p in role.permissions)]})
+                          "permissions": [describe(e) for e in role.permissions]})
     return used

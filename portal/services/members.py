@@ -92,6 +92,13 @@ class Page:
     rows: list[MemberRow]
     total: int
     next_after: str | None  # keyset: the last email of this page
+    total_exact: bool = True  # False: more than COUNT_CAP match a search or role filter
+
+
+# A search or role filter counts its matches up to this many: "more than 1,000 match" tells
+# the admin to narrow it, and a short search matching a sixth of 100,000 members then costs
+# what the page itself does instead of a scan of them all.
+COUNT_CAP = 1000
 
 
 def assignable_roles(files: Any, org: Organization) -> list[str]:
@@ -108,7 +115,10 @@ def assignable_roles(files: Any, org: Organization) -> list[str]:
 def list_members(session: Session, org: Organization, *, query: str = "", status: str = "",
                  role: str = "", after: str | None = None, limit: int = PAGE_SIZE) -> Page:
     """A page of members ordered by email, filtered on the server (keyset pagination, so the
-    100,000th member costs what the first does)."""
+    100,000th member costs what the first does). NUL never occurs in stored text (and
+    PostgreSQL refuses it in a parameter), so it is dropped from the filters."""
+    query, role = query.replace("\x00", ""), role.replace("\x00", "")
+    after = after.replace("\x00", "") if after else after
     where = [Membership.organization_id == org.id]
     if query:
         pattern = f"%{_escape_like(query.strip().lower())}%"
@@ -116,14 +126,17 @@ def list_members(session: Session, org: Organization, *, query: str = "", status
                             sa.func.lower(User.display_name).like(pattern, escape="\\")))
     if status in {s.value for s in MembershipStatus}:
         where.append(Membership.status == MembershipStatus(status))
-    if role:
-        where.append(sa.exists().where(RoleGrant.user_id == Membership.user_id,
-                                       RoleGrant.organization_id == org.id,
-                                       RoleGrant.role == role))
+    if role:  # IN, not EXISTS: PostgreSQL then walks the email order and probes the grant
+        where.append(User.id.in_(sa.select(RoleGrant.user_id).where(
+            RoleGrant.organization_id == org.id, RoleGrant.role == role)))
     base = sa.select(User, Membership).join(Membership, Membership.user_id == User.id).where(
         *where)
-    if query:
-        total = session.scalar(sa.select(sa.func.count()).select_from(base.subquery()))
+    exact = True
+    if query or role:
+        total = session.scalar(sa.select(sa.func.count()).select_from(
+            base.with_only_columns(User.id).limit(COUNT_CAP + 1).subquery()))
+        exact = total <= COUNT_CAP
+        total = min(total or 0, COUNT_CAP)
     else:  # no search: count memberships alone (an index-only scan, no join to users)
         total = session.scalar(sa.select(sa.func.count()).select_from(Membership).where(
             *where))
@@ -136,7 +149,7 @@ def list_members(session: Session, org: Organization, *, query: str = "", status
     rows = [MemberRow(user.id, user.email, user.display_name, membership.status.value,
                       membership.source.value, user.last_login_at,
                       tuple(sorted(grants.get(user.id, ())))) for user, membership in found]
-    return Page(rows, total or 0, rows[-1].email if more and rows else None)
+    return Page(rows, total or 0, rows[-1].email if more and rows else None, exact)
 
 
 def _escape_like(text: str) -> str:

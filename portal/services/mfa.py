@@ -134,7 +134,7 @@ SIGN_IN_DEMAND = sa.select(
     _member_of_org_with(MfaPolicy.ALL),
     _member_of_org_with(MfaPolicy.ADMINS, RoleGrant.user_id == sa.bindparam("user_id"),
                         RoleGrant.organization_id == Organization.id,
-                        RoleGrant.role.in_(sorted(ADMIN_ROLES))),
+                        sa.or_(*(RoleGrant.role == role for role in sorted(ADMIN_ROLES)))),
     _member_of_org_with(MfaPolicy.RISK))
 
 

@@ -63,8 +63,9 @@ def parse_filters(args: Mapping[str, str]) -> Filters:
     if since and until and since >= until:
         raise ValidationError("The from date must not be after the to date.",
                               code="invalid_date")
-    return Filters(actor=(args.get("actor") or "").strip()[:200],
-                   action=(args.get("action") or "").strip().lower()[:64],
+    def text(key: str) -> str:  # NUL is never stored, and PostgreSQL refuses it
+        return (args.get(key) or "").replace("\x00", "").strip()
+    return Filters(actor=text("actor")[:200], action=text("action").lower()[:64],
                    since=since, until=until)
 
 

@@ -28,6 +28,8 @@ SCOPES = {
     "roles:read": "read custom roles and the permissions they may use",
     "roles:write": "create, change and delete custom roles",
     "branding:write": "change colours, texts and the logo",
+    "settings:read": "read organization settings (who may sign up)",
+    "settings:write": "change organization settings (who may sign up)",
 }
 MAX_DAYS = 365
 

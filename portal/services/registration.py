@@ -66,14 +66,37 @@ class Links:
     reset: str
 
 
+MODES = {
+    RegistrationMode.INVITE.value: "Invitation only: people your admins invite",
+    RegistrationMode.DOMAINS.value: "Open to your verified domains: anyone with an address "
+                                    "at one of them",
+    RegistrationMode.OPEN.value: "Open: anyone may sign up and join",
+}
+
+
 def set_mode(session: Session, ctx: audit.Context, slug: str, mode: str) -> Organization:
-    """Set who may create an account in this organization."""
+    """Set who may create an account in this organization. An unknown mode is a plain
+    validation error naming the choices; setting the mode it already has records nothing."""
     org = organizations.get(session, slug)
+    if not isinstance(mode, str) or mode not in MODES:
+        raise ValidationError(f"Choose who may sign up: {', '.join(MODES)}.",
+                              code="invalid_registration_mode")
     previous = org.registration.value
+    if previous == mode:
+        return org
     org.registration = RegistrationMode(mode)
     audit.record(session, ctx, "org.registration", target=f"org:{slug}",
                  organization_id=org.id, details={"from": previous, "to": mode})
     return org
+
+
+def verified_domains(session: Session, org: Organization) -> list[str]:
+    """The domains whose addresses may sign up under the ``domains`` mode (an admin choosing
+    it with none verified yet is told that nobody can sign up). A domain suspended because
+    its TXT record disappeared no longer proves ownership, so it lets nobody sign up."""
+    return list(session.scalars(sa.select(Domain.name).where(
+        Domain.organization_id == org.id, Domain.verified.is_(True),
+        Domain.suspended_at.is_(None)).order_by(Domain.name)))
 
 
 def open_for(session: Session, org: Organization | None, platform_open: bool) -> bool:
@@ -96,9 +119,7 @@ def check_allowed(session: Session, org: Organization | None, email: str,
         return
     domain = email.rpartition("@")[2]
     if org.registration == RegistrationMode.DOMAINS:
-        if session.scalar(sa.select(Domain.id).where(Domain.name == domain,
-                                                     Domain.organization_id == org.id,
-                                                     Domain.verified.is_(True))) is None:
+        if domain not in verified_domains(session, org):
             raise Forbidden(f"{org.name} accepts sign-ups only from its own email domains.",
                             code="registration_domain")
         return

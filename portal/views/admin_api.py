@@ -42,6 +42,9 @@ bp = Blueprint("adminapi", __name__, url_prefix="/api/v1/orgs/<slug>")
 csrf.exempt(bp)  # checked below for session callers; token callers send no cookie
 
 
+MAX_ID = 2**31 - 1  # ids and versions are 32-bit columns; larger numbers name nothing
+
+
 class Unauthorized(TrellisError):
     status = 401
 
@@ -81,6 +84,7 @@ def operation(method: str, path: str, summary: str, scope: str, action: str,
             subject = _authenticate(slug, op)
             authorize(action, object_type, slug, subject=subject)
             org = organizations.get(db_session(), slug)
+            _refuse_nul()
             return view(org, **kwargs)
 
         setattr(guarded, ACCESS, f"require:{action}:{object_type}")
@@ -119,6 +123,23 @@ def _authenticate(slug: str, op: Operation) -> dict[str, Any]:
                                code="csrf_failed", status=400) from None
     g.api_actor = current_user._get_current_object()
     return subject_of(current_user)
+
+
+def _refuse_nul() -> None:
+    """No stored text contains NUL and PostgreSQL refuses it, so a body carrying one is
+    answered 422 naming the field, after the ownership check (never a server error)."""
+    def walk(value: Any, field: str) -> None:
+        if isinstance(value, str) and "\x00" in value:
+            raise InvalidRequest(field, "must not contain NUL characters")
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(key, field)
+                walk(item, str(key) if field == "body" else field)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item, field)
+    if request.is_json:
+        walk(request.get_json(silent=True), "body")
 
 
 def _mark_used(token_id: int) -> None:
@@ -193,6 +214,8 @@ MEMBER = {"type": "object", "required": ["user_id", "email", "status", "roles"],
     "last_sign_in": {"type": ["string", "null"]}}}
 MEMBER_PAGE = {"type": "object", "required": ["members", "total", "next_after"], "properties": {
     "members": {"type": "array", "items": MEMBER}, "total": {"type": "integer"},
+    "total_exact": {"type": "boolean", "description": "false: more than total members match "
+                    "the search or role filter (counting stops there)"},
     "next_after": {"type": ["string", "null"]}}}
 MEMBER_DETAIL = {"type": "object", "required": ["user_id", "email", "status", "version",
                                                 "roles"], "properties": {
@@ -201,9 +224,11 @@ MEMBER_DETAIL = {"type": "object", "required": ["user_id", "email", "status", "v
     "version": {"type": "integer"},
     "roles": {"type": "array", "items": {"type": "object", "properties": {
         "role": {"type": "string"}, "source": {"type": "string"}}}}}}
-VERSION = {"type": "object", "properties": {"version": {"type": "integer"}}}
+VERSION = {"type": "object", "properties": {"version": {"type": "integer", "minimum": 0,
+                                                      "maximum": MAX_ID}}}
 ROLE = {"type": "object", "required": ["role"], "properties": {
-    "role": {"type": "string"}, "version": {"type": "integer"}}}
+    "role": {"type": "string"}, "version": {"type": "integer", "minimum": 0,
+                                            "maximum": MAX_ID}}}
 
 
 @operation("GET", "/members", "List members (search, filters, keyset pages).",
@@ -215,6 +240,7 @@ def list_members(org: Organization):
                                 after=args.get("after") or None,
                                 limit=min(_int_arg("limit", members.PAGE_SIZE), 500))
     return jsonify({"members": [_member_json(r) for r in page.rows], "total": page.total,
+                    "total_exact": page.total_exact,
                     "next_after": page.next_after})
 
 
@@ -222,8 +248,8 @@ def _int_arg(name: str, default: int) -> int:
     raw = request.args.get(name, "")
     if not raw:
         return default
-    if not raw.isdigit() or int(raw) < 1:
-        raise InvalidRequest(name, "must be a positive integer")
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_ID:
+        raise InvalidRequest(name, f"must be an integer from 1 to {MAX_ID}")
     return int(raw)
 
 
@@ -235,7 +261,8 @@ def get_member(org: Organization, user_id: int):
 
 def _version(data: dict[str, Any]) -> int | None:
     version = data.get("version")
-    if version is not None and (not isinstance(version, int) or isinstance(version, bool)):
+    if version is not None and (not isinstance(version, int) or isinstance(version, bool)
+                                or not 0 <= version <= MAX_ID):
         raise InvalidRequest("version", "must be an integer")
     return version
 
@@ -274,7 +301,7 @@ def grant_role(org: Organization, user_id: int):
 
 
 LINK = {"type": "object", "required": ["event_id"],
-        "properties": {"event_id": {"type": "integer"}}}
+        "properties": {"event_id": {"type": "integer", "minimum": 1, "maximum": MAX_ID}}}
 LINK_REQUEST = {"type": "object", "properties": {
     "event_id": {"type": "integer"}, "connection_id": {"type": "integer"},
     "connection_name": {"type": "string"}, "subject": {"type": "string"},
@@ -299,7 +326,8 @@ def list_link_requests(org: Organization, user_id: int):
 def link_identity(org: Organization, user_id: int):
     members.membership(db_session(), org, user_id)
     event_id = _body().get("event_id")
-    if not isinstance(event_id, int) or isinstance(event_id, bool):
+    if not isinstance(event_id, int) or isinstance(event_id, bool) \
+            or not 1 <= event_id <= MAX_ID:
         raise InvalidRequest("event_id", "send the id of the refused sign-in")
     _change(org, lambda tx, ctx, o, actor: identity_links.link(tx, ctx, o, actor, user_id,
                                                                event_id))
@@ -320,7 +348,7 @@ INVITATION = {"type": "object", "required": ["id", "email", "role", "expires_at"
                              "role": {"type": "string"}, "expires_at": {"type": "string"},
                              "link": {"type": "string"}}}
 NEW_INVITATION = {"type": "object", "required": ["email"], "properties": {
-    "email": {"type": "string"}, "role": {"type": "string"}}}
+    "email": {"type": "string", "format": "email"}, "role": {"type": "string"}}}
 
 
 def _invitation_json(invitation, link: str | None = None) -> dict[str, Any]:
@@ -545,7 +573,7 @@ AUDIT_QUERY = (("actor", {"type": "string", "maxLength": 200}),
                ("action", {"type": "string", "maxLength": 64}),
                ("from", {"type": "string", "format": "date"}),
                ("to", {"type": "string", "format": "date"}),
-               ("before", {"type": "integer", "minimum": 1}),
+               ("before", {"type": "integer", "minimum": 1, "maximum": MAX_ID}),
                ("limit", {"type": "integer", "minimum": 1, "maximum": 500}))
 
 
@@ -563,22 +591,43 @@ def list_audit(org: Organization):
 
 # -- custom roles ------------------------------------------------------------------------
 
+CONDITIONS = {"type": "object", "description": "Per permission key, the conditions that narrow "
+              "it (only those the permission offers).", "additionalProperties": {
+                  "type": "object", "properties": {
+                      "amount_max": {"type": "integer", "minimum": 0, "maximum": 10**12},
+                      "own_org": {"type": "boolean"}, "mfa": {"type": "boolean"}}}}
 ROLE_ROW = {"type": "object", "required": ["id", "name", "permissions", "held_by"],
             "properties": {"id": {"type": "integer"}, "name": {"type": "string"},
                            "description": {"type": "string"},
                            "permissions": {"type": "array", "items": {"type": "string"}},
+                           "conditions": {"type": "object", "additionalProperties": {
+                               "type": "object"}},
                            "held_by": {"type": "integer"}}}
 NEW_ROLE = {"type": "object", "required": ["name", "permissions"], "properties": {
     "name": {"type": "string", "maxLength": 40}, "description": {"type": "string"},
-    "permissions": {"type": "array", "items": {"type": "string"}}}}
+    "permissions": {"type": "array", "items": {"type": "string"}},
+    "conditions": CONDITIONS}}
 CHANGE_ROLE = {"type": "object", "required": ["permissions"], "properties": {
     "description": {"type": "string"},
-    "permissions": {"type": "array", "items": {"type": "string"}}}}
+    "permissions": {"type": "array", "items": {"type": "string"}},
+    "conditions": CONDITIONS}}
+OFFER = {"type": "object", "properties": {
+    "permission": {"type": "string"}, "label": {"type": "string"},
+    "when": {"type": ["string", "null"]}, "amount_cap": {"type": ["integer", "null"]},
+    "conditions": {"type": "array", "items": {"enum": ["own_org", "amount_max", "mfa"]}},
+    "held": {"type": "boolean"}}}
 
 
 def _role_json(org: Organization, row) -> dict[str, Any]:
+    conditions = {}
+    for entry in row.permissions:
+        if len(entry) > 2:
+            when = entry[2].get("when", "True")
+            conditions[custom_roles.entry_key(entry)] = {
+                "when": None if when == "True" else when, **custom_roles.refinements_of(entry)}
     return {"id": row.id, "name": row.name, "description": row.description,
-            "permissions": [f"{o}/{a}" for o, a in row.permissions],
+            "permissions": [custom_roles.entry_key(e) for e in row.permissions],
+            "conditions": conditions,
             "held_by": custom_roles.usage(db_session(), org, row.name).grants}
 
 
@@ -589,6 +638,14 @@ def _role_inputs(org: Organization) -> dict[str, Any]:
     return {"offered": custom_roles.catalogue(engine.files, org),
             "held": custom_roles.held_permissions(engine, subject, org),
             "operator": bool(user.is_operator)}
+
+
+def _conditions(data: dict[str, Any]) -> dict[str, Any]:
+    value = data.get("conditions", {})
+    if not isinstance(value, dict):
+        raise InvalidRequest("conditions", 'send an object such as {"purchase_order/approve'
+                                           '@…": {"amount_max": 20000}}')
+    return value
 
 
 def _permission_list(data: dict[str, Any]) -> list[str]:
@@ -611,10 +668,13 @@ def list_roles(org: Organization):
     inputs = _role_inputs(org)
     return jsonify({"roles": [_role_json(org, r)
                               for r in custom_roles.list_for(db_session(), org)],
-                    "permissions": [{"permission": f"{o}/{a}",
-                                     "label": custom_roles.label((o, a)),
-                                     "held": (o, a) in inputs["held"]}
-                                    for o, a in inputs["offered"]]})
+                    "permissions": [
+                        {"permission": o.key, "label": o.label,
+                         "when": None if o.when == "True" else o.when,
+                         "amount_cap": o.cap, "conditions": list(o.refinements),
+                         "held": custom_roles.holds(inputs["held"],
+                                                    [o.object, o.action, {"when": o.when}])}
+                        for o in inputs["offered"]]})
 
 
 @operation("POST", "/roles", "Create a custom role from permissions you hold.",
@@ -627,6 +687,7 @@ def create_role(org: Organization):
                                   name=_string(data, "name")[:100],
                                   description=_text(data, "description")[:1000],
                                   permissions=_permission_list(data),
+                                  conditions=_conditions(data),
                                   built_in=reserved_role_names(org),
                                   actor_id=g.api_actor.id, **inputs)
         role_id = row.id
@@ -648,7 +709,8 @@ def update_role(org: Organization, role_id: int):
     with services().db.transaction() as tx:
         custom_roles.update(tx, _ctx(), tx.get(Organization, org.id), role_id,
                             description=_text(data, "description")[:1000],
-                            permissions=_permission_list(data), **inputs)
+                            permissions=_permission_list(data),
+                            conditions=_conditions(data), **inputs)
     db_session().expire_all()
     return jsonify(_role_json(org, custom_roles.get(db_session(), org, role_id)))
 
@@ -739,6 +801,43 @@ def delete_logo(org: Organization):
     return jsonify(_branding_json(organizations.get(db_session(), org.slug)))
 
 
+# -- organization settings ---------------------------------------------------------------
+
+REGISTRATION = {"type": "object", "required": ["mode", "verified_domains"], "properties": {
+    "mode": {"enum": ["invite", "domains", "open"],
+             "description": "invite: only invited people; domains: anyone with an address "
+                            "at a verified domain; open: anyone."},
+    "verified_domains": {"type": "array", "items": {"type": "string"}}}}
+CHANGE_REGISTRATION = {"type": "object", "required": ["mode"], "properties": {
+    "mode": {"enum": ["invite", "domains", "open"]}}}
+
+
+def _registration_json(org: Organization) -> dict[str, Any]:
+    from portal.services import registration
+    return {"mode": org.registration.value,
+            "verified_domains": registration.verified_domains(db_session(), org)}
+
+
+@operation("GET", "/registration", "Who may sign up to this organization.",
+           "settings:read", "manage", "organization", response="Registration")
+def get_registration(org: Organization):
+    return jsonify(_registration_json(org))
+
+
+@operation("PUT", "/registration", "Set who may sign up: invite, domains or open.",
+           "settings:write", "manage", "organization", body=CHANGE_REGISTRATION,
+           response="Registration")
+def set_registration(org: Organization):
+    from portal.services import registration
+    mode = _body().get("mode")
+    if not isinstance(mode, str) or mode not in registration.MODES:
+        raise InvalidRequest("mode", f"must be one of {', '.join(registration.MODES)}")
+    with services().db.transaction() as tx:
+        registration.set_mode(tx, _ctx(), org.slug, mode)
+    db_session().expire_all()
+    return jsonify(_registration_json(organizations.get(db_session(), org.slug)))
+
+
 SCHEMAS = {"Ok": {"type": "object", "properties": {"ok": {"type": "boolean"}}},
            "MemberPage": MEMBER_PAGE, "MemberDetail": MEMBER_DETAIL, "Invitation": INVITATION,
            "InvitationList": {"type": "object", "required": ["invitations"], "properties": {
@@ -752,11 +851,10 @@ SCHEMAS = {"Ok": {"type": "object", "properties": {"ok": {"type": "boolean"}}},
            "Domain": DOMAIN,
            "Role": ROLE_ROW,
            "Branding": BRANDING,
+           "Registration": REGISTRATION,
            "RoleList": {"type": "object", "required": ["roles", "permissions"], "properties": {
                "roles": {"type": "array", "items": ROLE_ROW},
-               "permissions": {"type": "array", "items": {"type": "object", "properties": {
-                   "permission": {"type": "string"}, "label": {"type": "string"},
-                   "held": {"type": "boolean"}}}}}},
+               "permissions": {"type": "array", "items": OFFER}}},
            "AuditPage": {"type": "object", "required": ["events", "next_before"],
                          "properties": {"events": {"type": "array", "items": AUDIT_EVENT},
                                         "next_before": {"type": ["integer", "null"]}}},

@@ -21,6 +21,7 @@ from flask import (
 from flask_login import current_user
 
 from federation.errors import FederationError
+from policies.custom import REFINEMENTS
 from portal import audit
 from portal.errors import Conflict, Forbidden, NotFound, ValidationError
 from portal.extensions import audit_context, db_session, services
@@ -54,6 +55,7 @@ SECTIONS = (  # (endpoint, label, action, object type): the nav shows what the a
     ("orgadmin.audit_trail", "Audit trail", "read", "audit"),
     ("orgadmin.tokens", "API tokens", "manage", "organization"),
     ("orgadmin.security", "Security", "manage", "organization"),
+    ("orgadmin.registration", "Sign-up", "manage", "organization"),
     ("orgadmin.siem_streams", "Event streams", "manage", "organization"),
     ("orgadmin.simulate", "Policy simulator", "simulate", "policy"),
 )
@@ -598,6 +600,31 @@ def update_security(slug: str):
     return redirect(url_for("orgadmin.security", slug=slug))
 
 
+# -- sign-up: who may create an account in this organization ---------------------------
+
+@bp.get("/registration")
+@require("manage", "organization", org_arg="slug")
+def registration(slug: str):
+    from portal.services import registration as registration_service
+    org = _org(slug)
+    return _render("orgadmin/registration.html", org, modes=registration_service.MODES,
+                   domains=registration_service.verified_domains(db_session(), org),
+                   signup_url=url_for("account.org_register", slug=org.slug, _external=True))
+
+
+@bp.post("/registration")
+@require("manage", "organization", org_arg="slug")
+def update_registration(slug: str):
+    """Owners choose invitation only, open to verified domains, or open; audited."""
+    from portal.services import registration as registration_service
+    org = _org(slug)
+    with services().db.transaction() as tx:
+        registration_service.set_mode(tx, audit_context(), org.slug,
+                                      request.form.get("mode", ""))
+    flash("Sign-up setting saved. It applies to the next sign-up.", "info")
+    return redirect(url_for("orgadmin.registration", slug=slug))
+
+
 # -- domains -----------------------------------------------------------------------------
 
 @bp.get("/domains")
@@ -702,10 +729,31 @@ def simulate(slug: str):
 def _role_context(org: Organization) -> dict:
     engine = services().policy
     subject = current_subject()
-    return {"offered": custom_roles.catalogue(engine.files, org),
-            "held": custom_roles.held_permissions(engine, subject, org),
-            "operator": bool(current_user.is_operator),
-            "permission_label": custom_roles.label}
+    offered = custom_roles.catalogue(engine.files, org)
+    held = custom_roles.held_permissions(engine, subject, org)
+    return {"offered": offered, "held": held, "operator": bool(current_user.is_operator),
+            "held_keys": {o.key for o in offered
+                          if custom_roles.holds(held, [o.object, o.action, {"when": o.when}])},
+            "describe": custom_roles.describe, "refinement_labels": REFINEMENTS}
+
+
+def _form_permissions() -> tuple[list[str], dict[str, dict]]:
+    """The ticked permissions and, for each, the conditions entered beside it (fields named
+    ``<condition>:<permission key>``)."""
+    keys = request.form.getlist("permissions")[:200]
+    conditions: dict[str, dict] = {}
+    for key in keys:
+        chosen: dict = {name: True for name in ("own_org", "mfa")
+                        if request.form.get(f"{name}:{key}") == "1"}
+        raw = request.form.get(f"amount_max:{key}", "").strip().replace(",", "")
+        if raw:
+            if not raw.isdigit() or len(raw) > 13:
+                raise ValidationError(f"The amount limit of {key} must be a whole number.",
+                                      code="invalid_condition")
+            chosen["amount_max"] = int(raw)
+        if chosen:
+            conditions[key] = chosen
+    return keys, conditions
 
 
 def reserved_role_names(org: Organization) -> set[str]:
@@ -731,12 +779,13 @@ def roles_page(slug: str):
 def create_role(slug: str):
     org = _org(slug)
     context = _role_context(org)
+    keys, conditions = _form_permissions()
     with services().db.transaction() as tx:
         role = custom_roles.create(
             tx, audit_context(), tx.get(Organization, org.id),
             name=request.form.get("name", "")[:100],
             description=request.form.get("description", "")[:1000],
-            permissions=request.form.getlist("permissions")[:200],
+            permissions=keys, conditions=conditions,
             offered=context["offered"], built_in=reserved_role_names(org),
             held=context["held"], actor_id=current_user.id, operator=context["operator"])
         name = role.name
@@ -750,10 +799,12 @@ def role(slug: str, role_id: int):
     org = _org(slug)
     context = _role_context(org)
     if request.method == "POST":
+        custom_roles.get(db_session(), org, role_id)  # another organization's id: 404 first
+        keys, conditions = _form_permissions()
         with services().db.transaction() as tx:
             custom_roles.update(tx, audit_context(), tx.get(Organization, org.id), role_id,
                                 description=request.form.get("description", "")[:1000],
-                                permissions=request.form.getlist("permissions")[:200],
+                                permissions=keys, conditions=conditions,
                                 offered=context["offered"], held=context["held"],
                                 operator=context["operator"])
         flash("Role saved; it applies at once.", "info")
@@ -761,7 +812,8 @@ def role(slug: str, role_id: int):
     row = custom_roles.get(db_session(), org, role_id)
     return _render("orgadmin/role.html", org, row=row,
                    used=custom_roles.usage(db_session(), org, row.name),
-                   chosen={tuple(p) for p in row.permissions}, **context)
+                   chosen={custom_roles.entry_key(p): custom_roles.refinements_of(p)
+                           for p in row.permissions}, **context)
 
 
 @bp.post("/roles/<int:role_id>/delete")

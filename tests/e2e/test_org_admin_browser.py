@@ -291,3 +291,34 @@ def test_sso_manager_sets_up_oidc_in_the_browser(browsing, live, make_org, make_
     page.goto(connection_url)
     page.get_by_role("button", name="Switch on").click()
     expect(page.get_by_text("Single sign-on is on")).to_be_visible()
+
+
+def test_owner_sets_who_may_sign_up_and_a_conditional_role(browsing, live, acme_with_owner,
+                                                           tx):
+    from portal.services import organizations, roles, users
+    with tx() as session:  # Alice also buys, so she may put approvals into a role
+        roles.grant_manually(session, CLI_CTX, users.get_by_email(session, "alice@acme.test"),
+                             organizations.get(session, "acme"), "buyer",
+                             {"buyer", "member"})
+    page = browsing.page()
+    sign_in(page, live.url)
+    page.goto(f"{live.url}/o/acme/admin/users")
+    page.get_by_role("link", name="Sign-up").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Who may sign up to Acme "
+                                                              "Supplies")
+    expect(page.get_by_label("Invitation only: people your admins invite")).to_be_checked()
+    page.get_by_label("Open to your verified domains: anyone with an address at one of "
+                      "them").check()
+    page.get_by_role("button", name="Save").click()
+    expect(page.get_by_role("status")).to_contain_text("Sign-up setting saved.")
+    expect(page.get_by_text("nobody can sign up until you verify a domain")).to_be_visible()
+    screenshot(page, "orgadmin-registration.png")
+    page.get_by_role("link", name="Roles").click()
+    page.get_by_label("Name", exact=True).fill("junior_buyer")
+    page.get_by_label("approve purchase_order purchase_order/approve").check()
+    page.get_by_label("Amount limit for purchase_order/approve").fill("20000")
+    page.locator("input[name^='mfa:purchase_order/approve@']").check()
+    screenshot(page, "orgadmin-roles-conditional.png")
+    page.get_by_role("button", name="Create role").click()
+    expect(page.get_by_role("status")).to_contain_text("Role junior_buyer created.")
+    expect(page.get_by_role("cell", name="amount at most 20000, with MFA")).to_be_visible()

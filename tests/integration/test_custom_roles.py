@@ -32,7 +32,9 @@ def role_id(tx, name):
 def test_owner_composes_grants_changes_a_role_and_it_applies_at_once(app, tx, two_orgs):
     alice = as_user(app, "alice@acme.test")
     page = alice.get("/o/acme/admin/roles").get_data(as_text=True)
-    assert "member/manage" in page and "purchase_order" not in page  # conditional: not offered
+    assert "member/manage" in page
+    # Conditional rules are offered with their condition; Alice is no buyer, so greyed out.
+    assert "r.obj.owner_org == r.dom and r.obj.amount &lt;= 50000" in page
     assert create(alice, "helpdesk", "member/read", "member/manage").status_code == 302
     max_id = two_orgs["max@acme.test"]
     member_page = alice.get(f"/o/acme/admin/users/{max_id}").get_data(as_text=True)
@@ -151,8 +153,8 @@ def test_deleting_a_role_in_use_is_refused_or_revokes_it_everywhere(app, tx, two
 def test_roles_over_the_api(app, tx, two_orgs):
     client, auth = app.test_client(), token_for(tx, "alice@acme.test")
     listed = client.get("/api/v1/orgs/acme/roles", headers=auth).get_json()
-    assert {"permission": "member/read", "label": "see members", "held": True} in listed[
-        "permissions"]
+    assert {"permission": "member/read", "label": "see members", "held": True, "when": None,
+            "amount_cap": None, "conditions": ["mfa"]} in listed["permissions"]
     made = client.post("/api/v1/orgs/acme/roles", headers=auth,
                        json={"name": "api_role", "permissions": ["member/read"]})
     assert made.status_code == 201 and made.get_json()["permissions"] == ["member/read"]
@@ -185,3 +187,113 @@ def test_roles_of_one_organization_do_not_exist_in_another(app, tx, two_orgs):
                    role="globex_helpdesk")
     assert refused.status_code == 400 and "has no role" in refused.get_data(as_text=True)
     assert "globex_helpdesk" not in alice.get("/o/acme/admin/roles").get_data(as_text=True)
+
+
+# -- custom roles from conditional rules ----------------------------------------------------
+
+def _approve_key(client, auth):
+    listed = client.get("/api/v1/orgs/acme/roles", headers=auth).get_json()["permissions"]
+    [offer] = [p for p in listed if p["permission"].startswith("purchase_order/approve@")]
+    return offer
+
+
+def _decide(app, user_id, action, amount, owner_org="acme", assurance=2):
+    from tests.conftest import services_of
+    engine = services_of(app).policy
+    return engine.decide({"id": str(user_id), "platform_operator": False}, "acme",
+                         {"type": "purchase_order", "amount": amount, "owner_org": owner_org},
+                         action, {"org_status": "active", "assurance": assurance}).allowed
+
+
+def test_owner_narrows_a_conditional_permission_and_it_holds(app, tx, two_orgs):
+    """An owner who is also a buyer composes a junior buyer: approvals of this organization's
+    orders up to 20,000 (the template allows 50,000), only after MFA. Every condition holds in
+    the decisions, and the platform's own deny (no approvals without MFA) still wins."""
+    grant(tx, "alice@acme.test", "acme", "buyer")
+    client, auth = app.test_client(), token_for(tx, "alice@acme.test")
+    offer = _approve_key(client, auth)
+    assert offer["when"] == "r.obj.owner_org == r.dom and r.obj.amount <= 50000"
+    assert offer["amount_cap"] == 50000 and offer["held"] is True
+    assert offer["conditions"] == ["amount_max", "mfa"]
+    made = client.post("/api/v1/orgs/acme/roles", headers=auth, json={
+        "name": "junior_buyer", "permissions": [offer["permission"]],
+        "conditions": {offer["permission"]: {"amount_max": 20000, "mfa": True}}})
+    assert made.status_code == 201, made.get_json()
+    assert made.get_json()["conditions"] == {offer["permission"]: {
+        "when": offer["when"], "amount_max": 20000, "mfa": True}}
+    max_id = two_orgs["max@acme.test"]
+    assert client.post(f"/api/v1/orgs/acme/members/{max_id}/roles", headers=auth,
+                       json={"role": "junior_buyer"}).status_code == 200
+    assert _decide(app, max_id, "approve", 15000)
+    assert not _decide(app, max_id, "approve", 20001)  # the owner's limit
+    assert not _decide(app, max_id, "approve", 15000, owner_org="globex")  # template's
+    assert not _decide(app, max_id, "approve", 15000, assurance=1)  # platform deny + MFA
+    assert not _decide(app, max_id, "read", 100)  # only what the role names
+    [event] = audit_events(app, "custom_role.create")
+    assert event.details["permissions"] == [
+        "purchase_order/approve (when r.obj.owner_org == r.dom and r.obj.amount <= 50000, "
+        "amount at most 20000, with MFA)"]
+    # The page shows the role with its conditions, and the form keeps them when editing.
+    page = as_user(app, "alice@acme.test").get(
+        f"/o/acme/admin/roles/{made.get_json()['id']}").get_data(as_text=True)
+    assert 'value="20000"' in page and f'name="mfa:{offer["permission"]}" value="1" checked' \
+        in page
+
+
+def test_conditions_never_widen_and_bad_ones_are_refused(app, tx, two_orgs):
+    grant(tx, "alice@acme.test", "acme", "buyer")
+    client, auth = app.test_client(), token_for(tx, "alice@acme.test")
+    key = _approve_key(client, auth)["permission"]
+    for conditions, text in (
+            ({key: {"amount_max": 60000}}, "at most 50000, the platform's own limit"),
+            ({key: {"amount_max": -1}}, "whole number"),
+            ({key: {"amount_max": "20000"}}, "whole number"),
+            ({key: {"own_org": True}}, "cannot have the condition own_org"),
+            ({key: {"anything": True}}, "cannot have the condition anything"),
+            ({key: "mfa"}, "are an object"),
+            ({"member/read": {"mfa": True}}, "which the role does not have")):
+        refused = client.post("/api/v1/orgs/acme/roles", headers=auth, json={
+            "name": "wide_buyer", "permissions": [key], "conditions": conditions})
+        assert refused.status_code == 400, conditions
+        assert refused.get_json()["code"] == "invalid_condition"
+        assert text in refused.get_json()["title"], (conditions, refused.get_json())
+    plain = client.post("/api/v1/orgs/acme/roles", headers=auth, json={
+        "name": "wide_buyer", "permissions": ["purchase_order/approve"]})
+    assert plain.status_code == 400 and key in plain.get_json()["title"]
+    assert role_id(tx, "wide_buyer") is None and not audit_events(app, "custom_role.create")
+
+
+def test_no_escalation_through_conditional_permissions(app, tx, two_orgs):
+    """Alice (owner, no buyer) cannot put approvals into a role, nor grant one that has
+    them; a holder of a narrowed role cannot compose a wider one from it."""
+    grant(tx, "bob@globex.test", "globex", "org_owner")
+    client = app.test_client()
+    alice = token_for(tx, "alice@acme.test")
+    offer = _approve_key(client, alice)
+    assert offer["held"] is False
+    refused = client.post("/api/v1/orgs/acme/roles", headers=alice, json={
+        "name": "approver", "permissions": [offer["permission"]]})
+    assert refused.status_code == 403 and refused.get_json()["code"] == "escalation"
+    page = as_user(app, "alice@acme.test").get("/o/acme/admin/roles").get_data(as_text=True)
+    assert f'value="{offer["permission"]}" disabled' in page
+    # Mia is a buyer and composes a narrowed approver; Max holds it and manages roles.
+    grant(tx, "mia@acme.test", "acme", "buyer")
+    grant(tx, "mia@acme.test", "acme", "org_owner")
+    mia = token_for(tx, "mia@acme.test")
+    made = client.post("/api/v1/orgs/acme/roles", headers=mia, json={
+        "name": "small_approver", "permissions": [offer["permission"]],
+        "conditions": {offer["permission"]: {"amount_max": 1000}}})
+    assert made.status_code == 201
+    max_id = two_orgs["max@acme.test"]
+    assert client.post(f"/api/v1/orgs/acme/members/{max_id}/roles", headers=mia,
+                       json={"role": "small_approver"}).status_code == 200
+    grant(tx, "max@acme.test", "acme", "org_owner")
+    max_token = token_for(tx, "max@acme.test")
+    wider = client.post("/api/v1/orgs/acme/roles", headers=max_token, json={
+        "name": "big_approver", "permissions": [offer["permission"]]})
+    assert wider.status_code == 403 and wider.get_json()["code"] == "escalation"
+    # Alice may not grant the approver role she could not compose either.
+    denied = client.post(f"/api/v1/orgs/acme/members/{two_orgs['uma@acme.test']}/roles",
+                         headers=alice, json={"role": "small_approver"})
+    assert denied.status_code == 403
+    assert _decide(app, max_id, "approve", 900) and not _decide(app, max_id, "approve", 1001)

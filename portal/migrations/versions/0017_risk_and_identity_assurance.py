@@ -3,7 +3,7 @@ hour histogram), per-organization risk thresholds, indexes for the failure count
 every sign-in, and how each user's identity was proven.
 
 Revision ID: 0017
-Revises: 0014
+Revises: 0020
 Create Date: 2026-12-05 04:45:00.000000
 """
 
@@ -12,15 +12,15 @@ import sqlalchemy as sa
 
 
 revision = '0017'
-down_revision = '0014'
+down_revision = '0020'
 branch_labels = None
 depends_on = None
 
 
 def upgrade() -> None:
     with op.batch_alter_table('audit_events', schema=None) as batch_op:
-        batch_op.create_index('ix_audit_events_target_outcome', ['target', 'outcome', 'occurred_at'], unique=False)
-        batch_op.create_index('ix_audit_events_ip_outcome', ['ip', 'outcome', 'occurred_at'], unique=False)
+        batch_op.create_index('ix_audit_events_target_failures', ['target', 'occurred_at'], unique=False, sqlite_where=sa.text("outcome = 'failure'"), postgresql_where=sa.text("outcome = 'failure'"))
+        batch_op.create_index('ix_audit_events_ip_failures', ['ip', 'occurred_at'], unique=False, sqlite_where=sa.text("outcome = 'failure'"), postgresql_where=sa.text("outcome = 'failure'"))
     with op.batch_alter_table('known_signals', schema=None) as batch_op:
         batch_op.add_column(sa.Column('hits', sa.Integer(), server_default='1', nullable=False))
     with op.batch_alter_table('organizations', schema=None) as batch_op:
@@ -43,5 +43,5 @@ def downgrade() -> None:
     with op.batch_alter_table('known_signals', schema=None) as batch_op:
         batch_op.drop_column('hits')
     with op.batch_alter_table('audit_events', schema=None) as batch_op:
-        batch_op.drop_index('ix_audit_events_ip_outcome')
-        batch_op.drop_index('ix_audit_events_target_outcome')
+        batch_op.drop_index('ix_audit_events_ip_failures')
+        batch_op.drop_index('ix_audit_events_target_failures')

@@ -117,9 +117,10 @@ class _Known:
 # the user's known device and network, hour histogram and last place (the unique index on
 # user_id, kind, value), the strictest thresholds of their organizations, and the failed
 # sign-ins and codes in the window for the account and for the IP (each a range scan of its
-# own index on audit_events: target or ip, then outcome, then occurred_at). Plain SQL that
-# SQLite and PostgreSQL both run, prepared once: building and caching an expression of this
-# size costs more than running it.
+# own partial index over failures on audit_events: target or ip, then occurred_at; the
+# literal ``outcome = 'failure'`` is what lets the planner pick them). Plain SQL that SQLite
+# and PostgreSQL both run, prepared once: building and caching an expression of this size
+# costs more than running it.
 _READ = sa.text("""
 SELECT kind, value, last_seen_at, hits FROM known_signals
  WHERE user_id = :user_id

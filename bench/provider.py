@@ -6,6 +6,8 @@ A code-flow login here is what an app's sign-in costs Trellis once the user alre
 Trellis session and the app is pre-approved: the authorization request (answered with a
 code), then the token request with PKCE (ID token and JWT access token signed RS256, refresh
 token stored). Baseline in the same run: GET /healthz over the same kind of connection.
+Then the same steps in process through Flask's test client, timed with time.process_time
+(CPU per request, which a loaded machine skews far less than the wall clock).
 
     .venv/bin/python bench/provider.py [--quick]
 """
@@ -16,6 +18,7 @@ import base64
 import hashlib
 import http.client
 import json
+import os
 import re
 import secrets
 import sys
@@ -55,6 +58,7 @@ def seed(url: str) -> tuple[tuple[str, str], tuple[str, str]]:
             consent_required=False))
         ids = (backend.client_id, backend_secret), (web.client_id, web_secret)
     engine.dispose()
+    SEEDED[url] = ids
     return ids
 
 
@@ -105,13 +109,8 @@ def code_flow_login(conn: Conn, backend: Conn, client_id: str, secret: str) -> d
     """The browser (``conn``, with the Trellis session cookie) gets a code; the app's
     backend (``backend``, no cookie) redeems it."""
     verifier = secrets.token_urlsafe(48)
-    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()
-                                         ).rstrip(b"=").decode()
-    query = urlencode({"response_type": "code", "client_id": client_id,
-                       "redirect_uri": REDIRECT, "scope": "openid email org roles",
-                       "state": "s", "nonce": "n", "code_challenge": challenge,
-                       "code_challenge_method": "S256"})
-    status, headers, _ = conn.call("GET", "/oauth/authorize?" + query)
+    status, headers, _ = conn.call("GET", "/oauth/authorize?" + _authorize_query(client_id,
+                                                                                 verifier))
     assert status == 302, status
     assert "code=" in headers["Location"], headers["Location"]
     code = parse_qs(urlsplit(headers["Location"]).query)["code"][0]
@@ -120,6 +119,84 @@ def code_flow_login(conn: Conn, backend: Conn, client_id: str, secret: str) -> d
         "code_verifier": verifier}, basic(client_id, secret))
     assert status == 200, body
     return json.loads(body)
+
+
+def in_process(url: str, folder: str, rounds: int) -> dict[str, float]:
+    """CPU milliseconds per request (``time.process_time``) through Flask's test client in
+    this process, the median of batches of 25: what each step costs the server, without
+    HTTP and without the load on the shared machine's other core skewing a wall clock."""
+    import statistics
+
+    from portal import create_app
+    app = create_app({"ENV": "test", "DATABASE_URL": url, "INSTANCE_PATH": folder,
+                      "SECRET_KEY": "b" * 48, "REDIS_URL": "", "LOG_LEVEL": "WARNING",
+                      "ARGON2_TIME_COST": 1, "ARGON2_MEMORY_KIB": 8192,
+                      "ARGON2_PARALLELISM": 1, "OAUTH_RATE_LIMIT": "1000000/minute"})
+    (backend_id, backend_secret), (web_id, web_secret) = SEEDED[url]
+    browser, machine = app.test_client(), app.test_client()
+    page = browser.get("/login").get_data()
+    csrf = re.search(rb'name="csrf_token"[^>]*?value="([^"]+)"', page).group(1).decode()
+    assert browser.post("/login", data={"email": "alice@acme.test", "password": PASSWORD,
+                                        "csrf_token": csrf}).status_code == 302
+    web_auth, cc_auth = basic(web_id, web_secret), basic(backend_id, backend_secret)
+
+    def authorize() -> tuple[str, str]:
+        verifier = secrets.token_urlsafe(48)
+        response = browser.get("/oauth/authorize?" + _authorize_query(web_id, verifier))
+        assert response.status_code == 302, response.status_code
+        return verifier, parse_qs(urlsplit(response.headers["Location"]).query)["code"][0]
+
+    def redeem(verifier: str, code: str) -> None:
+        response = machine.post("/oauth/token", headers=web_auth, data={
+            "grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT,
+            "code_verifier": verifier})
+        assert response.status_code == 200, response.get_data()
+
+    def client_credentials() -> None:
+        assert machine.post("/oauth/token", headers=cc_auth, data={
+            "grant_type": "client_credentials", "scope": "authz"}).status_code == 200
+
+    def healthz() -> None:
+        assert machine.get("/healthz").status_code == 200
+
+    for _ in range(10):  # warm caches (app registry, keys, compiled statements)
+        redeem(*authorize())
+        client_credentials()
+        healthz()
+    batches: dict[str, list[float]] = {k: [] for k in ("healthz", "authorize", "token",
+                                                       "client_credentials")}
+    clock = time.process_time
+    for _ in range(max(1, rounds // 25)):
+        spent = dict.fromkeys(batches, 0.0)
+        for _ in range(25):
+            start = clock()
+            healthz()
+            middle = clock()
+            verifier, code = authorize()
+            after_authorize = clock()
+            redeem(verifier, code)
+            after_token = clock()
+            client_credentials()
+            end = clock()
+            spent["healthz"] += middle - start
+            spent["authorize"] += after_authorize - middle
+            spent["token"] += after_token - after_authorize
+            spent["client_credentials"] += end - after_token
+        for key, value in spent.items():
+            batches[key].append(value / 25 * 1000)
+    return {key: statistics.median(values) for key, values in batches.items()}
+
+
+SEEDED: dict[str, tuple] = {}  # database URL -> the client ids and secrets seed() made
+
+
+def _authorize_query(client_id: str, verifier: str) -> str:
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()
+                                         ).rstrip(b"=").decode()
+    return urlencode({"response_type": "code", "client_id": client_id,
+                      "redirect_uri": REDIRECT, "scope": "openid email org roles",
+                      "state": "s", "nonce": "n", "code_challenge": challenge,
+                      "code_challenge_method": "S256"})
 
 
 def rate(seconds: float, step) -> float:
@@ -160,6 +237,7 @@ def main() -> int:
                 "POST", "/oauth/introspect", introspect_body, web_auth))
         finally:
             server.stop()
+        cpu = in_process(url, folder, 100 if args.quick else 500)
 
     print(f"one gunicorn worker (gthread, 2 threads), SQLite, {seconds:.0f} s per measure")
     print(f"{'measure':<44}{'value':>14}{'vs /healthz':>14}")
@@ -168,9 +246,21 @@ def main() -> int:
             ("token introspections", introspections)]
     for name, value in rows:
         print(f"{name:<44}{value:>10.0f} /s{value / healthz:>14.2f}")
+    login_ms = cpu["authorize"] + cpu["token"]
+    print("\nin process (Flask test client), CPU per request (time.process_time, median of "
+          "batches of 25)")
+    print(f"{'step':<44}{'CPU ms':>14}{'per core':>14}")
+    for name, value in (("GET /healthz (baseline)", cpu["healthz"]),
+                        ("authorization request (code issued)", cpu["authorize"]),
+                        ("token request (code redeemed)", cpu["token"]),
+                        ("code-flow login (both)", login_ms),
+                        ("client-credentials grant", cpu["client_credentials"])):
+        print(f"{name:<44}{value:>14.3f}{1000 / value:>12.0f}/s")
     figures = {"healthz_per_s": round(healthz), "client_credentials_per_s": round(cc),
                "code_flow_logins_per_s": round(logins),
-               "introspections_per_s": round(introspections), "quick": args.quick}
+               "introspections_per_s": round(introspections), "quick": args.quick,
+               "in_process_cpu_ms": {k: round(v, 3) for k, v in cpu.items()},
+               "load_average": [round(x, 2) for x in os.getloadavg()]}
     goals_met = (cc >= GOALS["client_credentials_per_s"]
                  and logins >= GOALS["code_flow_logins_per_s"])
     print(json.dumps({"benchmark": "provider", "figures": figures, "goals": GOALS,

@@ -74,10 +74,18 @@ def build_app(folder: Path, idp: SamlIdp):
     return app, connection_id
 
 
+def returning_device(app) -> str:
+    """The device cookie of the user's everyday browser: every response is answered in it,
+    as a returning user's sign-ins are (a browser never seen before would also mail the
+    owner a new-device notice)."""
+    from itsdangerous import URLSafeSerializer
+    return URLSafeSerializer(app.config["SECRET_KEY"], salt="trellis-device").dumps("bench")
+
+
 def prepare(app, idp: SamlIdp, connection_id: int, count: int) -> list[dict]:
     """Per response: a browser that started a sign-in, and the IdP's answer to it."""
     from tests.peers.saml_idp import form_fields
-    prepared = []
+    prepared, device = [], returning_device(app)
     for _ in range(count):
         client = app.test_client()
         token = CSRF.search(client.get("/login").get_data(as_text=True)).group(1)
@@ -89,7 +97,8 @@ def prepare(app, idp: SamlIdp, connection_id: int, count: int) -> list[dict]:
         fields = form_fields(page.get_data(as_text=True))
         request_id = idp.requests[-1]["id"]
         environ = EnvironBuilder(path=f"/saml/{connection_id}/acs", method="POST", data=fields,
-                                 headers={"Cookie": f"trellis_saml={cookie}"}).get_environ()
+                                 headers={"Cookie": f"trellis_saml={cookie}; "
+                                                    f"trellis_device={device}"}).get_environ()
         prepared.append({"environ": environ, "fields": fields, "request_id": request_id})
     return prepared
 

@@ -140,6 +140,11 @@ def _init_services(app: Flask) -> None:
             config["PROFILE_SCHEMA"])
     except ValueError as exc:
         raise ConfigError(f"TRELLIS_PROFILE_SCHEMA: {exc}") from None
+    try:
+        app.extensions["trellis_org_profile_schemas"] = profiling.load_org_schemas(
+            config["ORG_PROFILE_SCHEMAS"], app.extensions["trellis_profile_schema"])
+    except ValueError as exc:
+        raise ConfigError(f"TRELLIS_ORG_PROFILE_SCHEMAS: {exc}") from None
 
 
 def _policy_engine(folder: str, db, redis_url: str = "", channel: str | None = None):
@@ -195,7 +200,7 @@ CREDENTIAL_ENDPOINTS = ("auth.login", "auth.org_login", "sso.link", "sso.link_by
                         "mfa.challenge", "mfa.setup_at_sign_in", "mfa.step_up")
 # The provider's machine endpoints take app credentials at a machine's pace.
 APP_CREDENTIAL_ENDPOINTS = ("provider.token", "provider.introspect", "provider.revoke",
-                            "provider.device_authorization")
+                            "provider.device_authorization", "provider.par")
 
 
 def _limit_credential_endpoints(app: Flask) -> None:

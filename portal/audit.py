@@ -4,14 +4,24 @@
 the change it describes. Each event's hash covers its canonical JSON and the previous event's
 hash; ``verify`` walks the chain and names the first event that was altered, inserted or
 removed. Appenders are serialized by updating the single ``audit_head`` row first.
+
+Personal data and the chain (format 2, since migration 0016): the fields that can name a
+person (``PERSONAL_FIELDS``) are not hashed into the chain directly. Each event gets a random
+salt and the chain covers ``personal_digest`` = SHA-256(salt + those fields). While the salt
+is there, ``verify`` recomputes the digest, so an edit of any field is still caught. Erasure
+(``pseudonymize``) replaces the person's email by a keyed hash, blanks their IP address and
+browser, and deletes the salt: the digest then stays in the chain as it was (so the chain and
+every later hash are unchanged) but can no longer be tested against guessed emails.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import hmac
 import io
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -24,8 +34,10 @@ from portal.db import utcnow
 from portal.models import AuditEvent, AuditHead
 
 GENESIS = "0" * 64
-HASHED_FIELDS = ("seq", "occurred_at", "actor_id", "actor", "organization_id", "action",
-                 "target", "outcome", "reason", "ip", "user_agent", "request_id", "details")
+# The chain covers these directly, and the personal fields through ``personal_digest``.
+HASHED_FIELDS = ("seq", "occurred_at", "actor_id", "organization_id", "action", "outcome",
+                 "request_id", "personal_digest")
+PERSONAL_FIELDS = ("actor", "target", "reason", "ip", "user_agent", "details")
 EXPORT_FIELDS = ("seq", "occurred_at", "actor_id", "actor", "organization_id", "action",
                  "target", "outcome", "reason", "ip", "user_agent", "request_id", "details",
                  "prev_hash", "hash")
@@ -59,6 +71,7 @@ def record(session: Session, context: Context, action: str, *, outcome: str = "s
              "reason": reason[:400], "ip": context.ip[:45],
              "user_agent": context.user_agent[:400], "request_id": context.request_id[:64],
              "details": details or {}, "prev_hash": last_hash}
+    _seal_personal(event)
     event["hash"] = _chain(last_hash, event)
     # Prebuilt Core statements: this runs on every sign-in.
     session.execute(INSERT_EVENT, event)
@@ -85,6 +98,7 @@ def record_many(session: Session, context: Context,
                  "user_agent": context.user_agent[:400],
                  "request_id": context.request_id[:64], "details": item.get("details") or {},
                  "prev_hash": last_hash}
+        _seal_personal(event)
         event["hash"] = _chain(last_hash, event)
         rows.append(event)
         last_seq, last_hash = event["seq"], event["hash"]
@@ -115,6 +129,21 @@ def _lock_head(session: Session) -> tuple[int, str]:
         session.execute(sa.insert(HEAD).values(id=1, last_seq=0, last_hash=GENESIS))
         return 0, GENESIS
     return row.last_seq, row.last_hash
+
+
+def _seal_personal(event: dict[str, Any]) -> None:
+    event["personal_salt"] = os.urandom(16).hex()
+    event["personal_digest"] = personal_digest(event["personal_salt"], event)
+    event["pseudonymized_at"] = None
+
+
+def personal_digest(salt: str, fields: dict[str, Any]) -> str:
+    """What the chain knows of an event's personal fields: salted, so that once the salt is
+    deleted nobody can confirm a guess ("was it alice@example.com?") against it."""
+    data = {name: fields[name] for name in PERSONAL_FIELDS}
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      default=str)
+    return hashlib.sha256((salt + text).encode()).hexdigest()
 
 
 def _current(session: Session):
@@ -167,7 +196,12 @@ def verify(session: Session, batch: int = 1000) -> VerifyResult:
         if event.prev_hash != prev_hash:
             return VerifyResult(False, checked, f"event {event.seq} does not follow event "
                                 f"{event.seq - 1} (inserted or reordered)", event.seq)
-        if event_hash(event, prev_hash) != event.hash:
+        if event.personal_salt:
+            fields = {name: getattr(event, name) for name in PERSONAL_FIELDS}
+            personal_ok = personal_digest(event.personal_salt, fields) == event.personal_digest
+        else:  # pseudonymized: its personal fields are no longer part of the proof
+            personal_ok = event.pseudonymized_at is not None
+        if not personal_ok or event_hash(event, prev_hash) != event.hash:
             return VerifyResult(False, checked, f"event {event.seq} was altered "
                                 f"(id {event.id}, action {event.action})", event.seq)
         prev_hash, expected_seq, checked = event.hash, expected_seq + 1, checked + 1
@@ -192,6 +226,95 @@ def _iterate(session: Session, batch: int, since: datetime | None = None
         yield from rows
         last = rows[-1].seq
         session.expunge_all()
+
+
+PSEUDONYM_PREFIX = "erased:"
+
+
+def pseudonym(key: str, email: str) -> str:
+    """The keyed hash that stands for an erased person's email in the trail: the same person
+    always gets the same pseudonym (their events can still be grouped, and an operator who
+    holds the key can answer "was this address involved?"), but it cannot be reversed."""
+    digest = hmac.new(key.encode(), email.encode(), hashlib.sha256).hexdigest()[:32]
+    return PSEUDONYM_PREFIX + digest
+
+
+def _replace(value: Any, email: str, alias: str) -> Any:
+    if isinstance(value, str):
+        return value.replace(email, alias) if email in value else value
+    if isinstance(value, dict):
+        return {_replace(k, email, alias): _replace(v, email, alias) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_replace(v, email, alias) for v in value]
+    return value
+
+
+def pseudonymize(session: Session, key: str, user_id: int | None, emails: list[str],
+                 *, before_seq: int | None = None, drop_network: bool = True) -> int:
+    """Replace the person's email addresses by their pseudonym in every event that names them
+    or that they caused, blank the IP address and browser of the events they caused
+    (``drop_network``), and delete those events' salts. The chain still verifies. Returns how
+    many events were changed. ``before_seq`` limits the pass to older events."""
+    emails = sorted({e for e in emails if e}, key=len, reverse=True)
+    conditions = [AuditEvent.actor.in_(emails)] + [
+        AuditEvent.target.contains(e, autoescape=True) for e in emails]
+    if user_id is not None:
+        conditions.append(AuditEvent.actor_id == user_id)
+    changed, last = 0, 0
+    now = utcnow()
+    while True:
+        query = sa.select(AuditEvent).where(AuditEvent.seq > last, sa.or_(*conditions))
+        if before_seq is not None:
+            query = query.where(AuditEvent.seq < before_seq)
+        rows = session.scalars(query.order_by(AuditEvent.seq).limit(500)).all()
+        # Events that only mention the address in ``details`` or ``reason`` are found by
+        # the scan below (JSON is not searchable the same way on both databases).
+        if not rows:
+            break
+        for event in rows:
+            changed += _pseudonymize_event(event, key, user_id, emails, now, drop_network)
+        last = rows[-1].seq
+    changed += _pseudonymize_mentions(session, key, user_id, emails, now, before_seq)
+    return changed
+
+
+def _pseudonymize_event(event: AuditEvent, key: str, user_id: int | None, emails: list[str],
+                        now: datetime, drop_network: bool) -> int:
+    before = {name: getattr(event, name) for name in PERSONAL_FIELDS}
+    values = dict(before)
+    for email in emails:
+        alias = pseudonym(key, email)
+        for name in PERSONAL_FIELDS:
+            values[name] = _replace(values[name], email, alias)
+    if drop_network and user_id is not None and event.actor_id == user_id:
+        values["ip"], values["user_agent"] = "", ""
+    if values == before:
+        return 0
+    for name, value in values.items():
+        setattr(event, name, value)
+    event.personal_salt = ""
+    event.pseudonymized_at = event.pseudonymized_at or now
+    return 1
+
+
+def _pseudonymize_mentions(session: Session, key: str, user_id: int | None,
+                           emails: list[str], now: datetime, before_seq: int | None) -> int:
+    """Events that name the person only inside ``reason`` or ``details`` (an invitation
+    sent to them, a member added by an admin)."""
+    changed, last = 0, 0
+    pattern = [sa.cast(AuditEvent.details, sa.Text).contains(e, autoescape=True)
+               for e in emails] + [AuditEvent.reason.contains(e, autoescape=True)
+                                   for e in emails]
+    while True:
+        query = sa.select(AuditEvent).where(AuditEvent.seq > last, sa.or_(*pattern))
+        if before_seq is not None:
+            query = query.where(AuditEvent.seq < before_seq)
+        rows = session.scalars(query.order_by(AuditEvent.seq).limit(500)).all()
+        if not rows:
+            return changed
+        for event in rows:
+            changed += _pseudonymize_event(event, key, None, emails, now, False)
+        last = rows[-1].seq
 
 
 def export_rows(session: Session, since: datetime | None = None) -> Iterator[dict[str, Any]]:

@@ -481,6 +481,19 @@ def user_suspend(email: str, reason: str) -> None:
         click.echo(f"suspended {suspended.email}")
 
 
+@user.command("unlock")
+@click.argument("email")
+@click.option("--reason", default="", help="Recorded in the audit trail.")
+@with_appcontext
+def user_unlock(email: str, reason: str) -> None:
+    """Give back an account that was locked ("this wasn't me") or suspended, once its owner
+    is known to be in control; they then choose a new password with a reset link."""
+    from portal.services import takeover
+    with services().db.transaction() as session:
+        row = takeover.unlock(session, cli_context(), email, reason)
+        click.echo(f"unlocked {row.email}")
+
+
 @user.command("mfa-reset")
 @click.argument("email")
 @click.option("--reason", default="", help="Recorded in the audit trail.")
@@ -1272,11 +1285,18 @@ def audit_group() -> None:
 @with_appcontext
 def audit_verify() -> None:
     """Check the hash chain; name the first event that was altered, inserted or removed."""
+    from portal.models import AuditHead
     with services().db.sessions() as session:
         result = audit.verify(session)
+        head = session.get(AuditHead, 1)
+        legacy = (head.legacy_seq, head.legacy_hash, head.legacy_problem) if head else (0, "", "")
     if not result.ok:
         _fail(f"audit chain broken after {result.checked} good events: {result.problem}")
     click.echo(f"audit chain intact: {result.checked} events")
+    if legacy[0]:
+        click.echo(f"re-chained at the upgrade to format 2: the old chain ended at event "
+                   f"{legacy[0]} with hash {legacy[1]} "
+                   f"({legacy[2] or 'it verified then'})")
 
 
 @audit_group.command("export")

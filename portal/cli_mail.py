@@ -1,4 +1,4 @@
-"""``trellis mail …``, ``trellis worker``, ``trellis gdpr export`` and ``trellis org
+"""``trellis mail …``, ``trellis worker``, ``trellis gdpr export|erase`` and ``trellis org
 registration``: the outbox seen from the command line, the loop that delivers it, a copy of a
 person's data, and who may sign up to an organization."""
 
@@ -10,6 +10,7 @@ import click
 from flask import current_app
 from flask.cli import with_appcontext
 
+from portal.errors import TrellisError
 from portal.extensions import services
 
 
@@ -81,17 +82,25 @@ def register(main: click.Group, cli_context) -> None:
     @with_appcontext
     def worker(interval: int, once: bool) -> None:
         """Deliver the outbox and the SIEM streams in a loop (run it under systemd or a
-        container supervisor), and delete expired sign-ups and reset links, re-verify
-        domains whose last check is older than TRELLIS_DOMAIN_RECHECK_HOURS, and sync the
-        directories scheduled with `trellis ldap schedule`."""
+        container supervisor), erase accounts whose deletion grace period is over, apply
+        the retention settings, compare each complete window of sign-in events with its
+        baseline (anomalies are audited and mailed), delete expired sign-ups and reset
+        links, re-verify domains whose last check is older than
+        TRELLIS_DOMAIN_RECHECK_HOURS, re-check apps' sector identifier documents every
+        TRELLIS_SECTOR_RECHECK_HOURS, and sync the directories scheduled with
+        `trellis ldap schedule`."""
         click.echo(f"trellis worker: delivering mail every {interval}s")
         while True:
             _sync_directories()
             _recheck_domains()
+            _recheck_sectors()
             purged = _purge_expired()
             if purged:
                 click.echo(f"purged {purged} expired sign-up and reset link"
                            f"{'s' if purged != 1 else ''}")
+            erase_due()
+            apply_retention()
+            _detect_anomalies()
             _deliver_events()
             report = _deliver_once()
             if report.sent or report.retrying or report.failed:
@@ -117,6 +126,38 @@ def register(main: click.Group, cli_context) -> None:
             user = users.get_by_email(session, email)
             data = gdpr.export(session, cli_context(), user.id)
         click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+    @gdpr_group.command("erase")
+    @click.argument("email")
+    @click.option("--now", "now", is_flag=True,
+                  help="Erase at once instead of after TRELLIS_ERASURE_GRACE_DAYS.")
+    @click.option("--yes", is_flag=True, help="Do not ask for confirmation (with --now).")
+    @with_appcontext
+    def gdpr_erase(email: str, now: bool, yes: bool) -> None:
+        """Erase the personal data of the user with EMAIL, on their request: scheduled after
+        the grace period (signing in cancels it), or at once with --now (audited)."""
+        from portal.services import gdpr, users
+        if now and not yes:
+            click.confirm(f"Erase {email} now? This cannot be undone", abort=True)
+        config = current_app.config
+        try:
+            with services().db.transaction() as session:
+                user = users.get_by_email(session, email)
+                if now:
+                    done = gdpr.erase(session, cli_context(), user.id,
+                                      key=gdpr.pseudonym_key(config))
+                else:
+                    when = gdpr.request_erasure(session, cli_context(), user.id,
+                                                grace_days=config["ERASURE_GRACE_DAYS"],
+                                                confirmed=True, by_operator=True)
+        except TrellisError as exc:
+            raise click.ClickException(exc.message) from None
+        if now:
+            click.echo(f"erased user {done.user_id}; audit events now name "
+                       f"{done.pseudonym} ({done.events_pseudonymized} pseudonymized)")
+        else:
+            click.echo(f"{email}: erasure scheduled for {when:%Y-%m-%d %H:%M} UTC "
+                       "(signing in cancels it)")
 
     org_group = main.commands["org"]
 
@@ -162,11 +203,79 @@ def _recheck_domains() -> None:
         click.echo(f"domain {name}: verification record back, restored")
 
 
+def _recheck_sectors() -> None:
+    from portal.cli import cli_context
+    from portal.services import apps
+    found = apps.recheck_sectors(services().db, cli_context(),
+                                 current_app.config["SECTOR_RECHECK_HOURS"])
+    for client_id, uris in found.blocked.items():
+        click.echo(f"app {client_id}: sector identifier document no longer lists "
+                   f"{', '.join(uris)}; blocked")
+    for client_id, uris in found.restored.items():
+        click.echo(f"app {client_id}: sector identifier document lists {', '.join(uris)} "
+                   f"again; unblocked")
+    for client_id, problem in found.unreadable.items():
+        click.echo(f"app {client_id}: sector identifier document not checked ({problem}); "
+                   f"tried again at the next pass", err=True)
+
+
 def _purge_expired() -> int:
     """Unconfirmed sign-ups hold a password hash; expired links are of no use to anyone."""
     from portal.services import credentials, registration
     with services().db.transaction() as session:
         return registration.purge_expired(session) + credentials.purge_expired(session)
+
+
+def erase_due() -> int:
+    """Erase every account whose grace period is over, each in its own transaction (one
+    that cannot be erased yet, e.g. the last owner of an organization, is reported and tried
+    again at the next pass)."""
+    from portal.cli import cli_context
+    from portal.services import gdpr
+    s, erased = services(), 0
+    with s.db.sessions() as session:
+        due = gdpr.due_for_erasure(session)
+    for user_id in due:
+        try:
+            with s.db.transaction() as session:
+                gdpr.erase(session, cli_context(), user_id,
+                           key=gdpr.pseudonym_key(current_app.config))
+        except TrellisError as exc:
+            click.echo(f"erasure of user {user_id} waits: {exc.message}", err=True)
+            continue
+        erased += 1
+    if erased:
+        click.echo(f"erased {erased} account{'s' if erased != 1 else ''} after the grace "
+                   "period")
+    return erased
+
+
+def apply_retention():
+    """Delete ended sessions and sent mail, and forget sign-in addresses, past retention."""
+    from portal.services import retention
+    config = current_app.config
+    rules = retention.Retention(sign_in_days=config["SIGN_IN_HISTORY_DAYS"],
+                                session_days=config["SESSION_RETENTION_DAYS"],
+                                outbox_days=config["OUTBOX_RETENTION_DAYS"])
+    with services().db.transaction() as session:
+        done = retention.purge(session, rules)
+    if done.total:
+        click.echo(f"retention: deleted {done.sessions} sessions and {done.emails} emails, "
+                   f"forgot the address of {done.sign_in_events} sign-in events")
+    return done
+def _detect_anomalies() -> None:
+    """Each complete window of sign-in events against its baseline; an anomaly is audited
+    (so the SIEM streams delivered next carry it) and mailed, in the same transaction."""
+    from portal.cli import cli_context
+    from portal.services import anomaly
+    config = current_app.config
+    base = (config.get("BASE_URL") or "").rstrip("/")
+    report = anomaly.evaluate(
+        services().db, cli_context(), anomaly.Settings.from_config(config),
+        link_for=lambda slug: f"{base}/o/{slug}/admin/audit" if base and slug else "")
+    for finding in report.findings:
+        click.echo(f"anomaly: {finding.scope} {finding.metric} {finding.count} "
+                   f"(baseline {finding.mean:.1f}, z {finding.z:.1f})")
 
 
 def _deliver_events() -> None:

@@ -45,6 +45,19 @@ def _int_range(low: int, high: int) -> Callable[[str], int]:
     return parse
 
 
+def _float_range(low: float, high: float) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValueError("must be a number") from None
+        if not low <= value <= high:
+            raise ValueError(f"must be between {low:g} and {high:g}")
+        return value
+
+    return parse
+
+
 def _bool(raw: str) -> bool:
     lowered = raw.strip().lower()
     if lowered in {"1", "true", "yes", "on"}:
@@ -232,6 +245,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("TRELLIS_DOMAIN_RECHECK_HOURS", "DOMAIN_RECHECK_HOURS", _int_range(1, 720), 24,
             "How often `trellis worker` looks every verified domain's TXT record up again; "
             "a domain whose record is gone stops routing sign-ins."),
+    Setting("TRELLIS_SECTOR_RECHECK_HOURS", "SECTOR_RECHECK_HOURS", _int_range(1, 720), 24,
+            "How often `trellis worker` fetches every pairwise app's sector identifier "
+            "document again; a redirect URI it no longer lists is refused until it does."),
     Setting("TRELLIS_DECISION_LOG_SAMPLE", "DECISION_LOG_SAMPLE", _fraction, 0.0,
             "Share of authorization decisions (0 to 1, e.g. `0.01`) — the decision API's and "
             "the portal's own page checks — written to the audit trail as `authz.decision` "
@@ -269,6 +285,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("TRELLIS_SIEM_BATCH_SIZE", "SIEM_BATCH_SIZE", _int_range(1, 10000), 500,
             "Most events sent to one SIEM stream in one attempt (one webhook request, one "
             "syslog connection)."),
+    Setting("TRELLIS_ANOMALY_WINDOW_MINUTES", "ANOMALY_WINDOW_MINUTES", _int_range(1, 1440),
+            15, "Length of the windows in which `trellis worker` counts sign-ins, failures, "
+            "lockouts and failed codes (per organization and platform-wide) to compare each "
+            "with its recent baseline."),
+    Setting("TRELLIS_ANOMALY_Z", "ANOMALY_Z", _float_range(1.0, 50.0), 3.0,
+            "How many standard deviations above its baseline a window's count must be to "
+            "be reported as an anomaly (audited, sent to SIEM streams, mailed to admins)."),
+    Setting("TRELLIS_ANOMALY_MIN_COUNT", "ANOMALY_MIN_COUNT", _int_range(1, 1000000), 10,
+            "Smallest count in a window that can be an anomaly (small numbers are noise)."),
     Setting("TRELLIS_RISK_STEP_UP_AT", "RISK_STEP_UP_AT", _int_range(1, 100), 50,
             "Risk score (0-100) from which a sign-in asks for the second factor under an "
             "organization's `risk` MFA policy; organization owners may set their own."),
@@ -297,10 +322,38 @@ SETTINGS: tuple[Setting, ...] = (
             str(ROOT / "portal" / "profile_schema.yaml"),
             "YAML file of the profile fields apps may need (progressive profiling): after "
             "sign-in, a person opening an app is asked for exactly the fields it needs."),
+    Setting("TRELLIS_ORG_PROFILE_SCHEMAS", "ORG_PROFILE_SCHEMAS", _text, "",
+            "Folder of organizations' own profile fields: `<slug>.yaml` in the format of "
+            "`TRELLIS_PROFILE_SCHEMA`, asked of that organization's members only. Keys must "
+            "be unique across all schemas."),
     Setting("TRELLIS_RESET_MINUTES", "RESET_MINUTES", _int_range(5, 1440), 30,
             "How long a password reset link works."),
     Setting("TRELLIS_VERIFY_HOURS", "VERIFY_HOURS", _int_range(1, 168), 24,
             "How long an email verification link (registration) works."),
+    Setting("TRELLIS_PRIVACY_VERSION", "PRIVACY_VERSION", _text, "1",
+            "Version of the privacy notice. People who acknowledged an older version are "
+            "asked to read the new one at their next sign-in (recorded in the consent "
+            "ledger)."),
+    Setting("TRELLIS_PRIVACY_URL", "PRIVACY_URL", _base_url, "",
+            "Where the privacy notice is published."),
+    Setting("TRELLIS_RECENT_SIGN_IN_MINUTES", "RECENT_SIGN_IN_MINUTES", _int_range(1, 120), 10,
+            "A sign-in this recent stands in for the current password when changing the "
+            "password, and confirms an account deletion for people without a password."),
+    Setting("TRELLIS_ERASURE_GRACE_DAYS", "ERASURE_GRACE_DAYS", _int_range(0, 365), 14,
+            "Days between a deletion request and the erasure (by `trellis worker`); signing "
+            "in during them cancels the deletion."),
+    Setting("TRELLIS_AUDIT_PSEUDONYM_KEY", "AUDIT_PSEUDONYM_KEY", _text, "",
+            "Key of the keyed hash (HMAC-SHA256) that replaces an erased person's email in "
+            "audit events. Empty derives it from `SECRET_KEY`; set it to keep pseudonyms "
+            "stable when `SECRET_KEY` is rotated."),
+    Setting("TRELLIS_SIGN_IN_HISTORY_DAYS", "SIGN_IN_HISTORY_DAYS", _int_range(1, 3650), 90,
+            "After this many days, sign-in events in the audit trail lose their IP address "
+            "and browser (the events themselves are kept)."),
+    Setting("TRELLIS_SESSION_RETENTION_DAYS", "SESSION_RETENTION_DAYS", _int_range(1, 3650),
+            30, "Ended (signed out or expired) sessions are deleted this many days later."),
+    Setting("TRELLIS_OUTBOX_RETENTION_DAYS", "OUTBOX_RETENTION_DAYS", _int_range(1, 3650), 30,
+            "Sent and failed emails are deleted from the outbox this many days after they "
+            "were written."),
     Setting("TRELLIS_LOG_FORMAT", "LOG_FORMAT", _choice("text", "json"), "text",
             "`json` writes one JSON object per log line."),
     Setting("TRELLIS_LOG_LEVEL", "LOG_LEVEL", _choice("DEBUG", "INFO", "WARNING", "ERROR"),

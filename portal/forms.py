@@ -55,7 +55,8 @@ class ResetPasswordForm(FlaskForm):
 
 
 class ChangePasswordForm(FlaskForm):
-    current = PasswordField("Current password", validators=[DataRequired(), Length(max=1024)],
+    # Optional: a recent sign-in stands in for it (the service decides).
+    current = PasswordField("Current password", validators=[Optional(), Length(max=1024)],
                             render_kw={"autocomplete": "current-password"})
     password = _new_password()
     confirm = _new_password("New password again")

@@ -136,6 +136,10 @@ class User(Base):
     is_operator: Mapped[bool] = mapped_column(default=False, index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Deletion asked by the person: erased by the worker after this time unless they sign
+    # in (or cancel on the account page) before; erased_at marks the tombstone left after.
+    erase_after: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    erased_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # Identity assurance: how the person behind the account was proven (portal.identity):
     # 0 nothing, 1 email verified, 2 an organization's verified identity provider or
     # directory, 3 checked by an administrator in person or from an identity document.
@@ -259,6 +263,26 @@ class KnownSignal(Base):
     last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+class AnomalyBaseline(Base):
+    """The recent baseline (EWMA mean and variance over ``samples`` windows) of one sign-in
+    rate (``metric``) for the platform (``scope`` "platform") or one organization ("org:ID"),
+    and the end of the last window folded into it (see ``services.anomaly``)."""
+
+    __tablename__ = "anomaly_baselines"
+    __table_args__ = (sa.UniqueConstraint("scope", "metric",
+                                          name="uq_anomaly_baselines_scope_metric"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    scope: Mapped[str] = mapped_column(sa.String(32))
+    organization_id: Mapped[int | None] = mapped_column(
+        sa.ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
+    metric: Mapped[str] = mapped_column(sa.String(32))
+    mean: Mapped[float] = mapped_column(sa.Float, default=0.0)
+    variance: Mapped[float] = mapped_column(sa.Float, default=0.0)
+    samples: Mapped[int] = mapped_column(default=0)
+    window_end: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 class RecoveryCode(Base):
     """One-time recovery codes, stored as argon2id hashes only (shown to the user once)."""
 
@@ -303,6 +327,11 @@ class AuditEvent(Base):
     user_agent: Mapped[str] = mapped_column(sa.String(400), default="")
     request_id: Mapped[str] = mapped_column(sa.String(64), default="")
     details: Mapped[dict[str, Any]] = mapped_column(sa.JSON, default=dict)
+    # The chain covers the personal fields above through this salted digest; erasure
+    # deletes the salt (see portal/audit.py).
+    personal_digest: Mapped[str] = mapped_column(sa.String(64), default="", server_default="")
+    personal_salt: Mapped[str] = mapped_column(sa.String(32), default="", server_default="")
+    pseudonymized_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     prev_hash: Mapped[str] = mapped_column(sa.String(64))
     hash: Mapped[str] = mapped_column(sa.String(64))
 
@@ -317,6 +346,11 @@ class AuditHead(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     last_seq: Mapped[int] = mapped_column(sa.BigInteger, default=0)
     last_hash: Mapped[str] = mapped_column(sa.String(64))
+    # The head of the chain in its first format, when migration 0016 re-chained it; an
+    # empty problem means the old chain verified then.
+    legacy_seq: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default="0")
+    legacy_hash: Mapped[str] = mapped_column(sa.String(64), default="", server_default="")
+    legacy_problem: Mapped[str] = mapped_column(sa.String(200), default="", server_default="")
 
 
 class Protocol(enum.StrEnum):
@@ -557,8 +591,31 @@ class OAuthApp(Base):
     sector_identifier_uri: Mapped[str] = mapped_column(sa.String(500), default="")
     access_token_signed_response_alg: Mapped[str] = mapped_column(sa.String(16),
                                                                   default="RS256")
+    # Redirect URIs the sector identifier document stopped listing at its last periodic
+    # check (``trellis worker``): refused at the authorization endpoint until it lists
+    # them again or an operator removes them.
+    blocked_redirect_uris: Mapped[list[str]] = mapped_column(sa.JSON, default=list)
+    sector_checked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class OAuthPushedRequest(Base):
+    """A pushed authorization request (RFC 9126): the parameters an app sent to
+    ``/oauth/par`` with its credentials, found again by the ``request_uri`` it got back
+    (stored as its SHA-256). Used once: the code issued for it marks it."""
+
+    __tablename__ = "oauth_pushed_requests"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    handle_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    app_id: Mapped[int] = mapped_column(sa.ForeignKey("oauth_apps.id", ondelete="CASCADE"),
+                                        index=True)
+    params: Mapped[dict[str, Any]] = mapped_column(sa.JSON, default=dict)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    opened_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class OAuthCode(Base):

@@ -15,11 +15,15 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 from authlib.integrations.flask_oauth2 import AuthorizationServer
 from authlib.oauth2.rfc6749 import ClientMixin, grants
-from authlib.oauth2.rfc6749.errors import InvalidRequestError, InvalidScopeError
+from authlib.oauth2.rfc6749.errors import InvalidRequestError, InvalidScopeError, OAuth2Error
+from authlib.oauth2.rfc6749.hooks import hooked
 from authlib.oauth2.rfc7009 import RevocationEndpoint
 from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
 from authlib.oauth2.rfc7636 import CodeChallenge
@@ -31,6 +35,7 @@ from flask import Flask, current_app, g, request
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
+from sqlalchemy.orm import Session
 
 from portal.extensions import audit_context, db_session, services
 from portal.models import OAuthApp
@@ -76,7 +81,9 @@ class AppClient(ClientMixin):
         return " ".join(dict.fromkeys(asked))
 
     def check_redirect_uri(self, redirect_uri: str) -> bool:
-        return redirect_uri in self.app.redirect_uris
+        """Registered, and not blocked by the periodic sector identifier check."""
+        return redirect_uri in self.app.redirect_uris and \
+            redirect_uri not in (self.app.blocked_redirect_uris or ())
 
     def check_client_secret(self, client_secret: str) -> bool:
         return apps.check_secret(self.app, client_secret)
@@ -148,8 +155,11 @@ def verify(token: str, typ: str | None = None) -> dict[str, Any] | None:
     return dict(decoded.claims)
 
 
-def scope_claims(who: Principal, scope: set[str]) -> dict[str, Any]:
-    claims: dict[str, Any] = {}
+def scope_claims(who: Principal, scope: set[str], client_id: str = "") -> dict[str, Any]:
+    """Claims for the granted scopes, and the profile fields this app requires
+    (progressive profiling: portal/services/profiling.py)."""
+    claims: dict[str, Any] = profile_claims(who.user_id, client_id, scope,
+                                            who.org.slug if who.org else None)
     if "profile" in scope:
         claims["name"] = who.name or who.email
     if "email" in scope:
@@ -159,6 +169,21 @@ def scope_claims(who: Principal, scope: set[str]) -> dict[str, Any]:
     if "roles" in scope and who.org:
         claims["roles"] = list(who.roles)
     return claims
+
+
+def profile_claims(user_id: int, client_id: str, scope: set[str],
+                   org_slug: str | None) -> dict[str, Any]:
+    """The platform's fields and those of the organization the token is for."""
+    from flask import current_app
+
+    from portal.services import profiling
+    schema = profiling.schema_for(
+        current_app.extensions.get("trellis_profile_schema") or (),
+        current_app.extensions.get("trellis_org_profile_schemas") or {},
+        [org_slug] if org_slug else [])
+    if not client_id or not schema:
+        return {}
+    return profiling.claims(db_session(), schema, user_id, client_id, scope)
 
 
 def generate_token(grant_type: str, client: AppClient, user: Principal | None = None,
@@ -208,21 +233,50 @@ def _id_token(client: AppClient, who: Principal, scopes: set[str], access_token:
         "at_hash": create_half_hash(access_token, alg).decode()}
     if who.nonce:
         claims["nonce"] = who.nonce
-    claims.update(scope_claims(who, scopes))
+    claims.update(scope_claims(who, scopes, client.client_id))
     return sign(claims, alg=alg)
+
+
+@contextmanager
+def token_transaction() -> Iterator[None]:
+    """One transaction for a whole token request, opened when first needed: redeeming a
+    code, checking its user and storing the tokens commit once, after the response is
+    built and before it is sent. An exception rolls it all back (nothing was sent).
+
+    The key ring is loaded first: loading may write (the first keys) in a transaction of its
+    own, which must not wait for this one (SQLite has one writer at a time)."""
+    key_ring()
+    with ExitStack() as stack:
+        g.oauth_tx_stack = stack
+        try:
+            yield
+        finally:
+            g.pop("oauth_tx_stack", None)
+            g.pop("oauth_tx", None)
+
+
+def transaction() -> Session:
+    """The token request's transaction (see ``token_transaction``)."""
+    session = g.get("oauth_tx")
+    if session is None:
+        stack: ExitStack = g.oauth_tx_stack
+        session = g.oauth_tx = stack.enter_context(services().db.transaction())
+    return session
 
 
 def save_token(token: dict[str, Any], req) -> None:
     issued = g.pop("oauth_issued")
-    from datetime import UTC, datetime
-    with services().db.transaction() as session:
-        provider.save_token(
-            session, app_id=req.client.app.id,
-            refresh_seconds=req.client.app.refresh_token_seconds, jti=issued["jti"],
-            who=req.user,
-            grant_type=req.payload.grant_type or "", scope=token.get("scope", ""),
-            access_expires_at=datetime.fromtimestamp(issued["exp"], UTC),
-            refresh_token=token.get("refresh_token"))
+    values = dict(
+        app_id=req.client.app.id, refresh_seconds=req.client.app.refresh_token_seconds,
+        jti=issued["jti"], who=req.user, grant_type=req.payload.grant_type or "",
+        scope=token.get("scope", ""),
+        access_expires_at=datetime.fromtimestamp(issued["exp"], UTC),
+        refresh_token=token.get("refresh_token"))
+    if g.get("oauth_tx_stack") is not None:
+        provider.save_token(transaction(), **values)
+        return
+    with services().db.transaction() as session:  # outside the token endpoint
+        provider.save_token(session, **values)
 
 
 # --- grants -------------------------------------------------------------------------------
@@ -255,6 +309,9 @@ class CodeGrant(grants.AuthorizationCodeGrant):
     def save_authorization_code(self, code: str, req) -> None:
         who: Principal = req.user
         with services().db.transaction() as session:
+            pushed = g.get("pushed_request_id")
+            if pushed is not None and not provider.use_pushed_request(session, pushed):
+                raise InvalidRequestError("The pushed request was used already.")
             provider.save_code(session, req.client.app.id, who, code,
                                req.payload.redirect_uri, req.scope or "",
                                req.payload.data.get("nonce", ""),
@@ -263,14 +320,14 @@ class CodeGrant(grants.AuthorizationCodeGrant):
     def query_authorization_code(self, code: str, client: AppClient):
         if not isinstance(code, str) or len(code) > 200:
             return None
-        row = provider.consume_code(services().db, audit_context, code, client.app.id)
+        row = provider.consume_code(transaction(), audit_context, code, client.app.id)
         return CodeRecord(row) if row else None
 
     def delete_authorization_code(self, authorization_code) -> None:
         """Consumed already, when it was looked up."""
 
     def authenticate_user(self, authorization_code) -> Principal | None:
-        return provider.code_principal(db_session(), authorization_code.row)
+        return provider.code_principal(transaction(), authorization_code.row)
 
 
 class CodeRecord:
@@ -477,6 +534,22 @@ class TrellisAuthorizationServer(AuthorizationServer):
     def query_client_id(self, app_id: int) -> str:
         app = db_session().get(OAuthApp, app_id)
         return app.client_id if app else ""
+
+    @hooked
+    def create_authorization_response(self, request=None, grant_user=None, grant=None):
+        """Authlib's, without validating the request a second time: the authorization
+        view got ``grant`` from ``get_consent_grant``, which validated it (client, redirect
+        URI, scopes, PKCE) in this same request, and nothing changed since."""
+        if grant is None or not getattr(grant, "redirect_uri", None):
+            return super().create_authorization_response(request, grant_user, grant)
+        try:
+            args = grant.create_authorization_response(grant.redirect_uri, grant_user)
+            response = self.handle_response(*args)
+        except OAuth2Error as error:
+            error.state = grant.request.payload.state
+            response = self.handle_error_response(grant.request, error)
+        grant.execute_hook("after_authorization_response", response)
+        return response
 
 
 def init_app(app: Flask) -> TrellisAuthorizationServer:

@@ -97,14 +97,9 @@ def _header(raw: str) -> dict[str, Any]:
     return value
 
 
-def apply(claims: dict[str, Any]) -> None:
-    """Let the object's parameters replace the query's for the rest of this request (the
-    views and Authlib read ``request.args`` and ``request.values``). The original query,
-    with the signed object, is kept in ``g.signed_args`` for the sign-in round trip."""
-    req = request._get_current_object()
-    g.signed_args = req.args
-    merged: dict[str, list[str]] = {k: req.args.getlist(k) for k in req.args
-                                    if k != "request"}
+def as_params(claims: dict[str, Any]) -> dict[str, str]:
+    """The object's authorization parameters as the strings a query would carry."""
+    params: dict[str, str] = {}
     for key, value in claims.items():
         if key in JWT_CLAIMS or value is None:
             continue
@@ -114,6 +109,23 @@ def apply(claims: dict[str, Any]) -> None:
             text = "true" if value else "false"
         else:
             text = str(value)
+        params[key] = text
+    return params
+
+
+def apply(claims: dict[str, Any], keep_query: bool = True) -> None:
+    """Let the object's parameters replace the query's for the rest of this request (the
+    views and Authlib read ``request.args`` and ``request.values``). The original query,
+    with the signed object (or the pushed request's ``request_uri``), is kept in
+    ``g.signed_args`` for the sign-in round trip. A pushed request (``keep_query=False``)
+    uses its own parameters only (RFC 9126 section 4), plus the query's ``client_id``."""
+    req = request._get_current_object()
+    g.signed_args = req.args
+    if keep_query:
+        merged = {k: req.args.getlist(k) for k in req.args if k != "request"}
+    else:
+        merged = {"client_id": req.args.getlist("client_id")}
+    for key, text in as_params(claims).items():
         merged[key] = [text]
     args = ImmutableMultiDict([(k, v) for k, values in merged.items() for v in values])
     req.args = args
@@ -144,6 +156,7 @@ def reauthenticated_since_marker(auth_time: float) -> bool:
 
 def _object_digest() -> str:
     import hashlib
-    raw = (g.get("signed_args") or {}).get("request", "")
+    signed = g.get("signed_args") or {}
+    raw = signed.get("request") or signed.get("request_uri") or ""
     return hashlib.sha256(raw.encode()).hexdigest()
 

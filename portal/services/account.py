@@ -187,12 +187,13 @@ def open_email_change(session: Session, token: str) -> UserToken:
     return row
 
 
-def confirm_email_change(session: Session, ctx: audit.Context, token: str) -> tuple[User, int]:
+def confirm_email_change(session: Session, ctx: audit.Context, token: str,
+                         not_me=None) -> tuple[User, int]:
     """Use the link: the account's address becomes the new one, and the old address is told
     (so a hijacked session cannot move an account away silently). Returns the user and the
     notice's message id."""
     from portal.errors import Conflict
-    from portal.services import outbox
+    from portal.services import outbox, takeover
     from portal.services.credentials import InvalidToken, home_organization
     row = open_email_change(session, token)
     if session.execute(sa.update(UserToken).where(UserToken.id == row.id,
@@ -210,5 +211,7 @@ def confirm_email_change(session: Session, ctx: audit.Context, token: str) -> tu
     notice = outbox.enqueue(session, to=old, template="email_changed",
                             org=home_organization(session, user),
                             context={"new_email": row.email,
-                                     "when": utcnow().strftime("%Y-%m-%d %H:%M")})
+                                     "when": utcnow().strftime("%Y-%m-%d %H:%M"),
+                                     "not_me": takeover.not_me_link(session, user.id, "email",
+                                                                    not_me)})
     return user, notice.id

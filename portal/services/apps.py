@@ -162,6 +162,10 @@ def update(session: Session, ctx: audit.Context, client_id: str, changes: dict[s
             else:
                 diff[key] = "replaced"
             setattr(app, key, values[key])
+    if "redirect_uris" in diff and app.blocked_redirect_uris:
+        # The edit fetched the document afresh and it lists every redirect URI now.
+        diff["blocked_redirect_uris"] = [list(app.blocked_redirect_uris), []]
+        app.blocked_redirect_uris = []
     if diff:
         audit.record(session, ctx, "app.update", target=f"app:{app.client_id}", details=diff)
     return app
@@ -395,6 +399,16 @@ def _sector_uri(uri: str, allow_insecure_loopback: bool) -> str:
 def _check_sector_document(uri: str, redirect_uris: list[str]) -> None:
     """Fetch the document (timeouts, a size cap, no redirects): a JSON array of URLs that
     must hold every redirect URI of the app, so the sector's owner vouches for them."""
+    listed = _sector_document(uri)
+    missing = [u for u in redirect_uris if u not in listed]
+    if missing:
+        raise InvalidRequest("sector_identifier_uri", f"does not list the redirect URI "
+                                                      f"{missing[0]}")
+
+
+def _sector_document(uri: str) -> set[str]:
+    """The URLs the sector identifier document lists, or ``InvalidRequest`` saying why it
+    could not be read."""
     import json
 
     from federation import http
@@ -416,10 +430,70 @@ def _check_sector_document(uri: str, redirect_uris: list[str]) -> None:
         raise InvalidRequest("sector_identifier_uri", "is not a JSON array of URLs") from None
     if not isinstance(listed, list) or not all(isinstance(u, str) for u in listed):
         raise InvalidRequest("sector_identifier_uri", "is not a JSON array of URLs")
-    missing = [u for u in redirect_uris if u not in set(listed)]
-    if missing:
-        raise InvalidRequest("sector_identifier_uri", f"does not list the redirect URI "
-                                                      f"{missing[0]}")
+    return set(listed)
+
+
+@dataclass
+class SectorCheck:
+    """What one pass of ``recheck_sectors`` found, per app's client id."""
+
+    blocked: dict[str, list[str]] = field(default_factory=dict)
+    restored: dict[str, list[str]] = field(default_factory=dict)
+    unreadable: dict[str, str] = field(default_factory=dict)
+
+
+def recheck_sectors(db, ctx: audit.Context, hours: int, force: bool = False) -> SectorCheck:
+    """Fetch again the sector identifier document of every app whose last check is older
+    than ``hours`` (``trellis worker``). A redirect URI the document no longer lists is
+    blocked (the authorization endpoint refuses it) until the document lists it again; a
+    document that cannot be read changes nothing and is tried at the next pass. Each change
+    is audited in the transaction that makes it. The documents are fetched outside any
+    transaction (a slow sector must not hold database locks)."""
+    now = utcnow()
+    due_before = now - timedelta(hours=hours)
+    with db.sessions() as session:
+        query = sa.select(OAuthApp.id, OAuthApp.sector_identifier_uri).where(
+            OAuthApp.sector_identifier_uri != "")
+        if not force:
+            query = query.where(sa.or_(OAuthApp.sector_checked_at.is_(None),
+                                       OAuthApp.sector_checked_at < due_before))
+        due = session.execute(query.order_by(OAuthApp.id)).all()
+    found = SectorCheck()
+    for app_id, uri in due:
+        try:
+            listed: set[str] | None = _sector_document(uri)
+            problem = ""
+        except InvalidRequest as exc:
+            listed, problem = None, str(exc)
+        with db.transaction() as session:
+            app = session.get(OAuthApp, app_id)
+            if app is None or app.sector_identifier_uri != uri:
+                continue  # changed meanwhile: its edit checked the new document
+            app.sector_checked_at = utcnow()
+            if listed is None:
+                found.unreadable[app.client_id] = problem
+                audit.record(session, ctx, "app.sector_check", outcome="failure",
+                             target=f"app:{app.client_id}", reason="document_unreadable",
+                             details={"sector_identifier_uri": uri, "problem": problem})
+                continue
+            blocked = [u for u in app.redirect_uris if u not in listed]
+            before = list(app.blocked_redirect_uris or [])
+            if blocked == before:
+                continue
+            app.blocked_redirect_uris = blocked
+            newly = [u for u in blocked if u not in before]
+            back = [u for u in before if u not in blocked]
+            if newly:
+                found.blocked[app.client_id] = newly
+            if back:
+                found.restored[app.client_id] = back
+            audit.record(session, ctx, "app.sector_check",
+                         outcome="failure" if newly else "success",
+                         target=f"app:{app.client_id}",
+                         reason="redirect_uri_unlisted" if newly else "",
+                         details={"sector_identifier_uri": uri, "blocked": newly,
+                                  "restored": back})
+    return found
 
 
 def _unique(items) -> list[str]:

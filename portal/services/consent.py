@@ -22,6 +22,38 @@ from portal.db import utcnow
 from portal.models import ConsentRecord
 
 TERMS = "terms"
+PRIVACY = "privacy"
+DOCUMENTS = (TERMS, PRIVACY)
+
+
+@dataclass(frozen=True)
+class Document:
+    """A published, versioned text people accept (terms) or acknowledge (privacy notice);
+    the ledger records which version, so a new version can be asked for at sign-in."""
+
+    key: str
+    version: str
+    url: str
+    label: str
+
+
+def documents(config) -> tuple[Document, ...]:
+    return (Document(TERMS, config["TERMS_VERSION"], config["TERMS_URL"], "terms of use"),
+            Document(PRIVACY, config["PRIVACY_VERSION"], config["PRIVACY_URL"],
+                     "privacy notice"))
+
+
+def outdated(session: Session, user_id: int, docs: tuple[Document, ...]) -> list[Document]:
+    """The documents this person accepted in an older version than the current one. People
+    who never accepted a document (accounts made by an admin or a company sign-in) are not
+    asked: their organization's agreement covers them."""
+    latest = current(session, user_id)
+    found = []
+    for doc in docs:
+        row = latest.get(doc.key)
+        if row is not None and not (row.granted and row.document_version == doc.version):
+            found.append(doc)
+    return found
 
 
 def keyed_hash(key: str, value: str) -> str:
@@ -72,9 +104,9 @@ def load_purposes(path: str | Path) -> tuple[Purpose, ...]:
         if not isinstance(item, dict):
             raise ValueError(f"purpose {index + 1} is not a mapping")
         key = str(item.get("key", ""))
-        if not KEY.match(key) or key == TERMS or key in {p.key for p in found}:
+        if not KEY.match(key) or key in DOCUMENTS or key in {p.key for p in found}:
             raise ValueError(f"purpose {index + 1}: key {key!r} must be unique, lowercase "
-                             f"letters, digits or _, and not {TERMS!r}")
+                             f"letters, digits or _, and not {TERMS!r} or {PRIVACY!r}")
         label, version = str(item.get("label", "")).strip(), str(item.get("version", ""))
         if not label or not version or len(version) > 32:
             raise ValueError(f"purpose {key}: needs a label and a version (up to 32 "
@@ -133,7 +165,7 @@ def for_user(session: Session, user_id: int, org_slugs: frozenset[str],
                       .limit(1)) is None:
         return None
     latest = current(session, user_id)
-    keys = [TERMS, *[p.key for p in purposes]]
+    keys = [*DOCUMENTS, *[p.key for p in purposes]]
     keys += sorted(k for k in latest if k not in keys)  # purposes since removed from the file
     consents = []
     for key in keys:
@@ -165,9 +197,10 @@ def statistics(session: Session, purposes: tuple[Purpose, ...]) -> list[dict]:
         .group_by(ConsentRecord.purpose, ConsentRecord.granted)))
     records = dict(session.execute(sa.select(ConsentRecord.purpose, sa.func.count())
                                    .group_by(ConsentRecord.purpose)).all())
-    keys = [TERMS, *[p.key for p in purposes]]
+    keys = [*DOCUMENTS, *[p.key for p in purposes]]
     keys += sorted(k for k in records if k not in keys)
-    labels = {p.key: p.label for p in purposes} | {TERMS: "Terms of use"}
+    labels = {p.key: p.label for p in purposes} | {TERMS: "Terms of use",
+                                                    PRIVACY: "Privacy notice"}
     return [{"purpose": key, "label": labels.get(key, key),
              "granted": now.get((key, True), 0), "withdrawn": now.get((key, False), 0),
              "records": records.get(key, 0)} for key in keys]

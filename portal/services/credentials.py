@@ -113,7 +113,8 @@ def open_reset(session: Session, token: str) -> User:
 
 
 def reset(session: Session, ctx: audit.Context, passwords: Passwords, token: str,
-          password: str, confirm: str, *, sign_in_link: str, reset_page: str) -> User:
+          password: str, confirm: str, *, sign_in_link: str, reset_page: str,
+          not_me: Callable[[str], str] | None = None) -> User:
     """Set a new password through a link: the token is spent in the same transaction, and
     every session of the account ends (whoever held one, they no longer do)."""
     user = open_reset(session, token)
@@ -128,15 +129,18 @@ def reset(session: Session, ctx: audit.Context, passwords: Passwords, token: str
     ended = users.revoke_sessions(session, user.id)
     audit.record(session, ctx.acting_as(user.id, user.email), "password.reset",
                  target=f"user:{user.email}", details={"sessions_ended": ended})
-    _notify_changed(session, user, "reset", reset_page)
+    _notify_changed(session, user, "reset", reset_page, not_me)
     return user
 
 
 def change(db: Database, ctx: audit.Context, passwords: Passwords, throttle: LoginThrottle,
            user_id: int, current: str, password: str, confirm: str, *, session_token: str,
-           reset_page: str) -> int:
+           reset_page: str, recent_sign_in: bool = False,
+           not_me: Callable[[str], str] | None = None) -> int:
     """Change a password while signed in: the current one is required (wrong guesses count
-    toward the same lockout as sign-in), and every other session ends. Returns how many."""
+    toward the same lockout as sign-in) unless the person signed in within the last minutes
+    (``recent_sign_in``, decided by the caller from the session), and every other session
+    ends. Returns how many."""
     with db.sessions() as session:
         user = session.get(User, user_id)
         email = user.email
@@ -147,9 +151,10 @@ def change(db: Database, ctx: audit.Context, passwords: Passwords, throttle: Log
     throttle.check(email, ctx.ip)
     with db.transaction() as session:
         user = session.get(User, user_id)
-        if passwords.verify(user.password_hash, current):
+        if (recent_sign_in and not current) or passwords.verify(user.password_hash, current):
             _check_new(password, confirm, user)
-            throttle.record_success(email)
+            if not recent_sign_in or current:
+                throttle.record_success(email)
             user.password_hash = passwords.hash(password)
             ended = session.execute(
                 sa.update(AuthSession)
@@ -157,8 +162,9 @@ def change(db: Database, ctx: audit.Context, passwords: Passwords, throttle: Log
                        AuthSession.token_hash != digest(session_token or ""))
                 .values(revoked_at=utcnow())).rowcount or 0
             audit.record(session, ctx, "password.change", target=f"user:{email}",
-                         details={"other_sessions_ended": ended})
-            _notify_changed(session, user, "change", reset_page)
+                         details={"other_sessions_ended": ended,
+                                  "confirmed_by": "password" if current else "recent_sign_in"})
+            _notify_changed(session, user, "change", reset_page, not_me)
             return ended
     throttle.record_failure(email, ctx.ip)
     with db.transaction() as session:
@@ -173,11 +179,17 @@ def _check_new(password: str, confirm: str, user: User) -> None:
     check_new_password(password, user.email, user.display_name)
 
 
-def _notify_changed(session: Session, user: User, how: str, reset_page: str) -> None:
+def _notify_changed(session: Session, user: User, how: str, reset_page: str,
+                    not_me: Callable[[str], str] | None) -> None:
+    """The owner hears of every password change, with a link that locks the account if it
+    was not them (``not_me`` builds it from a token; see ``services.takeover``)."""
+    from portal.services import takeover
     outbox.enqueue(session, to=user.email, template="password_changed",
                    org=home_organization(session, user),
                    context={"how": how, "when": utcnow().strftime("%Y-%m-%d %H:%M"),
-                            "link": reset_page})
+                            "link": reset_page,
+                            "not_me": takeover.not_me_link(session, user.id, "password",
+                                                           not_me)})
 
 
 def home_organization(session: Session, user: User):

@@ -1,14 +1,22 @@
-"""The data protection rights served so far: a copy of everything held about a person.
+"""The data protection rights: a copy of everything held about a person, and erasure.
 
 ``export`` gathers every row about a user as plain JSON-ready data: profile, memberships and
 roles, identities at identity providers, sessions, consents, the mail sent to them, and the
 audit events they caused or that name them. Secrets (password hash, token hashes) are never
 included: they are not personal data the person can use, and would help an attacker.
+
+Erasure is asked by the person (``request_erasure``, confirmed by their password or a recent
+sign-in) or by an operator; it waits ``grace_days`` during which signing in or the account
+page cancels it, then ``erase`` (run by ``trellis worker``) removes the personal data and
+leaves a tombstone user row, so that foreign keys, the consent ledger's anonymous counts and
+the audit trail stay whole. Audit events keep a keyed hash (``audit.pseudonym``) instead of
+the email, and the chain still verifies (see portal/audit.py).
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -16,19 +24,32 @@ from sqlalchemy.orm import Session
 
 from portal import audit
 from portal.db import utcnow
-from portal.errors import NotFound
+from portal.errors import Conflict, NotFound, ValidationError
 from portal.models import (
     AuditEvent,
     AuthSession,
     Connection,
     ConsentRecord,
     FederatedIdentity,
+    Invitation,
+    KnownSignal,
     Membership,
+    MembershipStatus,
+    OAuthCode,
+    OAuthConsent,
+    OAuthDeviceCode,
+    OAuthToken,
     Organization,
     OutboxMessage,
     ProfileValue,
+    RecoveryCode,
+    Registration,
     RoleGrant,
+    TotpFactor,
     User,
+    UserStatus,
+    UserToken,
+    WebAuthnCredential,
 )
 
 
@@ -104,3 +125,167 @@ def _memberships(session: Session, user_id: int) -> list[dict[str, Any]]:
                 sa.select(Membership, Organization)
                 .join(Organization, Organization.id == Membership.organization_id)
                 .where(Membership.user_id == user_id).order_by(Organization.slug))]
+
+
+# -- erasure -------------------------------------------------------------------------------
+
+OWNER = "org_owner"
+ERASED_DOMAIN = "erased.invalid"
+
+
+def organizations_left_without_owner(session: Session, user_id: int) -> list[str]:
+    """Slugs of the organizations where this user is the only active owner: erasing them
+    would leave nobody able to administer it."""
+    mine = sa.select(RoleGrant.organization_id).where(RoleGrant.user_id == user_id,
+                                                      RoleGrant.role == OWNER)
+    owners = (sa.select(RoleGrant.organization_id,
+                        sa.func.count(sa.distinct(RoleGrant.user_id)).label("n"))
+              .join(Membership, sa.and_(Membership.user_id == RoleGrant.user_id,
+                                        Membership.organization_id == RoleGrant.organization_id))
+              .where(RoleGrant.role == OWNER, Membership.status == MembershipStatus.ACTIVE,
+                     RoleGrant.organization_id.in_(mine))
+              .group_by(RoleGrant.organization_id).subquery())
+    return list(session.scalars(
+        sa.select(Organization.slug)
+        .outerjoin(owners, owners.c.organization_id == Organization.id)
+        .where(Organization.id.in_(mine), sa.func.coalesce(owners.c.n, 0) <= 1)
+        .order_by(Organization.slug)))
+
+
+def _refuse_last_owner(session: Session, user_id: int) -> None:
+    orgs = organizations_left_without_owner(session, user_id)
+    if orgs:
+        raise Conflict(
+            f"You are the last owner of {', '.join(orgs)}. Make someone else an owner "
+            "(or ask an operator to) before the account can be deleted.", code="last_owner")
+
+
+def request_erasure(session: Session, ctx: audit.Context, user_id: int, *, grace_days: int,
+                    confirmed: bool, by_operator: bool = False) -> datetime:
+    """Schedule the erasure of the account after the grace period; returns when it happens.
+
+    ``confirmed`` is the caller's proof that the person re-authenticated (current password,
+    or a sign-in within the last minutes for people without one). Refused while the person
+    is the last owner of an organization."""
+    user = session.get(User, user_id)
+    if user is None or user.erased_at is not None:
+        raise NotFound("There is no such user.", code="unknown_user")
+    if not confirmed:
+        raise ValidationError("Confirm with your current password (or sign in again) to "
+                              "delete your account.", code="reauthentication_required")
+    _refuse_last_owner(session, user_id)
+    when = utcnow() + timedelta(days=grace_days)
+    user.erase_after = when
+    audit.record(session, ctx, "gdpr.erase_requested", target=f"user:{user.email}",
+                 details={"erase_after": _when(when), "grace_days": grace_days,
+                          "by_operator": by_operator})
+    return when
+
+
+def cancel_erasure(session: Session, ctx: audit.Context, user_id: int, *, how: str) -> bool:
+    """Call off a scheduled erasure (the person signed in, or pressed the button). Returns
+    whether there was one."""
+    user = session.get(User, user_id)
+    if user is None or user.erase_after is None or user.erased_at is not None:
+        return False
+    user.erase_after = None
+    audit.record(session, ctx, "gdpr.erase_cancelled", target=f"user:{user.email}",
+                 details={"how": how})
+    return True
+
+
+@dataclass
+class Erased:
+    user_id: int
+    pseudonym: str
+    removed: dict[str, int]
+    events_pseudonymized: int
+
+
+def erase(session: Session, ctx: audit.Context, user_id: int, *, key: str) -> Erased:
+    """Remove the person's personal data now, in the caller's transaction.
+
+    Left behind: a tombstone ``users`` row (id, status ``deleted``, a placeholder address),
+    the consent ledger's rows without their IP and browser hashes (the ledger stays
+    insert-only in meaning: who, purpose, version, when), and the audit events with the
+    email replaced by its keyed hash."""
+    user = session.get(User, user_id)
+    if user is None or user.erased_at is not None:
+        raise NotFound("There is no such user.", code="unknown_user")
+    _refuse_last_owner(session, user_id)
+    email = user.email
+    emails = {email} | set(session.scalars(
+        sa.select(UserToken.email).where(UserToken.user_id == user_id, UserToken.email != "")))
+    alias = audit.pseudonym(key, email)
+    removed: dict[str, int] = {}
+
+    def gone(name: str, statement) -> None:
+        removed[name] = session.execute(statement).rowcount or 0
+
+    # Consents still granted end with the account (a record per purpose, for apps syncing).
+    for purpose, row in _latest_consents(session, user_id).items():
+        if row.granted:
+            session.add(ConsentRecord(user_id=user_id, purpose=purpose,
+                                      document_version=row.document_version, granted=False,
+                                      method="erasure", recorded_at=utcnow()))
+    session.flush()
+    gone("consent_fingerprints", sa.update(ConsentRecord).where(
+        ConsentRecord.user_id == user_id).values(ip_hash="", user_agent_hash=""))
+    gone("profile_values", sa.delete(ProfileValue).where(ProfileValue.user_id == user_id))
+    gone("identities", sa.delete(FederatedIdentity).where(
+        FederatedIdentity.user_id == user_id))
+    gone("role_grants", sa.delete(RoleGrant).where(RoleGrant.user_id == user_id))
+    gone("memberships", sa.delete(Membership).where(Membership.user_id == user_id))
+    gone("app_tokens", sa.delete(OAuthToken).where(OAuthToken.user_id == user_id))
+    gone("app_codes", sa.delete(OAuthCode).where(OAuthCode.user_id == user_id))
+    gone("app_consents", sa.delete(OAuthConsent).where(OAuthConsent.user_id == user_id))
+    gone("device_codes", sa.delete(OAuthDeviceCode).where(OAuthDeviceCode.user_id == user_id))
+    gone("sessions", sa.delete(AuthSession).where(AuthSession.user_id == user_id))
+    for name, model in (("totp", TotpFactor), ("passkeys", WebAuthnCredential),
+                        ("known_signals", KnownSignal), ("recovery_codes", RecoveryCode),
+                        ("links", UserToken)):
+        gone(name, sa.delete(model).where(model.user_id == user_id))
+    gone("emails", sa.delete(OutboxMessage).where(OutboxMessage.to_address.in_(emails)))
+    gone("sign_ups", sa.delete(Registration).where(Registration.email.in_(emails)))
+    gone("invitations", sa.delete(Invitation).where(Invitation.email.in_(emails),
+                                                    Invitation.accepted_by_id.is_(None)))
+    session.execute(sa.update(Invitation).where(Invitation.accepted_by_id == user_id)
+                    .values(email=f"{alias.replace(':', '-')}@{ERASED_DOMAIN}"))
+    user.email = f"erased-{user.id}@{ERASED_DOMAIN}"
+    user.display_name = ""
+    user.password_hash = None
+    user.status = UserStatus.DELETED
+    user.is_operator = False
+    user.last_login_at = None
+    user.erase_after = None
+    user.erased_at = utcnow()
+    session.flush()
+    changed = audit.pseudonymize(session, key, user_id, sorted(emails))
+    audit.record(session, ctx, "gdpr.erase", target=f"user:{alias}",
+                 details={"user_id": user_id, "removed": removed,
+                          "events_pseudonymized": changed})
+    return Erased(user_id, alias, removed, changed)
+
+
+def _latest_consents(session: Session, user_id: int) -> dict[str, ConsentRecord]:
+    rows = session.scalars(sa.select(ConsentRecord).where(ConsentRecord.user_id == user_id)
+                           .order_by(ConsentRecord.recorded_at, ConsentRecord.id))
+    return {row.purpose: row for row in rows}
+
+
+def pseudonym_key(config) -> str:
+    """TRELLIS_AUDIT_PSEUDONYM_KEY, or a key derived from SECRET_KEY (never SECRET_KEY
+    itself: a pseudonym must not help anyone forge a session cookie)."""
+    import hashlib
+    import hmac
+    if config["AUDIT_PSEUDONYM_KEY"]:
+        return config["AUDIT_PSEUDONYM_KEY"]
+    return hmac.new(config["SECRET_KEY"].encode(), b"trellis audit pseudonyms",
+                    hashlib.sha256).hexdigest()
+
+
+def due_for_erasure(session: Session, now: datetime | None = None) -> list[int]:
+    """Users whose grace period is over."""
+    return list(session.scalars(sa.select(User.id).where(
+        User.erase_after.is_not(None), User.erase_after <= (now or utcnow()),
+        User.erased_at.is_(None)).order_by(User.id)))

@@ -441,13 +441,15 @@ CHANGES = {  # what the notification email says happened
 }
 
 
-def notify_change(tx: Session, user: User, change: str, link: str) -> None:
+def notify_change(tx: Session, user: User, change: str, link: str, not_me=None) -> None:
     """Tell the account's owner by email (through the outbox, in the same transaction as
-    the change): if it was not them, the link leads to their security page."""
-    from portal.services import outbox
+    the change): the link leads to their security page, and ``not_me`` (a link builder)
+    adds the one that locks the account if the change was not theirs."""
+    from portal.services import outbox, takeover
     outbox.enqueue(tx, to=user.email, template="mfa_changed", org=None,
                    context={"what": CHANGES[change], "link": link,
-                            "when": utcnow().strftime("%Y-%m-%d %H:%M")})
+                            "when": utcnow().strftime("%Y-%m-%d %H:%M"),
+                            "not_me": takeover.not_me_link(tx, user.id, "mfa", not_me)})
 
 
 def recent_risk(session: Session, organization_id: int, limit: int = 25) -> list[dict]:

@@ -39,7 +39,8 @@ log = logging.getLogger("trellis.mail")
 # Messages carrying a single-use link: once the mail server has taken one, its body is
 # removed from the outbox, so a copy of the database does not hold working links.
 SECRET_TEMPLATES = frozenset({"password_reset", "verify_email", "email_confirm",
-                              "invitation", "sso_link"})
+                              "invitation", "sso_link", "new_device", "password_changed",
+                              "mfa_changed", "email_changed"})
 REMOVED = "(Removed after delivery: this message carried a single-use link.)"
 FIRST_RETRY = timedelta(minutes=1)
 LONGEST_RETRY = timedelta(hours=6)
@@ -56,6 +57,8 @@ SUBJECTS = {
     "email_changed": "Your {site} email address was changed",
     "sso_link": "Link your company sign-in to your {site} account",
     "mfa_changed": "The sign-in protection of your {site} account changed",
+    "new_device": "New sign-in to your {site} account",
+    "anomaly": "Unusual sign-in activity at {site}",
 }
 
 

@@ -75,7 +75,7 @@ def registration_options(session: Session, rp: RelyingParty, user: User
                               code="too_many_passkeys")
     options = generate_registration_options(
         rp_id=rp.rp_id, rp_name=rp.name, user_name=user.email,
-        user_id=f"trellis-user-{user.id}".encode(),
+        user_id=user_handle(user.id),
         user_display_name=user.display_name or user.email,
         exclude_credentials=_descriptors(rows),
         authenticator_selection=AuthenticatorSelectionCriteria(
@@ -159,6 +159,74 @@ def use(tx: Session, rp: RelyingParty, user_id: int, credential: dict[str, Any] 
     if moved != 1:
         raise mfa.InvalidCode(detail="passkey_sign_count")
     return "hwk"
+
+
+# -- passwordless sign-in (discoverable credentials) ---------------------------------------
+
+def user_handle(user_id: int) -> bytes:
+    """The WebAuthn user handle of an account (set at registration, returned by the
+    authenticator with a discoverable credential)."""
+    return f"trellis-user-{user_id}".encode()
+
+
+def discoverable_options(rp: RelyingParty) -> tuple[str, bytes]:
+    """Options for ``navigator.credentials.get`` without naming an account: the
+    authenticator offers the passkeys it holds for the portal, and must verify the user
+    (PIN or biometrics), so the passkey alone is two factors."""
+    options = generate_authentication_options(
+        rp_id=rp.rp_id, allow_credentials=[],
+        user_verification=UserVerificationRequirement.REQUIRED)
+    return options_to_json(options), options.challenge
+
+
+def identify(tx: Session, rp: RelyingParty, credential: dict[str, Any] | str,
+             challenge: bytes) -> User:
+    """Check a passwordless assertion: the credential must be registered, its user handle
+    must name its account, the user must have been verified by the authenticator, and the
+    sign count must grow. Returns the account, or raises ``mfa.InvalidCode`` with the reason
+    in ``detail`` (``User.id`` of the account is in ``user_id`` when it was known)."""
+    data = json.loads(credential) if isinstance(credential, str) else credential
+    if not isinstance(data, dict):
+        raise mfa.InvalidCode(detail="passkey_invalid")
+    raw_id = str(data.get("rawId") or data.get("id") or "")[:512]
+    row = tx.scalar(sa.select(WebAuthnCredential)
+                    .where(WebAuthnCredential.credential_id == raw_id)) if raw_id else None
+    if row is None:
+        raise mfa.InvalidCode(detail="unknown_passkey")
+    handle = (data.get("response") or {}).get("userHandle")
+    try:
+        handle_ok = not handle or base64url_to_bytes(str(handle)) == user_handle(row.user_id)
+    except ValueError:
+        handle_ok = False
+    refused = None
+    if not handle_ok:
+        refused = "passkey_user_handle"
+    else:
+        try:
+            verified = verify_authentication_response(
+                credential=data, expected_challenge=challenge, expected_rp_id=rp.rp_id,
+                expected_origin=rp.origin,
+                credential_public_key=base64url_to_bytes(row.public_key),
+                credential_current_sign_count=row.sign_count, require_user_verification=True)
+        except (InvalidAuthenticationResponse, InvalidJSONStructure, KeyError, ValueError,
+                TypeError) as error:
+            text = str(error).lower()
+            refused = ("passkey_sign_count" if "sign count" in text else
+                       "passkey_origin" if "origin" in text else
+                       "passkey_user_verification" if "user verification" in text else
+                       "passkey_invalid")
+    if refused is None and tx.execute(
+            sa.update(WebAuthnCredential)
+            .where(WebAuthnCredential.id == row.id,
+                   WebAuthnCredential.sign_count == row.sign_count)
+            .values(sign_count=verified.new_sign_count, last_used_at=utcnow())
+            .execution_options(synchronize_session=False)).rowcount != 1:
+        refused = "passkey_sign_count"
+    if refused is not None:
+        error = mfa.InvalidCode(detail=refused)
+        error.user_id = row.user_id
+        raise error
+    return tx.get(User, row.user_id)
 
 
 def remove(tx: Session, ctx: audit.Context, user: User, credential_row_id: int) -> None:

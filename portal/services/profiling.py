@@ -1,7 +1,8 @@
 """Progressive profiling: a declarative schema of profile fields, asked for only when an app
 needs them, each value stored with when, where and why it was collected.
 
-The schema (a YAML file) says which apps or scopes need each field. ``missing`` answers, for
+The schema (a YAML file for the platform, and optionally one per organization whose fields
+apply to its members) says which apps or scopes need each field. ``missing`` answers, for
 an app about to be opened, exactly which fields to ask for; ``collect`` validates them all
 first (field-level messages, nothing stored when any fails) and then stores each with its
 provenance.
@@ -93,6 +94,40 @@ def load_schema(path: str | Path) -> tuple[Field, ...]:
     return tuple(fields)
 
 
+def load_org_schemas(folder: str | Path, platform: tuple[Field, ...]
+                     ) -> dict[str, tuple[Field, ...]]:
+    """Organizations' own fields: ``<slug>.yaml`` files in ``folder``, in the platform
+    schema's format. A key must be unique across the platform and every organization (one
+    stored value per person and key), else ValueError names both places."""
+    if not folder:
+        return {}
+    path = Path(folder)
+    if not path.is_dir():
+        raise ValueError(f"{folder} is not a folder")
+    owner = {f.key: "the platform schema" for f in platform}
+    found: dict[str, tuple[Field, ...]] = {}
+    for file in sorted(path.glob("*.yaml")):
+        slug = file.stem
+        if not re.match(r"^[a-z0-9][a-z0-9-]{0,62}$", slug):
+            raise ValueError(f"{file.name}: the file name must be an organization's slug")
+        fields = load_schema(file)
+        for field in fields:
+            if field.key in owner:
+                raise ValueError(f"{file.name}: field {field.key!r} is already defined in "
+                                 f"{owner[field.key]}; prefix it, e.g. {slug.replace('-', '_')}"
+                                 f"_{field.key}")
+            owner[field.key] = file.name
+        found[slug] = fields
+    return found
+
+
+def schema_for(platform: tuple[Field, ...], by_org: dict[str, tuple[Field, ...]],
+               slugs) -> tuple[Field, ...]:
+    """The platform's fields, then those of the given organizations."""
+    extra = [f for slug in slugs for f in by_org.get(slug, ())]
+    return platform + tuple(extra)
+
+
 def values(session: Session, user_id: int) -> dict[str, ProfileValue]:
     return {row.field: row for row in session.scalars(
         sa.select(ProfileValue).where(ProfileValue.user_id == user_id))}
@@ -105,6 +140,22 @@ def missing(session: Session, schema: tuple[Field, ...], user_id: int, client_id
     have = values(session, user_id)
     return [f for f in schema if f.needed_for(client_id, scopes) and f.key not in have
             and not (f.optional and f.key in skipped)]
+
+
+CLAIM = "profile_fields"
+
+
+def claims(session: Session, schema: tuple[Field, ...], user_id: int, client_id: str,
+           scopes: set[str]) -> dict[str, dict[str, str]]:
+    """What an app receives in its ID token and from userinfo: the values of exactly the
+    fields it (or a scope it was granted) requires, under one claim ``profile_fields``;
+    nothing when it requires none or the person gave none."""
+    needed = {f.key for f in schema if f.needed_for(client_id, scopes)}
+    if not needed:
+        return {}
+    have = session.execute(sa.select(ProfileValue.field, ProfileValue.value).where(
+        ProfileValue.user_id == user_id, ProfileValue.field.in_(sorted(needed)))).all()
+    return {CLAIM: dict(sorted(have))} if have else {}
 
 
 def collect(session: Session, ctx: audit.Context, schema: tuple[Field, ...], user_id: int,

@@ -27,6 +27,7 @@ from portal.models import (
     OAuthApp,
     OAuthCode,
     OAuthConsent,
+    OAuthPushedRequest,
     OAuthToken,
     Organization,
     OrgStatus,
@@ -92,16 +93,57 @@ class Principal:
 
 def eligible_orgs(session: Session, user_id: int, app: OAuthApp) -> list[OrgRef]:
     """The user's active organizations that the app is offered to."""
-    query = (sa.select(Organization.id, Organization.slug, Organization.name)
-             .join(Membership, Membership.organization_id == Organization.id)
-             .where(Membership.user_id == user_id,
-                    Membership.status == MembershipStatus.ACTIVE,
-                    Organization.status == OrgStatus.ACTIVE)
-             .order_by(Organization.name))
-    if "*" not in (app.organizations or []):  # "*": offered to every organization
-        query = query.where(Organization.slug.in_(app.organizations or []))
-    rows = session.execute(query).all()
-    return [OrgRef(*row) for row in rows]
+    return list(sign_in_facts(session, user_id, "", app).roles)
+
+
+@dataclass(frozen=True)
+class SignInFacts:
+    """What an authorization needs to know about the signed-in user, read at once: the
+    organizations the app is offered to (in name order) with the user's roles in each, and
+    whether the user's address is in a verified domain."""
+
+    roles: dict[OrgRef, tuple[str, ...]]
+    email_verified: bool
+
+    @property
+    def orgs(self) -> list[OrgRef]:
+        return list(self.roles)
+
+
+# One statement, built once (the compiled form is cached): the user's active organizations
+# left-joined to their role grants, with the verified-domain test as a scalar subquery.
+_FACTS = (
+    sa.select(Organization.id, Organization.slug, Organization.name, RoleGrant.role,
+              sa.exists().where(Domain.name == sa.bindparam("domain"),
+                                Domain.verified.is_(True)).label("verified"))
+    .join(Membership, Membership.organization_id == Organization.id)
+    .outerjoin(RoleGrant, sa.and_(RoleGrant.user_id == Membership.user_id,
+                                  RoleGrant.organization_id == Organization.id))
+    .where(Membership.user_id == sa.bindparam("user_id"),
+           Membership.status == MembershipStatus.ACTIVE,
+           Organization.status == OrgStatus.ACTIVE)
+    .order_by(Organization.name, Organization.id))
+
+
+def sign_in_facts(session: Session, user_id: int, email: str, app: OAuthApp
+                  ) -> SignInFacts:
+    """Organizations, roles and the verified-email flag in one query instead of three (the
+    authorization endpoint runs this at every app sign-in)."""
+    rows = session.execute(_FACTS, {"user_id": user_id,
+                                    "domain": email.rpartition("@")[2]}).all()
+    offered = app.organizations or []
+    every = "*" in offered  # "*": offered to every organization
+    roles: dict[OrgRef, set[str]] = {}
+    verified = False
+    for org_id, slug, name, role, domain_verified in rows:
+        verified = verified or bool(domain_verified)
+        if not every and slug not in offered:
+            continue
+        granted = roles.setdefault(OrgRef(org_id, slug, name), {"member"})
+        if role:
+            granted.add(role)
+    return SignInFacts({org: tuple(sorted(granted)) for org, granted in roles.items()},
+                       verified)
 
 
 def roles_in(session: Session, user_id: int, org_id: int) -> tuple[str, ...]:
@@ -121,12 +163,13 @@ def auth_session_id(session: Session, token_hash: str) -> int | None:
     return session.scalar(sa.select(AuthSession.id).where(AuthSession.token_hash == token_hash))
 
 
-def principal(session: Session, user: User, org: OrgRef | None, token_hash: str,
+def principal(user: User, facts: SignInFacts, org: OrgRef, token_hash: str,
               auth_time: datetime, acr: str, amr: tuple[str, ...],
               session_id: int | None) -> Principal:
+    """Who the code is for, from the facts read for this authorization (no query)."""
     return Principal(user_id=user.id, email=user.email, name=user.display_name,
-                     email_verified=email_verified(session, user.email), org=org,
-                     roles=roles_in(session, user.id, org.id) if org else (),
+                     email_verified=facts.email_verified, org=org,
+                     roles=facts.roles.get(org, ("member",)),
                      auth_session_id=session_id, sid=sid_for(token_hash),
                      auth_time=auth_time, acr=acr, amr=amr)
 
@@ -135,18 +178,30 @@ def still_allowed(session: Session, user_id: int, org_id: int | None,
                   auth_session_id: int | None = None, check_session: bool = False) -> bool:
     """A suspended user, a lost membership or a suspended organization stops tokens at once;
     with ``check_session``, so does signing out of the Trellis session they came from.
-    One query: this runs on every token request, introspection and userinfo call."""
+    One query, prebuilt: this runs on every token request, introspection and userinfo call."""
+    with_org, with_session = org_id is not None, bool(check_session and auth_session_id)
+    return session.execute(_ALLOWED[with_org, with_session], {
+        "user_id": user_id, "org_id": org_id, "session_id": auth_session_id}
+    ).first() is not None
+
+
+def _allowed_query(with_org: bool, with_session: bool) -> sa.Select:
+    user_id = sa.bindparam("user_id")
     query = sa.select(User.id).where(User.id == user_id, User.status == UserStatus.ACTIVE)
-    if org_id is not None:
+    if with_org:
         query = query.where(sa.exists().where(
-            Membership.user_id == user_id, Membership.organization_id == org_id,
+            Membership.user_id == user_id,
+            Membership.organization_id == sa.bindparam("org_id"),
             Membership.status == MembershipStatus.ACTIVE,
             Organization.id == Membership.organization_id,
             Organization.status == OrgStatus.ACTIVE))
-    if check_session and auth_session_id is not None:
-        query = query.where(sa.exists().where(AuthSession.id == auth_session_id,
+    if with_session:
+        query = query.where(sa.exists().where(AuthSession.id == sa.bindparam("session_id"),
                                               AuthSession.revoked_at.is_(None)))
-    return session.scalar(query) is not None
+    return query
+
+
+_ALLOWED = {(o, s): _allowed_query(o, s) for o in (False, True) for s in (False, True)}
 
 
 def refresh_principal(session: Session, token: OAuthToken) -> Principal | None:
@@ -209,32 +264,94 @@ def code_principal(session: Session, row: sa.Row) -> Principal | None:
                      nonce=row.nonce, code_id=row.id)
 
 
-def consume_code(db: Database, ctx: Callable[[], audit.Context], code: str, app_id: int
+_codes = OAuthCode.__table__
+_CONSUME_CODE = (sa.update(_codes)
+                 .where(_codes.c.code_hash == sa.bindparam("hash"),
+                        _codes.c.app_id == sa.bindparam("app"), _codes.c.used_at.is_(None))
+                 .values(used_at=sa.bindparam("now")).returning(*_codes.c))
+
+
+def consume_code(session: Session, ctx: Callable[[], audit.Context], code: str, app_id: int
                  ) -> sa.Row | None:
     """The code if this call is its first redemption by its own app, before it expired.
-    A second redemption revokes every token the first one issued."""
+    A second redemption revokes every token the first one issued.
+
+    Runs in the token request's one transaction (``session``), which goes on to store the
+    tokens: the UPDATE holds the code row's lock until they are committed, so a concurrent
+    second redemption waits, then finds the code used and revokes the stored tokens."""
     now = utcnow()
     code_hash = digest(code)
-    with db.transaction() as session:
-        codes = OAuthCode.__table__
-        row = session.execute(
-            sa.update(codes).where(codes.c.code_hash == code_hash, codes.c.app_id == app_id,
-                                   codes.c.used_at.is_(None))
-            .values(used_at=now).returning(*codes.c)).first()
-        if row is not None:  # a plain row: building an ORM object here costs more
-            return row if row.expires_at > now else None
-        row = session.scalar(sa.select(OAuthCode).where(OAuthCode.code_hash == code_hash))
-        if row is None or row.app_id != app_id:
-            return None  # unknown, or another app's code: it is not burnt by this attempt
-        # Mark first (this takes the code row's lock), so a winner still saving its tokens
-        # sees the mark and stores them revoked; then revoke what is saved.
-        session.execute(sa.update(OAuthCode).where(OAuthCode.id == row.id)
-                        .values(reused_at=now))
-        revoked = _revoke(session, OAuthToken.code_id == row.id)
-        audit.record(session, ctx(), "oauth.code_reuse", outcome="failure",
-                     target=f"code:{row.id}", reason="code_reused",
-                     details={"revoked_tokens": revoked})
+    row = session.execute(_CONSUME_CODE, {"hash": code_hash, "app": app_id, "now": now}
+                          ).first()
+    if row is not None:  # a plain row: building an ORM object here costs more
+        return row if row.expires_at > now else None
+    row = session.scalar(sa.select(OAuthCode).where(OAuthCode.code_hash == code_hash))
+    if row is None or row.app_id != app_id:
+        return None  # unknown, or another app's code: it is not burnt by this attempt
+    session.execute(sa.update(OAuthCode).where(OAuthCode.id == row.id).values(reused_at=now))
+    revoked = _revoke(session, OAuthToken.code_id == row.id)
+    audit.record(session, ctx(), "oauth.code_reuse", outcome="failure",
+                 target=f"code:{row.id}", reason="code_reused",
+                 details={"revoked_tokens": revoked})
+    return None
+
+
+# --- pushed authorization requests (RFC 9126) ---------------------------------------------
+
+PAR_PREFIX = "urn:ietf:params:oauth:request_uri:"
+PAR_SECONDS = 90  # the app must send the browser within this time (``expires_in``)
+# Once the browser has opened it, the request stays usable while the user signs in (at
+# their organization's identity provider, perhaps) and consents, until a code is issued.
+PAR_OPEN_SECONDS = 600
+INSERT_PUSHED = sa.insert(OAuthPushedRequest.__table__)
+
+
+@dataclass(frozen=True)
+class PushedRequest:
+    id: int
+    params: dict[str, str]
+
+
+def push_request(session: Session, app_id: int, params: dict[str, str]) -> str:
+    """Store an app's authorization request; returns the ``request_uri`` naming it (only
+    its digest is stored)."""
+    handle = secrets.token_urlsafe(32)
+    now = utcnow()
+    session.execute(INSERT_PUSHED, {
+        "handle_hash": digest(handle), "app_id": app_id, "params": params,
+        "expires_at": now + timedelta(seconds=PAR_SECONDS), "opened_at": None,
+        "used_at": None, "created_at": now})
+    if secrets.randbelow(64) == 0:  # the table only ever holds minutes of requests
+        session.execute(sa.delete(OAuthPushedRequest).where(
+            OAuthPushedRequest.expires_at < now - timedelta(hours=1)))
+    return PAR_PREFIX + handle
+
+
+def open_pushed_request(db: Database, request_uri: str, app_id: int) -> PushedRequest | None:
+    """The app's pushed request named by ``request_uri``, if it has not expired and no code
+    was issued for it yet. The first opening gives it ``PAR_OPEN_SECONDS`` more."""
+    if not isinstance(request_uri, str) or not request_uri.startswith(PAR_PREFIX) or \
+            len(request_uri) > 200:
         return None
+    now = utcnow()
+    with db.transaction() as session:
+        row = session.scalar(sa.select(OAuthPushedRequest).where(
+            OAuthPushedRequest.handle_hash == digest(request_uri[len(PAR_PREFIX):])))
+        if row is None or row.app_id != app_id or row.used_at is not None or \
+                row.expires_at <= now:
+            return None
+        if row.opened_at is None:
+            row.opened_at = now
+            row.expires_at = now + timedelta(seconds=PAR_OPEN_SECONDS)
+        return PushedRequest(row.id, dict(row.params or {}))
+
+
+def use_pushed_request(session: Session, pushed_id: int) -> bool:
+    """Mark the pushed request used (in the transaction that saves its code); False when
+    another code was issued for it first."""
+    return session.execute(sa.update(OAuthPushedRequest).where(
+        OAuthPushedRequest.id == pushed_id, OAuthPushedRequest.used_at.is_(None))
+        .values(used_at=utcnow())).rowcount == 1
 
 
 # --- tokens -------------------------------------------------------------------------------
@@ -246,14 +363,7 @@ def save_token(session: Session, *, app_id: int, refresh_seconds: int, jti: str,
                who: Principal | None, grant_type: str, scope: str,
                access_expires_at: datetime, refresh_token: str | None) -> None:
     now = utcnow()
-    revoked_at = None
-    if who is not None and who.code_id is not None:
-        # Locks the code row: either a second redemption already marked it (the new tokens
-        # are born revoked) or it waits for this transaction and revokes them itself.
-        reused = session.scalar(sa.select(OAuthCode.reused_at).where(
-            OAuthCode.id == who.code_id).with_for_update())
-        if reused is not None:
-            revoked_at = now
+    revoked_at = None  # a code's tokens: the code row is locked by this very transaction
     session.execute(INSERT_TOKEN, {
         "jti": jti, "app_id": app_id, "user_id": who.user_id if who else None,
         "organization_id": who.org.id if who and who.org else None,

@@ -93,12 +93,31 @@ def load(session: Session, box: SecretBox, now: datetime | None = None) -> KeyRi
             return None
         visible = [k for k in keys if k.state != KeyState.PREVIOUS
                    or not overlap_over(active, now)]
-        private_pem = box.open(active.sealed_private_key)["private_key"]
-        signing[alg] = _jwk(private_pem, alg, private=True)
-        public.append(_jwk(private_pem, alg, private=False))
-        public.extend(_jwk(_public_pem(k.certificate), alg, private=False)
-                      for k in visible if k.id != active.id)
+        signing[alg] = _imported(active, alg, private=True, box=box)
+        public.extend(_imported(k, alg, private=False, box=box) for k in visible)
     return KeyRing(signing, KeySet(public), time.monotonic())
+
+
+# Imported keys by (row id, certificate, private?): a key row's material never changes (a
+# rotation changes states only), so a worker's periodic reload decrypts and imports only
+# keys it has not seen, instead of ~90 ms of CPU every ``KeyCache.seconds``. The certificate
+# is part of the cache key so a reused row id (a database emptied and refilled) never hits.
+_IMPORTED: dict[tuple[int, str, bool], RSAKey | ECKey] = {}
+
+
+def _imported(row: SigningKey, alg: str, private: bool, box: SecretBox) -> RSAKey | ECKey:
+    cache_key = (row.id, row.certificate, private)
+    key = _IMPORTED.get(cache_key)
+    if key is None:
+        if private or row.state == KeyState.ACTIVE:
+            pem = box.open(row.sealed_private_key)["private_key"]
+        else:
+            pem = _public_pem(row.certificate)
+        key = _jwk(pem, alg, private=private)
+        if len(_IMPORTED) > 64:
+            _IMPORTED.clear()
+        _IMPORTED[cache_key] = key
+    return key
 
 
 def overlap_over(active: SigningKey, now: datetime) -> bool:

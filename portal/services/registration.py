@@ -182,9 +182,11 @@ def open_link(session: Session, token: str) -> Registration:
     return row
 
 
-def verify(session: Session, ctx: audit.Context, token: str, *, key: str) -> User:
+def verify(session: Session, ctx: audit.Context, token: str, *, key: str,
+           privacy_version: str | None = None) -> User:
     """Use the link: create the account (and its membership where the organization's
-    setting makes one), record the terms acceptance, spend the link."""
+    setting makes one), record the terms acceptance (and that the privacy notice in
+    ``privacy_version`` was shown, linked from the same form), spend the link."""
     pending = open_link(session, token)
     spent = session.execute(sa.update(Registration)
                             .where(Registration.id == pending.id,
@@ -217,6 +219,11 @@ def verify(session: Session, ctx: audit.Context, token: str, *, key: str) -> Use
                    version=pending.terms_version, granted=True, method="registration",
                    ip=pending.ip, user_agent=pending.user_agent, key=key,
                    when=pending.created_at)
+    if privacy_version:
+        consent.record(session, user_id=user.id, purpose=consent.PRIVACY,
+                       version=privacy_version, granted=True, method="registration",
+                       ip=pending.ip, user_agent=pending.user_agent, key=key,
+                       when=pending.created_at)
     return user
 
 

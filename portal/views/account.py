@@ -96,7 +96,8 @@ def reset_password(token: str):
                                   form.password.data, form.confirm.data,
                                   sign_in_link=url_for("auth.login", _external=True),
                                   reset_page=url_for("account.forgot_password",
-                                                     _external=True))
+                                                     _external=True),
+                                  not_me=not_me_link)
         except credentials.InvalidToken as exc:
             return render_template("account/link_invalid.html", message=exc.message,
                                    again=url_for("account.forgot_password")), 400
@@ -113,6 +114,84 @@ def reset_password(token: str):
                            error=error or "Enter the new password twice."), 400
 
 
+# -- "this wasn't me" ---------------------------------------------------------------------
+
+def not_me_link(token: str) -> str:
+    """The absolute address of a "this wasn't me" link, for the notices that carry one."""
+    return url_for("account.not_me", token=token, _external=True)
+
+
+def notify_new_device(tx, user, device_id: str, read) -> int | None:
+    """Called by sign-in completion (``views.auth._remember_device``) in its transaction,
+    before the device is remembered: a sign-in from a device the account has not used
+    before mails the owner (delivered once the response is done, so after the commit). A
+    failure here is logged and never breaks the sign-in. Returns the message id."""
+    from portal import useragent
+    from portal.services import takeover
+    try:
+        if not takeover.device_is_new(read, user.id, device_id):
+            return None
+        with tx.begin_nested():
+            message_id = takeover.notify_new_device(
+                tx, user, ip=request.remote_addr or "",
+                browser=useragent.describe(request.user_agent.string),
+                link_for=not_me_link)
+    except Exception:
+        current_app.logger.warning("new-device notice skipped", exc_info=True)
+        read.rollback()
+        return None
+    _deliver_after_commit([message_id])
+    return message_id
+
+
+def _deliver_after_commit(ids: list[int]) -> None:
+    """An attempt at delivery once the view returned (its transaction is committed by
+    then): at once under the test client, else after the response is sent."""
+    from flask import after_this_request
+    app = current_app._get_current_object()
+
+    @after_this_request
+    def deliver(response):
+        if app.testing and not app.config.get("MAIL_AFTER_RESPONSE"):
+            deliver_now(ids)
+        else:
+            def attempt() -> None:
+                with app.app_context():
+                    deliver_now(ids)
+            response.call_on_close(attempt)
+        return response
+
+
+@bp.route("/account/not-me/<token>", methods=["GET", "POST"])
+@public
+def not_me(token: str):
+    """From a notice email, in any browser: GET only shows what will happen (mail scanners
+    follow links), the button locks the account."""
+    from portal.services import takeover
+    g.no_store = True
+    if len(token) > MAX_TOKEN:
+        abort(404)
+    try:
+        _row, user = takeover.open_link(db_session(), token)
+    except takeover.LockLinkInvalid as exc:
+        _audit_bad_token("user.lock", token)
+        return render_template("account/link_invalid.html", message=exc.message,
+                               again=url_for("auth.login")), 400
+    use_branding(credentials.home_organization(db_session(), user))
+    form = PostForm()
+    if request.method in ("GET", "HEAD") or not form.validate_on_submit():
+        return render_template("account/not_me.html", form=form, email=user.email,
+                               done=False)
+    try:
+        with services().db.transaction() as tx:
+            takeover.lock(tx, audit_context(), token)
+    except takeover.LockLinkInvalid as exc:
+        return render_template("account/link_invalid.html", message=exc.message,
+                               again=url_for("auth.login")), 400
+    session.clear()  # if this browser was signed in to the account, it no longer is
+    return render_template("account/not_me.html", form=form, email=user.email, done=True)
+
+
 # -- changing the password while signed in -----------------------------------------------
 
 @bp.route("/account/password", methods=["GET", "POST"])
@@ -124,10 +203,12 @@ def change_password():
     managed_by = None
     if current_user.password_hash is None:
         managed_by = credentials.managing_provider(db_session(), current_user.id)
+    recent = recently_signed_in()
     if request.method in ("GET", "HEAD") or managed_by:
-        return render_template("account/change.html", form=form, managed_by=managed_by)
-    if not form.validate_on_submit():
-        return render_template("account/change.html", form=form,
+        return render_template("account/change.html", form=form, managed_by=managed_by,
+                               recent=recent)
+    if not form.validate_on_submit() or not (recent or form.current.data):
+        return render_template("account/change.html", form=form, recent=recent,
                                error="Fill in every field."), 400
     s = services()
     try:
@@ -135,18 +216,28 @@ def change_password():
             s.db, audit_context(), s.passwords, s.throttle, current_user.id,
             form.current.data, form.password.data, form.confirm.data,
             session_token=session.get("sid", ""),
-            reset_page=url_for("account.forgot_password", _external=True))
+            reset_page=url_for("account.forgot_password", _external=True),
+            recent_sign_in=recent, not_me=not_me_link)
     except TooManyAttempts as exc:
-        return render_template("account/change.html", form=form, error=exc.message), \
-            exc.status, exc.headers
+        return render_template("account/change.html", form=form, error=exc.message,
+                               recent=recent), exc.status, exc.headers
     except TrellisError as exc:
-        return render_template("account/change.html", form=form, error=exc.message), \
-            exc.status
+        return render_template("account/change.html", form=form, error=exc.message,
+                               recent=recent), exc.status
     _deliver_pending_for(current_user.email)
     flash("Your password was changed." + (f" {ended} other session"
                                           f"{'s were' if ended != 1 else ' was'} signed out."
                                           if ended else ""), "info")
     return redirect(url_for("account.change_password"))
+
+
+def recently_signed_in() -> bool:
+    """Whether this session's sign-in is recent enough to stand in for the password
+    (TRELLIS_RECENT_SIGN_IN_MINUTES)."""
+    import time
+    started = session.get("auth_time")
+    limit = current_app.config["RECENT_SIGN_IN_MINUTES"] * 60
+    return isinstance(started, int) and 0 <= time.time() - started <= limit
 
 
 # -- the account page --------------------------------------------------------------------
@@ -166,7 +257,9 @@ def index():
         granted={key for key, row in consents.items() if row.granted},
         consents=consents,
         sessions=account.sessions(read, current_user.id, session.get("sid", "")),
-        history=account.sign_in_history(read, current_user.email), form=PostForm())
+        history=account.sign_in_history(read, current_user.email), form=PostForm(),
+        erase_after=current_user.erase_after, recent=recently_signed_in(),
+        grace_days=current_app.config["ERASURE_GRACE_DAYS"])
 
 
 @bp.post("/account/profile")
@@ -268,7 +361,8 @@ def confirm_email(token: str):
         return render_template("account/confirm_email.html", form=form, email=pending.email)
     try:
         with services().db.transaction() as tx:
-            _user, notice_id = account.confirm_email_change(tx, audit_context(), token)
+            _user, notice_id = account.confirm_email_change(tx, audit_context(), token,
+                                                                not_me_link)
     except credentials.InvalidToken as exc:
         return render_template("account/link_invalid.html", message=exc.message,
                                again=url_for("account.index")), 400
@@ -300,10 +394,92 @@ def export():
                     headers={"Content-Disposition": 'attachment; filename="my-trellis-data.json"'})
 
 
+# -- deleting the account ----------------------------------------------------------------
+
+@bp.post("/account/delete")
+@signed_in
+def request_deletion():
+    """Schedule the erasure of the account after the grace period. Confirmed by the current
+    password, or for people who sign in elsewhere (no password here) by a recent sign-in."""
+    from portal import audit
+    from portal.services import gdpr
+    form = PostForm()
+    if not form.validate_on_submit():
+        abort(400)
+    s, ctx = services(), audit_context()
+    email = current_user.email
+    if current_user.password_hash is not None:
+        s.throttle.check(email, ctx.ip)
+        confirmed = s.passwords.verify(current_user.password_hash,
+                                       request.form.get("password", "")[:1024])
+        problem = "Your current password is not correct."
+    else:
+        confirmed = recently_signed_in()
+        problem = (f"Sign out and sign in again, then delete the account within "
+                   f"{current_app.config['RECENT_SIGN_IN_MINUTES']} minutes.")
+    if not confirmed:
+        if current_user.password_hash is not None:
+            s.throttle.record_failure(email, ctx.ip)
+        with s.db.transaction() as tx:
+            audit.record(tx, ctx, "gdpr.erase_requested", outcome="failure",
+                         target=f"user:{email}", reason="not_confirmed")
+        flash(problem, "error")
+        return redirect(url_for("account.index") + "#delete")
+    try:
+        with s.db.transaction() as tx:
+            when = gdpr.request_erasure(tx, ctx, current_user.id, confirmed=True,
+                                        grace_days=current_app.config["ERASURE_GRACE_DAYS"])
+    except TrellisError as exc:
+        if exc.status >= 500:
+            raise
+        flash(exc.message, "error")
+        return redirect(url_for("account.index") + "#delete")
+    flash(f"Your account will be deleted on {when.strftime('%Y-%m-%d %H:%M')} UTC. Until "
+          "then you can cancel on this page, and signing in cancels it too.", "info")
+    return redirect(url_for("account.index"))
+
+
+@bp.post("/account/delete/cancel")
+@signed_in
+def cancel_deletion():
+    from portal.services import gdpr
+    with services().db.transaction() as tx:
+        cancelled = gdpr.cancel_erasure(tx, audit_context(), current_user.id,
+                                        how="account_page")
+    flash("The deletion of your account is cancelled." if cancelled else
+          "Your account was not scheduled for deletion.", "info")
+    return redirect(url_for("account.index"))
+
+
+def after_sign_in(user) -> None:
+    """Called by every sign-in once the session exists: a sign-in during the grace period
+    cancels a scheduled deletion (the person is evidently still using the account)."""
+    if getattr(user, "erase_after", None) is None:
+        return
+    from portal.services import gdpr
+    with services().db.transaction() as tx:
+        cancelled = gdpr.cancel_erasure(tx, audit_context(), user.id, how="sign_in")
+    if cancelled:
+        user.erase_after = None
+        flash("You signed in, so the deletion of your account is cancelled. You can ask for "
+              "it again on your account page.", "info")
+
+
 # -- progressive profiling ---------------------------------------------------------------
 
-def _schema():
-    return current_app.extensions["trellis_profile_schema"]
+def _schema(only_orgs: list[str] | None = None):
+    """The platform's fields and those of the signed-in person's organizations (all their
+    active ones, or those among ``only_orgs``, e.g. the organizations an app is offered
+    to; ``["*"]`` means all)."""
+    from portal.services import profiling, users
+    platform = current_app.extensions["trellis_profile_schema"]
+    by_org = current_app.extensions.get("trellis_org_profile_schemas") or {}
+    if not by_org:
+        return platform
+    slugs = users.active_organization_slugs(db_session(), current_user.id)
+    if only_orgs is not None and "*" not in only_orgs:
+        slugs = [slug for slug in slugs if slug in only_orgs]
+    return profiling.schema_for(platform, by_org, slugs)
 
 
 def _profile_values(read):
@@ -317,13 +493,15 @@ def profile_fields_needed():
     from portal.models import OAuthApp
     from portal.services import profiling
     client_id = request.args.get("client_id", "")[:100]
-    if not client_id or not _schema():
+    if not client_id or not (current_app.extensions["trellis_profile_schema"] or
+                             current_app.extensions.get("trellis_org_profile_schemas")):
         return None
     app_row = db_session().scalar(sa.select(OAuthApp).where(OAuthApp.client_id == client_id))
     if app_row is None:
         return None  # the authorization endpoint explains the error itself
     scopes = set(request.args.get("scope", "").split())
-    fields = profiling.missing(db_session(), _schema(), current_user.id, client_id, scopes,
+    schema = _schema(list(app_row.organizations or []))
+    fields = profiling.missing(db_session(), schema, current_user.id, client_id, scopes,
                                set(session.get("profile_skipped", [])))
     if not fields:
         return None
@@ -375,18 +553,23 @@ def complete_profile():
     return page, 400 if errors else 200
 
 
-# -- new terms of use --------------------------------------------------------------------
+# -- new versions of the terms and the privacy notice -------------------------------------
 
-# Pages reachable while new terms wait for an answer (the answer itself, signing out, and
-# what pages need to render).
+# Pages reachable while a new document waits for an answer (the answer itself, signing out,
+# and what pages need to render).
 TERMS_EXEMPT = {"account.terms", "auth.logout", "static", "branding.stylesheet",
                 "health.healthz", "health.readyz"}
 
 
+def _documents_key(docs) -> str:
+    return ";".join(f"{d.key}={d.version}" for d in docs)
+
+
 @bp.before_app_request
 def ask_for_new_terms():
-    """Someone who accepted an older version of the terms is asked to accept the current
-    one before going on (checked once per session and version)."""
+    """Someone who accepted an older version of the terms (or acknowledged an older privacy
+    notice) is asked about the current one before going on (checked once per session and
+    set of versions)."""
     if request.method != "GET" or request.endpoint in TERMS_EXEMPT or \
             request.path.startswith("/api/") or not current_user.is_authenticated:
         return None
@@ -394,13 +577,13 @@ def ask_for_new_terms():
         asked = profile_fields_needed()
         if asked is not None:
             return asked
-    version = current_app.config["TERMS_VERSION"]
-    if session.get("terms_version") == version:
-        return None
     from portal.services import consent
-    latest = consent.current(db_session(), current_user.id).get(consent.TERMS)
-    if latest is None or (latest.granted and latest.document_version == version):
-        session["terms_version"] = version  # nothing to ask (never asked, or up to date)
+    docs = consent.documents(current_app.config)
+    versions = _documents_key(docs)
+    if session.get("documents_checked") == versions:
+        return None
+    if not consent.outdated(db_session(), current_user.id, docs):
+        session["documents_checked"] = versions  # nothing to ask (never asked, or current)
         return None
     return redirect(url_for("account.terms", next=request.full_path.rstrip("?")))
 
@@ -408,30 +591,38 @@ def ask_for_new_terms():
 @bp.route("/account/terms", methods=["GET", "POST"])
 @signed_in
 def terms():
+    """The interstitial: the documents that changed since the person last accepted them,
+    each recorded in the consent ledger with its version."""
+    from portal import audit
     from portal.security import safe_next
     from portal.services import consent
     config = current_app.config
+    docs = consent.documents(config)
     next_url = safe_next(request.values.get("next"), url_for("home.index"))
+    changed = consent.outdated(db_session(), current_user.id, docs)
     form = PostForm()
+
+    def page(error: str | None = None):
+        return render_template("account/terms.html", form=form, next=next_url,
+                               documents=changed, error=error)
+
     if request.method == "POST" and form.validate_on_submit():
         if request.form.get("accept") != "yes":
-            return render_template("account/terms.html", form=form, next=next_url,
-                                   terms_url=config["TERMS_URL"], version=config[
-                                       "TERMS_VERSION"],
-                                   error="Accept the terms to go on, or sign out."), 400
+            return page("Accept the new version to go on, or sign out."), 400
         ctx = audit_context()
         with services().db.transaction() as tx:
-            consent.record(tx, user_id=current_user.id, purpose=consent.TERMS,
-                           version=config["TERMS_VERSION"], granted=True,
-                           method="sign_in_prompt", ip=ctx.ip, user_agent=ctx.user_agent,
-                           key=config["SECRET_KEY"])
-            from portal import audit
-            audit.record(tx, ctx, "consent.terms", target=f"user:{current_user.email}",
-                         details={"version": config["TERMS_VERSION"]})
-        session["terms_version"] = config["TERMS_VERSION"]
+            for doc in changed:
+                consent.record(tx, user_id=current_user.id, purpose=doc.key,
+                               version=doc.version, granted=True, method="sign_in_prompt",
+                               ip=ctx.ip, user_agent=ctx.user_agent, key=config["SECRET_KEY"])
+                audit.record(tx, ctx, f"consent.{doc.key}",
+                             target=f"user:{current_user.email}",
+                             details={"version": doc.version})
+        session["documents_checked"] = _documents_key(docs)
         return redirect(next_url)
-    return render_template("account/terms.html", form=form, next=next_url,
-                           terms_url=config["TERMS_URL"], version=config["TERMS_VERSION"])
+    if not changed:
+        return redirect(next_url)
+    return page()
 
 
 # -- registration ------------------------------------------------------------------------
@@ -492,7 +683,9 @@ def _register_page(org):
 def _register_form(form, org, error: str | None = None):
     return render_template("account/register.html", form=form, org=org, error=error,
                            terms_url=current_app.config["TERMS_URL"],
-                           terms_version=current_app.config["TERMS_VERSION"])
+                           terms_version=current_app.config["TERMS_VERSION"],
+                           privacy_url=current_app.config["PRIVACY_URL"],
+                           privacy_version=current_app.config["PRIVACY_VERSION"])
 
 
 @bp.route("/register/verify/<token>", methods=["GET", "POST"])
@@ -518,7 +711,8 @@ def verify_email(token: str):
     try:
         with services().db.transaction() as tx:
             registration.verify(tx, audit_context(), token,
-                                 key=current_app.config["SECRET_KEY"])
+                                 key=current_app.config["SECRET_KEY"],
+                                 privacy_version=current_app.config["PRIVACY_VERSION"])
     except registration.InvalidLink as exc:
         return render_template("account/link_invalid.html", message=exc.message,
                                again=url_for("account.register")), 400

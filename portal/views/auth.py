@@ -23,6 +23,7 @@ from flask_login import current_user, login_user
 
 from federation import discovery
 from federation.errors import FederationError
+from portal import useragent
 from portal.errors import NotFound, TooManyAttempts, TrellisError
 from portal.extensions import audit_context, db_session, login_manager, services
 from portal.forms import LoginForm
@@ -40,7 +41,34 @@ login_manager.session_protection = None  # we rotate and revoke server-side sess
 
 @login_manager.user_loader
 def load_user(user_id: str):
-    return auth.load_session_user(db_session(), session.get("sid"), user_id)
+    user = auth.load_session_user(db_session(), session.get("sid"), user_id)
+    if user is not None and not same_browser(user):
+        return None
+    return user
+
+
+def same_browser(user) -> bool:
+    """Sessions are bound to the browser family they began in (``session["ua"]``, set by
+    ``begin_session``): the cookie used from another browser or system ends the session,
+    audited. A session from before the binding is bound at its first use."""
+    seen = useragent.family(request.user_agent.string)
+    bound = session.get("ua")
+    if bound is None:
+        session["ua"] = seen
+        return True
+    if bound == seen:
+        return True
+    from portal import audit
+    ctx = audit.Context(actor_id=user.id, actor=user.email, ip=request.remote_addr or "",
+                        user_agent=request.headers.get("User-Agent", "")[:400],
+                        request_id=g.get("request_id", ""))  # current_user is not known yet
+    with services().db.transaction() as tx:
+        auth.end_session(tx, session.get("sid"))
+        audit.record(tx, ctx, "auth.session_end",
+                     outcome="failure", target=f"user:{user.email}",
+                     reason="user_agent_changed", details={"bound": bound, "seen": seen})
+    session.clear()
+    return False
 
 
 @login_manager.unauthorized_handler
@@ -287,6 +315,7 @@ def begin_session(user, token: str, assurance: int = 1, amr: tuple[str, ...] = (
     session["assurance"] = assurance
     session["auth_time"] = int(time.time())
     session["amr"] = list(amr)
+    session["ua"] = useragent.family(request.user_agent.string)  # the session's browser
     login_user(user)
     if not known:
         try:
@@ -294,6 +323,8 @@ def begin_session(user, token: str, assurance: int = 1, amr: tuple[str, ...] = (
                 _remember_device(tx, user, frozenset())
         except Exception:
             current_app.logger.warning("could not remember the device", exc_info=True)
+    from portal.views.account import after_sign_in
+    after_sign_in(user)  # a scheduled account deletion is cancelled by signing in
 
 
 DEVICE_COOKIE = "trellis_device"
@@ -359,6 +390,8 @@ def note_password(password: str | None) -> None:
 def _remember_device(tx, user, fresh: frozenset[str]) -> None:
     """A completed sign-in makes this device, network, hour and place known for the user."""
     from portal import risk
+    from portal.views.account import notify_new_device
+    notify_new_device(tx, user, device_id(), db_session())
     place = g.get("risk_place")
     if place is None and "place" not in fresh:  # completed at the code step: locate again
         place = risk.place_of(current_app.config["GEOIP_DATABASE"], request.remote_addr)

@@ -234,7 +234,8 @@ def totp_setup():
 
 
 def _notify(tx, user: User, change: str) -> None:
-    mfa.notify_change(tx, user, change, url_for("mfa.security", _external=True))
+    from portal.views.account import not_me_link
+    mfa.notify_change(tx, user, change, url_for("mfa.security", _external=True), not_me_link)
 
 
 def _recently_signed_in() -> bool:
@@ -434,3 +435,65 @@ def passkey_verify():
         return jsonify(redirect=response.location)
     _stepped_up(method)
     return jsonify(redirect=safe_next(str(body.get("next") or "")))
+
+
+# ---- passwordless sign-in with a passkey (discoverable credentials)
+
+
+@bp.post("/login/passkey/discover/options")
+@public
+def passwordless_options():
+    """Options for a sign-in that names no account: the browser offers the passkeys it holds
+    for the portal."""
+    options, challenge = passkeys.discoverable_options(relying_party())
+    _keep_challenge("passwordless", 0, challenge)
+    return current_app.response_class(options, mimetype="application/json")
+
+
+@bp.post("/login/passkey/discover")
+@public
+def passwordless_sign_in():
+    """Sign in with a passkey alone. The assertion must come with user verification (PIN or
+    biometrics on the authenticator), so it counts as two factors; the sign-in then ends in
+    the same completion as every other (risk assessment, device, session binding, notices),
+    with the second factor satisfied. Wrong assertions count toward the throttle per
+    credential and per client IP, and every outcome is audited."""
+    from portal import audit
+    from portal.db import utcnow
+    from portal.models import UserStatus
+    from portal.views.auth import finish_sign_in, session_opener
+    body = _json_body()
+    challenge = _take_challenge("passwordless", 0)
+    s, ctx, rp = services(), audit_context(), relying_party()
+    credential = body.get("credential") or {}
+    raw_id = str(credential.get("rawId") or "")[:64] if isinstance(credential, dict) else ""
+    key = f"passkey:{raw_id}"
+    s.throttle.check(key, ctx.ip)
+    user, token, reason = None, None, ""
+    try:
+        with s.db.transaction() as tx:
+            user = passkeys.identify(tx, rp, credential, challenge)
+            if user.status != UserStatus.ACTIVE:
+                reason = f"user_{user.status.value}"
+            else:
+                user.last_login_at = utcnow()
+                token = session_opener(("hwk",), idp_mfa=True)(tx, user, [{
+                    "action": "auth.login", "target": f"user:{user.email}",
+                    "details": {"method": "passkey"}}])
+                reason = "risk_denied" if token is None else ""
+    except mfa.InvalidCode as refused:
+        reason = refused.detail or "passkey_invalid"
+        user = db_session().get(User, getattr(refused, "user_id", None)) \
+            if getattr(refused, "user_id", None) else None
+    if token is None and reason != "risk_denied":
+        s.throttle.record_failure(key, ctx.ip)
+        with s.db.transaction() as tx:
+            audit.record(tx, ctx, "auth.login", outcome="failure",
+                         target=f"user:{user.email}" if user is not None else "",
+                         reason=reason, details={"method": "passkey"})
+        raise TrellisError("That passkey could not sign you in. Try again, or sign in with "
+                           "your email.", code="passkey_refused", status=401)
+    s.throttle.record_success(key)
+    response = finish_sign_in(user, token, amr=("hwk",),
+                              next_url=safe_next(str(body.get("next") or "")), idp_mfa=True)
+    return jsonify(redirect=response.location)

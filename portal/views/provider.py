@@ -26,6 +26,7 @@ from flask import (
     url_for,
 )
 from flask_login import current_user, logout_user
+from werkzeug.datastructures import CombinedMultiDict, ImmutableMultiDict
 
 from portal import audit, oauth, request_objects
 from portal.errors import TrellisError
@@ -83,6 +84,8 @@ def discovery():
         "request_parameter_supported": True,
         "request_object_signing_alg_values_supported": list(request_objects.ALGORITHMS),
         "request_uri_parameter_supported": False,
+        "pushed_authorization_request_endpoint": base + "/oauth/par",
+        "require_pushed_authorization_requests": False,
         "authorization_response_iss_parameter_supported": True,
         "backchannel_logout_supported": True,
         "backchannel_logout_session_supported": True,
@@ -104,7 +107,12 @@ def jwks():
 @bp.route("/oauth/authorize", methods=["GET", "POST"])
 @public
 def authorize():
-    if "request" in request.args:
+    if request.method == "POST":
+        if "client_id" in request.form:
+            _posted_request()  # an app's authorization request sent as a form
+        else:
+            csrf.protect()  # the consent form
+    if "request" in request.args or "request_uri" in request.args:
         refused = _use_request_object()
         if refused is not None:
             return refused
@@ -148,7 +156,9 @@ def authorize():
                               "This sign-in cannot reach the authentication level the app "
                               "requires.", state)
 
-    orgs = provider.eligible_orgs(db_session(), current_user.id, client.app)
+    facts = provider.sign_in_facts(db_session(), current_user.id, current_user.email,
+                                   client.app)
+    orgs = facts.orgs
     wanted = request.values.get("org")
     if wanted:
         orgs = [o for o in orgs if o.slug == wanted]
@@ -162,20 +172,47 @@ def authorize():
                                                          client.app.id, scopes))
     choose = len(orgs) > 1 and ("select_account" in prompts or not wanted)
 
-    if request.method == "POST":
-        return _decide(grant, client, orgs, scopes, redirect_uri, state)
+    if request.method == "POST" and not g.get("posted_request"):
+        return _decide(grant, client, facts, orgs, scopes, redirect_uri, state)
     if "none" in prompts and (needs_consent or choose):
         return _to_client(redirect_uri, "consent_required" if needs_consent
                           else "account_selection_required", "The user must decide.", state)
     if needs_consent or choose:
         return _consent_page(client, orgs, scopes)
-    return _issue_code(grant, orgs[0])
+    return _issue_code(grant, facts, orgs[0])
+
+
+def _posted_request() -> None:
+    """OpenID Connect Core 3.1.2.1: the authorization request may come as a form POST (a
+    request object too long for a URL, typically). Its fields become the query, exactly as
+    if the browser had sent them with GET; the consent form and the sign-in round trip then
+    carry them in the URL (``_here``). No CSRF token: an app's page sends it, and it changes
+    nothing until the user decides."""
+    req = request._get_current_object()
+    if request.args:
+        raise TrellisError("The app's sign-in request is not valid.",
+                           code="oauth_invalid_request", status=400,
+                           detail="send the parameters either in the query or in the body")
+    args = ImmutableMultiDict(list(req.form.items(multi=True)))
+    req.args, req.form = args, ImmutableMultiDict()
+    req.values = CombinedMultiDict([args])
+    g.posted_request = True
+
+
+def _here() -> str:
+    """This authorization request's URL (the consent form's action, the step-up's way
+    back): the query it came with, or the fields of a POSTed request."""
+    if not g.get("posted_request"):
+        return request.full_path
+    original = g.get("signed_args") or request.args
+    return url_for("provider.authorize") + "?" + urlencode(
+        list(original.items(multi=True)))
 
 
 def _use_request_object():
-    """Check the app's signed request object and let its parameters replace the query's.
-    A refusal goes to the app only when the query's redirect URI is registered; otherwise
-    it is shown here."""
+    """Check the app's signed request object, or find its pushed request (RFC 9126), and
+    let its parameters replace the query's. A refusal goes to the app only when the query's
+    redirect URI is registered; otherwise it is shown here."""
     client_id = request.args.get("client_id")
     client = oauth.query_client(client_id) if isinstance(client_id, str) else None
     if client is None:
@@ -184,8 +221,10 @@ def _use_request_object():
                            detail="client_id must be in the query as well")
     try:
         if "request_uri" in request.args:
-            raise request_objects.Refused("request_uri", "request and request_uri are "
-                                          "mutually exclusive.", error="invalid_request")
+            if "request" in request.args:
+                raise request_objects.Refused("request_uri", "request and request_uri are "
+                                              "mutually exclusive.", error="invalid_request")
+            return _use_pushed_request(client)
         claims = request_objects.decode(request.args["request"], client.client_id,
                                         client.app.jwks, oauth.issuer(),
                                         request.args.get("response_type"))
@@ -202,8 +241,26 @@ def _use_request_object():
     return None
 
 
-def _decide(grant, client, orgs, scopes, redirect_uri, state):
-    """The consent form was sent (CSRFProtect has checked its token)."""
+def _use_pushed_request(client: oauth.AppClient):
+    """Only ``request_uri`` values Trellis handed out at ``/oauth/par`` are accepted; a
+    URL to fetch a request object from is not (``request_uri_not_supported``)."""
+    uri = request.args["request_uri"]
+    if not uri.startswith(provider.PAR_PREFIX):
+        raise request_objects.Refused("request_uri", "Only request_uri values from the "
+                                      "pushed authorization request endpoint are accepted.",
+                                      error="request_uri_not_supported")
+    pushed = provider.open_pushed_request(services().db, uri, client.app.id)
+    if pushed is None:
+        raise request_objects.Refused("request_uri_unknown", "The request_uri is unknown, "
+                                      "expired or already used.",
+                                      error="invalid_request_uri")
+    g.pushed_request_id = pushed.id
+    request_objects.apply(pushed.params, keep_query=False)
+    return None
+
+
+def _decide(grant, client, facts, orgs, scopes, redirect_uri, state):
+    """The consent form was sent (``authorize`` has checked its CSRF token)."""
     if request.form.get("decision") != "allow":
         _audit_denied(client, "user_denied")
         return _to_client(redirect_uri, "access_denied", "The user declined.", state)
@@ -216,10 +273,10 @@ def _decide(grant, client, orgs, scopes, redirect_uri, state):
         with services().db.transaction() as tx:
             provider.remember_consent(tx, audit_context(), current_user.id, client.app,
                                       scopes)
-    return _issue_code(grant, org)
+    return _issue_code(grant, facts, org)
 
 
-def _issue_code(grant, org: provider.OrgRef):
+def _issue_code(grant, facts: provider.SignInFacts, org: provider.OrgRef):
     token_hash = provider.digest(session.get("sid", ""))
     # The Trellis session's row id, looked up once per session (a new sign-in clears it).
     session_id = session.get("auth_session_id")
@@ -227,7 +284,7 @@ def _issue_code(grant, org: provider.OrgRef):
         session_id = session["auth_session_id"] = provider.auth_session_id(db_session(),
                                                                            token_hash)
     who = provider.principal(
-        db_session(), current_user, org, token_hash,
+        current_user, facts, org, token_hash,
         auth_time=_auth_time(), acr=f"{ACR_PREFIX}{_level()}",
         amr=tuple(session.get("amr") or ("pwd",)), session_id=session_id)
     return oauth.server().create_authorization_response(grant_user=who, grant=grant)
@@ -298,11 +355,11 @@ def _step_up_url() -> str | None:
     request is then answered truthfully."""
     if not _can_step_up():
         return None
-    marker = provider.digest(request.full_path)
+    marker = provider.digest(_here())
     if session.get("step_up_tried") == marker:
         return None
     session["step_up_tried"] = marker
-    return url_for(STEP_UP_ENDPOINT, next=request.full_path)
+    return url_for(STEP_UP_ENDPOINT, next=_here())
 
 
 def _auth_time():
@@ -361,15 +418,15 @@ def _send_to_login(prompts: set[str], force: bool):
 
 
 def _check_extra_parameters() -> None:
-    """``request_uri`` is not supported (OpenID Connect Core 6: say so, do not ignore);
-    ``request`` objects were applied before this runs."""
+    """``request`` objects and pushed requests were applied before this runs; one that is
+    still here came in a way that was not checked (a pushed request holding another)."""
     from authlib.oauth2.rfc6749.errors import InvalidRequestError
-    if "request" in request.values:  # a POST body's request object: never checked
-        error = InvalidRequestError("Send the request object in the query.")
+    if "request" in request.values:
+        error = InvalidRequestError("The request object was not checked.")
         error.error = "invalid_request_object"
         raise error
     if "request_uri" in request.values:
-        error = InvalidRequestError("request_uri is not supported.")
+        error = InvalidRequestError("request_uri is not supported here.")
         error.error = "request_uri_not_supported"
         raise error
     prompts = set(request.values.get("prompt", "").split())
@@ -410,7 +467,7 @@ def _consent_page(client, orgs, scopes, error: str | None = None, status: int = 
     use_branding(brand)
     shown = [(name, text) for name, text in apps.SCOPES.items() if name in scopes]
     return render_template("provider/consent.html", app=client.app, orgs=orgs, scopes=shown,
-                           error=error, action=request.full_path), status
+                           error=error, action=_here()), status
 
 
 # --- token endpoints ----------------------------------------------------------------------
@@ -420,7 +477,76 @@ def _consent_page(client, orgs, scopes, error: str | None = None, status: int = 
 def token():
     if request.args:
         return _oauth_error("invalid_request", "Send parameters in the body, not the URL.")
-    return oauth.server().create_token_response()
+    with oauth.token_transaction():
+        return oauth.server().create_token_response()
+
+
+PAR_MAX_BYTES = 32 * 1024
+CLIENT_AUTH_FIELDS = {"client_id", "client_secret", "client_assertion",
+                      "client_assertion_type"}
+
+
+@bp.post("/oauth/par")
+@public
+def par():
+    """Pushed authorization requests (RFC 9126): the app's backend sends the authorization
+    request with its credentials and gets a short-lived ``request_uri`` for the browser. The
+    request is checked here as far as it can be without the user (client, redirect URI,
+    response type, scopes, PKCE, a request object's signature); the rest at the
+    authorization endpoint, as for any request."""
+    if request.args:
+        return _oauth_error("invalid_request", "Send parameters in the body, not the URL.")
+    if (request.content_length or 0) > PAR_MAX_BYTES:
+        return _oauth_error("invalid_request", "The pushed request is too large.", 413)
+    server = oauth.server()
+    req = server.create_oauth2_request(request)
+    try:
+        client: oauth.AppClient = server.authenticate_client(req, oauth.ALL_METHODS, "par")
+    except OAuth2Error as error:
+        response = _oauth_error(error.error, error.description or "", error.status_code)
+        if error.status_code == 401:
+            response.headers["WWW-Authenticate"] = "Basic"
+        return response
+    if "request_uri" in request.form:
+        return _oauth_error("invalid_request", "A pushed request may not hold request_uri.")
+    params = {k: v for k, v in request.form.items() if k not in CLIENT_AUTH_FIELDS}
+    if "request" in params:
+        try:
+            claims = request_objects.decode(params["request"], client.client_id,
+                                            client.app.jwks, oauth.issuer(),
+                                            params.get("response_type"))
+        except request_objects.Refused as refused:
+            _audit_denied(client, f"request_object_{refused.check}")
+            return _oauth_error(refused.error, refused.message)
+        params = request_objects.as_params(claims)
+    problem = _pushed_problem(client, params)
+    if problem:
+        return _oauth_error(*problem)
+    params["client_id"] = client.client_id
+    with services().db.transaction() as tx:
+        request_uri = provider.push_request(tx, client.app.id, params)
+    response = jsonify(request_uri=request_uri, expires_in=provider.PAR_SECONDS)
+    response.status_code = 201
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _pushed_problem(client: oauth.AppClient, params: dict[str, str]
+                    ) -> tuple[str, str] | None:
+    """What the authorization endpoint would refuse without the user, as (error,
+    description); None when the request may be stored."""
+    if params.get("client_id", client.client_id) != client.client_id:
+        return "invalid_request", "client_id differs from the authenticated app."
+    if not client.check_redirect_uri(params.get("redirect_uri", "")):
+        return "invalid_request", "redirect_uri is missing or not registered for this app."
+    if not client.check_response_type(params.get("response_type", "")):
+        return "unsupported_response_type", "Only response_type=code is supported."
+    if client.get_allowed_scope(params.get("scope")) is None:
+        return "invalid_scope", "A scope is not allowed for this app."
+    if not params.get("code_challenge") or params.get("code_challenge_method") != "S256":
+        return "invalid_request", "PKCE is required: send code_challenge with " \
+                                  "code_challenge_method=S256."
+    return None
 
 
 @bp.post("/oauth/introspect")
@@ -441,8 +567,8 @@ def device_authorization():
     return oauth.server().create_endpoint_response("device_authorization")
 
 
-for _view in (token, introspect, revoke, device_authorization):
-    csrf.exempt(_view)
+for _view in (token, par, introspect, revoke, device_authorization, authorize):
+    csrf.exempt(_view)  # authorize checks the consent form's token itself
 
 
 def _oauth_error(error: str, description: str, status: int = 400):
@@ -472,7 +598,7 @@ def userinfo():
     app = db_session().get(OAuthAppModel, row.app_id)
     claims: dict[str, Any] = {"sub": provider.subject_for(app, row.user_id)}
     if who:
-        claims.update(oauth.scope_claims(who, scopes))
+        claims.update(oauth.scope_claims(who, scopes, app.client_id))
     return jsonify(claims)
 
 

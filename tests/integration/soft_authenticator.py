@@ -48,7 +48,7 @@ class SoftAuthenticator:
                 "clientExtensionResults": {}}
 
     def get(self, options: dict, *, origin: str | None = None, count: int | None = None,
-            bad_signature: bool = False) -> dict:
+            bad_signature: bool = False, user_verified: bool = True) -> dict:
         """The answer to ``navigator.credentials.get``; the keywords make it lie."""
         if count is None:
             self.count += 1
@@ -56,7 +56,8 @@ class SoftAuthenticator:
         client_data = json.dumps({"type": "webauthn.get", "challenge": options["challenge"],
                                   "origin": origin or self.origin,
                                   "crossOrigin": False}).encode()
-        auth_data = self._rp_hash() + bytes([0x05]) + struct.pack(">I", count)
+        flags = 0x05 if user_verified else 0x01  # user present, and verified (PIN, biometrics)
+        auth_data = self._rp_hash() + bytes([flags]) + struct.pack(">I", count)
         signature = self.key.sign(auth_data + hashlib.sha256(client_data).digest(),
                                   ec.ECDSA(hashes.SHA256()))
         if bad_signature:

@@ -68,7 +68,10 @@ def test_inserted_event_is_caught_even_with_a_recomputed_hash(chain, tx):
         forged = AuditEvent(seq=4, occurred_at=third.occurred_at, actor="cli:mallory",
                             action="test.event", target="thing:forged", outcome="success",
                             details={}, prev_hash=third.hash, reason="", ip="",
-                            user_agent="", request_id="")
+                            user_agent="", request_id="", personal_salt="ab" * 16)
+        forged.personal_digest = audit.personal_digest(
+            forged.personal_salt, {name: getattr(forged, name) for name in
+                                   audit.PERSONAL_FIELDS})
         forged.hash = audit.event_hash(forged, third.hash)
         session.add(forged)
     result = verify(tx)
@@ -97,6 +100,72 @@ def test_export_formats(chain, tx):
     assert csv_text.splitlines()[0].startswith("seq,occurred_at,actor_id,actor,")
     assert len(csv_text.splitlines()) == 6
     assert future == []
+
+
+# -- personal data and the chain (format 2) ------------------------------------------------
+
+KEY = "k" * 32
+
+
+@pytest.fixture
+def about_alice(tx):
+    alice = audit.Context(actor_id=7, actor="alice@example.test", ip="192.0.2.7",
+                          user_agent="Firefox")
+    with tx() as session:
+        audit.record(session, alice, "auth.login", target="user:alice@example.test")
+        audit.record(session, CLI_CTX, "member.invite", target="org:acme",
+                     details={"email": "alice@example.test", "role": "member"})
+        audit.record(session, CLI_CTX, "test.event", target="user:bob@example.test")
+        audit.record(session, alice, "user.update", target="user:alice@example.test",
+                     reason="asked by alice@example.test")
+
+
+def test_pseudonymizing_a_person_keeps_the_chain_valid(about_alice, tx):
+    with tx() as session:
+        changed = audit.pseudonymize(session, KEY, 7, ["alice@example.test"])
+    assert changed == 3
+    assert verify(tx).ok and verify(tx).checked == 4
+    alias = audit.pseudonym(KEY, "alice@example.test")
+    with tx() as session:
+        rows = session.scalars(sa.select(AuditEvent).order_by(AuditEvent.seq)).all()
+        text = json.dumps([[r.actor, r.target, r.reason, r.ip, r.user_agent, r.details]
+                           for r in rows])
+        assert "alice@example.test" not in text and "192.0.2.7" not in text
+        assert rows[0].actor == alias and rows[0].target == f"user:{alias}"
+        assert rows[1].details == {"email": alias, "role": "member"}
+        assert rows[2].target == "user:bob@example.test" and rows[2].personal_salt
+        assert rows[3].reason == f"asked by {alias}"
+
+
+def test_pseudonyms_are_keyed_and_stable():
+    one = audit.pseudonym(KEY, "alice@example.test")
+    assert one == audit.pseudonym(KEY, "alice@example.test")
+    assert one != audit.pseudonym("other-key" * 4, "alice@example.test")
+    assert one.startswith("erased:") and "alice" not in one
+
+
+def test_edits_of_personal_fields_are_caught_before_pseudonymization(about_alice, tx):
+    with tx() as session:
+        session.execute(sa.update(AuditEvent).where(AuditEvent.seq == 1)
+                        .values(ip="198.51.100.1"))
+    result = verify(tx)
+    assert not result.ok and result.seq == 1 and "altered" in result.problem
+
+
+def test_a_salt_removed_without_pseudonymization_is_caught(about_alice, tx):
+    with tx() as session:
+        session.execute(sa.update(AuditEvent).where(AuditEvent.seq == 2)
+                        .values(personal_salt=""))
+    assert verify(tx).seq == 2
+
+
+def test_non_personal_fields_stay_protected_after_pseudonymization(about_alice, tx):
+    with tx() as session:
+        audit.pseudonymize(session, KEY, 7, ["alice@example.test"])
+        session.execute(sa.update(AuditEvent).where(AuditEvent.seq == 1)
+                        .values(outcome="failure"))
+    result = verify(tx)
+    assert not result.ok and result.seq == 1
 
 
 def test_events_of_a_rolled_back_savepoint_leave_no_gap(tx):

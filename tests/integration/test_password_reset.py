@@ -202,11 +202,36 @@ def test_change_requires_the_current_password_and_ends_other_sessions(
     assert "1 other session was signed out" in page
     assert client.get("/").status_code == 200  # this session stays
     assert other.get("/").status_code == 302  # the other one ended
-    [mail] = smtp_server.wait_for("alice@acme.test")
+    mails = smtp_server.wait_for("alice@acme.test", 2)  # the second browser was new too
+    [mail] = [m for m in mails if "password" in m["Subject"]]
     assert "was changed" in mail["Subject"]
     with services_of(app).db.sessions() as session:
         assert session.scalar(sa.select(sa.func.count()).select_from(AuthSession)
                               .where(AuthSession.revoked_at.is_(None))) == 1
+
+
+def test_a_recent_sign_in_stands_in_for_the_current_password(app, client, make_user):
+    import time
+    make_user("alice@acme.test")
+    sign_in(client, "alice@acme.test")
+    page = client.get("/account/password").get_data(as_text=True)
+    assert "your current password is not needed" in page and 'name="current"' not in page
+    token = csrf_token(client, "/account/password")
+    done = client.post("/account/password", data={"password": NEW, "confirm": NEW,
+                                                  "csrf_token": token})
+    assert done.status_code == 302
+    [event] = audit_events(app, "password.change")
+    assert event.outcome == "success" and event.details["confirmed_by"] == "recent_sign_in"
+    # Past TRELLIS_RECENT_SIGN_IN_MINUTES the current password is asked again.
+    with client.session_transaction() as browser:
+        browser["auth_time"] = int(time.time()) - 11 * 60
+    page = client.get("/account/password").get_data(as_text=True)
+    assert 'name="current"' in page
+    token = csrf_token(client, "/account/password")
+    refused = client.post("/account/password", data={"password": PASSWORD,
+                                                     "confirm": PASSWORD, "csrf_token": token})
+    assert refused.status_code == 400 and len(audit_events(app, "password.change")) == 1
+    assert sign_in(app.test_client(), "alice@acme.test", NEW).status_code == 302
 
 
 def test_wrong_current_passwords_lock_like_sign_in(app, client, make_user):

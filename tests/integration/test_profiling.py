@@ -132,3 +132,101 @@ def test_details_are_shown_and_edited_on_the_account_page(app, client, member):
     assert "Buyer" in page and "via account_page" in page
     export = client.get("/account/export").get_json()
     assert {f["field"] for f in export["profile_fields"]} == {"job_title", "phone", "country"}
+
+
+def _jwt_claims(token: str) -> dict:
+    import base64
+    import json
+    payload = token.split(".")[1]
+    return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+
+
+def test_apps_receive_exactly_the_fields_they_require_in_tokens_and_userinfo(
+        app, op, tmp_path):
+    from portal.models import User
+    from portal.services import profiling
+    from tests.integration.provider_helpers import full_login
+    delivery = register(app, name="Delivery Planner")
+    other = register(app, name="Supplier Portal")
+    schema = tmp_path / "schema.yaml"
+    schema.write_text(SCHEMA.replace("APP", delivery.client_id))
+    app.extensions["trellis_profile_schema"] = profiling.load_schema(schema)
+    with services_of(app).db.transaction() as session:
+        alice = session.scalar(sa.select(User).where(User.email == "alice@acme.test"))
+        for field, value in (("phone", "+49 30 1234567"), ("country", "Germany"),
+                             ("job_title", "Buyer")):
+            session.add(ProfileValue(user_id=alice.id, field=field, value=value,
+                                     collected_via="account_page", purpose="test"))
+    client, token, _, _ = full_login(op, delivery, scope="openid email")
+    expected = {"phone": "+49 30 1234567", "country": "Germany"}  # not job_title
+    assert _jwt_claims(token["id_token"])["profile_fields"] == expected
+    assert client.get(op + "/oauth/userinfo").json()["profile_fields"] == expected
+    # The profile scope requires the job title; an app needing nothing gets nothing.
+    client, token, _, _ = full_login(op, other, scope="openid profile")
+    assert _jwt_claims(token["id_token"])["profile_fields"] == {"job_title": "Buyer"}
+    client, token, _, _ = full_login(op, other, scope="openid email")
+    assert "profile_fields" not in _jwt_claims(token["id_token"])
+    assert "profile_fields" not in client.get(op + "/oauth/userinfo").json()
+    # An organization's own field goes to apps opened for that organization.
+    app.extensions["trellis_org_profile_schemas"] = {"acme": profiling.load_schema(
+        _org_schema(tmp_path, other.client_id))}
+    with services_of(app).db.transaction() as session:
+        session.add(ProfileValue(user_id=alice.id, field="acme_cost_center", value="CC-42",
+                                 collected_via="account_page", purpose="test"))
+    client, token, _, _ = full_login(op, other, scope="openid org")
+    assert _jwt_claims(token["id_token"])["profile_fields"] == {"acme_cost_center": "CC-42"}
+
+
+def _org_schema(tmp_path, client_id):
+    path = tmp_path / "acme.yaml"
+    path.write_text(ORG_SCHEMA.replace("APP", client_id))
+    return path
+
+
+ORG_SCHEMA = """
+fields:
+  - {key: acme_cost_center, label: Cost center, type: text, required_by: ["app:APP"],
+     purpose: Acme bills deliveries to it.}
+"""
+
+
+def test_an_organizations_own_fields_are_asked_of_its_members_only(
+        app, settings, tmp_path, make_org, make_user):
+    make_org("acme", "Acme Supplies")
+    make_org("globex", "Globex")
+    make_user("alice@acme.test", org="acme")
+    make_user("bob@globex.test", org="globex")
+    planner = register(app, name="Delivery Planner", organizations=["acme", "globex"])
+    folder = tmp_path / "orgs"
+    folder.mkdir()
+    (folder / "acme.yaml").write_text(ORG_SCHEMA.replace("APP", planner.client_id))
+    from portal import create_app
+    app = create_app({**settings, "ORG_PROFILE_SCHEMAS": str(folder)})
+    try:
+        alice = app.test_client()
+        sign_in(alice, "alice@acme.test")
+        asked = _authorize(alice, planner.client_id, "openid")
+        assert asked.headers["Location"].startswith("/account/profile/complete?")
+        page = alice.get(asked.headers["Location"]).get_data(as_text=True)
+        assert 'name="acme_cost_center"' in page and "Acme bills deliveries" in page
+        assert "Cost center" in alice.get("/account/").get_data(as_text=True)
+        bob = app.test_client()
+        sign_in(bob, "bob@globex.test")
+        opened = _authorize(bob, planner.client_id, "openid")
+        assert not opened.headers.get("Location", "").startswith("/account/profile/")
+        assert "Cost center" not in bob.get("/account/").get_data(as_text=True)
+    finally:
+        services_of(app).db.dispose()
+
+
+def test_a_key_defined_twice_stops_the_start(settings, tmp_path):
+    from portal import create_app
+    from portal.config import ConfigError
+    folder = tmp_path / "orgs"
+    folder.mkdir()
+    (folder / "acme.yaml").write_text(
+        "fields:\n  - {key: job_title, label: Title, type: text, purpose: x}\n")
+    with pytest.raises(ConfigError) as stopped:
+        create_app({**settings, "ORG_PROFILE_SCHEMAS": str(folder)})
+    assert str(stopped.value).startswith("TRELLIS_ORG_PROFILE_SCHEMAS: acme.yaml: field "
+                                         "'job_title' is already defined in the platform")

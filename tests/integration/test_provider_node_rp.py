@@ -88,3 +88,25 @@ def test_openid_client_sends_a_signed_request_object(app, op):
     assert finished["ok"], finished
     assert finished["claims"]["org"]["slug"] == "acme"
     assert finished["claims"]["nonce"] == started["nonce"]
+
+
+def test_openid_client_pushes_its_authorization_request(app, op):
+    """openid-client's own PAR support (buildAuthorizationUrlWithPAR): it finds the endpoint
+    in discovery, pushes with its client secret, and sends the browser with the reference."""
+    registered = register(app)
+    rp = NodeRelyingParty(op, registered.client_id, registered.secret)
+    started = rp.run("start_par", redirect_uri=REDIRECT, scope="openid org roles")
+    assert started["ok"], started
+    query = parse_qs(urlsplit(started["url"]).query)
+    assert set(query) == {"client_id", "request_uri"}
+    browser = browser_login(op, "alice@acme.test")
+    callback = consent(op, browser, browser.get(started["url"], allow_redirects=False))
+    finished = rp.run("finish", callback=callback.headers["Location"],
+                      verifier=started["verifier"], state=started["state"],
+                      nonce=started["nonce"])
+    assert finished["ok"], finished
+    assert finished["claims"]["nonce"] == started["nonce"]
+    assert finished["claims"]["org"]["slug"] == "acme"
+    # The pushed request is spent: the same URL does not give a second code.
+    again = browser.get(started["url"], allow_redirects=False)
+    assert again.status_code == 400 and "Location" not in again.headers

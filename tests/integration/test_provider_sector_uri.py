@@ -168,3 +168,102 @@ def test_apps_page_registers_a_sector_uri_and_an_es256_access_token_app(app, mak
     page = operator.get(f"/admin/apps/{row.client_id}").get_data(as_text=True)
     assert '<option value="ES256" selected>' in page.split(
         'name="access_token_signed_response_alg"')[1]
+
+
+def _cli(app, *args):
+    from click.testing import CliRunner
+    from flask.cli import ScriptInfo
+
+    from portal.cli import main
+    return CliRunner().invoke(main, list(args), obj=ScriptInfo(create_app=lambda: app))
+
+
+def _authorize(client, client_id: str, redirect_uri: str):
+    from urllib.parse import urlencode
+
+    from authlib.oauth2.rfc7636 import create_s256_code_challenge
+    return client.get("/oauth/authorize?" + urlencode({
+        "response_type": "code", "client_id": client_id, "redirect_uri": redirect_uri,
+        "scope": "openid", "state": "s", "code_challenge": create_s256_code_challenge("v" * 50),
+        "code_challenge_method": "S256"}))
+
+
+def test_worker_blocks_a_redirect_uri_the_sector_document_stops_listing(
+        app, make_org, make_user, documents):
+    from datetime import timedelta
+
+    from portal.db import utcnow
+    other = "https://tickets.example/other"
+    make_org("acme", "Acme Supplies")
+    make_user("alice@acme.test", org="acme")
+    spec = apps.AppSpec(name="Ticketing", redirect_uris=[CB, other], organizations=["acme"],
+                        subject_type="pairwise", consent_required=False,
+                        sector_identifier_uri=documents + "/good")
+    with services_of(app).db.transaction() as session:
+        client_id = apps.create(session, CLI_CTX, spec, allow_insecure_loopback=True)[0].client_id
+    browser = app.test_client()
+    sign_in(browser, "alice@acme.test")
+    assert _authorize(browser, client_id, CB).headers["Location"].startswith(CB + "?code=")
+
+    def make_due():
+        app.extensions.get("trellis_oauth_clients", {}).clear()  # apps are cached 5 s
+        with services_of(app).db.transaction() as session:
+            session.execute(sa.update(OAuthApp).values(
+                sector_checked_at=utcnow() - timedelta(hours=25)))
+
+    # The sector's owner drops CB from the document: the next pass blocks it.
+    _Documents.routes["/good"] = json.dumps([other]).encode()
+    result = _cli(app, "worker", "--once")
+    assert result.exit_code == 0, result.output
+    assert f"app {client_id}: sector identifier document no longer lists {CB}; blocked" \
+        in result.output
+    app.extensions["trellis_oauth_clients"].clear()  # registered apps are cached 5 s
+    refused = _authorize(browser, client_id, CB)
+    assert refused.status_code == 400 and "Location" not in refused.headers
+    assert _authorize(browser, client_id, other).headers["Location"].startswith(other)
+    [event] = audit_events(app, "app.sector_check")
+    assert event.outcome == "failure" and event.reason == "redirect_uri_unlisted"
+    operator, _ = _operator(app, make_user)
+    page = operator.get(f"/admin/apps/{client_id}").get_data(as_text=True)
+    assert "Blocked: the sector identifier document" in page and f"<code>{CB}</code>" in page
+    assert event.details["blocked"] == [CB] and event.target == f"app:{client_id}"
+
+    # Not due again until TRELLIS_SECTOR_RECHECK_HOURS have passed.
+    _Documents.routes["/good"] = json.dumps([CB, other]).encode()
+    assert "sector identifier" not in _cli(app, "worker", "--once").output
+    assert _authorize(browser, client_id, CB).status_code == 400
+
+    # Listed again: unblocked at the next due pass.
+    make_due()
+    result = _cli(app, "worker", "--once")
+    assert f"lists {CB} again; unblocked" in result.output
+    app.extensions["trellis_oauth_clients"].clear()
+    assert _authorize(browser, client_id, CB).headers["Location"].startswith(CB + "?code=")
+
+    # A document that cannot be read changes nothing; it is tried again next time.
+    del _Documents.routes["/good"]
+    make_due()
+    result = _cli(app, "worker", "--once")
+    assert result.exit_code == 0 and "not checked" in result.output
+    assert _authorize(browser, client_id, CB).headers["Location"].startswith(CB + "?code=")
+    assert audit_events(app, "app.sector_check")[-1].reason == "document_unreadable"
+
+
+def test_editing_the_redirect_uris_clears_the_blocked_ones(app, make_org, documents):
+    make_org("acme", "Acme Supplies")
+    other = "https://tickets.example/other"
+    spec = apps.AppSpec(name="Ticketing", redirect_uris=[CB, other], organizations=["acme"],
+                        subject_type="pairwise", sector_identifier_uri=documents + "/good")
+    with services_of(app).db.transaction() as session:
+        client_id = apps.create(session, CLI_CTX, spec, allow_insecure_loopback=True)[0].client_id
+    _Documents.routes["/good"] = json.dumps([other]).encode()
+    found = apps.recheck_sectors(services_of(app).db, CLI_CTX, 24)
+    assert found.blocked == {client_id: [CB]}
+    with services_of(app).db.transaction() as session:
+        apps.update(session, CLI_CTX, client_id, {"redirect_uris": [other]},
+                    allow_insecure_loopback=True)
+    with services_of(app).db.sessions() as session:
+        row = session.scalar(sa.select(OAuthApp))
+    assert row.redirect_uris == [other] and row.blocked_redirect_uris == []
+    [event] = audit_events(app, "app.update")
+    assert event.details["blocked_redirect_uris"] == [[CB], []]

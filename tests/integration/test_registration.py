@@ -85,9 +85,13 @@ def test_sign_up_verify_then_sign_in(app, client, open_org, smtp_server):
         assert user.display_name == "Nora New"
         [membership] = session.scalars(sa.select(Membership)).all()
         assert membership.organization_id == open_org.id
-        [record] = session.scalars(sa.select(ConsentRecord)).all()
+        record, privacy = session.scalars(sa.select(ConsentRecord)
+                                          .order_by(ConsentRecord.id)).all()
     assert (record.purpose, record.document_version, record.granted, record.method) == \
         ("terms", "1", True, "registration")
+    # The privacy notice linked from the form is recorded with its version too.
+    assert (privacy.purpose, privacy.document_version, privacy.method) == \
+        ("privacy", "1", "registration")
     assert len(record.ip_hash) == 64 and record.ip_hash != "127.0.0.1"
     [event] = audit_events(app, "registration.verify")
     assert event.details["member"] is True and event.details["terms_version"] == "1"
@@ -286,6 +290,7 @@ def test_new_terms_are_asked_for_at_the_next_sign_in(mail_settings, smtp_server,
         with services_of(app).db.sessions() as session:
             rows = session.execute(sa.select(ConsentRecord.document_version,
                                              ConsentRecord.method)
+                                   .where(ConsentRecord.purpose == "terms")
                                    .order_by(ConsentRecord.id)).all()
         assert rows == [("1", "registration"), ("2", "sign_in_prompt")]
         assert [e.details for e in audit_events(app, "consent.terms")] == [{"version": "2"}]
@@ -297,3 +302,43 @@ def test_people_who_never_accepted_terms_are_not_stopped(app, client, make_user)
     make_user("alice@acme.test")
     sign_in(client, "alice@acme.test")
     assert client.get("/").status_code == 200
+
+
+def test_a_new_privacy_notice_is_asked_for_with_its_version(mail_settings, smtp_server, tx):
+    from portal import create_app
+    app = create_app({**mail_settings, "REGISTRATION": "open"})
+    try:
+        client = app.test_client()
+        _register(client, "/register")
+        _confirm(client, _link(smtp_server, "new@example.test"))
+    finally:
+        services_of(app).db.dispose()
+    app = create_app({**mail_settings, "REGISTRATION": "open", "PRIVACY_VERSION": "2026-12",
+                      "PRIVACY_URL": "https://example.test/privacy"})
+    try:
+        client = app.test_client()
+        sign_in(client, "new@example.test", GOOD)
+        asked = client.get("/")
+        assert asked.headers["Location"].startswith("/account/terms")
+        page = client.get(asked.headers["Location"]).get_data(as_text=True)
+        assert "Our privacy notice has changed" in page and "version 2026-12" in page
+        assert 'href="https://example.test/privacy"' in page and "terms of use" not in page
+        token = csrf_token(client, "/account/terms")
+        done = client.post("/account/terms", data={"csrf_token": token, "next": "/",
+                                                   "accept": "yes"})
+        assert done.headers["Location"] == "/" and client.get("/").status_code == 200
+        with services_of(app).db.sessions() as session:
+            rows = session.execute(sa.select(ConsentRecord.purpose,
+                                             ConsentRecord.document_version,
+                                             ConsentRecord.method)
+                                   .order_by(ConsentRecord.id)).all()
+        assert rows == [("terms", "1", "registration"), ("privacy", "1", "registration"),
+                        ("privacy", "2026-12", "sign_in_prompt")]
+        assert [e.details for e in audit_events(app, "consent.privacy")] == \
+            [{"version": "2026-12"}]
+        # Answered once: the next sign-in asks nothing.
+        client2 = app.test_client()
+        sign_in(client2, "new@example.test", GOOD)
+        assert client2.get("/").status_code == 200
+    finally:
+        services_of(app).db.dispose()

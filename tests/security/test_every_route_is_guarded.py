@@ -20,17 +20,19 @@ def test_public_routes_are_the_expected_ones(app):
     public = sorted(rule.endpoint for rule in app.url_map.iter_rules()
                     if getattr(app.view_functions.get(rule.endpoint), ACCESS, "") == "public")
     assert public == ["account.confirm_email", "account.forgot_password",
-                      "account.org_register", "account.register",
+                      "account.not_me", "account.org_register", "account.register",
                       "account.reset_password", "account.verify_email", "auth.login",
                       "auth.org_login", "branding.logo", "branding.logo_versioned",
                       "branding.stylesheet",
                       "devmail.html", "devmail.index", "health.healthz",
                       "health.readyz", "mfa.challenge", "mfa.passkey_options",
-                      "mfa.passkey_verify", "mfa.setup_at_sign_in",
+                      "mfa.passkey_verify", "mfa.passwordless_options",
+                      "mfa.passwordless_sign_in", "mfa.setup_at_sign_in",
                       "openapi.docs", "openapi.openapi_json",
                       "provider.authorize", "provider.device_authorization",
                       "provider.discovery", "provider.end_session", "provider.introspect",
-                      "provider.jwks", "provider.revoke", "provider.token", "saml.acs",
+                      "provider.jwks", "provider.par", "provider.revoke", "provider.token",
+                      "saml.acs",
                       "saml.metadata", "saml.sls", "sso.link", "sso.link_by_email",
                       "sso.link_confirm", "sso.oidc_callback",
                       "sso.start_chosen"]

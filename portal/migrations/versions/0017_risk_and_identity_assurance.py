@@ -3,7 +3,7 @@ hour histogram), per-organization risk thresholds, indexes for the failure count
 every sign-in, and how each user's identity was proven.
 
 Revision ID: 0017
-Revises: 0020
+Revises: 0018
 Create Date: 2026-12-05 04:45:00.000000
 """
 
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 
 revision = '0017'
-down_revision = '0020'
+down_revision = '0018'
 branch_labels = None
 depends_on = None
 

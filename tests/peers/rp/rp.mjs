@@ -46,6 +46,19 @@ const steps = {
     }, await signingKey());
     return { url: url.href, verifier, state, nonce };
   },
+  async start_par(config) {
+    // The request pushed to the PAR endpoint (RFC 9126) with the app's credentials; the
+    // URL holds only client_id and request_uri.
+    const verifier = client.randomPKCECodeVerifier();
+    const state = client.randomState();
+    const nonce = client.randomNonce();
+    const url = await client.buildAuthorizationUrlWithPAR(config, {
+      redirect_uri: input.redirect_uri, scope: input.scope, state, nonce,
+      code_challenge: await client.calculatePKCECodeChallenge(verifier),
+      code_challenge_method: 'S256',
+    });
+    return { url: url.href, verifier, state, nonce };
+  },
   async finish(config) {
     const tokens = await client.authorizationCodeGrant(config, new URL(input.callback), {
       pkceCodeVerifier: input.verifier, expectedState: input.state, expectedNonce: input.nonce,

@@ -28,6 +28,7 @@ from portal.models import (
     MembershipSource,
     MembershipStatus,
     Organization,
+    Protocol,
     RoleGrant,
     User,
     UserStatus,
@@ -226,9 +227,27 @@ def apply(session: Session, ctx: audit.Context, connection: Connection, result: 
         session.flush()
         events += _sync_roles(session, grants, user, org_id, result,
                               new_user=result.create_user)
+    if org_id is not None and (user.identity_level or 0) < 2:
+        _raise_assurance(session, connection, user, events)
     events.append(login_event(connection, identity, user.email))
     audit.record_many(session, ctx.acting_as(user.id, user.email), events)
     return user
+
+
+def _raise_assurance(session: Session, connection: Connection, user: User,
+                     events: list[dict[str, Any]]) -> None:
+    """A sign-in through the organization's own identity provider or directory proves the
+    person to that organization's standard, when the address is in a domain the
+    organization verified (its provider is authoritative for it): assurance level 2. Read
+    only while the level is below 2, so once per user."""
+    from portal import assurance
+    domain = user.email.rpartition("@")[2]
+    if session.scalar(sa.select(Domain.id).where(
+            Domain.name == domain, Domain.organization_id == connection.organization_id,
+            Domain.verified.is_(True))) is not None:
+        method = "ldap" if connection.protocol == Protocol.LDAP else "idp"
+        assurance.raise_to(session, None, user, method, connection.organization_id,
+                           events=events)
 
 
 def _sync_roles(session: Session, grants: RoleGrants, user: User, org_id: int,

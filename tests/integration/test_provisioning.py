@@ -71,8 +71,8 @@ def test_first_login_creates_user_membership_identity_and_roles(app, tx, acme):
     assert membership.source == MembershipSource.JIT and link.subject == "u-1"
     assert {r for (_, _, r, _) in grants.rows} == {"buyer", "member"}
     actions = [e.action for e in audit_events(app)]
-    assert actions[-4:] == ["federation.provision", "membership.add", "federation.roles",
-                            "auth.login"]
+    assert actions[-5:] == ["federation.provision", "membership.add", "federation.roles",
+                            "user.identity_assurance", "auth.login"]  # a verified domain
 
 
 def test_returning_login_updates_attributes_and_follows_idp_roles(app, tx, acme):

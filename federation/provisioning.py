@@ -28,6 +28,7 @@ from portal.models import (
     MembershipSource,
     MembershipStatus,
     Organization,
+    Protocol,
     RoleGrant,
     User,
     UserStatus,
@@ -221,10 +222,27 @@ def apply(session: Session, ctx: audit.Context, connection: Connection, result: 
                      details={"source": "jit", "connection": connection.id})
     if org_id is not None and grants is not None:
         _sync_roles(session, ctx, grants, user, org_id, result)
+    if org_id is not None and (user.identity_level or 0) < 2:
+        _raise_assurance(session, ctx.acting_as(user.id, user.email), connection, user)
     user.last_login_at = utcnow()
     audit.record_many(session, ctx.acting_as(user.id, user.email),
                       [login_event(connection, identity, user.email)])
     return user
+
+
+def _raise_assurance(session: Session, ctx: audit.Context, connection: Connection,
+                     user: User) -> None:
+    """A sign-in through the organization's own identity provider or directory proves the
+    person to that organization's standard, when the address is in a domain the
+    organization verified (its provider is authoritative for it): assurance level 2. Read
+    only while the level is below 2, so once per user."""
+    from portal import assurance
+    domain = user.email.rpartition("@")[2]
+    if session.scalar(sa.select(Domain.id).where(
+            Domain.name == domain, Domain.organization_id == connection.organization_id,
+            Domain.verified.is_(True))) is not None:
+        method = "ldap" if connection.protocol == Protocol.LDAP else "idp"
+        assurance.raise_to(session, ctx, user, method, connection.organization_id)
 
 
 def _sync_roles(session: Session, ctx: audit.Context, grants: RoleGrants, user: User,

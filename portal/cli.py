@@ -242,6 +242,28 @@ def org_mfa_policy(slug: str, policy: str) -> None:
         click.echo(f"MFA policy of {item.slug}: {policy}")
 
 
+@org.command("risk-thresholds")
+@click.argument("slug")
+@click.option("--step-up", default="", help="Score (1-100) from which the second factor is "
+              "asked under the risk policy; empty: the platform's default.")
+@click.option("--deny", default="", help="Score (1-101) from which members without a second "
+              "factor are stopped; 101: never; empty: the platform's default.")
+@with_appcontext
+def org_risk_thresholds(slug: str, step_up: str, deny: str) -> None:
+    """Set an organization's own risk thresholds (both options empty: the defaults)."""
+    from flask import current_app
+
+    from portal.services import mfa, organizations
+    config = current_app.config
+    defaults = (config["RISK_STEP_UP_AT"], config["RISK_DENY_AT"])
+    with services().db.transaction() as session:
+        item = organizations.get(session, slug)
+        mfa.set_risk_thresholds(session, cli_context(), item, step_up, deny, defaults)
+        click.echo(f"risk thresholds of {item.slug}: step-up from "
+                   f"{item.risk_step_up_at or defaults[0]}, deny from "
+                   f"{item.risk_deny_at or defaults[1]}")
+
+
 @org.command("branding")
 @click.argument("slug")
 @click.option("--primary-color", help="Branding colour, e.g. #0b6e4f.")
@@ -484,6 +506,23 @@ def user_mfa_reset(email: str, reason: str) -> None:
         row = users.get_by_email(session, email)
         removed = mfa.reset(session, cli_context(), row, reason)
         click.echo(f"{row.email}: removed {removed} second factor(s) and the recovery codes")
+
+
+@user.command("verify-identity")
+@click.argument("email")
+@click.option("--method", required=True, type=click.Choice(["in_person", "document"]),
+              help="How the person was checked.")
+@click.option("--note", required=True, help="Which document or who checked; audited.")
+@with_appcontext
+def user_verify_identity(email: str, method: str, note: str) -> None:
+    """Record that an operator checked the person behind an account (identity assurance
+    level 3: policies see r.sub.identity_level, apps see acr urn:trellis:loa:3)."""
+    from portal import assurance
+    from portal.services import users
+    with services().db.transaction() as session:
+        row = users.get_by_email(session, email)
+        assurance.verify(session, cli_context(), row, method, note)
+        click.echo(f"{row.email}: identity level {row.identity_level} ({method})")
 
 
 @main.group()

@@ -294,6 +294,18 @@ SETTINGS: tuple[Setting, ...] = (
             "be reported as an anomaly (audited, sent to SIEM streams, mailed to admins)."),
     Setting("TRELLIS_ANOMALY_MIN_COUNT", "ANOMALY_MIN_COUNT", _int_range(1, 1000000), 10,
             "Smallest count in a window that can be an anomaly (small numbers are noise)."),
+    Setting("TRELLIS_RISK_STEP_UP_AT", "RISK_STEP_UP_AT", _int_range(1, 100), 50,
+            "Risk score (0-100) from which a sign-in asks for the second factor under an "
+            "organization's `risk` MFA policy; organization owners may set their own."),
+    Setting("TRELLIS_RISK_DENY_AT", "RISK_DENY_AT", _int_range(1, 101), 80,
+            "Risk score from which a sign-in of a member without a second factor is stopped "
+            "under the `risk` policy (101: never); organization owners may set their own."),
+    Setting("TRELLIS_RISK_IP_ACCOUNTS", "RISK_IP_ACCOUNTS", _int_range(2, 100000), 20,
+            "Distinct accounts failing to sign in from one IP within 15 minutes that mark "
+            "the IP as credential stuffing (audited once per window, scored at sign-in)."),
+    Setting("TRELLIS_GEOIP_DATABASE", "GEOIP_DATABASE", _text, "",
+            "Path of a MaxMind-format city database (`.mmdb`, e.g. GeoLite2-City) for the "
+            "impossible-travel risk signal; empty turns the signal off."),
     Setting("TRELLIS_REGISTRATION", "REGISTRATION", _choice("closed", "open"), "closed",
             "`open` lets anyone create an account at `/register` without an organization; "
             "each organization has its own setting for `/o/<slug>/register`."),
@@ -392,6 +404,8 @@ def _derive(values: dict[str, Any]) -> None:
     if values["SMTP_USER"] and values["SMTP_SECURITY"] == "none":
         raise ConfigError("TRELLIS_SMTP_SECURITY: `none` would send the SMTP password in "
                           "clear; use starttls or tls")
+    if values["RISK_DENY_AT"] <= values["RISK_STEP_UP_AT"]:
+        raise ConfigError("TRELLIS_RISK_DENY_AT: must be above TRELLIS_RISK_STEP_UP_AT")
     if values["LOCKOUT_MAX_SECONDS"] < values["LOCKOUT_SECONDS"]:
         raise ConfigError("TRELLIS_LOCKOUT_MAX_SECONDS: must not be below TRELLIS_LOCKOUT_SECONDS")
 

@@ -80,6 +80,10 @@ class Organization(Base):
         server_default=RegistrationMode.INVITE.value)
     mfa_policy: Mapped[MfaPolicy] = mapped_column(_enum(MfaPolicy, "mfa_policy"),
                                                   default=MfaPolicy.OFF, server_default="off")
+    # Risk scores at which a sign-in is stepped up or denied (None: the platform defaults,
+    # TRELLIS_RISK_STEP_UP_AT and TRELLIS_RISK_DENY_AT).
+    risk_step_up_at: Mapped[int | None] = mapped_column(sa.SmallInteger)
+    risk_deny_at: Mapped[int | None] = mapped_column(sa.SmallInteger)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     domains: Mapped[list[Domain]] = relationship(back_populates="organization",
@@ -136,6 +140,12 @@ class User(Base):
     # in (or cancel on the account page) before; erased_at marks the tombstone left after.
     erase_after: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
     erased_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Identity assurance: how the person behind the account was proven (portal.identity):
+    # 0 nothing, 1 email verified, 2 an organization's verified identity provider or
+    # directory, 3 checked by an administrator in person or from an identity document.
+    identity_level: Mapped[int] = mapped_column(sa.SmallInteger, default=0, server_default="0")
+    identity_method: Mapped[str] = mapped_column(sa.String(16), default="", server_default="")
+    identity_verified_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     memberships: Mapped[list[Membership]] = relationship(back_populates="user")
 
@@ -243,8 +253,12 @@ class KnownSignal(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"))
-    kind: Mapped[str] = mapped_column(sa.String(16))  # device, network
-    value: Mapped[str] = mapped_column(sa.String(64))  # SHA-256 hex
+    kind: Mapped[str] = mapped_column(sa.String(16))  # device, network, hour, place
+    # SHA-256 hex for devices and networks; the UTC hour ("0"-"23") for hours; rounded
+    # "lat,lon" for the place of the last sign-in (one row, with impossible travel on).
+    value: Mapped[str] = mapped_column(sa.String(64))
+    # Days it was seen on (a row is touched at most once a day): the hour histogram's counts.
+    hits: Mapped[int] = mapped_column(default=1, server_default="1")
     first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
@@ -286,11 +300,18 @@ class AuditEvent(Base):
     """Append-only and hash-chained: each row stores the previous row's hash and its own."""
 
     __tablename__ = "audit_events"
-    # Failed sign-ins and codes by time: the risk engine counts the recent ones on every
-    # sign-in (``risk.SIGNALS``, whose query names the same literal condition).
+    # Failed sign-ins and codes: the risk engine counts the recent ones on every sign-in,
+    # for the account and for the client's IP (``risk._READ``, whose query names the same
+    # literal condition, so these partial indexes are the ones that fit).
     __table_args__ = (sa.Index("ix_audit_events_failures", "occurred_at",
                                sqlite_where=sa.text("outcome = 'failure'"),
-                               postgresql_where=sa.text("outcome = 'failure'")),)
+                               postgresql_where=sa.text("outcome = 'failure'")),
+                      sa.Index("ix_audit_events_target_failures", "target", "occurred_at",
+                               sqlite_where=sa.text("outcome = 'failure'"),
+                               postgresql_where=sa.text("outcome = 'failure'")),
+                      sa.Index("ix_audit_events_ip_failures", "ip", "occurred_at",
+                               sqlite_where=sa.text("outcome = 'failure'"),
+                               postgresql_where=sa.text("outcome = 'failure'")))
 
     id: Mapped[int] = mapped_column(primary_key=True)
     seq: Mapped[int] = mapped_column(sa.BigInteger, unique=True)

@@ -56,7 +56,7 @@ def check_new_password(password: str, email: str = "", name: str = "") -> None:
     guess by zxcvbn's estimate. The message says what to change."""
     check_strength(password)
     lowered = password.lower()
-    if lowered in _common_passwords() or lowered.strip("0123456789!.?") in _common_passwords():
+    if is_common(password):
         raise ValidationError("This password is on a list of commonly used passwords. "
                               "Choose another.", code="common_password")
     local = email.lower().partition("@")[0]
@@ -69,6 +69,14 @@ def check_new_password(password: str, email: str = "", name: str = "") -> None:
         hint = result["feedback"].get("warning") or "Add more words or characters."
         raise ValidationError(f"This password is too easy to guess. {hint}".strip(),
                               code="weak_password")
+
+
+def is_common(password: str) -> bool:
+    """On the list of common passwords (zxcvbn's, from breach corpora), also with digits or
+    punctuation added at either end. Registration refuses these; at sign-in the risk engine
+    counts one as a signal (the password is checked in memory and never kept)."""
+    lowered = password.lower()
+    return lowered in _common_passwords() or lowered.strip("0123456789!.?") in _common_passwords()
 
 
 @lru_cache(maxsize=1)

@@ -89,7 +89,14 @@ def authorize(action: str, object_type: str, org: str, obj: dict[str, Any] | Non
 
 
 def current_subject() -> dict[str, Any]:
-    return {"id": str(current_user.id), "platform_operator": bool(current_user.is_operator)}
+    return subject_of(current_user)
+
+
+def subject_of(user) -> dict[str, Any]:
+    """The policy subject of a user: id, operator flag, and how their identity was proven
+    (``identity_level`` 0-3, see portal.assurance), read from the already loaded user."""
+    return {"id": str(user.id), "platform_operator": bool(user.is_operator),
+            "identity_level": int(user.identity_level or 0)}
 
 
 def request_context(org: str) -> dict[str, Any]:

@@ -26,6 +26,8 @@ class ThrottleStore(Protocol):
     def add_failure(self, key: str, ttl: int) -> int: ...
     def lock(self, key: str, until: float, ttl: int) -> None: ...
     def reset(self, key: str) -> None: ...
+    def add_member(self, key: str, member: str, ttl: int) -> tuple[bool, int]: ...
+    def members(self, keys: list[str]) -> list[int]: ...
 
 
 class MemoryStore:
@@ -33,6 +35,7 @@ class MemoryStore:
         self._clock = clock
         self._lock = threading.Lock()
         self._data: dict[str, list[float]] = {}  # key -> [count, locked_until, expires_at]
+        self._sets: dict[str, tuple[set[str], float]] = {}  # key -> (members, expires_at)
 
     def _live(self, key: str) -> list[float] | None:
         entry = self._data.get(key)
@@ -65,6 +68,27 @@ class MemoryStore:
         with self._lock:
             self._data.pop(key, None)
 
+    def add_member(self, key: str, member: str, ttl: int) -> tuple[bool, int]:
+        """Add ``member`` to the set at ``key``: whether it was new, and the set's size."""
+        with self._lock:
+            now = self._clock()
+            entry = self._sets.get(key)
+            if entry is None or entry[1] <= now:
+                entry = self._sets[key] = (set(), now + ttl)
+                if len(self._sets) > 10000:  # forget expired sets now and then
+                    for stale in [k for k, (_, until) in self._sets.items() if until <= now]:
+                        del self._sets[stale]
+            added = member not in entry[0]
+            entry[0].add(member)
+            return added, len(entry[0])
+
+    def members(self, keys: list[str]) -> list[int]:
+        """The sizes of the sets at ``keys`` (0 for none or expired)."""
+        with self._lock:
+            now = self._clock()
+            return [len(entry[0]) if entry and entry[1] > now else 0
+                    for entry in (self._sets.get(key) for key in keys)]
+
 
 class RedisStore:
     def __init__(self, client, prefix: str = "trellis:throttle:") -> None:
@@ -91,6 +115,20 @@ class RedisStore:
     def reset(self, key: str) -> None:
         self._redis.delete(self._prefix + key)
 
+    def add_member(self, key: str, member: str, ttl: int) -> tuple[bool, int]:
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.sadd(self._prefix + key, member)
+        pipe.expire(self._prefix + key, ttl)
+        pipe.scard(self._prefix + key)
+        added, _, size = pipe.execute()
+        return bool(added), int(size)
+
+    def members(self, keys: list[str]) -> list[int]:
+        pipe = self._redis.pipeline(transaction=False)
+        for key in keys:
+            pipe.scard(self._prefix + key)
+        return [int(size) for size in pipe.execute()]
+
 
 @dataclass(frozen=True)
 class Lockout:
@@ -100,9 +138,10 @@ class Lockout:
 
 class LoginThrottle:
     def __init__(self, store: ThrottleStore, *, account_free: int, ip_free: int,
-                 base_seconds: int, max_seconds: int,
+                 base_seconds: int, max_seconds: int, ip_accounts: int = 20,
                  clock: Callable[[], float] = time.time) -> None:
         self.store = store
+        self.ip_accounts = ip_accounts  # distinct failing accounts that flag an IP (risk.py)
         self.account_free = account_free
         self.ip_free = ip_free
         self.base_seconds = base_seconds

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
-from portal import audit
+from portal import audit, risk
 from portal.db import Database, utcnow
 from portal.errors import TrellisError
 from portal.models import AuthSession, User, UserStatus
@@ -52,7 +52,11 @@ def sign_in(db: Database, ctx: audit.Context, passwords: Passwords, throttle: Lo
         email = normalize_email(email)
     except TrellisError:  # still throttled and audited, without characters a database refuses
         email = "".join(ch for ch in (email or "") if ch.isprintable()).strip().lower()[:320]
-    throttle.check(email, ctx.ip)
+    try:
+        throttle.check(email, ctx.ip)
+    except TrellisError:
+        risk.note_failed_account(db, ctx, throttle, email)  # throttled attempts count too
+        raise
     with db.transaction() as session:
         user = session.scalar(USER_BY_EMAIL, {"email": email})
         # Always hash: unknown emails take as long as wrong passwords.
@@ -86,6 +90,7 @@ def _record_failure(db: Database, ctx: audit.Context, throttle: LoginThrottle, e
                          reason=f"{lockout.scope}_locked",
                          details={"seconds": lockout.seconds,
                                   "user_exists": user is not None})
+    risk.note_failed_account(db, ctx, throttle, email)
 
 
 def start_session(session: Session, user: User, ctx: audit.Context, hours: int) -> str:

@@ -12,9 +12,10 @@ from federation import provisioning
 from federation.errors import FederationError
 from federation.identity import ExternalIdentity
 from federation.ldap import CREDENTIAL_FAILURES, LdapAdapter
-from portal import audit
+from portal import audit, risk
 from portal.crypto import SecretBox
 from portal.db import Database
+from portal.errors import TooManyAttempts
 from portal.models import Connection, Protocol, User
 from portal.services import auth, connections
 from portal.throttle import LoginThrottle
@@ -38,7 +39,11 @@ def sign_in(db: Database, ctx: audit.Context, throttle: LoginThrottle, adapter: 
     down, the account is disabled or expired, provisioning refused; ``error.identity`` then
     holds what the directory said)."""
     key = throttle_key(login)
-    throttle.check(key, ctx.ip)
+    try:
+        throttle.check(key, ctx.ip)
+    except TooManyAttempts:
+        risk.note_failed_account(db, ctx, throttle, key)  # throttled attempts count too
+        raise
     with db.sessions() as session:
         connection = session.get(Connection, connection_id)
         if connection is None or connection.protocol != Protocol.LDAP:
@@ -50,6 +55,7 @@ def sign_in(db: Database, ctx: audit.Context, throttle: LoginThrottle, adapter: 
     except FederationError as error:
         if error.code in COUNTED:
             _record_failure(db, ctx, throttle, connection_id, key, error)
+            risk.note_failed_account(db, ctx, throttle, key)
             if error.code == "ambiguous_user":
                 raise
             raise auth.InvalidCredentials() from None

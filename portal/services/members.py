@@ -330,6 +330,16 @@ def revoke(session: Session, ctx: audit.Context, org: Organization, actor: Actor
     return True
 
 
+def verify_identity(session: Session, ctx: audit.Context, org: Organization, actor: Actor,
+                    user_id: int, method: str, note: str) -> None:
+    """An admin of the organization checked this member in person or from an identity
+    document (portal.assurance: level 3). Members of this organization only; operators'
+    accounts are the platform's business."""
+    from portal import assurance
+    found = _target(session, org, actor, user_id, None)
+    assurance.verify(session, ctx, found.user, method, note, organization_id=org.id)
+
+
 def _touch(found: Membership) -> None:
     """A role change is a change of the member: bump its version (and updated_at)."""
     found.updated_at = utcnow()
@@ -439,4 +449,7 @@ def accept(session: Session, ctx: audit.Context, token: str, user: User) -> Orga
     audit.record(session, ctx, "invitation.accept", target=f"invitation:{invitation.id}",
                  organization_id=org.id, details={"email": user.email,
                                                   "role": invitation.role})
+    from portal import assurance
+    assurance.raise_to(session, ctx, session.get(User, user.id), "email",
+                       org.id)  # the invitation was mailed to this address
     return org

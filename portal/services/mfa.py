@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from portal import audit
 from portal.crypto import SecretBox
 from portal.db import Database, utcnow
-from portal.errors import Conflict, NotFound, TrellisError, ValidationError
+from portal.errors import Conflict, InvalidRequest, NotFound, TrellisError, ValidationError
 from portal.models import (
     Connection,
     Membership,
@@ -385,6 +385,35 @@ def set_policy(tx: Session, ctx: audit.Context, org: Organization, policy: str) 
     audit.record(tx, ctx, "organization.mfa_policy", target=f"organization:{org.slug}",
                  organization_id=org.id,
                  details={"before": before.value if before else None, "after": value.value})
+
+
+def set_risk_thresholds(tx: Session, ctx: audit.Context, org: Organization,
+                        step_up_at: str | int | None, deny_at: str | int | None,
+                        defaults: tuple[int, int]) -> None:
+    """The risk scores (0-100) at which members' sign-ins are stepped up and denied under
+    the ``risk`` policy; empty keeps the platform's ``defaults`` (step-up, deny). A member
+    of several organizations is held to the strictest. Applies from the next sign-in."""
+    def parse(field: str, raw, high: int) -> int | None:
+        raw = "" if raw is None else str(raw).strip()
+        if raw == "":
+            return None
+        if not raw.isdigit() or not 1 <= int(raw) <= high:
+            raise InvalidRequest(field, f"a whole number from 1 to {high}, or empty for the "
+                                        "platform's default")
+        return int(raw)
+    step_up = parse("risk_step_up_at", step_up_at, 100)
+    deny = parse("risk_deny_at", deny_at, 101)
+    if (deny or defaults[1]) <= (step_up or defaults[0]):
+        raise InvalidRequest("risk_deny_at", "must be above the step-up score "
+                                             f"({step_up or defaults[0]})")
+    before = [org.risk_step_up_at, org.risk_deny_at]
+    if before == [step_up, deny]:
+        return
+    org.risk_step_up_at, org.risk_deny_at = step_up, deny
+    audit.record(tx, ctx, "organization.risk_thresholds", target=f"organization:{org.slug}",
+                 organization_id=org.id,
+                 details={"before": before, "after": [step_up, deny],
+                          "defaults": list(defaults)})
 
 
 def set_idp_mfa_trust(tx: Session, ctx: audit.Context, connection: Connection,

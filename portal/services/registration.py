@@ -209,6 +209,9 @@ def verify(session: Session, ctx: audit.Context, token: str, *, key: str,
                  organization_id=org.id if org else None,
                  details={"organization": org.slug if org else None, "member": joined,
                           "terms_version": pending.terms_version})
+    from portal import assurance
+    assurance.raise_to(session, ctx.acting_as(user.id, user.email), user, "email",
+                       org.id if org else None)  # the link proved the address
     if joined:
         users.add_membership(session, ctx.acting_as(user.id, user.email), user, org,
                              MembershipSource.MANUAL)

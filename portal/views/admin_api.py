@@ -25,7 +25,7 @@ from portal.db import utcnow
 from portal.errors import InvalidRequest, NotFound, TrellisError
 from portal.extensions import audit_context, csrf, db_session, services
 from portal.models import Connection, Organization, User
-from portal.permissions import ACCESS, authorize
+from portal.permissions import ACCESS, authorize, subject_of
 from portal.services import branding as branding_service
 from portal.services import connections as connections_service
 from portal.services import (
@@ -111,7 +111,7 @@ def _authenticate(slug: str, op: Operation) -> dict[str, Any]:
             raise Unauthorized("The token's creator can no longer act.", code="invalid_token")
         _mark_used(token.id)
         g.api_actor = creator
-        return {"id": str(creator.id), "platform_operator": bool(creator.is_operator)}
+        return subject_of(creator)
     if not current_user.is_authenticated:
         raise Unauthorized("Send an organization API token (Authorization: Bearer ...) or "
                            "sign in.", code="unauthenticated")
@@ -122,7 +122,7 @@ def _authenticate(slug: str, op: Operation) -> dict[str, Any]:
             raise TrellisError("Send the page's CSRF token in the X-CSRFToken header.",
                                code="csrf_failed", status=400) from None
     g.api_actor = current_user._get_current_object()
-    return {"id": str(current_user.id), "platform_operator": bool(current_user.is_operator)}
+    return subject_of(current_user)
 
 
 def _refuse_nul() -> None:

@@ -158,6 +158,7 @@ def _password_sign_in(form: LoginForm, org):
     if directory_connection is not None:
         return _directory_sign_in(directory_connection, form, org)
     s = services()
+    note_password(form.password.data)  # scored in the sign-in's transaction
     try:
         user, token = auth.sign_in(s.db, audit_context(), s.passwords, s.throttle,
                                    form.email.data, form.password.data,
@@ -172,6 +173,7 @@ def _password_sign_in(form: LoginForm, org):
 
 def _directory_sign_in(connection: Connection, form: LoginForm, org):
     s, ctx = services(), audit_context()
+    note_password(form.password.data)  # scored in the sign-in's transaction
     try:
         user, token, _identity = directory.sign_in(
             s.db, ctx, s.throttle, s.ldap, s.secrets, s.role_grants, connection.id,
@@ -359,20 +361,41 @@ def assess_risk(user):
     its signals missing without touching the sign-in's transaction). Returns the
     assessment, or None when scoring failed (logged; the sign-in goes on)."""
     from portal import risk
+    config = current_app.config
     try:
-        return risk.assess(db_session(), user.id, user.email, request.remote_addr,
-                           device_id())
+        result = risk.assess(db_session(), user.id, user.email, request.remote_addr,
+                             device_id(), throttle=services().throttle,
+                             password_common=g.pop("risk_common_password", None),
+                             geoip=config["GEOIP_DATABASE"],
+                             defaults=risk.Thresholds(config["RISK_STEP_UP_AT"],
+                                                      config["RISK_DENY_AT"]))
     except Exception:
         current_app.logger.warning("risk assessment skipped", exc_info=True)
         return None
+    g.risk_place = result.place  # remembered with the device once the sign-in completes
+    return result
+
+
+def note_password(password: str | None) -> None:
+    """Whether the password of this sign-in is a common one, for the risk assessment in
+    the sign-in's transaction: only the answer is kept (in the request's ``g``), never the
+    password."""
+    from portal import risk
+    try:
+        g.risk_common_password = risk.common_password(password)
+    except Exception:
+        current_app.logger.warning("common-password check skipped", exc_info=True)
 
 
 def _remember_device(tx, user, fresh: frozenset[str]) -> None:
-    """A completed sign-in makes this device and network known for the user."""
+    """A completed sign-in makes this device, network, hour and place known for the user."""
     from portal import risk
     from portal.views.account import notify_new_device
     notify_new_device(tx, user, device_id(), db_session())
-    risk.remember(tx, user.id, request.remote_addr, device_id(), fresh=fresh)
+    place = g.get("risk_place")
+    if place is None and "place" not in fresh:  # completed at the code step: locate again
+        place = risk.place_of(current_app.config["GEOIP_DATABASE"], request.remote_addr)
+    risk.remember(tx, user.id, request.remote_addr, device_id(), fresh=fresh, place=place)
 
 
 @bp.post("/logout")

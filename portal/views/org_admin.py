@@ -169,6 +169,15 @@ def link_identity(slug: str, user_id: int):
         "Linked: this identity now signs in to this account.")
 
 
+@bp.post("/users/<int:user_id>/verify-identity")
+@require("manage", "member", org_arg="slug")
+def verify_identity(slug: str, user_id: int):
+    method, note = request.form.get("method", ""), request.form.get("note", "")[:1000]
+    return _change(slug, user_id, lambda tx, ctx, org, actor: members.verify_identity(
+        tx, ctx, org, actor, user_id, method, note),
+        "Identity recorded as verified by an administrator.")
+
+
 @bp.post("/users/<int:user_id>/roles")
 @require("grant", "role", org_arg="slug")
 def roles(slug: str, user_id: int):
@@ -545,8 +554,10 @@ def revoke_token(slug: str, token_id: int):
 def security(slug: str):
     from portal.services import mfa
     org = _org(slug)
+    config = current_app.config
     return _render("orgadmin/security.html", org, policies=MFA_POLICIES,
                    connections=_federated_connections(org),
+                   defaults=(config["RISK_STEP_UP_AT"], config["RISK_DENY_AT"]),
                    sign_ins=mfa.recent_risk(db_session(), org.id))
 
 
@@ -555,7 +566,8 @@ MFA_POLICIES = (("off", "Off: members choose for themselves"),
                            "auditors)"),
                 ("all", "Required for every member"),
                 ("risk", "When a sign-in looks risky (new device or network, recent failed "
-                         "attempts); risky sign-ins of members without one are stopped"))
+                         "attempts, a common password, an unusual hour...); risky sign-ins "
+                         "of members without one are stopped"))
 
 
 def _federated_connections(org: Organization) -> list[Connection]:
@@ -568,13 +580,19 @@ def _federated_connections(org: Organization) -> list[Connection]:
 @bp.post("/security")
 @require("manage", "organization", org_arg="slug")
 def update_security(slug: str):
-    """Save the MFA policy and which connections' multi-factor sign-ins are trusted."""
+    """Save the MFA policy, the risk thresholds and which connections' multi-factor
+    sign-ins are trusted (all or nothing: a bad value saves none of them)."""
     from portal.services import mfa
     org = _org(slug)
     trusted = set(request.form.getlist("trust_idp_mfa"))
-    ctx = audit_context()
+    ctx, config = audit_context(), current_app.config
     with services().db.transaction() as tx:
-        mfa.set_policy(tx, ctx, tx.get(Organization, org.id), request.form.get("policy", ""))
+        row = tx.get(Organization, org.id)
+        mfa.set_policy(tx, ctx, row, request.form.get("policy", ""))
+        if "risk_step_up_at" in request.form or "risk_deny_at" in request.form:
+            mfa.set_risk_thresholds(tx, ctx, row, request.form.get("risk_step_up_at"),
+                                    request.form.get("risk_deny_at"),
+                                    (config["RISK_STEP_UP_AT"], config["RISK_DENY_AT"]))
         for connection in _federated_connections(org):
             mfa.set_idp_mfa_trust(tx, ctx, tx.get(Connection, connection.id),
                                   str(connection.id) in trusted)

@@ -140,11 +140,14 @@ def authorize():
                                             request.values.get("claims"))
     except ValueError as exc:
         return _to_client(redirect_uri, "invalid_request", str(exc), state)
-    if needed and session.get("assurance", 1) < needed:
-        if "none" in prompts and _can_step_up():
+    if needed and _level() < needed:
+        # A second factor can raise the session to 2, and to 3 only for a person whose
+        # identity an administrator checked.
+        reachable = needed <= 2 or _identity_level() >= 3
+        if "none" in prompts and reachable and _can_step_up():
             return _to_client(redirect_uri, "interaction_required",
                               "The user must confirm their second factor.", state)
-        step_up = None if "none" in prompts else _step_up_url()
+        step_up = None if "none" in prompts or not reachable else _step_up_url()
         if step_up:
             return redirect(step_up)
         if essential:
@@ -282,13 +285,26 @@ def _issue_code(grant, facts: provider.SignInFacts, org: provider.OrgRef):
                                                                            token_hash)
     who = provider.principal(
         current_user, facts, org, token_hash,
-        auth_time=_auth_time(), acr=f"{ACR_PREFIX}{session.get('assurance', 1)}",
+        auth_time=_auth_time(), acr=f"{ACR_PREFIX}{_level()}",
         amr=tuple(session.get("amr") or ("pwd",)), session_id=session_id)
     return oauth.server().create_authorization_response(grant_user=who, grant=grant)
 
 
 ACR_PREFIX = "urn:trellis:loa:"
-ACR_VALUES = [f"{ACR_PREFIX}{level}" for level in (1, 2)]
+# 1: one factor; 2: a second factor; 3: a second factor, by a person whose identity an
+# administrator checked in person or from a document (identity assurance level 3).
+ACR_VALUES = [f"{ACR_PREFIX}{level}" for level in (1, 2, 3)]
+
+
+def _identity_level() -> int:
+    return int(getattr(current_user, "identity_level", 0) or 0)
+
+
+def _level() -> int:
+    """The level ``acr`` reports: the session's assurance (1 or 2), or 3 when a second
+    factor was used and the person's identity was checked by an administrator."""
+    level = int(session.get("assurance", 1))
+    return 3 if level >= 2 and _identity_level() >= 3 else level
 # The page that raises the session's assurance with the user's second factor; it takes
 # ``next`` and sends the user back here, where the level is read again.
 STEP_UP_ENDPOINT = "mfa.step_up"
@@ -321,7 +337,7 @@ def requested_level(acr_values: str, claims: str | None) -> tuple[int | None, bo
 
 def _lowest(values: list) -> int:
     levels = [int(v[len(ACR_PREFIX):]) for v in values if isinstance(v, str)
-              and v.startswith(ACR_PREFIX) and v[len(ACR_PREFIX):] in ("1", "2")]
+              and v.startswith(ACR_PREFIX) and v[len(ACR_PREFIX):] in ("1", "2", "3")]
     return min(levels) if levels else UNREACHABLE
 
 

@@ -69,6 +69,8 @@ def test_first_bind_sign_in_provisions_with_nested_group_roles(client, app, tx, 
         link = session.scalar(sa.select(FederatedIdentity))
         assert (user.email, user.password_hash) == ("alice@acme.test", None)
         assert link.connection_id == ldap_org and "uid=" not in link.subject
+        # The organization's directory, for an address in its verified domain: level 2.
+        assert (user.identity_level, user.identity_method) == (2, "ldap")
     assert roles(tx, "alice@acme.test") == {"user_manager", "member"}
     login = audit_events(app, "auth.login")[-1]
     assert login.outcome == "success" and login.details["method"] == "ldap"

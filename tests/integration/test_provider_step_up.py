@@ -86,7 +86,7 @@ def test_malformed_claims_parameter_is_an_invalid_request(app, op):
 
 def test_discovery_lists_the_acr_values(op):
     config = http.get(op + "/.well-known/openid-configuration").json()
-    assert config["acr_values_supported"] == [LOA1, LOA2]
+    assert config["acr_values_supported"] == [LOA1, LOA2, "urn:trellis:loa:3"]
     assert config["claims_parameter_supported"] is True
 
 

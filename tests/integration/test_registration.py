@@ -165,6 +165,7 @@ def test_who_may_sign_up_follows_each_setting(app, client, make_org, tx, smtp_se
         user = session.scalar(sa.select(User).where(User.email == "x@example.test"))
         assert user is not None and session.scalar(
             sa.select(Membership).where(Membership.user_id == user.id)) is None
+        assert (user.identity_level, user.identity_method) == (1, "email")  # link used
     # Verified domains only.
     with tx() as session:
         registration.set_mode(session, CLI_CTX, "acme", "domains")

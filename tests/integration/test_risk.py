@@ -37,7 +37,9 @@ def test_first_sign_in_is_new_then_known(client, app, alice):
     sign_in(client, "alice@acme.test")
     again = last_risk(app)
     assert again["signals"] == {"new_device": False, "new_network": False,
-                                "account_failures": 0, "ip_failures": 0}
+                                "account_failures": 0, "ip_failures": 0, "ip_accounts": 0,
+                                "common_password": False}
+    assert again["thresholds"] == [50, 80]
     assert (again["score"], again["decision"]) == (0, "allow")
 
 
@@ -74,15 +76,16 @@ def test_failures_before_the_sign_in_raise_the_score(client, app, alice):
 def test_missing_signals_degrade_without_breaking_the_sign_in(client, app, alice,
                                                               monkeypatch):
     # A statement the database refuses stands for any failed read of the signals.
-    monkeypatch.setattr(risk, "SIGNALS", sa.select(sa.text("no_such_column")))
+    monkeypatch.setattr(risk, "_READ", sa.select(sa.text("no_such_column")))
     response = client.post("/login", data={
         "email": "alice@acme.test", "password": "correct horse battery",
         "csrf_token": csrf_token(client)}, environ_base={"REMOTE_ADDR": ""})
     assert response.status_code == 302 and response.headers["Location"] == "/"
     details = last_risk(app)
     assert set(details["missing"]) == {"new_device", "new_network", "account_failures",
-                                       "ip_failures"}
-    assert details["signals"] == {} and details["score"] == 0
+                                       "ip_failures", "ip_accounts", "unusual_hour"}
+    assert details["signals"] == {"common_password": False} and details["score"] == 0
+    assert details["thresholds"] == [50, 80]  # the platform's, as nothing could be read
     assert client.get("/").status_code == 200
 
 
@@ -148,3 +151,63 @@ def test_risk_policy_stops_a_risky_sign_in_without_a_second_factor(client, app, 
     assert client.get("/").status_code == 302
     assert last_risk(app)["decision"] == "deny"
     assert audit_events(app, "auth.login")[-1].reason == "risk_denied"
+
+
+# ---- thresholds per organization
+
+
+def test_owners_set_their_organizations_risk_thresholds(client, app, tx, alice, make_user):
+    from portal.services import organizations
+    from tests.integration.test_mfa import grant
+    _risk_policy(tx)
+    grant(tx, "alice@acme.test", "org_owner")
+    make_user("bob@acme.test", org="acme")
+    sign_in(client, "alice@acme.test")
+    page = client.get("/o/acme/admin/security").get_data(as_text=True)
+    assert "Risk thresholds" in page and "In effect: step-up from 50, deny from 80" in page
+    token = csrf_token(client, "/o/acme/admin/security")
+    # A deny threshold not above the step-up one is refused, and nothing is saved.
+    response = client.post("/o/acme/admin/security", data={
+        "csrf_token": token, "policy": "all", "risk_step_up_at": "40", "risk_deny_at": "40"})
+    assert response.status_code == 422
+    assert "risk_deny_at" in response.get_data(as_text=True)
+    response = client.post("/o/acme/admin/security", data={
+        "csrf_token": token, "policy": "risk", "risk_step_up_at": "abc", "risk_deny_at": ""})
+    assert response.status_code == 422
+    with tx() as session:
+        org = organizations.get(session, "acme")
+        assert (org.mfa_policy.value, org.risk_step_up_at, org.risk_deny_at) == \
+            ("risk", None, None)
+    response = client.post("/o/acme/admin/security", data={
+        "csrf_token": token, "policy": "risk", "risk_step_up_at": "30", "risk_deny_at": "50"})
+    assert response.status_code == 302
+    event = audit_events(app, "organization.risk_thresholds")[-1]
+    assert event.details == {"before": [None, None], "after": [30, 50], "defaults": [50, 80]}
+    assert event.actor == "alice@acme.test"
+    assert "In effect: step-up from 30, deny from 50" in \
+        client.get("/o/acme/admin/security").get_data(as_text=True)
+    # A member's first sign-in (new device and network: 50) is now denied, not allowed.
+    response = sign_in(app.test_client(), "bob@acme.test")
+    assert response.status_code == 403
+    details = last_risk(app)
+    assert (details["score"], details["decision"], details["thresholds"]) == \
+        (50, "deny", [30, 50])
+
+
+def test_the_strictest_organization_thresholds_apply(app, tx, alice, make_org):
+    from portal.models import Membership
+    from portal.services import mfa, organizations
+    from tests.conftest import CLI_CTX
+    make_org("globex", "Globex")
+    with tx() as session:
+        acme, globex = organizations.get(session, "acme"), organizations.get(session, "globex")
+        mfa.set_risk_thresholds(session, CLI_CTX, acme, "70", "101", (50, 80))
+        mfa.set_risk_thresholds(session, CLI_CTX, globex, "", "60", (50, 80))
+    client = app.test_client()
+    sign_in(client, "alice@acme.test")
+    assert last_risk(app)["thresholds"] == [70, 101]  # acme's own: lenient
+    with tx() as session:
+        session.add(Membership(user_id=alice.id, organization_id=globex.id))
+    sign_out(client)
+    sign_in(client, "alice@acme.test")
+    assert last_risk(app)["thresholds"] == [50, 60]  # globex: the default step-up, deny 60

@@ -248,7 +248,9 @@ def _settle(tx, user, events: list, *, amr: tuple[str, ...], idp_mfa: bool,
         token = auth.start_session(tx, user, ctx, current_app.config["SESSION_HOURS"])
     audit.record_many(tx, ctx.acting_as(user.id, user.email), events)
     if not ask:  # a sign-in held for its second factor is not complete yet
-        _remember_device(tx, user, assessment.fresh if assessment else frozenset())
+        _remember_device(tx, user, assessment.fresh if assessment else frozenset(),
+                         maybe_new=assessment is None or
+                         assessment.signals.get("new_device") is not False)
     return Opened(token, ask, enroll)
 
 
@@ -387,11 +389,15 @@ def note_password(password: str | None) -> None:
         current_app.logger.warning("common-password check skipped", exc_info=True)
 
 
-def _remember_device(tx, user, fresh: frozenset[str]) -> None:
-    """A completed sign-in makes this device, network, hour and place known for the user."""
+def _remember_device(tx, user, fresh: frozenset[str], maybe_new: bool = True) -> None:
+    """A completed sign-in makes this device, network, hour and place known for the user; a
+    device new to the account also mails the owner a notice (``maybe_new`` False: the
+    sign-in's risk assessment already found the device known, so there is nothing to
+    check)."""
     from portal import risk
     from portal.views.account import notify_new_device
-    notify_new_device(tx, user, device_id(), db_session())
+    if maybe_new:
+        notify_new_device(tx, user, device_id(), db_session())
     place = g.get("risk_place")
     if place is None and "place" not in fresh:  # completed at the code step: locate again
         place = risk.place_of(current_app.config["GEOIP_DATABASE"], request.remote_addr)

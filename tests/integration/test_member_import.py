@@ -102,3 +102,21 @@ def test_export_lists_only_this_organization(app, tx, two_orgs):
     assert mia["name"].startswith("'=")  # a spreadsheet shows it as text, never runs it
     with tx() as session:
         assert session.scalar(sa.select(sa.func.count()).select_from(RoleGrant)) > 0
+
+
+def test_a_large_import_refreshes_the_planners_statistics(app, tx, two_orgs, monkeypatch):
+    """On PostgreSQL an import of at least ANALYZE_AFTER rows ends with ANALYZE, so the
+    member search uses its indexes at once rather than after autovacuum's next visit."""
+    from portal.services import member_import
+    monkeypatch.setattr(member_import, "ANALYZE_AFTER", 3)
+    rows = "".join(f"bulk{i}@acme.test,Bulk {i},\n" for i in range(4))
+    done = upload(as_user(app, "alice@acme.test"), f"email,name,role\n{rows}".encode(),
+                  dry_run=False)
+    assert done.status_code == 200
+    with tx() as session:
+        users = session.scalar(sa.select(sa.func.count()).select_from(User))
+        if session.get_bind().dialect.name != "postgresql":
+            return
+        estimate = session.scalar(sa.text(
+            "SELECT reltuples FROM pg_class WHERE relname = 'users'"))
+    assert estimate == users  # ANALYZE read the table as it is after the import

@@ -21,6 +21,7 @@ store round trip; ``record_success`` clears the account and marks the network in
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import logging
@@ -246,6 +247,7 @@ class Episode:
     window_failures: int = 0
 
 
+@functools.lru_cache(maxsize=4096)  # parsing addresses is most of the in-process cost
 def network_of(ip: str) -> str:
     """The network a successful sign-in vouches for: /24 for IPv4, /56 for IPv6 (a home or
     office line), the text itself when it is not an address."""

@@ -103,3 +103,40 @@ def test_distributed_stuffing_slows_newcomers_not_people_with_a_clean_record(glo
     assert len(audit_events(app, "throttle.global_engaged")) == 1
     lifted = audit_events(app, "throttle.global_lifted")
     assert len(lifted) == 1 and lifted[0].details["until"] == engaged[0].details["until"]
+
+
+def test_the_code_step_is_throttled_too_on_an_address_that_keeps_failing(global_app):
+    """Alice's password is right from a shared address (a carrier NAT), which vouches for
+    its network; bots behind the same address then fail there and elsewhere. Her code step
+    from that address waits: the address has failures on record, so it is not known-good."""
+    from tests.integration.test_mfa import enroll, next_code
+    app = global_app
+    clock = [(time.time() // WINDOW + 0.5) * WINDOW]
+    throttle = services_of(app).throttle
+    throttle.clock = lambda: clock[0]
+    home = app.test_client()  # 127.0.0.1 by default
+    assert home.post("/login", data={"email": "alice@acme.test", "password": PASSWORD,
+                                     "csrf_token": csrf_token(home)}).status_code == 302
+    secret, _ = enroll(home)
+    away = app.test_client()
+    away.environ_base["REMOTE_ADDR"] = NEWCOMER
+    first = away.post("/login", data={"email": "alice@acme.test", "password": PASSWORD,
+                                      "csrf_token": csrf_token(away)})
+    assert first.status_code == 302 and "/login/mfa" in first.headers["Location"]
+    for n in range(3):
+        throttle.record_failure(f"target{n}@acme.test", NEWCOMER)
+    for n in range(37):
+        throttle.record_failure(f"victim{n}@acme.test", f"198.51.100.{n}")
+    token = csrf_token(away, "/login/mfa")
+    refused = away.post("/login/mfa", data={"code": next_code(secret), "csrf_token": token})
+    assert refused.status_code == 429, refused.headers.get("Location")
+    assert "Retry-After" in refused.headers
+    assert "networks not seen before" in refused.get_data(as_text=True)
+    assert away.get("/").status_code == 302  # not signed in
+    # Another address on that network, with a clean record, is not held up.
+    neighbour = app.test_client()
+    neighbour.environ_base["REMOTE_ADDR"] = "203.0.113.201"
+    assert neighbour.post("/login", data={"email": "bob@acme.test", "password": PASSWORD,
+                                          "csrf_token": csrf_token(neighbour)}
+                          ).status_code == 302
+    assert len(audit_events(app, "throttle.global_engaged")) == 1

@@ -390,8 +390,8 @@ def note_password(password: str | None) -> None:
 
 
 def _remember_device(tx, user, fresh: frozenset[str], maybe_new: bool = True) -> None:
-    """A completed sign-in makes this device, network, hour and place known for the user; a
-    device new to the account also mails the owner a notice (``maybe_new`` False: the
+    """A completed sign-in makes this device, network, hour and place known for the user;
+    a device new to the account also mails the owner a notice (``maybe_new`` False: the
     sign-in's risk assessment already found the device known, so there is nothing to
     check)."""
     from portal import risk

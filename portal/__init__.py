@@ -89,6 +89,24 @@ def _configure_flask(app: Flask) -> None:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=count, x_proto=count, x_host=count)
 
 
+def _audit_episode(db):
+    """Record the global sign-in throttle engaging or lifting, once per episode, in its own
+    transaction (the throttle runs outside the sign-in's transaction)."""
+    from datetime import UTC, datetime
+
+    from portal import audit
+
+    def record(what: str, episode) -> None:
+        when = {"started_at": datetime.fromtimestamp(episode.started, UTC).isoformat(),
+                "until": datetime.fromtimestamp(episode.until, UTC).isoformat()}
+        if what == "engaged":
+            when["window_failures"] = episode.window_failures
+        with db.transaction() as tx:
+            audit.record(tx, audit.Context(actor="system"), f"throttle.global_{what}",
+                         target="platform", details=when)
+    return record
+
+
 def _init_services(app: Flask) -> None:
     from federation.ldap import LdapAdapter
     from federation.oidc import OidcAdapter
@@ -117,7 +135,11 @@ def _init_services(app: Flask) -> None:
                                ip_free=config["LOGIN_IP_FREE_FAILURES"],
                                base_seconds=config["LOCKOUT_SECONDS"],
                                max_seconds=config["LOCKOUT_MAX_SECONDS"],
-                               ip_accounts=config["RISK_IP_ACCOUNTS"]),
+                               ip_accounts=config["RISK_IP_ACCOUNTS"],
+                               global_failures=config["GLOBAL_FAILURES"],
+                               global_window=config["GLOBAL_WINDOW_SECONDS"],
+                               known_good_days=config["KNOWN_GOOD_DAYS"],
+                               on_episode=_audit_episode(db)),
         secrets=SecretBox(config["ENCRYPTION_KEYS"]),
         oidc=OidcAdapter(discovery_ttl=config["OIDC_CACHE_SECONDS"]),
         saml=SamlAdapter(),

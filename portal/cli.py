@@ -1316,6 +1316,34 @@ def audit_export(since: datetime | None, fmt: str) -> None:
 # --- demo and serving -------------------------------------------------------------------
 
 @main.group()
+def throttle() -> None:
+    """The sign-in throttles."""
+
+
+@throttle.command("status")
+@with_appcontext
+def throttle_status() -> None:
+    """Whether the global sign-in throttle is engaged, since when and until when. Reading it
+    also records the end of an episode that has run out (audited once)."""
+    from datetime import UTC, datetime
+    s = services()
+    limit = current_app.config["GLOBAL_FAILURES"]
+    episode = s.throttle.episode()
+    window = current_app.config["GLOBAL_WINDOW_SECONDS"]
+    if not limit:
+        click.echo("global throttle: off (TRELLIS_GLOBAL_FAILURES=0)")
+        return
+    click.echo(f"global throttle: {'ENGAGED' if episode.engaged else 'not engaged'}")
+    click.echo(f"failures this window: {episode.window_failures} (limit {limit} per "
+               f"{window} s)")
+    if episode.engaged:
+        def at(ts: float) -> str:
+            return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        click.echo(f"engaged since: {at(episode.started)}")
+        click.echo(f"lifts at: {at(episode.until)} unless failures go on")
+
+
+@main.group()
 def demo() -> None:
     """Demo data for trying Trellis out."""
 

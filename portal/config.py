@@ -303,6 +303,17 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("TRELLIS_RISK_IP_ACCOUNTS", "RISK_IP_ACCOUNTS", _int_range(2, 100000), 20,
             "Distinct accounts failing to sign in from one IP within 15 minutes that mark "
             "the IP as credential stuffing (audited once per window, scored at sign-in)."),
+    Setting("TRELLIS_GLOBAL_FAILURES", "GLOBAL_FAILURES", _int_range(0, 10000000), 1000,
+            "Failed credential attempts across the platform within "
+            "`TRELLIS_GLOBAL_WINDOW_SECONDS` that engage the global throttle: until the attack "
+            "stops, only clients signing in from a network that succeeded before may try "
+            "(0: off). See docs/security.md."),
+    Setting("TRELLIS_GLOBAL_WINDOW_SECONDS", "GLOBAL_WINDOW_SECONDS", _int_range(10, 86400),
+            300, "Window of the global throttle; it lifts this long after the failure rate "
+            "falls below the limit."),
+    Setting("TRELLIS_KNOWN_GOOD_DAYS", "KNOWN_GOOD_DAYS", _int_range(1, 365), 30,
+            "How long a successful sign-in vouches for its network (/24 IPv4, /56 IPv6) "
+            "while the global throttle is engaged."),
     Setting("TRELLIS_GEOIP_DATABASE", "GEOIP_DATABASE", _text, "",
             "Path of a MaxMind-format city database (`.mmdb`, e.g. GeoLite2-City) for the "
             "impossible-travel risk signal; empty turns the signal off."),

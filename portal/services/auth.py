@@ -68,7 +68,7 @@ def sign_in(db: Database, ctx: audit.Context, passwords: Passwords, throttle: Lo
             now = utcnow()
             session.execute(TOUCH_USER, {"user_id": user.id, "now": now})
             set_committed_value(user, "last_login_at", now)
-            throttle.record_success(email)
+            throttle.record_success(email, ctx.ip)
             return user, open_session(session, user, [{
                 "action": "auth.login", "target": f"user:{email}",
                 "details": {"method": "password"}}])

@@ -154,7 +154,7 @@ def change(db: Database, ctx: audit.Context, passwords: Passwords, throttle: Log
         if (recent_sign_in and not current) or passwords.verify(user.password_hash, current):
             _check_new(password, confirm, user)
             if not recent_sign_in or current:
-                throttle.record_success(email)
+                throttle.record_success(email, ctx.ip)
             user.password_hash = passwords.hash(password)
             ended = session.execute(
                 sa.update(AuthSession)

@@ -71,7 +71,7 @@ def sign_in(db: Database, ctx: audit.Context, throttle: LoginThrottle, adapter: 
         _record_refusal(db, ctx, connection_id, error, identity)
         error.identity = identity
         raise
-    throttle.record_success(key)
+    throttle.record_success(key, ctx.ip)
     return user, token, identity
 
 

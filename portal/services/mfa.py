@@ -306,7 +306,7 @@ def checked_attempt(db: Database, ctx: audit.Context, throttle: LoginThrottle, u
                                   **({"recovery_codes_left": left} if left is not None
                                      else {})})
     if method is not None:
-        throttle.record_success(key)
+        throttle.record_success(key, ctx.ip)
         return method
     lockout = throttle.record_failure(key, ctx.ip)
     with db.transaction() as tx:

@@ -52,6 +52,11 @@ def forgot_password():
     if not form.validate_on_submit():
         return render_template("account/forgot.html", form=form, org=org,
                                error="Enter your email address."), 400
+    try:  # during a credential-stuffing episode, reset mail is for known networks only
+        services().throttle.check_global(audit_context().ip)
+    except TooManyAttempts as exc:
+        return render_template("account/forgot.html", form=form, org=org,
+                               error=exc.message), exc.status, exc.headers
     try:
         with services().db.transaction() as tx:
             message = credentials.request_reset(

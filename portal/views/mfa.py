@@ -493,7 +493,7 @@ def passwordless_sign_in():
                          reason=reason, details={"method": "passkey"})
         raise TrellisError("That passkey could not sign you in. Try again, or sign in with "
                            "your email.", code="passkey_refused", status=401)
-    s.throttle.record_success(key)
+    s.throttle.record_success(key, ctx.ip)
     response = finish_sign_in(user, token, amr=("hwk",),
                               next_url=safe_next(str(body.get("next") or "")), idp_mfa=True)
     return jsonify(redirect=response.location)

@@ -84,3 +84,110 @@ def test_one_ip_guessing_many_accounts_is_locked(store_factory):
     with pytest.raises(TooManyAttempts):
         t.check("fresh@x.test", "10.9.9.9")
     t.check("fresh@x.test", "10.0.0.1")
+
+
+# -- the global throttle ----------------------------------------------------------------
+
+class Episodes:
+    """Collects what the throttle announces (the app writes these to the audit trail)."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, float, float]] = []
+
+    def __call__(self, what, episode) -> None:
+        self.seen.append((what, episode.started, episode.until))
+
+    def kinds(self) -> list[str]:
+        return [what for what, _, _ in self.seen]
+
+
+def global_throttle(store_factory, clock, **limits):
+    episodes = Episodes()
+    options = {"global_failures": 50, "global_window": 60, "on_episode": episodes}
+    options.update(limits)
+    return throttle(store_factory, clock, **options), episodes
+
+
+def stuff(t, clock, ips: int = 30, accounts: int = 4) -> list[int]:
+    """Many IPs times many accounts, each failing once; returns the refusals' Retry-After."""
+    refused = []
+    for i in range(ips):
+        for j in range(accounts):
+            email, ip = f"victim{i}-{j}@x.test", f"198.51.{i}.{j + 1}"
+            try:
+                t.check(email, ip)
+            except TooManyAttempts as exc:
+                refused.append(exc.retry_after)
+                continue
+            t.record_failure(email, ip)
+    return refused
+
+
+def test_distributed_stuffing_engages_the_global_throttle_once(store_factory):
+    clock = Clock()
+    t, episodes = global_throttle(store_factory, clock)
+    t.check("regular@x.test", "192.0.2.10")
+    t.record_success("regular@x.test", "192.0.2.10")  # signed in before: known-good network
+    refused = stuff(t, clock)  # 120 attempts from 120 IPs: no IP or account is locked
+    assert len(refused) == 120 - 50  # the first 50 failures were checked, the rest refused
+    assert set(refused) <= {60, 61}
+    assert episodes.kinds() == ["engaged"]  # once per episode, not per request
+    # A new client is refused with the reason and the wait.
+    with pytest.raises(TooManyAttempts) as caught:
+        t.check("newcomer@x.test", "203.0.113.5")
+    assert caught.value.headers["Retry-After"] == str(caught.value.retry_after)
+    assert "networks not seen before" in caught.value.message
+    # The person with a clean record signs in, from the same address or the same /24.
+    t.check("regular@x.test", "192.0.2.10")
+    t.check("regular@x.test", "192.0.2.77")
+    t.check_global("192.0.2.77")  # a reset request too
+    with pytest.raises(TooManyAttempts):
+        t.check_global("203.0.113.5")
+    assert t.episode().engaged
+
+
+def test_the_global_throttle_lifts_after_the_window_and_is_audited_once(store_factory):
+    clock = Clock()
+    t, episodes = global_throttle(store_factory, clock)
+    stuff(t, clock)
+    assert episodes.kinds() == ["engaged"]
+    clock.now += 30  # the attack goes on: refusals keep the episode going
+    stuff(t, clock, ips=2, accounts=30)
+    engaged = t.episode()
+    assert engaged.engaged and engaged.until == clock.now + 60
+    clock.now += 61  # and then stops
+    t.check("newcomer@x.test", "203.0.113.5")  # lifted: new clients may try again
+    t.check("other@x.test", "203.0.113.6")
+    assert not t.episode().engaged
+    assert episodes.kinds() == ["engaged", "lifted"]
+    assert episodes.seen[1][2] == engaged.until
+
+
+def test_a_known_good_network_with_repeated_failures_is_not_exempt(store_factory):
+    clock = Clock()
+    t, _ = global_throttle(store_factory, clock)
+    t.record_success("regular@x.test", "192.0.2.10")
+    for _ in range(3):  # someone on that network guessing
+        t.record_failure("someone@x.test", "192.0.2.10")
+    stuff(t, clock)
+    with pytest.raises(TooManyAttempts):
+        t.check("regular@x.test", "192.0.2.10")
+    t.check("regular@x.test", "192.0.2.11")  # a neighbour with a clean record still passes
+
+
+def test_below_the_rate_or_switched_off_nothing_changes(store_factory):
+    clock = Clock()
+    t, episodes = global_throttle(store_factory, clock, global_failures=500)
+    assert stuff(t, clock) == []
+    off, off_episodes = global_throttle(store_factory, clock, global_failures=0)
+    assert stuff(off, clock) == [] and not off.episode().engaged
+    assert episodes.kinds() == off_episodes.kinds() == []
+
+
+def test_an_audit_failure_does_not_break_sign_in(store_factory):
+    clock = Clock()
+
+    def broken(what, episode):
+        raise RuntimeError("audit trail down")
+    t, _ = global_throttle(store_factory, clock, on_episode=broken)
+    assert len(stuff(t, clock)) == 70

@@ -15,16 +15,19 @@ LOGO_URL = re.compile(r"^(https://[A-Za-z0-9.-]+(:\d+)?|/static)/[A-Za-z0-9._~/%
 
 
 def normalize_email(raw: str) -> str:
+    """One spelling per mailbox, whatever was typed: NFKC folds Unicode look-alikes such as
+    full-width letters, and the domain is written in its Unicode form whether it was typed
+    that way or as IDNA (``xn--``), so the two spellings cannot become two accounts."""
     email = unicodedata.normalize("NFKC", raw or "").strip().lower()
     local, _, domain = email.rpartition("@")
     if not local or len(email) > 320 or not all(ch.isprintable() and not ch.isspace()
                                                  for ch in email):
         raise ValidationError("Enter a valid email address.", code="invalid_email")
     try:
-        normalize_domain(domain)
-    except ValidationError:
+        domain = normalize_domain(domain).encode("ascii").decode("idna")
+    except (ValidationError, UnicodeError):
         raise ValidationError("Enter a valid email address.", code="invalid_email") from None
-    return email
+    return f"{local}@{domain}"
 
 
 def normalize_domain(raw: str) -> str:

@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-DEB_PACKAGES := chromium xmlsec1 slapd ldap-utils rsyslog rsyslog-gnutls
+DEB_PACKAGES := chromium xmlsec1 slapd ldap-utils rsyslog rsyslog-gnutls wrk
 DEB_STAMP := $(VENV)/.debs
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT := $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq

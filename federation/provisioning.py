@@ -188,59 +188,66 @@ def _attribute_changes(user: User, identity: ExternalIdentity) -> dict[str, tupl
 
 def apply(session: Session, ctx: audit.Context, connection: Connection, result: Plan,
           grants: RoleGrants | None) -> User:
-    """Carry out a plan in the caller's transaction; raise its refusal."""
+    """Carry out a plan in the caller's transaction; raise its refusal. Its audit events
+    (provisioning, membership, roles, the sign-in) are appended to the chain at once."""
     identity, org_id = result.identity, connection.organization_id
     target = f"subject:{identity.subject}@connection:{connection.id}"
     if result.refusal is not None:
         raise result.refusal
+    events: list[dict[str, Any]] = []
+    now = utcnow()
     if result.create_user:
         user = User(email=identity.email, status=UserStatus.ACTIVE, password_hash=None,
-                    display_name=_display_name(identity))
+                    display_name=_display_name(identity), last_login_at=now)
         session.add(user)
         session.flush()
         session.add(FederatedIdentity(connection_id=connection.id, subject=identity.subject,
-                                      user_id=user.id, last_login_at=utcnow()))
-        audit.record(session, ctx.acting_as(user.id, user.email), "federation.provision",
-                     target=target, organization_id=org_id,
-                     details={"email": user.email, "connection": connection.id})
+                                      user_id=user.id, last_login_at=now))
+        events.append({"action": "federation.provision", "target": target,
+                       "organization_id": org_id,
+                       "details": {"email": user.email, "connection": connection.id}})
     else:
         user = result.user
-        result.link.last_login_at = utcnow()
+        user.last_login_at = result.link.last_login_at = now
         for attribute, (_old, new) in result.attribute_changes.items():
             setattr(user, attribute, new)
         if result.attribute_changes:
-            audit.record(session, ctx.acting_as(user.id, user.email), "federation.update",
-                         target=target, organization_id=org_id,
-                         details={k: list(v) for k, v in result.attribute_changes.items()})
+            events.append({"action": "federation.update", "target": target,
+                           "organization_id": org_id,
+                           "details": {k: list(v)
+                                       for k, v in result.attribute_changes.items()}})
     if result.create_membership:
         session.add(Membership(user_id=user.id, organization_id=org_id,
                                source=MembershipSource.JIT))
-        session.flush()
-        audit.record(session, ctx.acting_as(user.id, user.email), "membership.add",
-                     target=f"user:{user.email}", organization_id=org_id,
-                     details={"source": "jit", "connection": connection.id})
+        events.append({"action": "membership.add", "target": f"user:{user.email}",
+                       "organization_id": org_id,
+                       "details": {"source": "jit", "connection": connection.id}})
     if org_id is not None and grants is not None:
-        _sync_roles(session, ctx, grants, user, org_id, result)
-    user.last_login_at = utcnow()
-    audit.record_many(session, ctx.acting_as(user.id, user.email),
-                      [login_event(connection, identity, user.email)])
+        session.flush()
+        events += _sync_roles(session, grants, user, org_id, result,
+                              new_user=result.create_user)
+    events.append(login_event(connection, identity, user.email))
+    audit.record_many(session, ctx.acting_as(user.id, user.email), events)
     return user
 
 
-def _sync_roles(session: Session, ctx: audit.Context, grants: RoleGrants, user: User,
-                org_id: int, result: Plan) -> None:
-    """Roles from the IdP follow the IdP; roles granted by hand are never touched."""
-    current = grants.roles(session, user.id, org_id, result.role_source)
+def _sync_roles(session: Session, grants: RoleGrants, user: User, org_id: int,
+                result: Plan, new_user: bool = False) -> list[dict[str, Any]]:
+    """Roles from the IdP follow the IdP; roles granted by hand are never touched. Returns
+    the audit event of a change, if any. (An account created just now holds none.)"""
+    current = set() if new_user else grants.roles(session, user.id, org_id,
+                                                  result.role_source)
     added, removed = result.roles - current, current - result.roles
     for role in sorted(added):
         grants.grant(session, user.id, org_id, role, result.role_source)
     for role in sorted(removed):
         grants.revoke(session, user.id, org_id, role, result.role_source)
-    if added or removed:
-        audit.record(session, ctx.acting_as(user.id, user.email), "federation.roles",
-                     target=f"user:{user.email}", organization_id=org_id,
-                     details={"added": sorted(added), "removed": sorted(removed),
-                              "source": result.role_source})
+    if not (added or removed):
+        return []
+    return [{"action": "federation.roles", "target": f"user:{user.email}",
+             "organization_id": org_id,
+             "details": {"added": sorted(added), "removed": sorted(removed),
+                         "source": result.role_source}}]
 
 
 def link(session: Session, ctx: audit.Context, connection: Connection,

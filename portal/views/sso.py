@@ -168,10 +168,9 @@ def finish(connection: Connection, identity, pending: dict[str, Any], ctx,
             known = provisioning.sign_in_returning(tx, ctx, connection, identity)
             if known is not None:
                 user = tx.get(User, known.user_id)
-            else:
-                row = tx.get(Connection, connection.id)
-                plan = provisioning.plan(tx, row, identity)
-                user = provisioning.apply(tx, ctx, row, plan, s.role_grants)
+            else:  # the plan reads the connection's settings, loaded for this request
+                plan = provisioning.plan(tx, connection, identity)
+                user = provisioning.apply(tx, ctx, connection, plan, s.role_grants)
             token = session_opener(("fed",), idp_mfa=trusts_idp_mfa(connection, identity))(
                 tx, user, [known.login] if known is not None else [])
             landing_url = safe_next(pending.get("next")) if pending.get("next") else \

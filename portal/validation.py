@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
+from federation.identity import canonical_email
 from portal.errors import ValidationError
 
 SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
@@ -24,10 +25,11 @@ def normalize_email(raw: str) -> str:
                                                  for ch in email):
         raise ValidationError("Enter a valid email address.", code="invalid_email")
     try:
-        domain = normalize_domain(domain).encode("ascii").decode("idna")
+        normalize_domain(domain)
+        domain.rstrip(".").encode("idna").decode("ascii").encode("ascii").decode("idna")
     except (ValidationError, UnicodeError):
         raise ValidationError("Enter a valid email address.", code="invalid_email") from None
-    return f"{local}@{domain}"
+    return canonical_email(email)  # the same spelling identity providers' addresses get
 
 
 def normalize_domain(raw: str) -> str:

@@ -43,6 +43,9 @@ def test_short_passwords_are_refused(passwords):
 ])
 def test_emails_are_normalized(raw, expected):
     assert normalize_email(raw) == expected
+    # Addresses from identity providers get the same spelling, so they find the same account.
+    from federation.identity import canonical_email
+    assert canonical_email(raw) == expected
 
 
 @pytest.mark.parametrize("raw", ["", "no-at-sign", "@acme.test", "a@b", "a b@acme.test",

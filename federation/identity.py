@@ -2,9 +2,28 @@
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
+
+
+def canonical_email(raw: str) -> str:
+    """The one spelling of an address that the portal stores and looks up (see
+    ``portal.validation.normalize_email``, which also validates): NFKC folds look-alikes such
+    as full-width letters, lower case, and the domain in its Unicode form whether it came as
+    Unicode or as IDNA (``xn--``), so an identity provider's spelling finds the same account.
+    A domain IDNA cannot read is left as it is (validation refuses it where it matters)."""
+    email = unicodedata.normalize("NFKC", raw or "").strip().lower()
+    local, at, domain = email.rpartition("@")
+    if not at:
+        return email
+    try:
+        domain = domain.rstrip(".").encode("idna").decode("ascii").encode("ascii") \
+            .decode("idna")
+    except UnicodeError:
+        return email
+    return f"{local}@{domain}"
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ from ldap3.utils.dn import parse_dn
 
 from federation import ldap_ber
 from federation.errors import FederationError
-from federation.identity import AuthContext, ExternalIdentity
+from federation.identity import AuthContext, ExternalIdentity, canonical_email
 
 INVALID = "The email or password is not correct."
 UNREACHABLE = ("Your organization's directory could not be reached. Try again in a few "
@@ -603,7 +603,7 @@ def map_entry(settings: LdapSettings, dn: str, attributes: dict[str, Any],
     subject = stable_id(subject_name, _get(attributes, subject_name))
     if not subject:
         return DirectoryEntry(dn, None, problem=f"no {subject_name} (the stable id)")
-    email = _first(_get(attributes, settings.attribute("email"))).strip().lower() or None
+    email = canonical_email(_first(_get(attributes, settings.attribute("email")))) or None
     claims = {"dn": dn, "username": _first(_get(attributes, settings.attribute("username"))),
               "subject_attribute": subject_name}
     identity = ExternalIdentity(

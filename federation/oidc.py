@@ -29,7 +29,13 @@ from joserfc.jwk import KeySet
 
 from federation import http
 from federation.errors import FederationError
-from federation.identity import AuthContext, ExternalIdentity, Redirect, RequestContext
+from federation.identity import (
+    AuthContext,
+    ExternalIdentity,
+    Redirect,
+    RequestContext,
+    canonical_email,
+)
 
 ASYMMETRIC = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256",
                         "ES384", "ES512", "EdDSA"})
@@ -236,7 +242,7 @@ class OidcAdapter:
         auth_time = claims.get("auth_time")
         return ExternalIdentity(
             connection_id=connection.connection_id, issuer=issuer, subject=str(claims["sub"]),
-            email=str(email).strip().lower() if email else None,
+            email=canonical_email(str(email)) if email else None,
             email_verified=verified is True or verified == "true",
             given_name=str(claims.get(connection.claim("given_name")) or "")[:100],
             family_name=str(claims.get(connection.claim("family_name")) or "")[:100],

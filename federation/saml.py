@@ -48,7 +48,13 @@ from onelogin.saml2.utils import OneLogin_Saml2_Utils
 from onelogin.saml2.xml_utils import OneLogin_Saml2_XML
 
 from federation.errors import FederationError
-from federation.identity import AuthContext, ExternalIdentity, Redirect, RequestContext
+from federation.identity import (
+    AuthContext,
+    ExternalIdentity,
+    Redirect,
+    RequestContext,
+    canonical_email,
+)
 
 NS = {"samlp": C.NS_SAMLP, "saml": C.NS_SAML, "ds": C.NS_DS, "xenc": C.NS_XENC,
       "md": C.NS_MD}
@@ -443,7 +449,7 @@ class SamlAdapter:
         amr = ("mfa",) if acr and any(hint in acr for hint in MFA_CONTEXTS) else ()
         return ExternalIdentity(
             connection_id=settings.connection_id, issuer=settings.idp_entity_id,
-            subject=subject, email=email.strip().lower() if email else None,
+            subject=subject, email=canonical_email(email) if email else None,
             email_verified=bool(email) and settings.emails_verified,
             given_name=_first(attributes, settings.attribute_names("given_name")) or "",
             family_name=_first(attributes, settings.attribute_names("family_name")) or "",

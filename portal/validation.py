@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
+from federation.identity import canonical_email
 from portal.errors import ValidationError
 
 SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
@@ -15,6 +16,9 @@ LOGO_URL = re.compile(r"^(https://[A-Za-z0-9.-]+(:\d+)?|/static)/[A-Za-z0-9._~/%
 
 
 def normalize_email(raw: str) -> str:
+    """One spelling per mailbox, whatever was typed: NFKC folds Unicode look-alikes such as
+    full-width letters, and the domain is written in its Unicode form whether it was typed
+    that way or as IDNA (``xn--``), so the two spellings cannot become two accounts."""
     email = unicodedata.normalize("NFKC", raw or "").strip().lower()
     local, _, domain = email.rpartition("@")
     if not local or len(email) > 320 or not all(ch.isprintable() and not ch.isspace()
@@ -22,9 +26,10 @@ def normalize_email(raw: str) -> str:
         raise ValidationError("Enter a valid email address.", code="invalid_email")
     try:
         normalize_domain(domain)
-    except ValidationError:
+        domain.rstrip(".").encode("idna").decode("ascii").encode("ascii").decode("idna")
+    except (ValidationError, UnicodeError):
         raise ValidationError("Enter a valid email address.", code="invalid_email") from None
-    return email
+    return canonical_email(email)  # the same spelling identity providers' addresses get
 
 
 def normalize_domain(raw: str) -> str:

@@ -62,6 +62,7 @@ def export(session: Session, ctx: audit.Context, user_id: int) -> dict[str, Any]
     user = session.get(User, user_id)
     if user is None:
         raise NotFound("There is no such user.", code="unknown_user")
+    addresses = sorted(addresses_of(session, user_id))  # before an email change too
     data = {
         "exported_at": _when(utcnow()),
         "profile": {"id": user.id, "email": user.email, "display_name": user.display_name,
@@ -98,14 +99,15 @@ def export(session: Session, ctx: audit.Context, user_id: int) -> dict[str, Any]
             {"subject": m.subject, "template": m.template, "status": m.status.value,
              "written_at": _when(m.created_at), "sent_at": _when(m.sent_at)}
             for m in session.scalars(sa.select(OutboxMessage).where(
-                OutboxMessage.to_address == user.email).order_by(OutboxMessage.id))],
+                OutboxMessage.to_address.in_(addresses)).order_by(OutboxMessage.id))],
         "audit_events": [
             {"seq": e.seq, "occurred_at": _when(e.occurred_at), "action": e.action,
              "actor": e.actor, "target": e.target, "outcome": e.outcome, "reason": e.reason,
              "ip": e.ip, "user_agent": e.user_agent, "details": e.details}
             for e in session.scalars(sa.select(AuditEvent).where(sa.or_(
                 AuditEvent.actor_id == user_id,
-                AuditEvent.target == f"user:{user.email}")).order_by(AuditEvent.seq))],
+                AuditEvent.target.in_([f"user:{a}" for a in addresses])))
+                .order_by(AuditEvent.seq))],
     }
     audit.record(session, ctx, "gdpr.export", target=f"user:{user.email}",
                  details={"sections": {k: len(v) for k, v in data.items()
@@ -214,8 +216,7 @@ def erase(session: Session, ctx: audit.Context, user_id: int, *, key: str) -> Er
         raise NotFound("There is no such user.", code="unknown_user")
     _refuse_last_owner(session, user_id)
     email = user.email
-    emails = {email} | set(session.scalars(
-        sa.select(UserToken.email).where(UserToken.user_id == user_id, UserToken.email != "")))
+    emails = addresses_of(session, user_id)
     alias = audit.pseudonym(key, email)
     removed: dict[str, int] = {}
 
@@ -246,6 +247,13 @@ def erase(session: Session, ctx: audit.Context, user_id: int, *, key: str) -> Er
                         ("links", UserToken)):
         gone(name, sa.delete(model).where(model.user_id == user_id))
     gone("emails", sa.delete(OutboxMessage).where(OutboxMessage.to_address.in_(emails)))
+    # An old address another account uses now: the mail sent to it before that account
+    # existed was this person's (e.g. the notice of their email change).
+    for address, since in session.execute(sa.select(User.email, User.created_at).where(
+            User.email.in_(_every_address(session, user_id) - emails), User.id != user_id)):
+        removed["emails"] += session.execute(sa.delete(OutboxMessage).where(
+            OutboxMessage.to_address == address,
+            OutboxMessage.created_at < since)).rowcount or 0
     gone("sign_ups", sa.delete(Registration).where(Registration.email.in_(emails)))
     gone("invitations", sa.delete(Invitation).where(Invitation.email.in_(emails),
                                                     Invitation.accepted_by_id.is_(None)))
@@ -265,6 +273,38 @@ def erase(session: Session, ctx: audit.Context, user_id: int, *, key: str) -> Er
                  details={"user_id": user_id, "removed": removed,
                           "events_pseudonymized": changed})
     return Erased(user_id, alias, removed, changed)
+
+
+def addresses_of(session: Session, user_id: int) -> set[str]:
+    """Every email address the person has had: the current one, those of their pending links,
+    and the addresses on either side of each completed email change (the audit trail is the
+    only place that remembers an address once its link is used). An old address that now
+    belongs to another account is that person's, not this one's, and is left out."""
+    found = _every_address(session, user_id)
+    others = set(session.scalars(sa.select(User.email).where(User.email.in_(found),
+                                                             User.id != user_id)))
+    return found - others
+
+
+def _every_address(session: Session, user_id: int) -> set[str]:
+    user = session.get(User, user_id)
+    found = {user.email} if user is not None else set()
+    found |= set(session.scalars(
+        sa.select(UserToken.email).where(UserToken.user_id == user_id, UserToken.email != "")))
+    changes = session.execute(sa.select(AuditEvent.action, AuditEvent.outcome,
+                                        AuditEvent.details).where(
+        AuditEvent.actor_id == user_id,
+        AuditEvent.action.in_(("user.email_change", "user.email_change_request"))))
+    for action, outcome, details in changes:
+        if not isinstance(details, dict):
+            continue
+        if action == "user.email_change":
+            found |= {details.get("from"), details.get("to")}
+        elif outcome == "success":  # an address that was taken was never this person's
+            found.add(details.get("new_email"))
+    found = {a for a in found if isinstance(a, str) and "@" in a
+             and not a.startswith(audit.PSEUDONYM_PREFIX) and not a.endswith(ERASED_DOMAIN)}
+    return found
 
 
 def _latest_consents(session: Session, user_id: int) -> dict[str, ConsentRecord]:

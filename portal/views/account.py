@@ -342,8 +342,9 @@ def change_email():
         flash(exc.message, "error")
         return redirect(url_for("account.index"))
     deliver_after_response([message_id])
-    flash(f"We are sending a link to {new_email.strip()}. Your address changes when you open "
-          "it; until then you keep signing in with the current one.", "info")
+    flash(f"We are sending a link to {new_email.strip()}; if our mail server is busy, we will "
+          "send it shortly. Your address changes when you open it; until then you keep "
+          "signing in with the current one.", "info")
     return redirect(url_for("account.index"))
 
 

@@ -77,7 +77,7 @@ def discovery():
         "scopes_supported": list(apps.SCOPES),
         "claims_supported": ["sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "acr",
                              "amr", "sid", "azp", "at_hash", "name", "email",
-                             "email_verified", "org", "roles"],
+                             "email_verified", "org", "roles", "profile_fields"],
         "prompt_values_supported": sorted(PROMPTS),
         "acr_values_supported": ACR_VALUES,
         "claims_parameter_supported": True,

@@ -232,3 +232,25 @@ def test_purposes_are_granted_and_withdrawn_and_each_change_is_kept(app, client,
                     ("product_news", False, "1", "account_page")]
     assert [e.details for e in audit_events(app, "consent.change")] == [
         {"product_news": True}, {"product_news": False}]
+
+
+def test_smtp_down_the_email_change_link_waits_and_the_page_says_so(
+        settings, smtp_server, make_user):
+    from portal.models import OutboxMessage, OutboxStatus
+    app = _mail_app(settings, smtp_server)
+    try:
+        make_user("alice@acme.test")
+        client = app.test_client()
+        sign_in(client, "alice@acme.test")
+        smtp_server.stop()
+        asked = _post(client, "/account/email", new_email="alice@new.test",
+                      password="correct horse battery")
+        page = client.get(asked.headers["Location"]).get_data(as_text=True)
+        assert "we will send it shortly" in page
+        with services_of(app).db.sessions() as session:
+            [row] = session.scalars(sa.select(OutboxMessage).where(
+                OutboxMessage.to_address == "alice@new.test")).all()
+        assert row.status == OutboxStatus.PENDING and row.last_error
+        assert _name(app, "alice@acme.test") is not None  # nothing changed yet
+    finally:
+        services_of(app).db.dispose()

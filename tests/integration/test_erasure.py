@@ -225,3 +225,74 @@ def test_the_worker_leaves_a_last_owner_waiting(app, alice, tx):
         session.add(RoleGrant(user_id=alice.id, organization_id=org_id, role="org_owner"))
     assert _run_worker(app) == 0
     assert _user(app, alice.id).status == UserStatus.ACTIVE
+
+
+def _change_email(app, client, new_email: str) -> None:
+    """The account page's email change, link opened from the mail in the outbox."""
+    import re
+    asked = client.post("/account/email", data={
+        "csrf_token": csrf_token(client, "/account/"), "new_email": new_email,
+        "password": PASSWORD})
+    assert asked.status_code == 302
+    with services_of(app).db.sessions() as session:
+        body = session.scalar(sa.select(OutboxMessage.text_body).where(
+            OutboxMessage.to_address == new_email, OutboxMessage.template == "email_confirm"))
+    path = re.search(r"http://localhost(/account/email/confirm/\S+)", body).group(1)
+    done = client.post(path, data={"csrf_token": csrf_token(client, "/account/")})
+    assert done.headers["Location"] == "/account/"
+
+
+def _everything_written(session) -> str:
+    events = session.scalars(sa.select(AuditEvent)).all()
+    mail = session.execute(sa.select(OutboxMessage.to_address, OutboxMessage.subject,
+                                     OutboxMessage.text_body, OutboxMessage.html_body)).all()
+    return json.dumps([[e.actor, e.target, e.reason, e.ip, e.details] for e in events] +
+                      [list(m) for m in mail], default=str)
+
+
+def test_addresses_from_before_an_email_change_are_erased_too(app, client, alice):
+    sign_in(client, "alice@acme.test")
+    _change_email(app, client, "alice@new.test")
+    _change_email(app, client, "alice@newer.test")
+    assert sign_in(app.test_client(), "alice@acme.test").status_code == 401  # history
+    with services_of(app).db.sessions() as session:
+        before = _everything_written(session)
+    assert "alice@acme.test" in before and "alice@new.test" in before
+
+    with services_of(app).db.transaction() as session:
+        erased = gdpr.erase(session, CLI_CTX, alice.id, key=gdpr.pseudonym_key(app.config))
+    assert erased.removed["emails"] >= 5  # the old mail, both confirmations, both notices
+    with services_of(app).db.sessions() as session:
+        after = _everything_written(session)
+        assert audit.verify(session).ok
+    for address in ("alice@acme.test", "alice@new.test", "alice@newer.test"):
+        assert address not in after, address
+    key = gdpr.pseudonym_key(app.config)
+    assert audit.pseudonym(key, "alice@acme.test") in after
+    assert "bob@acme.test" in after  # someone else's address is left alone
+
+
+def test_an_old_address_now_used_by_someone_else_stays_theirs(app, client, alice, tx,
+                                                              make_user):
+    sign_in(client, "alice@acme.test")
+    _change_email(app, client, "alice@new.test")
+    newcomer = make_user("alice@acme.test", display_name="Another Alice")
+    with tx() as session:
+        outbox.enqueue(session, to="alice@acme.test", template="test", org=None,
+                       context={"sender": "cli:test"})
+        assert gdpr.addresses_of(session, alice.id) == {"alice@new.test"}
+        gdpr.erase(session, CLI_CTX, alice.id, key=gdpr.pseudonym_key(app.config))
+    with services_of(app).db.sessions() as session:
+        assert session.scalar(sa.select(sa.func.count()).select_from(OutboxMessage).where(
+            OutboxMessage.to_address == "alice@acme.test")) >= 1
+        assert session.get(User, newcomer.id).email == "alice@acme.test"
+        assert "alice@new.test" not in _everything_written(session)
+
+
+def test_the_export_includes_what_was_sent_to_an_earlier_address(app, client, alice):
+    sign_in(client, "alice@acme.test")
+    _change_email(app, client, "alice@new.test")
+    data = client.get("/account/export").get_json(force=True)
+    assert data["profile"]["email"] == "alice@new.test"
+    templates = {m["template"] for m in data["emails"]}
+    assert {"test", "email_confirm", "email_changed"} <= templates

@@ -230,3 +230,11 @@ def test_a_key_defined_twice_stops_the_start(settings, tmp_path):
         create_app({**settings, "ORG_PROFILE_SCHEMAS": str(folder)})
     assert str(stopped.value).startswith("TRELLIS_ORG_PROFILE_SCHEMAS: acme.yaml: field "
                                          "'job_title' is already defined in the platform")
+
+
+def test_the_discovery_document_announces_the_profile_fields_claim(app):
+    """Relying parties read claims_supported to know what they may ask for."""
+    from portal.services import profiling
+    config = app.test_client().get("/.well-known/openid-configuration").get_json()
+    assert profiling.CLAIM in config["claims_supported"]
+    assert "email" in config["claims_supported"]

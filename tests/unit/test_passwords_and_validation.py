@@ -38,13 +38,19 @@ def test_short_passwords_are_refused(passwords):
     ("  Alice@ACME.test ", "alice@acme.test"),
     ("\uff42\uff4f\uff42@acme.test", "bob@acme.test"),  # full-width letters fold (NFKC)
     ("José@Bücher.example", "josé@bücher.example"),
+    ("josé@XN--BCHER-KVA.example", "josé@bücher.example"),  # IDNA spelling, same mailbox
+    ("\uff4a\uff4f\uff53\uff45@\uff22\uff55\u0308cher.example", "jose@bücher.example"),
 ])
 def test_emails_are_normalized(raw, expected):
     assert normalize_email(raw) == expected
+    # Addresses from identity providers get the same spelling, so they find the same account.
+    from federation.identity import canonical_email
+    assert canonical_email(raw) == expected
 
 
 @pytest.mark.parametrize("raw", ["", "no-at-sign", "@acme.test", "a@b", "a b@acme.test",
-                                 "a@-bad-.test", "a@" + "x" * 300 + ".test"])
+                                 "a@-bad-.test", "a@" + "x" * 300 + ".test",
+                                 "a@xn--zz.test"])
 def test_invalid_emails_are_refused(raw):
     with pytest.raises(ValidationError, match="valid email"):
         normalize_email(raw)

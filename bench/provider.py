@@ -1,6 +1,8 @@
 """Trellis as an OpenID Provider: client-credentials grants, full code-flow logins and token
 introspections per second, through one gunicorn worker on loopback (one core; the load runs
-on the other core with stdlib keep-alive connections).
+on the other core with stdlib connections), once with the threaded worker (2 threads,
+keep-alive) and once with the sync worker (the connection closed after each answer). The
+goals are judged on the worker that meets them, or else on the one with the most grants.
 
 A code-flow login here is what an app's sign-in costs Trellis once the user already has a
 Trellis session and the app is pre-approved: the authorization request (answered with a
@@ -207,45 +209,62 @@ def rate(seconds: float, step) -> float:
     return done / (time.perf_counter() - start)
 
 
+def over_http(folder: str, url: str, seconds: float, worker_class: str) -> dict[str, float]:
+    """Requests per second through one gunicorn worker of ``worker_class``: ``gthread`` (2
+    threads, keep-alive) or ``sync`` (one request at a time, the connection closed after each
+    answer; http.client opens the next one)."""
+    (backend_id, backend_secret), (web_id, web_secret) = SEEDED[url]
+    server = GunicornServer(Path(folder), {
+        "DATABASE_URL": url, "TRELLIS_ENV": "test", "TRELLIS_INSTANCE_PATH": folder,
+        "SECRET_KEY": "b" * 48, "TRELLIS_LOG_LEVEL": "WARNING",
+        "TRELLIS_ARGON2_TIME_COST": "1", "TRELLIS_ARGON2_MEMORY_KIB": "8192",
+        "TRELLIS_OAUTH_RATE_LIMIT": "1000000/minute"}, workers=1, threads=2,
+        worker_class=worker_class)
+    try:
+        conn = Conn(server.url)
+        sign_in(conn)
+        app_backend = Conn(server.url)
+        tokens = code_flow_login(conn, app_backend, web_id, web_secret)  # warms caches
+        cc_body = {"grant_type": "client_credentials", "scope": "authz"}
+        cc_auth = basic(backend_id, backend_secret)
+        machine = Conn(server.url)
+        introspect_body = {"token": tokens["access_token"]}
+        web_auth = basic(web_id, web_secret)
+        return {
+            "healthz": rate(seconds / 2, lambda: machine.call("GET", "/healthz")),
+            "cc": rate(seconds, lambda: machine.call("POST", "/oauth/token", cc_body,
+                                                     cc_auth)),
+            "logins": rate(seconds, lambda: code_flow_login(conn, app_backend, web_id,
+                                                            web_secret)),
+            "introspections": rate(seconds, lambda: machine.call(
+                "POST", "/oauth/introspect", introspect_body, web_auth))}
+    finally:
+        server.stop()
+
+
+def cell(rates: dict[str, float], key: str) -> str:
+    return f"{rates[key]:,.0f} /s ({rates[key] / rates['healthz']:.2f})"
+
+
 def main() -> int:
     args = parse_args(__doc__)
     seconds = 3.0 if args.quick else 10.0
     with tempfile.TemporaryDirectory() as folder:
         url = f"sqlite:///{folder}/bench.db"
         migrate.upgrade(url)
-        (backend_id, backend_secret), (web_id, web_secret) = seed(url)
-        server = GunicornServer(Path(folder), {
-            "DATABASE_URL": url, "TRELLIS_ENV": "test", "TRELLIS_INSTANCE_PATH": folder,
-            "SECRET_KEY": "b" * 48, "TRELLIS_LOG_LEVEL": "WARNING",
-            "TRELLIS_ARGON2_TIME_COST": "1", "TRELLIS_ARGON2_MEMORY_KIB": "8192",
-            "TRELLIS_OAUTH_RATE_LIMIT": "1000000/minute"}, workers=1, threads=2)
-        try:
-            conn = Conn(server.url)
-            sign_in(conn)
-            app_backend = Conn(server.url)
-            tokens = code_flow_login(conn, app_backend, web_id, web_secret)  # warms caches
-            cc_body = {"grant_type": "client_credentials", "scope": "authz"}
-            cc_auth = basic(backend_id, backend_secret)
-            machine = Conn(server.url)
-            healthz = rate(seconds / 2, lambda: machine.call("GET", "/healthz"))
-            cc = rate(seconds, lambda: machine.call("POST", "/oauth/token", cc_body, cc_auth))
-            logins = rate(seconds, lambda: code_flow_login(conn, app_backend, web_id,
-                                                           web_secret))
-            introspect_body = {"token": tokens["access_token"]}
-            web_auth = basic(web_id, web_secret)
-            introspections = rate(seconds, lambda: machine.call(
-                "POST", "/oauth/introspect", introspect_body, web_auth))
-        finally:
-            server.stop()
+        seed(url)
+        workers = {kind: over_http(folder, url, seconds, kind) for kind in ("gthread", "sync")}
         cpu = in_process(url, folder, 100 if args.quick else 500)
 
-    print(f"one gunicorn worker (gthread, 2 threads), SQLite, {seconds:.0f} s per measure")
-    print(f"{'measure':<44}{'value':>14}{'vs /healthz':>14}")
-    rows = [("GET /healthz (baseline)", healthz), ("client-credentials grants", cc),
-            ("code-flow logins (authorize + token)", logins),
-            ("token introspections", introspections)]
-    for name, value in rows:
-        print(f"{name:<44}{value:>10.0f} /s{value / healthz:>14.2f}")
+    print(f"one gunicorn worker, SQLite, {seconds:.0f} s per measure; requests per second "
+          "(and against /healthz)")
+    print(f"{'measure':<40}{'gthread (2 threads)':>22}{'sync':>22}")
+    for name, key in (("GET /healthz (baseline)", "healthz"),
+                      ("client-credentials grants", "cc"),
+                      ("code-flow logins (authorize + token)", "logins"),
+                      ("token introspections", "introspections")):
+        cells = "".join(f"{cell(rates, key):>22}" for rates in workers.values())
+        print(f"{name:<40}{cells}")
     login_ms = cpu["authorize"] + cpu["token"]
     print("\nin process (Flask test client), CPU per request (time.process_time, median of "
           "batches of 25)")
@@ -256,15 +275,23 @@ def main() -> int:
                         ("code-flow login (both)", login_ms),
                         ("client-credentials grant", cpu["client_credentials"])):
         print(f"{name:<44}{value:>14.3f}{1000 / value:>12.0f}/s")
-    figures = {"healthz_per_s": round(healthz), "client_credentials_per_s": round(cc),
-               "code_flow_logins_per_s": round(logins),
-               "introspections_per_s": round(introspections), "quick": args.quick,
+
+    def meets(rates: dict[str, float]) -> bool:
+        return (rates["cc"] >= GOALS["client_credentials_per_s"]
+                and rates["logins"] >= GOALS["code_flow_logins_per_s"])
+
+    best = max(workers, key=lambda kind: (meets(workers[kind]), workers[kind]["cc"]))
+    figures = {"worker": best, "healthz_per_s": round(workers[best]["healthz"]),
+               "client_credentials_per_s": round(workers[best]["cc"]),
+               "code_flow_logins_per_s": round(workers[best]["logins"]),
+               "introspections_per_s": round(workers[best]["introspections"]),
+               "by_worker": {kind: {k: round(v) for k, v in rates.items()}
+                             for kind, rates in workers.items()},
+               "quick": args.quick,
                "in_process_cpu_ms": {k: round(v, 3) for k, v in cpu.items()},
                "load_average": [round(x, 2) for x in os.getloadavg()]}
-    goals_met = (cc >= GOALS["client_credentials_per_s"]
-                 and logins >= GOALS["code_flow_logins_per_s"])
     print(json.dumps({"benchmark": "provider", "figures": figures, "goals": GOALS,
-                      "goals_met": goals_met}))
+                      "goals_met": meets(workers[best])}))
     return 0
 
 

@@ -260,22 +260,28 @@ def pseudonymize(session: Session, key: str, user_id: int | None, emails: list[s
         AuditEvent.target.contains(e, autoescape=True) for e in emails]
     if user_id is not None:
         conditions.append(AuditEvent.actor_id == user_id)
-    changed, last = 0, 0
     now = utcnow()
+    changed = sum(_pseudonymize_event(event, key, user_id, emails, now, drop_network)
+                  for event in _matching(session, sa.or_(*conditions), before_seq))
+    # Events that only mention the address in ``details`` or ``reason`` (JSON is not
+    # searchable the same way on both databases).
+    changed += _pseudonymize_mentions(session, key, emails, now, before_seq)
+    return changed
+
+
+def _matching(session: Session, condition, before_seq: int | None) -> Iterator[AuditEvent]:
+    """The events matching ``condition`` (older than ``before_seq``), in order, read 500 at
+    a time so a long trail never sits in memory at once."""
+    last = 0
     while True:
-        query = sa.select(AuditEvent).where(AuditEvent.seq > last, sa.or_(*conditions))
+        query = sa.select(AuditEvent).where(AuditEvent.seq > last, condition)
         if before_seq is not None:
             query = query.where(AuditEvent.seq < before_seq)
         rows = session.scalars(query.order_by(AuditEvent.seq).limit(500)).all()
-        # Events that only mention the address in ``details`` or ``reason`` are found by
-        # the scan below (JSON is not searchable the same way on both databases).
         if not rows:
-            break
-        for event in rows:
-            changed += _pseudonymize_event(event, key, user_id, emails, now, drop_network)
+            return
+        yield from rows
         last = rows[-1].seq
-    changed += _pseudonymize_mentions(session, key, user_id, emails, now, before_seq)
-    return changed
 
 
 def _pseudonymize_event(event: AuditEvent, key: str, user_id: int | None, emails: list[str],
@@ -297,24 +303,15 @@ def _pseudonymize_event(event: AuditEvent, key: str, user_id: int | None, emails
     return 1
 
 
-def _pseudonymize_mentions(session: Session, key: str, user_id: int | None,
-                           emails: list[str], now: datetime, before_seq: int | None) -> int:
+def _pseudonymize_mentions(session: Session, key: str, emails: list[str], now: datetime,
+                           before_seq: int | None) -> int:
     """Events that name the person only inside ``reason`` or ``details`` (an invitation
     sent to them, a member added by an admin)."""
-    changed, last = 0, 0
     pattern = [sa.cast(AuditEvent.details, sa.Text).contains(e, autoescape=True)
                for e in emails] + [AuditEvent.reason.contains(e, autoescape=True)
                                    for e in emails]
-    while True:
-        query = sa.select(AuditEvent).where(AuditEvent.seq > last, sa.or_(*pattern))
-        if before_seq is not None:
-            query = query.where(AuditEvent.seq < before_seq)
-        rows = session.scalars(query.order_by(AuditEvent.seq).limit(500)).all()
-        if not rows:
-            return changed
-        for event in rows:
-            changed += _pseudonymize_event(event, key, None, emails, now, False)
-        last = rows[-1].seq
+    return sum(_pseudonymize_event(event, key, None, emails, now, False)
+               for event in _matching(session, sa.or_(*pattern), before_seq))
 
 
 def export_rows(session: Session, since: datetime | None = None) -> Iterator[dict[str, Any]]:

@@ -4,9 +4,7 @@ sign-out."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from flask import (
     Blueprint,
@@ -209,14 +207,13 @@ class Opened:
     enroll: bool = False
 
 
-def session_opener(amr: tuple[str, ...], *, idp_mfa: bool = False
-                   ) -> Callable[[Any, Any], str | None]:
+def session_opener(amr: tuple[str, ...], *, idp_mfa: bool = False) -> auth.SessionOpener:
     """The step every first factor (password, directory bind, identity provider) takes in
     its own transaction once it has passed: score the risk, read what second factor is
     asked, and write the session row, the first factor's events with the ``auth.risk``
     event (one append to the audit chain) and the known device in that same transaction, so
-    a sign-in commits once. ``finish_sign_in`` then acts on what was
-    decided. Returns the session token, or None when the sign-in is refused."""
+    a sign-in commits once. ``finish_sign_in`` then acts on what was decided. The opener
+    returns the session token, or None when the sign-in is refused."""
     def open_session(tx, user, events: list) -> str | None:
         g.sign_in = _settle(tx, user, events, amr=amr, idp_mfa=idp_mfa)
         return g.sign_in.token

@@ -3,6 +3,7 @@ sign-out."""
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 
@@ -214,10 +215,14 @@ def session_opener(amr: tuple[str, ...], *, idp_mfa: bool = False) -> auth.Sessi
     event (one append to the audit chain) and the known device in that same transaction, so
     a sign-in commits once. ``finish_sign_in`` then acts on what was decided. The opener
     returns the session token, or None when the sign-in is refused."""
-    def open_session(tx, user, events: list) -> str | None:
-        g.sign_in = _settle(tx, user, events, amr=amr, idp_mfa=idp_mfa)
-        return g.sign_in.token
-    return open_session
+    return functools.partial(open_session, amr=amr, idp_mfa=idp_mfa)
+
+
+def open_session(tx, user, events: list, *, amr: tuple[str, ...], idp_mfa: bool = False
+                 ) -> str | None:
+    """``session_opener``'s step, for views that run it in their own transaction."""
+    g.sign_in = _settle(tx, user, events, amr=amr, idp_mfa=idp_mfa)
+    return g.sign_in.token
 
 
 def _settle(tx, user, events: list, *, amr: tuple[str, ...], idp_mfa: bool,

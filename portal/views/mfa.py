@@ -461,7 +461,7 @@ def passwordless_sign_in():
     from portal import audit
     from portal.db import utcnow
     from portal.models import UserStatus
-    from portal.views.auth import finish_sign_in, session_opener
+    from portal.views.auth import finish_sign_in, open_session
     body = _json_body()
     challenge = _take_challenge("passwordless", 0)
     s, ctx, rp = services(), audit_context(), relying_party()
@@ -477,9 +477,9 @@ def passwordless_sign_in():
                 reason = f"user_{user.status.value}"
             else:
                 user.last_login_at = utcnow()
-                token = session_opener(("hwk",), idp_mfa=True)(tx, user, [{
+                token = open_session(tx, user, [{
                     "action": "auth.login", "target": f"user:{user.email}",
-                    "details": {"method": "passkey"}}])
+                    "details": {"method": "passkey"}}], amr=("hwk",), idp_mfa=True)
                 reason = "risk_denied" if token is None else ""
     except mfa.InvalidCode as refused:
         reason = refused.detail or "passkey_invalid"

@@ -25,7 +25,7 @@ from portal.models import Connection, Protocol, User
 from portal.permissions import public, require
 from portal.security import safe_next
 from portal.services import auth, connections, replay, users
-from portal.views.auth import finish_sign_in, session_opener
+from portal.views.auth import finish_sign_in, open_session
 
 bp = Blueprint("sso", __name__, url_prefix="/sso")
 log = logging.getLogger("trellis.sso")
@@ -162,7 +162,7 @@ def test_sign_in(connection: Connection, identity):
 def finish(connection: Connection, identity, pending: dict[str, Any], ctx,
            remember: dict[str, Any] | None = None):
     """Provision and sign in; ``remember`` goes into the new session (SAML logout data)."""
-    s = services()
+    s, idp_mfa = services(), trusts_idp_mfa(connection, identity)
     try:
         with s.db.transaction() as tx:
             known = provisioning.sign_in_returning(tx, ctx, connection, identity)
@@ -171,8 +171,8 @@ def finish(connection: Connection, identity, pending: dict[str, Any], ctx,
             else:  # the plan reads the connection's settings, loaded for this request
                 plan = provisioning.plan(tx, connection, identity)
                 user = provisioning.apply(tx, ctx, connection, plan, s.role_grants)
-            token = session_opener(("fed",), idp_mfa=trusts_idp_mfa(connection, identity))(
-                tx, user, [known.login] if known is not None else [])
+            token = open_session(tx, user, [known.login] if known is not None else [],
+                                 amr=("fed",), idp_mfa=idp_mfa)
             landing_url = safe_next(pending.get("next")) if pending.get("next") else \
                 landing(tx, user.id, connection, known)
     except FederationError as error:
@@ -181,7 +181,7 @@ def finish(connection: Connection, identity, pending: dict[str, Any], ctx,
             return offer_link(connection, identity, pending, remember)
         raise
     return finish_sign_in(user, token, amr=("fed",), next_url=landing_url, remember=remember,
-                          idp_mfa=trusts_idp_mfa(connection, identity))
+                          idp_mfa=idp_mfa)
 
 
 def trusts_idp_mfa(connection: Connection, identity) -> bool:
@@ -294,14 +294,13 @@ def _link_and_sign_in(connection: Connection, identity, offer: dict, *, password
                           proof=proof)
         plan = provisioning.plan(tx, row, identity)
         user = provisioning.apply(tx, ctx, row, plan, s.role_grants)
-        token = session_opener(("fed",), idp_mfa=trusts_idp_mfa(connection, identity))(
-            tx, user, [])
+        idp_mfa = trusts_idp_mfa(connection, identity)
+        token = open_session(tx, user, [], amr=("fed",), idp_mfa=idp_mfa)
         landing_url = safe_next(offer.get("next")) if offer.get("next") else \
             landing(tx, user.id)
     # finish_sign_in replaces the password sign-in session too
     return finish_sign_in(user, token, amr=("fed",), next_url=landing_url,
-                          remember=offer.get("remember") or None,
-                          idp_mfa=trusts_idp_mfa(connection, identity))
+                          remember=offer.get("remember") or None, idp_mfa=idp_mfa)
 
 
 def landing(tx, user_id: int, connection: Connection | None = None, known=None) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -70,17 +71,27 @@ def database_url(backend_url) -> Iterator[str]:
 
 
 def empty_tables(url: str) -> None:
+    """Empty every table after a test. A live server's last bit of work (a mail delivered
+    after its response) may still hold a lock when the test ends: PostgreSQL then reports a
+    deadlock with the TRUNCATE, which is retried once that work is done."""
     engine = create_engine(url)
     tables = [t for t in Base.metadata.sorted_tables]
-    with engine.begin() as connection:
-        if connection.dialect.name == "postgresql":
-            names = ", ".join(f'"{t.name}"' for t in tables)
-            connection.execute(sa.text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
-        else:
-            for table in reversed(tables):
-                connection.execute(table.delete())
-        connection.execute(sa.insert(AuditHead).values(id=1, last_seq=0,
-                                                       last_hash=audit.GENESIS))
+    for attempt in range(5):
+        try:
+            with engine.begin() as connection:
+                if connection.dialect.name == "postgresql":
+                    names = ", ".join(f'"{t.name}"' for t in tables)
+                    connection.execute(sa.text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+                else:
+                    for table in reversed(tables):
+                        connection.execute(table.delete())
+                connection.execute(sa.insert(AuditHead).values(id=1, last_seq=0,
+                                                               last_hash=audit.GENESIS))
+            break
+        except sa.exc.OperationalError as error:
+            if "deadlock" not in str(error).lower() or attempt == 4:
+                raise
+            time.sleep(0.2 * (attempt + 1))
     engine.dispose()
 
 

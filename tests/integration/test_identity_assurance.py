@@ -11,10 +11,10 @@ import pytest
 import sqlalchemy as sa
 
 from portal.models import User
-from portal.services import mfa, org_policies, users
+from portal.services import org_policies, users
 from tests.conftest import CLI_CTX, PASSWORD, audit_events, csrf_token, services_of, sign_in
 from tests.integration.test_cli import trellis  # noqa: F401  (the CLI runner fixture)
-from tests.integration.test_mfa import grant, previous_code
+from tests.integration.test_mfa import confirmed_totp, grant
 
 
 def level(app, email: str) -> tuple[int, str]:
@@ -160,12 +160,7 @@ def test_apps_see_level_3_in_acr_only_for_a_checked_identity(app, op):
         start,
     )
     from tests.integration.test_provider_flow import validate_id_token
-    services = services_of(app)
-    with services.db.transaction() as session:
-        user = users.get_by_email(session, "alice@acme.test")
-        secret = mfa.begin_totp(session, services.secrets, user).secret
-        mfa.confirm_totp(session, CLI_CTX, services.secrets, services.passwords, user,
-                         previous_code(secret))
+    secret = confirmed_totp(app, "alice@acme.test")
     browser = http.__class__()
 
     def login() -> None:
@@ -188,7 +183,7 @@ def test_apps_see_level_3_in_acr_only_for_a_checked_identity(app, op):
     claims = '{"id_token": {"acr": {"essential": true, "values": ["urn:trellis:loa:3"]}}}'
     response, _, _, _ = start(op, client, browser, claims=claims)
     assert "unmet_authentication_requirements" in response.headers.get("Location", "")
-    with services.db.transaction() as session:
+    with services_of(app).db.transaction() as session:
         from portal import assurance
         assurance.verify(session, CLI_CTX, users.get_by_email(session, "alice@acme.test"),
                          "in_person", "checked at onboarding")

@@ -41,6 +41,17 @@ def previous_code(secret: str) -> str:
     return pyotp.TOTP(secret).at(time.time() - 30)
 
 
+def confirmed_totp(app, email: str) -> str:
+    """An authenticator app set up for the user directly through the service; its secret."""
+    services = services_of(app)
+    with services.db.transaction() as session:
+        user = users.get_by_email(session, email)
+        secret = mfa.begin_totp(session, services.secrets, user).secret
+        mfa.confirm_totp(session, CLI_CTX, services.secrets, services.passwords, user,
+                         previous_code(secret))
+    return secret
+
+
 def next_code(secret: str) -> str:
     return pyotp.TOTP(secret).at(time.time() + 30)
 
@@ -404,12 +415,7 @@ def test_the_openid_provider_reports_the_second_factor(app, op):
         start,
     )
     from tests.integration.test_provider_flow import validate_id_token
-    services = services_of(app)
-    with services.db.transaction() as session:
-        user = users.get_by_email(session, "alice@acme.test")
-        secret = mfa.begin_totp(session, services.secrets, user).secret
-        mfa.confirm_totp(session, CLI_CTX, services.secrets, services.passwords, user,
-                         previous_code(secret))
+    secret = confirmed_totp(app, "alice@acme.test")
     browser = http.__class__()
     page = browser.get(op + "/login")
     answer = browser.post(op + "/login", data={
@@ -447,12 +453,7 @@ def test_an_app_asking_for_level_2_gets_a_step_up_first(app, op):
     )
     from tests.integration.test_provider_flow import validate_id_token
     browser = browser_login(op, "alice@acme.test")  # no second factor yet: level 1
-    services = services_of(app)
-    with services.db.transaction() as session:  # then one is set up (say, on a phone)
-        user = users.get_by_email(session, "alice@acme.test")
-        secret = mfa.begin_totp(session, services.secrets, user).secret
-        mfa.confirm_totp(session, CLI_CTX, services.secrets, services.passwords, user,
-                         previous_code(secret))
+    secret = confirmed_totp(app, "alice@acme.test")  # then one is set up (on a phone)
     registered = register(app)
     client = rp(op, registered)
     quiet, _, _, _ = start(op, client, browser, acr_values="urn:trellis:loa:2", prompt="none")

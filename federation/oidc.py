@@ -21,7 +21,6 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
-from authlib.common.security import generate_token
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
 from joserfc import jwt
 from joserfc.errors import JoseError
@@ -92,7 +91,10 @@ class OidcAdapter:
 
     def begin(self, connection: OidcSettings, request: RequestContext) -> Redirect:
         meta = self.metadata(connection)
-        state, nonce, verifier = generate_token(32), generate_token(32), generate_token(64)
+        # 32, 32 and 64 URL-safe characters straight from the OS (Authlib's generate_token
+        # draws them one by one, which cost more than the rest of this method).
+        state, nonce = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+        verifier = secrets.token_urlsafe(48)
         params = {"response_type": "code", "client_id": connection.client_id,
                   "redirect_uri": request.redirect_uri, "scope": " ".join(connection.scopes),
                   "state": state, "code_challenge": create_s256_code_challenge(verifier),

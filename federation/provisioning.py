@@ -15,11 +15,12 @@ from typing import Protocol as TypingProtocol
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from federation.errors import FederationError
 from federation.identity import ExternalIdentity
 from portal import audit
-from portal.db import utcnow
+from portal.db import core, utcnow
 from portal.models import (
     Connection,
     Domain,
@@ -315,21 +316,22 @@ _ACTIVE_ORGS = (sa.select(sa.func.count()).select_from(_MEMBERSHIPS)
                 .where(_MEMBERSHIPS.c.user_id == _USERS.c.id,
                        _MEMBERSHIPS.c.status == MembershipStatus.ACTIVE.value)
                 .correlate(_USERS).scalar_subquery())
+ROLE_SEPARATOR = "\x1f"  # no role name holds it
 RETURNING_ROW = (
-    sa.select(_LINKS.c.id.label("link_id"), _USERS.c.id, _USERS.c.email, _USERS.c.status,
-              _USERS.c.display_name, _MEMBERSHIPS.c.status.label("membership"),
+    sa.select(User, _LINKS.c.id.label("link_id"), _MEMBERSHIPS.c.status.label("membership"),
               _ACTIVE_ORGS.label("active_orgs"),
               sa.select(_ORGS.c.slug).where(_ORGS.c.id == sa.bindparam("org_id"))
-              .scalar_subquery().label("org_slug"))
+              .scalar_subquery().label("org_slug"),
+              sa.select(sa.func.aggregate_strings(_GRANTS.c.role, ROLE_SEPARATOR))
+              .where(_GRANTS.c.user_id == _USERS.c.id,
+                     _GRANTS.c.organization_id == sa.bindparam("org_id"),
+                     _GRANTS.c.source == sa.bindparam("source"))
+              .correlate(_USERS).scalar_subquery().label("sourced_roles"))
     .select_from(_LINKS.join(_USERS, _USERS.c.id == _LINKS.c.user_id).outerjoin(
         _MEMBERSHIPS, sa.and_(_MEMBERSHIPS.c.user_id == _USERS.c.id,
                               _MEMBERSHIPS.c.organization_id == sa.bindparam("org_id"))))
     .where(_LINKS.c.connection_id == sa.bindparam("connection_id"),
            _LINKS.c.subject == sa.bindparam("subject")))
-SOURCED_ROLES = sa.select(_GRANTS.c.role).where(
-    _GRANTS.c.user_id == sa.bindparam("user_id"),
-    _GRANTS.c.organization_id == sa.bindparam("org_id"),
-    _GRANTS.c.source == sa.bindparam("source"))
 TOUCH_LINK = _LINKS.update().where(_LINKS.c.id == sa.bindparam("link_id")).values(
     last_login_at=sa.bindparam("now"))
 TOUCH_USER = _USERS.update().where(_USERS.c.id == sa.bindparam("user_id")).values(
@@ -338,8 +340,7 @@ TOUCH_USER = _USERS.update().where(_USERS.c.id == sa.bindparam("user_id")).value
 
 @dataclass(frozen=True)
 class Returning:
-    user_id: int
-    email: str
+    user: User
     organizations: int  # how many organizations the user is an active member of
     org_slug: str | None  # the connection's organization
     login: dict[str, Any]  # the sign-in's audit event, for the caller to append
@@ -348,32 +349,36 @@ class Returning:
 def sign_in_returning(session: Session, ctx: audit.Context, connection: Connection,
                       identity: ExternalIdentity) -> Returning | None:
     """Most sign-ins are a known subject whose account, membership, name and IdP-mapped roles
-    have not changed: this records such a sign-in with a few prebuilt statements (the same
-    writes as ``apply``), and returns its audit event for the caller to append with the new
-    session's (one append to the chain). For anything else it returns None without writing,
-    and the caller takes ``plan``/``apply``, which decide it."""
+    have not changed: this reads all of that (and the user) in one statement and records the
+    sign-in with two prebuilt updates (the same writes as ``apply``), and returns its audit
+    event for the caller to append with the new session's (one append to the chain). For
+    anything else it returns None without writing, and the caller takes ``plan``/``apply``,
+    which decide it."""
     org_id = connection.organization_id
     if not connection.enabled or not _domain_allowed(connection, identity.email):
         return None
-    row = session.execute(RETURNING_ROW, {"org_id": org_id, "connection_id": connection.id,
-                                          "subject": identity.subject}).first()
-    if row is None or row.status != UserStatus.ACTIVE:
+    row = session.execute(RETURNING_ROW, {
+        "org_id": org_id, "connection_id": connection.id, "subject": identity.subject,
+        "source": role_source(connection)}).first()
+    if row is None or row.User.status != UserStatus.ACTIVE:
         return None
+    user = row.User
     name = _asserted_name(identity)
-    if name and name != row.display_name:
+    if name and name != user.display_name:
         return None
     if org_id is not None:
         if row.membership != MembershipStatus.ACTIVE:
             return None
-        current = set(session.scalars(SOURCED_ROLES, {"user_id": row.id, "org_id": org_id,
-                                                      "source": role_source(connection)}))
+        current = set(row.sourced_roles.split(ROLE_SEPARATOR)) if row.sourced_roles else set()
         if current != mapped_roles(connection, identity):
             return None
     now = utcnow()
-    session.execute(TOUCH_LINK, {"link_id": row.link_id, "now": now})
-    session.execute(TOUCH_USER, {"user_id": row.id, "now": now})
-    return Returning(row.id, row.email, row.active_orgs, row.org_slug,
-                     login_event(connection, identity, row.email))
+    statements = core(session)
+    statements.execute(TOUCH_LINK, {"link_id": row.link_id, "now": now})
+    statements.execute(TOUCH_USER, {"user_id": user.id, "now": now})
+    set_committed_value(user, "last_login_at", now)
+    return Returning(user, row.active_orgs, row.org_slug,
+                     login_event(connection, identity, user.email))
 
 
 def login_event(connection: Connection, identity: ExternalIdentity, email: str

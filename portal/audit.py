@@ -30,7 +30,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from portal.db import utcnow
+from portal.db import core, utcnow
 from portal.models import AuditEvent, AuditHead
 
 GENESIS = "0" * 64
@@ -74,7 +74,7 @@ def record(session: Session, context: Context, action: str, *, outcome: str = "s
     _seal_personal(event)
     event["hash"] = _chain(last_hash, event)
     # Prebuilt Core statements: this runs on every sign-in.
-    session.execute(INSERT_EVENT, event)
+    core(session).execute(INSERT_EVENT, event)
     _moved(session, event["seq"], event["hash"])
     return event
 
@@ -102,7 +102,7 @@ def record_many(session: Session, context: Context,
         event["hash"] = _chain(last_hash, event)
         rows.append(event)
         last_seq, last_hash = event["seq"], event["hash"]
-    session.execute(INSERT_EVENT, rows)
+    core(session).execute(INSERT_EVENT, rows)
     _moved(session, last_seq, last_hash)
 
 
@@ -124,7 +124,7 @@ def _lock_head(session: Session) -> tuple[int, str]:
     cached = session.info.get("audit_head")
     if cached is not None and cached[0] is _current(session):
         return cached[1], cached[2]
-    row = session.execute(LOCK_HEAD).first()
+    row = core(session).execute(LOCK_HEAD).first()
     if row is None:  # a database created without the initial migration's head row
         session.execute(sa.insert(HEAD).values(id=1, last_seq=0, last_hash=GENESIS))
         return 0, GENESIS
@@ -151,7 +151,7 @@ def _current(session: Session):
 
 
 def _moved(session: Session, seq: int, hash_: str) -> None:
-    session.execute(MOVE_HEAD, {"new_seq": seq, "new_hash": hash_})
+    core(session).execute(MOVE_HEAD, {"new_seq": seq, "new_hash": hash_})
     session.info["audit_head"] = (_current(session), seq, hash_)
 
 

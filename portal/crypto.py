@@ -3,6 +3,7 @@ and the platform's own key pairs."""
 
 from __future__ import annotations
 
+import functools
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -19,6 +20,10 @@ from portal.errors import TrellisError
 class SecretBox:
     def __init__(self, keys: tuple[str, ...]) -> None:
         self._fernet = MultiFernet([Fernet(key.encode()) for key in keys])
+        # Every federated sign-in opens its connection's secrets (and SAML its SP key): the
+        # plaintext of recently opened tokens is kept, as the process holds it anyway while
+        # it signs people in. A token is immutable, so a changed secret is a new entry.
+        self._decrypt = functools.lru_cache(maxsize=512)(self._fernet.decrypt)
 
     def seal(self, values: dict[str, Any]) -> str:
         return self._fernet.encrypt(json.dumps(values, sort_keys=True).encode()).decode()
@@ -27,7 +32,7 @@ class SecretBox:
         if not token:
             return {}
         try:
-            return json.loads(self._fernet.decrypt(token.encode()))
+            return json.loads(self._decrypt(token.encode()))
         except InvalidToken:
             raise TrellisError("A stored secret cannot be decrypted with the configured keys.",
                                code="secret_undecryptable", status=500,

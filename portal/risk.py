@@ -33,7 +33,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from portal.db import UTCDateTime, utcnow
+from portal.db import UTCDateTime, core, utcnow
 from portal.models import KnownSignal
 
 log = logging.getLogger("trellis.risk")
@@ -150,7 +150,7 @@ def _known(session: Session, user_id: int, email: str, ip: str | None,
     platform's ``defaults``) and the recent failures: one query (``_READ``)."""
     digests = {kind: _digest(value) for kind, value in wanted.items()}
     result = _Known({}, {}, None, None, None)
-    rows = session.execute(_READ, {
+    rows = core(session).execute(_READ, {
         "user_id": user_id, "device": digests.get("device"), "network": digests.get("network"),
         "deny_at": defaults.deny_at, "step_up_at": defaults.step_up_at,
         "target": f"user:{email}", "ip": ip or "", "since": since})
@@ -401,7 +401,7 @@ def remember(session: Session, user_id: int, ip: str | None, device_id: str | No
     if rows:
         if dialect not in _UPSERTS:
             _UPSERTS[dialect] = _upsert(dialect)
-        session.execute(_UPSERTS[dialect], rows)
+        core(session).execute(_UPSERTS[dialect], rows)
     if place and "place" not in fresh:
         moved = session.execute(_MOVE_PLACE, {"b_user": user_id, "b_place": place,
                                               "b_now": now}).rowcount

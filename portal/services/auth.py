@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from portal import audit, risk
-from portal.db import Database, utcnow
+from portal.db import Database, core, utcnow
 from portal.errors import TrellisError
 from portal.models import AuthSession, User, UserStatus
 from portal.passwords import Passwords
@@ -97,7 +97,7 @@ def start_session(session: Session, user: User, ctx: audit.Context, hours: int) 
     """Create a server-side session and return the token to put in the cookie."""
     token = secrets.token_urlsafe(32)
     now = utcnow()
-    session.execute(INSERT_SESSION, {
+    core(session).execute(INSERT_SESSION, {
         "token_hash": _digest(token), "user_id": user.id, "created_at": now,
         "expires_at": now + timedelta(hours=hours), "ip": ctx.ip[:45],
         "user_agent": ctx.user_agent[:400], "revoked_at": None})

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from portal import audit
 from portal.crypto import SecretBox
-from portal.db import Database, utcnow
+from portal.db import Database, core, utcnow
 from portal.errors import Conflict, InvalidRequest, NotFound, TrellisError, ValidationError
 from portal.models import (
     Connection,
@@ -140,8 +140,8 @@ SIGN_IN_DEMAND = sa.select(
 
 def sign_in_demand(session: Session, user_id: int) -> tuple[bool, str]:
     """``(has a second factor, requirement_for)`` in one round trip."""
-    enrolled, everyone, admins, risk = session.execute(SIGN_IN_DEMAND,
-                                                       {"user_id": user_id}).one()
+    enrolled, everyone, admins, risk = core(session).execute(SIGN_IN_DEMAND,
+                                                             {"user_id": user_id}).one()
     demand = "required" if everyone or admins else "risk" if risk else "none"
     return bool(enrolled), demand
 

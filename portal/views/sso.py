@@ -21,7 +21,7 @@ from portal import audit
 from portal.errors import NotFound, TrellisError
 from portal.extensions import audit_context, db_session, services
 from portal.forms import LinkForm
-from portal.models import Connection, Protocol, User
+from portal.models import Connection, Protocol
 from portal.permissions import public, require
 from portal.security import safe_next
 from portal.services import auth, connections, replay, users
@@ -167,7 +167,7 @@ def finish(connection: Connection, identity, pending: dict[str, Any], ctx,
         with s.db.transaction() as tx:
             known = provisioning.sign_in_returning(tx, ctx, connection, identity)
             if known is not None:
-                user = tx.get(User, known.user_id)
+                user = known.user
             else:  # the plan reads the connection's settings, loaded for this request
                 plan = provisioning.plan(tx, connection, identity)
                 user = provisioning.apply(tx, ctx, connection, plan, s.role_grants)

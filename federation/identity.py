@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import unicodedata
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
 
+@functools.lru_cache(maxsize=4096)  # IDNA decoding costs more than the rest of a check
 def canonical_email(raw: str) -> str:
     """The one spelling of an address that the portal stores and looks up (see
     ``portal.validation.normalize_email``, which also validates): NFKC folds look-alikes such

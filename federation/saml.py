@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import os
 import re
 import secrets
@@ -44,7 +45,6 @@ from onelogin.saml2.errors import OneLogin_Saml2_Error, OneLogin_Saml2_Validatio
 from onelogin.saml2.metadata import OneLogin_Saml2_Metadata
 from onelogin.saml2.response import OneLogin_Saml2_Response
 from onelogin.saml2.settings import OneLogin_Saml2_Settings
-from onelogin.saml2.utils import OneLogin_Saml2_Utils
 from onelogin.saml2.xml_utils import OneLogin_Saml2_XML
 
 from federation.errors import FederationError
@@ -698,11 +698,19 @@ def _all(attributes: dict[str, list[str]], names: tuple[str, ...]) -> list[str]:
     return []
 
 
+@functools.lru_cache(maxsize=256)
 def _epoch(value: str) -> float:
+    """A SAML time (UTC, ``Z`` or no zone, any fraction of a second), as python3-saml reads
+    it; an explicit offset is refused as it refuses it. A response carries several times, so
+    the C parser is used rather than ``strptime``."""
+    text = value[:-1] if value.endswith("Z") else value
     try:
-        return float(OneLogin_Saml2_Utils.parse_SAML_to_time(value))
+        moment = datetime.fromisoformat(text)
     except ValueError:
-        raise fail("invalid_time", f"{value!r} is not a SAML time") from None
+        moment = None
+    if moment is None or moment.tzinfo is not None or "T" not in text:
+        raise fail("invalid_time", f"{value!r} is not a SAML time")
+    return moment.replace(tzinfo=UTC).timestamp()
 
 
 def _parse_time(value: str | None) -> datetime | None:

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from portal import audit
 from portal.crypto import SecretBox, self_signed_pair
-from portal.db import utcnow
+from portal.db import core, utcnow
 from portal.errors import NotFound, ValidationError
 from portal.models import KeyState, SigningKey
 
@@ -51,7 +51,7 @@ STATE_ORDER = {KeyState.ACTIVE: 0, KeyState.PREVIOUS: 1, KeyState.NEXT: 2}
 def key_pairs(session: Session, box: SecretBox, purpose: str) -> list[KeyPair]:
     """Published keys with their private halves, active first (read on every SAML request,
     hence plain columns and cached decryption)."""
-    rows = session.execute(PUBLISHED_COLUMNS, {"purpose": purpose}).all()
+    rows = core(session).execute(PUBLISHED_COLUMNS, {"purpose": purpose}).all()
     rows.sort(key=lambda r: (STATE_ORDER[KeyState(r.state)], -r.id))
     return [KeyPair(r.id, KeyState(r.state), r.certificate,
                     _private_key(box, r.sealed_private_key)) for r in rows]

@@ -268,8 +268,9 @@ class PolicyEngine:
         # invalidated is used once but never cached (it may hold the data before the change).
         self._generations: dict[str, int] = {}
         self._generation_all = 0
+        self._reload_lock = threading.Lock()  # one re-read of the folder at a time
+        self._stamp = _files_stamp(self.folder)  # before reading, as in ``_load_files``
         self.files: PolicyFiles = load_policy_files(self.folder)
-        self._stamp = _files_stamp(self.folder)
         self._files_checked = clock()
         self.reload_error: PolicyError | None = None  # the broken edit kept out, if any
         # Uploaded organization policies: the last text that loaded, and what is broken now.
@@ -400,8 +401,7 @@ class PolicyEngine:
     def _remote(self, org: str | None) -> None:
         """Another worker changed something: an organization, everything, or the files."""
         if org == FILES:
-            self._files_checked = float("-inf")  # the next decision re-reads edited files
-            self._reload_if_edited(self.clock())
+            self._reload_if_edited(self.clock(), told=True)
         else:
             self._drop(org)
 
@@ -411,32 +411,52 @@ class PolicyEngine:
     def reload_files(self) -> None:
         """Re-read the policy folder. A broken file raises ``PolicyError`` naming file, line
         and reason, and the policy in force stays as it was."""
-        files = load_policy_files(self.folder)
-        with self._lock:
-            self.files = files
-            self._stamp = _files_stamp(self.folder)
-            self._cache.clear()
-            self._generation_all += 1
+        with self._reload_lock:
+            self._load_files(_files_stamp(self.folder))
         if self.notifier is not None:
             self.notifier.publish(FILES)
 
-    def _reload_if_edited(self, now: float) -> None:
-        if now - self._files_checked < FILES_CHECK_SECONDS:
+    def _load_files(self, stamp: tuple) -> None:
+        """Put the folder in force under ``stamp``, taken before the files are read: an edit
+        landing while they are read (a file truncated, not yet rewritten) then leaves the
+        stamp behind, so the next check reads the folder again instead of keeping half an
+        edit for good."""
+        files = load_policy_files(self.folder)
+        with self._lock:
+            self.files = files
+            self._stamp = stamp
+            self._cache.clear()
+            self._generation_all += 1
+
+    def _reload_if_edited(self, now: float, *, told: bool = False) -> None:
+        """Re-read an edited folder: at most every ``FILES_CHECK_SECONDS``, or at once when
+        another worker says it reloaded (``told``). Only a worker that noticed the edit itself
+        tells the others: a told worker answering would make each of them, and the sender,
+        read the folder once more, perhaps in the middle of the next edit."""
+        if not told and now - self._files_checked < FILES_CHECK_SECONDS:
             return
-        self._files_checked = now
-        stamp = _files_stamp(self.folder)
-        if stamp == self._stamp:
-            return
-        self._stamp = stamp
+        with self._reload_lock:  # the listener thread and requests may both get here
+            if not told and now - self._files_checked < FILES_CHECK_SECONDS:
+                return
+            self._files_checked = now
+            stamp = _files_stamp(self.folder)
+            reloaded = stamp != self._stamp and self._reload_logged(stamp)
+        if reloaded and not told and self.notifier is not None:
+            self.notifier.publish(FILES)
+
+    def _reload_logged(self, stamp: tuple) -> bool:
+        """A broken edit is logged once and kept out until the files change again."""
         try:
-            self.reload_files()
+            self._load_files(stamp)
         except PolicyError as error:
+            self._stamp = stamp
             self.reload_error = error
             log.error("policy files changed but are broken; the last good policy stays in "
                       "force: %s", error.detail)
-        else:
-            self.reload_error = None
-            log.info("policy files reloaded: %s", self.files.fingerprint)
+            return False
+        self.reload_error = None
+        log.info("policy files reloaded: %s", self.files.fingerprint)
+        return True
 
     def _enforcer(self, org: str) -> _Cached:
         now = self.clock()

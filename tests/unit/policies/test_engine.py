@@ -159,6 +159,57 @@ def test_edited_files_are_picked_up_and_broken_edits_kept_out(folder):
     assert engine.reload_error.detail.startswith("orgs/acme.csv:1: effect must be")
 
 
+
+def test_an_edit_landing_while_the_files_are_read_is_read_at_the_next_check(folder,
+                                                                            monkeypatch):
+    """The folder's stamp is taken before the files are read: one taken after would already
+    match the finished edit, and the half of it that was read would stay in force for good."""
+    import policies.engine
+    world, clock = World(), Clock()
+    engine = PolicyEngine(folder, world.sources(), clock=clock)
+    extra = folder / "orgs" / "acme.csv"
+    extra.write_text("")  # the editor has truncated the file, and is about to write it
+    read = policies.engine.load_policy_files
+
+    def read_then_finish_the_edit(path):
+        files = read(path)
+        extra.write_text("p, user_manager, *, report, export, True, allow\n")
+        return files
+    monkeypatch.setattr(policies.engine, "load_policy_files", read_then_finish_the_edit)
+    clock.now += 2.5
+    assert not allowed(engine, "alice", obj="report", action="export")  # half an edit read
+    monkeypatch.setattr(policies.engine, "load_policy_files", read)
+    clock.now += 2.5
+    assert allowed(engine, "alice", obj="report", action="export")
+
+
+class Notifier:
+    def __init__(self):
+        self.published = []
+
+    def publish(self, org):
+        self.published.append(org)
+
+    def close(self):
+        pass
+
+
+def test_a_worker_told_of_a_reload_reads_the_files_without_telling_the_others_again(folder):
+    """Answering would make the sender and every other worker read the folder once more,
+    perhaps in the middle of the next edit (which then stayed in force there)."""
+    from policies.engine import FILES
+    world, clock = World(), Clock()
+    engine = PolicyEngine(folder, world.sources(), clock=clock)
+    engine.notifier = Notifier()
+    (folder / "orgs" / "acme.csv").write_text("p, user_manager, *, report, export, True, allow\n")
+    engine._remote(FILES)  # as the Redis listener does for another worker's reload
+    assert allowed(engine, "alice", obj="report", action="export")
+    assert engine.notifier.published == []
+    (folder / "orgs" / "acme.csv").write_text("p, user_manager, *, report, export, True, deny\n")
+    clock.now += 2.5  # an edit this worker notices itself is announced
+    assert not allowed(engine, "alice", obj="report", action="export")
+    assert engine.notifier.published == [FILES]
+
 def test_cached_organizations_keep_deciding_when_the_database_is_down(folder):
     world, clock = World(), Clock()
     sources = world.sources()

@@ -333,6 +333,9 @@ IDENTITY_VERIFICATION = {"type": "object", "required": ["method", "note"], "prop
            "(identity level 3).", "members:write", "manage", "member",
            body=IDENTITY_VERIFICATION, response="MemberDetail")
 def verify_identity(org: Organization, user_id: int):
+    """The member page's *Identity assurance* form for scripts: the same service, rules and
+    audit event. An unknown method is a 400 ``unknown_method`` (like ``unknown_role``), not
+    a shape error, so a script can tell a typo from a malformed body."""
     members.membership(db_session(), org, user_id)  # another organization's member: 404 first
     data = _body()
     method = data.get("method")

@@ -19,8 +19,8 @@ PROBLEM = {"type": "object", "required": ["title", "status", "reference"], "prop
 
 
 CREATED = {"create_invitation", "add_domain", "create_role"}
-REQUIRED_BODY = {"grant_role", "create_invitation", "add_domain", "create_role", "update_role",
-                 "set_branding", "set_logo", "set_registration"}
+REQUIRED_BODY = {"grant_role", "verify_identity", "create_invitation", "add_domain",
+                 "create_role", "update_role", "set_branding", "set_logo", "set_registration"}
 
 
 def document() -> dict[str, Any]:

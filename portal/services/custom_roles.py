@@ -45,7 +45,7 @@ LABELS = {  # what a permission lets someone do, in the admins' words
     ("app", "open"): "open the organization's apps",
     ("audit", "read"): "read the audit trail",
     ("member", "read"): "see members",
-    ("member", "manage"): "suspend, resume and remove members",
+    ("member", "manage"): "suspend, resume and remove members; record identity checks",
     ("invitation", "manage"): "invite people",
     ("role", "grant"): "grant and revoke roles (only roles they hold)",
     ("connection", "read"): "see single sign-on connections",

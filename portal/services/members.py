@@ -334,8 +334,10 @@ def verify_identity(session: Session, ctx: audit.Context, org: Organization, act
                     user_id: int, method: str, note: str) -> None:
     """An admin of the organization checked this member in person or from an identity
     document (portal.assurance: level 3). Members of this organization only; operators'
-    accounts are the platform's business."""
+    accounts are the platform's business. Never one's own: policies may grant on level 3
+    (``r.sub.identity_level``), so vouching for oneself would be an escalation."""
     from portal import assurance
+    _not_self(actor, user_id, "verify the identity of")
     found = _target(session, org, actor, user_id, None)
     assurance.verify(session, ctx, found.user, method, note, organization_id=org.id)
 

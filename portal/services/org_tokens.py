@@ -18,7 +18,8 @@ from portal.models import Organization, OrgApiToken
 PREFIX = "trt_"
 SCOPES = {
     "members:read": "list and read members",
-    "members:write": "suspend, resume and remove members; grant and revoke roles",
+    "members:write": ("suspend, resume and remove members; grant and revoke roles; "
+                      "record identity checks"),
     "invitations:write": "create, resend and revoke invitations",
     "connections:read": "read single sign-on connections",
     "connections:write": "switch single sign-on connections on and off",

@@ -21,8 +21,9 @@ from flask_login import current_user
 from flask_wtf.csrf import CSRFError, validate_csrf
 from wtforms import ValidationError as CsrfInvalid
 
+from portal import assurance
 from portal.db import utcnow
-from portal.errors import InvalidRequest, NotFound, TrellisError
+from portal.errors import InvalidRequest, NotFound, TrellisError, ValidationError
 from portal.extensions import audit_context, csrf, db_session, services
 from portal.models import Connection, Organization, User
 from portal.permissions import ACCESS, authorize, subject_of
@@ -192,7 +193,17 @@ def _detail_json(org: Organization, user_id: int) -> dict[str, Any]:
     m = info["membership"]
     return {"user_id": user_id, "email": info["user"].email, "name": info["user"].display_name,
             "status": m.status.value, "added_by": m.source.value, "version": m.version,
-            "roles": [{"role": role, "source": source} for role, source in info["grants"]]}
+            "roles": [{"role": role, "source": source} for role, source in info["grants"]],
+            **_identity_json(info["user"])}
+
+
+def _identity_json(user: User) -> dict[str, Any]:
+    """How the person was proven (portal.assurance): it belongs to the person, so every
+    organization they are a member of sees the same level."""
+    verified = user.identity_verified_at
+    return {"identity_level": user.identity_level or 0,
+            "identity_method": user.identity_method or None,
+            "identity_verified_at": verified.isoformat() if verified else None}
 
 
 def _ctx():
@@ -223,7 +234,15 @@ MEMBER_DETAIL = {"type": "object", "required": ["user_id", "email", "status", "v
     "status": {"enum": ["active", "suspended"]}, "added_by": {"type": "string"},
     "version": {"type": "integer"},
     "roles": {"type": "array", "items": {"type": "object", "properties": {
-        "role": {"type": "string"}, "source": {"type": "string"}}}}}}
+        "role": {"type": "string"}, "source": {"type": "string"}}}},
+    "identity_level": {"type": "integer", "minimum": 0, "maximum": 3,
+                       "description": "Identity assurance: 0 nothing proven, 1 email "
+                                      "confirmed, 2 the organization's identity provider or "
+                                      "directory, 3 checked by an administrator."},
+    "identity_method": {"type": ["string", "null"],
+                        "description": "How that level was reached (email, idp, ldap, "
+                                       "in_person, document); null at level 0."},
+    "identity_verified_at": {"type": ["string", "null"]}}}
 VERSION = {"type": "object", "properties": {"version": {"type": "integer", "minimum": 0,
                                                       "maximum": MAX_ID}}}
 ROLE = {"type": "object", "required": ["role"], "properties": {
@@ -297,6 +316,43 @@ def grant_role(org: Organization, user_id: int):
     role, version, known = _string(data, "role"), _version(data), _known(org)
     _change(org, lambda tx, ctx, o, actor: members.grant(tx, ctx, o, actor, user_id, role,
                                                          known, version))
+    return jsonify(_detail_json(org, user_id))
+
+
+IDENTITY_VERIFICATION = {"type": "object", "required": ["method", "note"], "properties": {
+    "method": {"enum": list(assurance.ADMIN_METHODS),
+               "description": "in_person: you met the person; document: you checked an "
+                              "identity document."},
+    "note": {"type": "string", "minLength": 1, "maxLength": 300,
+             "description": "How (which document, who checked); kept in the audit trail "
+                            "as the reason. The document itself is never stored."}}}
+
+
+@operation("POST", "/members/<int:user_id>/identity-verification",
+           "Record that you checked the member's identity in person or from a document "
+           "(identity level 3).", "members:write", "manage", "member",
+           body=IDENTITY_VERIFICATION, response="MemberDetail")
+def verify_identity(org: Organization, user_id: int):
+    """The member page's *Identity assurance* form for scripts: the same service, rules and
+    audit event. An unknown method is a 400 ``unknown_method`` (like ``unknown_role``), not
+    a shape error, so a script can tell a typo from a malformed body."""
+    members.membership(db_session(), org, user_id)  # another organization's member: 404 first
+    data = _body()
+    method = data.get("method")
+    if not isinstance(method, str) or not method:
+        raise InvalidRequest("method", f"one of {', '.join(assurance.ADMIN_METHODS)}")
+    if method not in assurance.ADMIN_METHODS:
+        raise ValidationError(f"Unknown verification method {method[:40]!r}: use one of "
+                              f"{', '.join(assurance.ADMIN_METHODS)}.", code="unknown_method",
+                              extra={"field": "method",
+                                     "allowed": list(assurance.ADMIN_METHODS)})
+    note = data.get("note")
+    if not isinstance(note, str):
+        raise InvalidRequest("note", "say how the identity was checked (at most 300 "
+                                     "characters)")
+    _change(org, lambda tx, ctx, o, actor: members.verify_identity(tx, ctx, o, actor, user_id,
+                                                                   method, note[:1000]))
+    db_session().expire_all()
     return jsonify(_detail_json(org, user_id))
 
 

@@ -21,6 +21,7 @@ from tests.integration.test_org_admin import (  # noqa: F401
     _globex_state,
     as_user,
     foreign_values,
+    grant,
     held,
     member_status,
 )
@@ -158,6 +159,12 @@ def test_answers_match_the_document(app, tx, two_orgs):
              {"email": "new@acme.test"}),
             ("get", "/api/v1/orgs/acme/invitations", "/api/v1/orgs/{slug}/invitations", None),
             ("get", "/api/v1/orgs/acme/connections", "/api/v1/orgs/{slug}/connections", None),
+            ("post", f"/api/v1/orgs/acme/members/{max_id}/identity-verification",
+             "/api/v1/orgs/{slug}/members/{user_id}/identity-verification",
+             {"method": "document", "note": "passport"}),
+            ("post", f"/api/v1/orgs/acme/members/{max_id}/identity-verification",
+             "/api/v1/orgs/{slug}/members/{user_id}/identity-verification",
+             {"method": "selfie", "note": "x"}),
             ("get", "/api/v1/orgs/acme/members/999999",
              "/api/v1/orgs/{slug}/members/{user_id}", None)):
         response = client.open(url, method=method.upper(), headers=auth, json=body)
@@ -295,3 +302,111 @@ def test_invitations_over_the_api_are_emailed(app, tx, two_orgs):
             ("nina@acme.test", "invitation"), ("nina@acme.test", "invitation")]
         assert link in mails[0].text_body and new_link in mails[1].text_body
         assert "Acme Supplies" in mails[0].html_body
+
+
+# -- identity verification --------------------------------------------------------------
+
+def identity(tx, user_id):
+    from portal.models import User
+    with tx() as session:
+        user = session.get(User, user_id)
+        return user.identity_level, user.identity_method
+
+
+def verify_url(user_id, slug="acme"):
+    return f"/api/v1/orgs/{slug}/members/{user_id}/identity-verification"
+
+
+def test_admins_record_an_identity_check_over_the_api(app, tx, two_orgs):
+    client, auth = app.test_client(), token_for(tx, "uma@acme.test")  # a user manager
+    max_id = two_orgs["max@acme.test"]
+    before = client.get(f"/api/v1/orgs/acme/members/{max_id}", headers=auth).get_json()
+    assert (before["identity_level"], before["identity_method"],
+            before["identity_verified_at"]) == (0, None, None)
+    done = client.post(verify_url(max_id), headers=auth,
+                       json={"method": "document", "note": "  passport, checked by Uma  "})
+    assert done.status_code == 200, done.get_json()
+    body = done.get_json()
+    assert (body["user_id"], body["identity_level"], body["identity_method"]) == (
+        max_id, 3, "document") and body["identity_verified_at"]
+    assert identity(tx, max_id) == (3, "document")
+    event = audit_events(app, "user.identity_verify")[-1]
+    assert event.actor_id == two_orgs["uma@acme.test"]  # the token acts for its creator
+    assert event.target == "user:max@acme.test" and event.reason == "passport, checked by Uma"
+    assert event.details == {"before": [0, ""], "after": [3, "document"]}
+    assert event.organization_id is not None
+    # The member detail shows it from then on; a later check replaces the method.
+    shown = client.get(f"/api/v1/orgs/acme/members/{max_id}", headers=auth).get_json()
+    assert (shown["identity_level"], shown["identity_method"]) == (3, "document")
+    again = client.post(verify_url(max_id), headers=auth,
+                        json={"method": "in_person", "note": "met at the Lyon office"})
+    assert again.get_json()["identity_method"] == "in_person"
+    assert audit_events(app, "user.identity_verify")[-1].details["before"] == [3, "document"]
+
+
+def test_identity_verification_refuses_bad_input(app, tx, two_orgs):
+    client, auth = app.test_client(), token_for(tx, "alice@acme.test")
+    max_id = two_orgs["max@acme.test"]
+    unknown = client.post(verify_url(max_id), headers=auth,
+                          json={"method": "selfie", "note": "looked fine"})
+    assert unknown.status_code == 400 and unknown.mimetype == "application/problem+json"
+    problem = unknown.get_json()
+    assert problem["code"] == "unknown_method" and problem["field"] == "method"
+    assert problem["allowed"] == ["in_person", "document"] and "selfie" in problem["title"]
+    for body, field in (({"note": "x"}, "method"), ({"method": 3, "note": "x"}, "method"),
+                        ({"method": "in_person"}, "note"),
+                        ({"method": "in_person", "note": "   "}, "note"),
+                        ({"method": "in_person", "note": "x" * 301}, "note"),
+                        (["in_person"], "body")):
+        refused = client.post(verify_url(max_id), headers=auth, json=body)
+        assert refused.status_code == 422 and refused.get_json()["field"] == field, body
+    # Nobody vouches for themselves: a level 3 may be what a policy grants on.
+    own = client.post(verify_url(two_orgs["alice@acme.test"]), headers=auth,
+                      json={"method": "in_person", "note": "it is me"})
+    assert own.status_code == 403 and own.get_json()["code"] == "self_change"
+    missing = client.post(verify_url(999999), headers=auth,
+                          json={"method": "in_person", "note": "x"})
+    assert missing.status_code == 404 and missing.get_json()["code"] == "unknown_member"
+    assert identity(tx, max_id) == (0, "")
+    assert identity(tx, two_orgs["alice@acme.test"]) == (0, "")
+    assert audit_events(app, "user.identity_verify") == []
+
+
+def test_identity_verification_needs_the_manage_member_permission(app, tx, two_orgs):
+    client, max_id = app.test_client(), two_orgs["max@acme.test"]
+    grant(tx, "mia@acme.test", "acme", "auditor")  # reads members, does not manage them
+    auditor = token_for(tx, "mia@acme.test")
+    assert client.get(f"/api/v1/orgs/acme/members/{max_id}", headers=auditor).status_code == 200
+    refused = client.post(verify_url(max_id), headers=auditor,
+                          json={"method": "in_person", "note": "x"})
+    assert refused.status_code == 403 and refused.get_json()["code"] == "forbidden"
+    read_only = token_for(tx, "alice@acme.test", scopes=["members:read"])
+    refused = client.post(verify_url(max_id), headers=read_only,
+                          json={"method": "in_person", "note": "x"})
+    assert refused.status_code == 403 and refused.get_json()["code"] == "scope_missing"
+    assert identity(tx, max_id) == (0, "")
+    assert audit_events(app, "user.identity_verify") == []
+
+
+def test_identity_verification_stays_in_its_organization(app, tx, two_orgs):
+    client = app.test_client()
+    acme_owner, globex_owner = token_for(tx, "alice@acme.test"), token_for(
+        tx, "bob@globex.test", slug="globex")
+    max_id, carol_id = two_orgs["max@acme.test"], two_orgs["carol@globex.test"]
+    body = {"method": "in_person", "note": "x"}
+    # Globex's owner: neither through Acme's path nor by naming Acme's member in Globex's.
+    assert client.post(verify_url(max_id), headers=globex_owner, json=body).status_code == 404
+    assert client.post(verify_url(max_id, "globex"), headers=globex_owner,
+                       json=body).status_code == 404
+    assert client.get(f"/api/v1/orgs/globex/members/{max_id}",
+                      headers=globex_owner).status_code == 404
+    # Acme's owner: Globex's member is no member of Acme, and Globex's path is closed.
+    assert client.post(verify_url(carol_id), headers=acme_owner, json=body).status_code == 404
+    assert client.post(verify_url(carol_id, "globex"), headers=acme_owner,
+                       json=body).status_code == 404
+    # A signed-in Globex admin (session with CSRF) gets the same 404.
+    bob = as_user(app, "bob@globex.test")
+    assert bob.post(verify_url(max_id), json=body,
+                    headers={"X-CSRFToken": csrf_token(bob, "/")}).status_code == 404
+    assert identity(tx, max_id) == (0, "") and identity(tx, carol_id) == (0, "")
+    assert audit_events(app, "user.identity_verify") == []

@@ -87,6 +87,21 @@ def test_organization_admins_verify_their_own_members_only(app, acme):
     assert level(app, "gina@globex.test") == (0, "")
 
 
+def test_nobody_verifies_their_own_identity(app, acme):
+    """A policy may grant on level 3, so an admin never vouches for themselves (another admin
+    does); the page does not offer it, and a forged post is refused."""
+    alice, _ = acme
+    owner = app.test_client()
+    sign_in(owner, "alice@acme.test")
+    page = owner.get(f"/o/acme/admin/users/{alice.id}").get_data(as_text=True)
+    assert "Record as verified" not in page and "Another admin records" in page
+    response = owner.post(f"/o/acme/admin/users/{alice.id}/verify-identity", data={
+        "csrf_token": csrf_token(owner, f"/o/acme/admin/users/{alice.id}"),
+        "method": "in_person", "note": "it is me"})
+    assert response.status_code == 403 and level(app, "alice@acme.test") == (0, "")
+    assert audit_events(app, "user.identity_verify") == []
+
+
 def test_policies_read_the_identity_level(app, acme, tx):
     """An organization whose members may be managed only by admins whose identity was
     checked: the rule reads r.sub.identity_level."""

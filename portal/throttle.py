@@ -429,17 +429,23 @@ class LoginThrottle:
                  if until > now]
         return sorted(found, key=lambda lock: (-lock.until, lock.key))
 
-    def unlock(self, key: str) -> Lock | None:
-        """Lift the lock on one account or IP key and forget its failures, so that the next
-        failure starts counting afresh (as after a successful sign-in). Returns the lock
-        that was lifted, or None when the key was not locked (nothing is changed then)."""
+    def lock_of(self, key: str) -> Lock | None:
+        """The lock on one account or IP key now, or None (not locked, or not such a key)."""
         if not key.startswith(("acct:", "ip:")):
             return None
         count, until = self.store.get(key)
         if until <= self.clock():
             return None
-        self.store.reset(key)
         return Lock("account" if key.startswith("acct:") else "ip", key, until, count)
+
+    def unlock(self, key: str) -> Lock | None:
+        """Lift the lock on one account or IP key and forget its failures, so that the next
+        failure starts counting afresh (as after a successful sign-in). Returns the lock
+        that was lifted, or None when the key was not locked (nothing is changed then)."""
+        lock = self.lock_of(key)
+        if lock is not None:
+            self.store.reset(key)
+        return lock
 
     def record_failure(self, email: str, ip: str) -> Lockout | None:
         """Count a failure; return the lockout it started, if any."""

@@ -127,11 +127,11 @@ def key_of(throttle: LoginThrottle, who: str) -> tuple[str, str]:
 def unlock(session: Session, ctx: audit.Context, throttle: LoginThrottle, key: str,
            name: str = "") -> NamedLock:
     """Lift the lock on one account or IP key now (its failures are forgotten too) and
-    audit it as ``throttle.unlock``, naming the account as the page does (``name``, an
-    email the operator typed, when the audit trail has none). Raises ``NotFound`` when the
-    key is not locked (any more): the lock ran out meanwhile, or another operator lifted
-    it."""
-    lock = throttle.unlock(key)
+    audit it as ``throttle.unlock`` (the event is written first), naming the account as
+    the page does (``name``, an email the operator typed, when the audit trail has none).
+    Raises ``NotFound`` when the key is not locked (any more): the lock ran out meanwhile,
+    or another operator lifted it."""
+    lock = throttle.lock_of(key)
     if lock is None:
         raise NotFound("That account or address is not locked (any more).",
                        code="not_locked")
@@ -147,4 +147,5 @@ def unlock(session: Session, ctx: audit.Context, throttle: LoginThrottle, key: s
                           "locked_until": datetime.fromtimestamp(lock.until, UTC).isoformat(),
                           **({"second_factor": True} if name.endswith("(second factor)")
                              else {})})
+    throttle.unlock(key)  # after the event is written: no lift goes unrecorded
     return NamedLock(lock, name)

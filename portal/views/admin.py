@@ -278,10 +278,10 @@ def signin_protection_unlock():
     try:
         with services().db.transaction() as tx:
             lifted = signin_protection.unlock(tx, audit_context(), services().throttle, key)
-            flash(f"The lock on {lifted.label} was lifted: it may try to sign in again.",
-                  "info")
     except NotFound as error:
         flash(error.message, "error")
+    else:
+        flash(f"The lock on {lifted.label} was lifted: it may try to sign in again.", "info")
     return redirect(url_for("admin.signin_protection_page"))
 
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from portal import audit
+from portal.db import utcnow
 from portal.errors import NotFound
 from portal.models import AuditEvent, User
 from portal.throttle import Episode, Lock, LoginThrottle
@@ -85,7 +86,7 @@ def _names(session: Session, throttle: LoginThrottle, locks: list[Lock]) -> dict
     have started a lock still running are read (one query)."""
     if not locks:
         return {}
-    since = datetime.fromtimestamp(throttle.clock() - throttle.max_seconds - 60, UTC)
+    since = utcnow() - timedelta(seconds=throttle.max_seconds + 60)  # events are in real time
     rows = session.execute(
         sa.select(AuditEvent.target, AuditEvent.reason)
         .where(AuditEvent.action == "auth.lockout", AuditEvent.occurred_at >= since,

@@ -1323,24 +1323,47 @@ def throttle() -> None:
 @throttle.command("status")
 @with_appcontext
 def throttle_status() -> None:
-    """Whether the global sign-in throttle is engaged, since when and until when. Reading it
-    also records the end of an episode that has run out (audited once)."""
-    from datetime import UTC, datetime
+    """Whether the global sign-in throttle is engaged, since when and until when, and the
+    accounts and IPs locked now. Reading it also records the end of an episode that has run
+    out (audited once). The operators' *Sign-in protection* page shows the same."""
+    from portal.errors import describe_wait
+    from portal.services import signin_protection
     s = services()
-    limit = current_app.config["GLOBAL_FAILURES"]
-    episode = s.throttle.episode()
-    window = current_app.config["GLOBAL_WINDOW_SECONDS"]
+    with s.db.sessions() as session:
+        state = signin_protection.status(session, s.throttle)
+    episode, limit = state.episode, state.global_limit
     if not limit:
         click.echo("global throttle: off (TRELLIS_GLOBAL_FAILURES=0)")
-        return
-    click.echo(f"global throttle: {'ENGAGED' if episode.engaged else 'not engaged'}")
-    click.echo(f"failures this window: {episode.window_failures} (limit {limit} per "
-               f"{window} s)")
-    if episode.engaged:
-        def at(ts: float) -> str:
-            return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-        click.echo(f"engaged since: {at(episode.started)}")
-        click.echo(f"lifts at: {at(episode.until)} unless failures go on")
+    else:
+        click.echo(f"global throttle: {'ENGAGED' if episode.engaged else 'not engaged'}")
+        click.echo(f"failures this window: {episode.window_failures} (limit {limit} per "
+                   f"{state.global_window} s)")
+        if episode.engaged:
+            click.echo(f"engaged since: {signin_protection.utc_text(episode.started)}")
+            click.echo(f"lifts at: {signin_protection.utc_text(episode.until)} unless "
+                       "failures go on")
+    for title, locks in (("locked accounts", state.accounts), ("locked IPs", state.ips)):
+        click.echo(f"{title}: {len(locks) or 'none'}")
+        for lock in locks:
+            click.echo(f"  {lock.label}  until {signin_protection.utc_text(lock.lock.until)} "
+                       f"(in {describe_wait(state.seconds_left(lock))}, "
+                       f"{lock.lock.failures} failures)  key {lock.key}")
+    if state.truncated:
+        click.echo(f"(only the first {signin_protection.LIST_LIMIT} locks are listed)")
+
+
+@throttle.command("unlock")
+@click.argument("who")
+@with_appcontext
+def throttle_unlock(who: str) -> None:
+    """Lift the lock on one account (its email), one IP address, or a key as `throttle
+    status` lists it (a second-factor lock); its failures are forgotten. Audited."""
+    from portal.services import signin_protection
+    s = services()
+    key, name = signin_protection.key_of(s.throttle, who)
+    with s.db.transaction() as session:
+        lifted = signin_protection.unlock(session, cli_context(), s.throttle, key, name)
+        click.echo(f"lifted the lock on {lifted.label}")
 
 
 @main.group()

@@ -54,6 +54,7 @@ class ThrottleStore(Protocol):
     def succeeded(self, reset_key: str, mark_key: str, mark_ttl: int) -> None: ...
     def engage(self, key: str, started: float, until: float, ttl: int) -> bool: ...
     def disengage(self, key: str, until: float) -> bool: ...
+    def scan(self, prefixes: tuple[str, ...], limit: int) -> list[tuple[str, int, float]]: ...
 
 
 class MemoryStore:
@@ -151,6 +152,15 @@ class MemoryStore:
             del self._data[key]
             return True
 
+    def scan(self, prefixes: tuple[str, ...], limit: int) -> list[tuple[str, int, float]]:
+        """Up to ``limit`` live keys starting with one of ``prefixes`` that carry a lock
+        time, with their count and lock end (for the operator's list of locks)."""
+        with self._lock:
+            now = self._clock()
+            found = [(key, int(entry[0]), entry[1]) for key, entry in self._data.items()
+                     if entry[2] > now and entry[1] and key.startswith(prefixes)]
+            return found[:limit]
+
 
 class RedisStore:
     def __init__(self, client, prefix: str = "trellis:throttle:") -> None:
@@ -230,11 +240,57 @@ class RedisStore:
                     return False
                 raise
 
+    def scan(self, prefixes: tuple[str, ...], limit: int) -> list[tuple[str, int, float]]:
+        """SCAN (never KEYS: it does not block the server) for the prefixed keys, then read
+        them in pipelined batches; keys without a lock time are left out."""
+        found: list[tuple[str, int, float]] = []
+        for prefix in prefixes:
+            pattern = _glob_escape(self._prefix + prefix) + "*"
+            batch: list[str] = []
+            for raw in self._redis.scan_iter(match=pattern, count=1000):
+                batch.append(raw.decode() if isinstance(raw, bytes) else raw)
+                if len(batch) >= 500:
+                    found += self._locked(batch)
+                    batch = []
+                if len(found) >= limit:
+                    return found[:limit]
+            found += self._locked(batch)
+        return found[:limit]
+
+    def _locked(self, full_keys: list[str]) -> list[tuple[str, int, float]]:
+        if not full_keys:
+            return []
+        pipe = self._redis.pipeline(transaction=False)
+        for full in full_keys:
+            pipe.hmget(full, "count", "until")
+        return [(full[len(self._prefix):], int(count or 0), float(until))
+                for full, (count, until) in zip(full_keys, pipe.execute(), strict=True)
+                if until]
+
+
+def _glob_escape(text: str) -> str:
+    """``text`` as a literal in a Redis MATCH pattern."""
+    return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in text)
+
 
 @dataclass(frozen=True)
 class Lockout:
     scope: str  # "account" or "ip"
     seconds: int
+
+
+@dataclass(frozen=True)
+class Lock:
+    """A lock on one account key or one IP, as operators see it."""
+
+    scope: str  # "account" or "ip"
+    key: str  # the store key: "acct:<digest>" or "ip:<address>"
+    until: float
+    failures: int
+
+    @property
+    def ip(self) -> str:
+        return self.key[3:] if self.scope == "ip" else ""
 
 
 @dataclass(frozen=True)
@@ -362,6 +418,34 @@ class LoginThrottle:
                 self._announce("lifted", Episode(False, float(started), until))
             return Episode(False, window_failures=count)
         return Episode(bool(started), float(started), until, count)
+
+    def locks(self, limit: int = 1000) -> list[Lock]:
+        """The accounts and IPs locked now, the longest-lasting first. Account keys are
+        digests (the store never holds the email); ``services.signin_protection`` names
+        them from the audit trail."""
+        now = self.clock()
+        found = [Lock("account" if key.startswith("acct:") else "ip", key, until, count)
+                 for key, count, until in self.store.scan(("acct:", "ip:"), limit)
+                 if until > now]
+        return sorted(found, key=lambda lock: (-lock.until, lock.key))
+
+    def lock_of(self, key: str) -> Lock | None:
+        """The lock on one account or IP key now, or None (not locked, or not such a key)."""
+        if not key.startswith(("acct:", "ip:")):
+            return None
+        count, until = self.store.get(key)
+        if until <= self.clock():
+            return None
+        return Lock("account" if key.startswith("acct:") else "ip", key, until, count)
+
+    def unlock(self, key: str) -> Lock | None:
+        """Lift the lock on one account or IP key and forget its failures, so that the next
+        failure starts counting afresh (as after a successful sign-in). Returns the lock
+        that was lifted, or None when the key was not locked (nothing is changed then)."""
+        lock = self.lock_of(key)
+        if lock is not None:
+            self.store.reset(key)
+        return lock
 
     def record_failure(self, email: str, ip: str) -> Lockout | None:
         """Count a failure; return the lockout it started, if any."""

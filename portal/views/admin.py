@@ -255,6 +255,36 @@ def outbox_retry(message_id: int):
     return redirect(url_for("admin.outbox_page"))
 
 
+@bp.get("/signin-protection")
+@require("read", "signin_throttle")
+def signin_protection_page():
+    """What ``trellis throttle status`` shows: the global throttle, and the accounts and IPs
+    locked now, each with a button to lift its lock."""
+    from portal.errors import describe_wait
+    from portal.services import signin_protection
+    state = signin_protection.status(db_session(), services().throttle)
+    return render_template("admin/signin_protection.html", state=state, wait=describe_wait,
+                           at=signin_protection.utc_text)
+
+
+@bp.post("/signin-protection/unlock")
+@require("update", "signin_throttle")
+def signin_protection_unlock():
+    """Lift one lock (as Keycloak's brute-force page does); audited as ``throttle.unlock``.
+    A lock that ran out meanwhile is said so, not treated as an error page."""
+    from portal.errors import NotFound
+    from portal.services import signin_protection
+    key = request.form.get("key", "")[:200]
+    try:
+        with services().db.transaction() as tx:
+            lifted = signin_protection.unlock(tx, audit_context(), services().throttle, key)
+    except NotFound as error:
+        flash(error.message, "error")
+    else:
+        flash(f"The lock on {lifted.label} was lifted: it may try to sign in again.", "info")
+    return redirect(url_for("admin.signin_protection_page"))
+
+
 @bp.get("/consents")
 @require("read", "consent")
 def consents_page():

@@ -191,3 +191,50 @@ def test_an_audit_failure_does_not_break_sign_in(store_factory):
         raise RuntimeError("audit trail down")
     t, _ = global_throttle(store_factory, clock, on_episode=broken)
     assert len(stuff(t, clock)) == 70
+
+
+def test_locks_lists_what_is_locked_now_and_unlock_lifts_one(store_factory):
+    clock = Clock()
+    t = throttle(store_factory, clock, ip_free=4)
+    for _ in range(4):
+        t.record_failure("a@x.test", "10.0.0.1")  # account locked at 3, the IP at 4
+    t.record_failure("b@x.test", "10.0.0.2")  # failures, no lock
+    locks = t.locks()
+    assert [(lock.scope, lock.failures) for lock in locks] == [("account", 4), ("ip", 4)]
+    assert locks[0].key == t.account_key("a@x.test") and locks[1].ip == "10.0.0.1"
+    assert locks[0].until == clock.now + 120 and locks[1].until == clock.now + 60
+
+    assert t.unlock("global:episode") is None and t.unlock(t.ip_key("10.0.0.2")) is None
+    lifted = t.unlock(t.account_key("a@x.test"))
+    assert lifted is not None and lifted.failures == 4
+    assert t.unlock(t.account_key("a@x.test")) is None  # once
+    assert [lock.scope for lock in t.locks()] == ["ip"]
+    t.check("a@x.test", "10.0.0.3")  # in again, and the failures start afresh
+    assert t.record_failure("a@x.test", "10.0.0.3") is None
+
+    clock.now += 61  # the IP's lock ran out: no longer listed, nothing to lift
+    assert t.locks() == [] and t.unlock(t.ip_key("10.0.0.1")) is None
+
+
+def test_redis_scan_takes_the_prefix_literally():
+    import os
+
+    import redis
+    url = os.environ.get("REDIS_URL")
+    if not url:
+        pytest.skip("Redis variant skipped: REDIS_URL is not set")
+    client = redis.Redis.from_url(url)
+    tag = uuid.uuid4().hex
+    clock = Clock()
+    mine = LoginThrottle(RedisStore(client, f"test:[{tag}]*:"), clock=clock, account_free=1,
+                         ip_free=1, base_seconds=60, max_seconds=600)
+    other = LoginThrottle(RedisStore(client, f"test:{tag[0]}{tag}x:"), clock=clock,
+                          account_free=1, ip_free=1, base_seconds=60, max_seconds=600)
+    try:
+        mine.record_failure("a@x.test", "10.0.0.1")
+        other.record_failure("b@x.test", "10.0.0.2")
+        assert {lock.key for lock in mine.locks()} == {mine.account_key("a@x.test"),
+                                                       "ip:10.0.0.1"}
+    finally:
+        for key in client.scan_iter(f"test:*{tag}*"):
+            client.delete(key)

@@ -22,7 +22,7 @@ OIDC_PRESETS: dict[str, dict[str, Any]] = {
     "oidc": {},
     "google": {"issuer": "https://accounts.google.com",
                "scopes": ["openid", "email", "profile"]},
-    "oauth2": {"scopes": ["read:user", "user:email"], "subject_claim": "id",
+    "oauth2": {"preset": "oauth2", "scopes": ["read:user", "user:email"], "subject_claim": "id",
                "claims": {"name": "name", "email": "email"}},
     "github": {"preset": "oauth2", "scopes": ["read:user", "user:email"], "subject_claim": "id",
                "authorization_endpoint": "https://github.com/login/oauth/authorize",

@@ -10,6 +10,7 @@ from typing import Any
 from flask import current_app, url_for
 from werkzeug.datastructures import FileStorage, MultiDict
 
+from federation.errors import FederationError
 from portal.errors import ValidationError
 from portal.extensions import audit_context, services
 from portal.models import Connection, Protocol
@@ -54,11 +55,17 @@ def create_from_form(form: MultiDict, upload: FileStorage | None, *, org_slug: s
     mapping = dict(group_roles or {})
     if kind == "saml":
         xml = upload.read(saml_connections.METADATA_MAX_BYTES + 1) if upload else None
-        with s.db.transaction() as tx:
-            return saml_connections.create(
-                tx, ctx, s.secrets, org_slug=org_slug, name=name,
-                metadata_url=form.get("metadata_url", "").strip(), metadata_xml=xml or None,
-                group_roles=mapping, allow_insecure_loopback=loopback).id
+        url = form.get("metadata_url", "").strip()
+        try:
+            with s.db.transaction() as tx:
+                return saml_connections.create(
+                    tx, ctx, s.secrets, org_slug=org_slug, name=name, metadata_url=url,
+                    metadata_xml=xml or None, group_roles=mapping,
+                    allow_insecure_loopback=loopback).id
+        except FederationError as error:  # the metadata URL: not HTTPS, down, too large
+            raise ValidationError(f"The metadata at {url} could not be used: "
+                                  f"{error.detail or error.safe_message}.",
+                                  code="metadata_unusable") from None
     client_id, secret = form.get("client_id", "").strip(), form.get("client_secret", "")
     if not client_id or not secret:
         raise ValidationError("Give the client ID and the client secret that the identity "

@@ -146,6 +146,11 @@ def test_bad_metadata_and_platform_saml_are_refused(app, tx, operator, partner):
     bad = upload(operator, owner="partner", protocol="saml", name="x",
                  metadata_file=(io.BytesIO(b"this is not xml"), "idp.xml"))
     assert bad.status_code == 400 and "metadata was refused" in bad.get_data(as_text=True)
+    down = post(operator, NEW, owner="partner", protocol="saml",
+                metadata_url="http://127.0.0.1:9/metadata")
+    assert down.status_code == 400
+    assert "The metadata at http://127.0.0.1:9/metadata could not be used" in down.get_data(
+        as_text=True)
     platform = post(operator, NEW, owner="", protocol="saml", metadata_url="https://x.test/")
     assert platform.status_code == 400
     assert "belongs to an organization" in platform.get_data(as_text=True)

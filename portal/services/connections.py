@@ -22,7 +22,7 @@ OIDC_PRESETS: dict[str, dict[str, Any]] = {
     "oidc": {},
     "google": {"issuer": "https://accounts.google.com",
                "scopes": ["openid", "email", "profile"]},
-    "oauth2": {"scopes": ["read:user", "user:email"], "subject_claim": "id",
+    "oauth2": {"preset": "oauth2", "scopes": ["read:user", "user:email"], "subject_claim": "id",
                "claims": {"name": "name", "email": "email"}},
     "github": {"preset": "oauth2", "scopes": ["read:user", "user:email"], "subject_claim": "id",
                "authorization_endpoint": "https://github.com/login/oauth/authorize",
@@ -80,6 +80,48 @@ def _validate_oidc(values: dict[str, Any], client_secret: str) -> None:
     if bad:
         raise ValidationError(f"Only asymmetric signature algorithms are allowed, not "
                               f"{', '.join(bad)}.", code="invalid_connection")
+
+
+DISCOVERY_SUFFIX = "/.well-known/openid-configuration"
+
+
+def check_provider(preset: str, *, issuer: str = "", authorization_endpoint: str = "",
+                   token_endpoint: str = "", userinfo_endpoint: str = "",
+                   allow_insecure_loopback: bool) -> str:
+    """Check a provider the way a sign-in will use it, before anything is stored, so a
+    mistyped URL is a form error now and not a failed sign-in later. For ``oidc`` the
+    discovery document is fetched (the issuer or its ``.well-known`` URL may be given, and
+    the issuer is returned); for ``oauth2`` the three endpoints must be usable URLs. The
+    fixed presets (``google``, ``github``) are not fetched."""
+    from federation import http
+    from federation.errors import FederationError
+    from federation.oidc import OidcAdapter, OidcSettings
+    issuer = issuer.strip()
+    if issuer.endswith(DISCOVERY_SUFFIX):
+        issuer = issuer[:-len(DISCOVERY_SUFFIX)]
+    try:
+        if preset == "oidc":
+            if not issuer:
+                raise ValidationError("An OIDC connection needs the issuer URL.",
+                                      code="invalid_connection")
+            OidcAdapter(discovery_ttl=0).metadata(OidcSettings(
+                connection_id=0, client_id="", client_secret="", issuer=issuer,
+                allow_insecure_loopback=allow_insecure_loopback))
+        elif preset == "oauth2":
+            for what, url in (("authorization endpoint", authorization_endpoint),
+                              ("token endpoint", token_endpoint),
+                              ("userinfo endpoint", userinfo_endpoint)):
+                if not url.strip():
+                    raise ValidationError(f"An OAuth2 connection needs the {what}.",
+                                          code="invalid_connection")
+                http.check_url(url.strip(), what=what,
+                               allow_insecure_loopback=allow_insecure_loopback)
+    except FederationError as error:
+        where = f" at {issuer}{DISCOVERY_SUFFIX}" if preset == "oidc" else ""
+        raise ValidationError(f"The identity provider's settings{where} could not be used: "
+                              f"{error.detail or error.safe_message}.",
+                              code="provider_unusable") from None
+    return issuer
 
 
 def get(session: Session, connection_id: int) -> Connection:

@@ -8,11 +8,12 @@ from typing import Any
 import sqlalchemy as sa
 from flask import Blueprint, flash, redirect, render_template, request, url_for
 
-from portal.errors import TrellisError
+from portal.errors import TrellisError, ValidationError
 from portal.extensions import audit_context, db_session, services
 from portal.models import Connection, Domain, Membership, Organization
 from portal.permissions import require
 from portal.services import apps
+from portal.services import organizations as organizations_service
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
@@ -39,6 +40,81 @@ def organizations():
 def connections():
     rows = db_session().scalars(sa.select(Connection).order_by(Connection.id)).all()
     return render_template("admin/connections.html", rows=rows)
+
+
+@bp.route("/connections/new", methods=["GET", "POST"])
+@require("manage", "connection")
+def connection_new():
+    """Add a connection for the whole platform (a sign-in button on /login) or for one
+    organization; it is created switched off, like on the organization's own pages, and is
+    switched on after a test sign-in passed."""
+    from federation.errors import FederationError
+    from portal.views import connection_forms
+    if request.method == "GET":
+        return _connection_form({})
+    form = request.form
+    owner = form.get("owner", "")
+    try:
+        org = organizations_service.get(db_session(), owner) if owner else None
+        if org is None and form.get("protocol") == "saml":
+            raise ValidationError("A SAML connection belongs to an organization: choose the "
+                                  "organization its users are provisioned into.",
+                                  code="invalid_protocol")
+        connection_id = connection_forms.create_from_form(
+            form, request.files.get("metadata_file"), org_slug=org.slug if org else None,
+            default_name=f"{org.name} single sign-on" if org else
+            connection_forms.KINDS.get(form.get("protocol", ""), "Single sign-on"),
+            kinds=connection_forms.OPERATOR_ORG_KINDS if org else
+            connection_forms.PLATFORM_KINDS)
+    except (TrellisError, FederationError) as error:
+        message = getattr(error, "safe_message", None) or error.message
+        return _connection_form(form, error=message, status=error.status)
+    flash("Connection created, switched off. Give the identity provider the values below, "
+          "run a test sign-in, then switch it on.", "info")
+    return redirect(url_for("admin.connection", connection_id=connection_id))
+
+
+def _connection_form(form, error: str | None = None, status: int = 200):
+    from portal.views import connection_forms
+    orgs = db_session().scalars(sa.select(Organization).order_by(Organization.name)).all()
+    return render_template("admin/connection_new.html", form=form, error=error, orgs=orgs,
+                           kinds=connection_forms.choices(
+                               connection_forms.OPERATOR_ORG_KINDS)), status
+
+
+@bp.get("/connections/<int:connection_id>")
+@require("read", "connection")
+def connection(connection_id: int):
+    """One connection: what to give the identity provider, the test, switching it on."""
+    from portal.services import connections as connections_service
+    from portal.views import connection_forms
+    row = connections_service.get(db_session(), connection_id)
+    return render_template("admin/connection.html", row=row,
+                           give=connection_forms.give_values(row))
+
+
+@bp.post("/connections/<int:connection_id>/enable")
+@require("manage", "connection")
+def connection_enable(connection_id: int):
+    """Only a configuration that passed a test sign-in is switched on, as on an
+    organization's own pages."""
+    return _set_connection_enabled(connection_id, True)
+
+
+@bp.post("/connections/<int:connection_id>/disable")
+@require("manage", "connection")
+def connection_disable(connection_id: int):
+    return _set_connection_enabled(connection_id, False)
+
+
+def _set_connection_enabled(connection_id: int, enabled: bool):
+    from portal.services import connections as connections_service
+    with services().db.transaction() as tx:
+        row = connections_service.set_enabled(tx, audit_context(), connection_id, enabled,
+                                              require_test=True)
+        name = row.name
+    flash(f"{name} is {'on' if enabled else 'off'}.", "info")
+    return redirect(url_for("admin.connection", connection_id=connection_id))
 
 
 @bp.get("/apps")

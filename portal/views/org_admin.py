@@ -40,7 +40,7 @@ from portal.services import (
 )
 from portal.services import domains as domains_service
 from portal.services import saml as saml_connections
-from portal.views import use_branding
+from portal.views import connection_forms, use_branding
 
 bp = Blueprint("orgadmin", __name__, url_prefix="/o/<slug>/admin")
 invites = Blueprint("invites", __name__)
@@ -366,54 +366,21 @@ def connections(slug: str):
 def new_connection(slug: str):
     org = _org(slug)
     if request.method == "GET":
-        return _render("orgadmin/connection_new.html", org, form={}, error=None)
+        return _render("orgadmin/connection_new.html", org, form={}, error=None,
+                       kinds=connection_forms.choices(connection_forms.ORG_KINDS))
     form = request.form
     try:
-        connection_id = _create_connection(org, form, request.files.get("metadata_file"))
+        connection_id = connection_forms.create_from_form(
+            form, request.files.get("metadata_file"), org_slug=org.slug,
+            default_name=f"{org.name} single sign-on", kinds=connection_forms.ORG_KINDS,
+            group_roles=_group_roles(org, form.get("group_roles", "")))
     except (ValidationError, FederationError) as error:
         return _render("orgadmin/connection_new.html", org, form=form,
+                       kinds=connection_forms.choices(connection_forms.ORG_KINDS),
                        error=getattr(error, "safe_message", None) or error.message), 400
     flash("Connection created, switched off. Give your identity provider the values below, "
           "run a test sign-in, then enable it.", "info")
     return redirect(url_for("orgadmin.connection", slug=slug, connection_id=connection_id))
-
-
-def _create_connection(org: Organization, form, upload) -> int:
-    s, ctx = services(), audit_context()
-    name = form.get("name", "").strip() or f"{org.name} single sign-on"
-    mapping = _group_roles(org, form.get("group_roles", ""))
-    loopback = current_app.config["ENV"] != "production"
-    with s.db.transaction() as tx:
-        if form.get("protocol") == "saml":
-            xml = upload.read(saml_connections.METADATA_MAX_BYTES + 1) if upload else None
-            if xml is not None and not xml:
-                xml = None
-            row = saml_connections.create(
-                tx, ctx, s.secrets, org_slug=org.slug, name=name,
-                metadata_url=form.get("metadata_url", "").strip(), metadata_xml=xml,
-                group_roles=mapping, allow_insecure_loopback=loopback)
-        elif form.get("protocol") == "oidc":
-            row = connections_service.create_oidc(
-                tx, ctx, s.secrets, org_slug=org.slug, name=name,
-                client_id=form.get("client_id", "").strip(),
-                client_secret=form.get("client_secret", ""),
-                issuer=form.get("issuer", "").strip(), group_roles=mapping,
-                scopes=("openid", "email", "profile", *_extra_scopes(form.get("scopes", ""))),
-                group_claim=form.get("group_claim", "").strip())
-        else:
-            raise ValidationError("Choose SAML or OpenID Connect.", code="invalid_protocol")
-        return row.id
-
-
-def _extra_scopes(text: str) -> list[str]:
-    """Scopes beyond ``openid email profile`` (e.g. ``groups``, which some providers need
-    before they send groups at all), each a valid OAuth scope token (RFC 6749 3.3)."""
-    found = [scope for scope in text.replace(",", " ").split()
-             if scope not in ("openid", "email", "profile")]
-    if len(found) > 10 or any(ch in scope for scope in found for ch in '"\\'):
-        raise ValidationError("Give at most ten extra scopes, separated by spaces, without "
-                              "quotes or backslashes.", code="invalid_scopes")
-    return list(dict.fromkeys(found))
 
 
 @bp.get("/connections/<int:connection_id>")
@@ -421,13 +388,8 @@ def _extra_scopes(text: str) -> list[str]:
 def connection(slug: str, connection_id: int):
     org = _org(slug)
     row = _connection(org, connection_id)
-    if row.protocol == Protocol.SAML:
-        from portal.views.saml import base_url
-        give = saml_connections.endpoints(base_url(), row.id)
-    else:
-        give = {"redirect_uri": url_for("sso.oidc_callback", connection_id=row.id,
-                                        _external=True)}
-    return _render("orgadmin/connection.html", org, row=row, give=give,
+    return _render("orgadmin/connection.html", org, row=row,
+                   give=connection_forms.give_values(row),
                    mapping="\n".join(f"{g} = {r}" for g, r in row.group_roles.items()))
 
 

@@ -138,3 +138,14 @@ def test_members_without_the_role_cannot_see_sso(app, tx, partner, make_user):
     make_user("pat@partner.example", org="partner")
     pat = as_user(app, "pat@partner.example")
     assert pat.get("/o/partner/admin/connections").status_code == 403
+
+
+def test_oidc_discovery_is_checked_before_anything_is_stored(app, tx, partner, oidc_provider):
+    sam = as_user(app, "sam@partner.example")
+    bad = post(sam, "/o/partner/admin/connections/new", protocol="oidc", name="OIDC",
+               issuer=oidc_provider.rogue_issuer("discovery-wrong-issuer"), client_id="abc",
+               client_secret="s1")
+    assert bad.status_code == 400 and "could not be used" in bad.get_data(as_text=True)
+    with tx() as session:
+        assert session.scalar(sa.select(sa.func.count()).select_from(Connection)) == 0
+    assert audit_events(app, "connection.create") == []

@@ -22,7 +22,12 @@ def test_operator_adds_a_platform_oidc_connection(browsing, live, make_user, oid
     page.get_by_label("Owner").select_option(label="Platform: a sign-in button on /login "
                                              "for everyone")
     page.get_by_label("Name (shown on the sign-in button)").fill("Partner ID")
-    page.get_by_label("OpenID Connect", exact=True).check()
+    page.get_by_label("OAuth2 with a user-info endpoint (GitHub-style)").check()
+    expect(page.get_by_label("Authorization endpoint")).to_be_visible()
+    expect(page.get_by_label("Issuer URL or discovery URL")).to_be_hidden()
+    page.get_by_label("OpenID Connect", exact=True).check()  # only its groups are shown
+    expect(page.get_by_label("Authorization endpoint")).to_be_hidden()
+    expect(page.get_by_label("Metadata URL (HTTPS; Trellis refreshes it)")).to_be_hidden()
     page.get_by_label("Client ID").fill(client_id)
     page.get_by_label("Client secret").fill(secret)
     page.get_by_label("Issuer URL or discovery URL").fill(oidc_provider.issuer)

@@ -1,5 +1,8 @@
-"""The OpenAPI 3.1 document of the admin API, built from the routes' own ``OPERATIONS`` table,
-and a plain HTML page that lists it (no third-party script: the CSP stays strict)."""
+"""The OpenAPI 3.1 document of Trellis's JSON APIs for scripts and apps (the organizations'
+admin API, the operators' app registry, the consents API), built from each blueprint's own
+table of operations, and a plain HTML page that lists it (no third-party script: the CSP
+stays strict). One document, one tag and security scheme per audience: a generated client
+gets every API, and the shared pieces (the problem document) are defined once."""
 
 from __future__ import annotations
 
@@ -13,9 +16,31 @@ from portal.services.org_tokens import SCOPES
 
 bp = Blueprint("openapi", __name__, url_prefix="/api/v1")
 CONVERTER = re.compile(r"<(?:(\w+):)?(\w+)>")
+# A database id in a path (``<int:...>``): ids are 32-bit serials.
+ID = {"type": "integer", "minimum": 1, "maximum": 2**31 - 1}
 PROBLEM = {"type": "object", "required": ["title", "status", "reference"], "properties": {
     "type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"},
-    "detail": {"type": "string"}, "code": {"type": "string"}, "reference": {"type": "string"}}}
+    "detail": {"type": "string"}, "code": {"type": "string"}, "reference": {"type": "string"},
+    "field": {"type": "string", "description": "The parameter or field at fault (422)."}}}
+TAGS = [
+    {"name": "orgs", "description": "An organization's administration (members, "
+                                    "invitations, SSO, domains, roles...), with an "
+                                    "organization API token."},
+    {"name": "apps", "description": "The operators' app registry."},
+    {"name": "consents", "description": "The consent ledger for apps: a user's current "
+                                        "consents and a feed of every change, limited to "
+                                        "members of the app's organizations."},
+]
+
+
+def refusal(description: str = "Refused; the body says why and carries a reference.",
+            headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A response object for an error: an RFC 9457 problem document (``code`` is stable)."""
+    found: dict[str, Any] = {"description": description, "content": {
+        "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}
+    if headers:
+        found["headers"] = headers
+    return found
 
 
 CREATED = {"create_invitation", "add_domain", "create_role"}
@@ -24,23 +49,29 @@ REQUIRED_BODY = {"grant_role", "verify_identity", "create_invitation", "add_doma
 
 
 def document() -> dict[str, Any]:
-    from portal.views import apps_api
+    from portal.views import apps_api, consent_api
     from portal.views.admin_api import OPERATIONS, SCHEMAS
     paths: dict[str, dict[str, Any]] = {}
     for op in OPERATIONS:
         path = "/api/v1/orgs/{slug}" + CONVERTER.sub(r"{\2}", op.path)
         paths.setdefault(path, {})[op.method.lower()] = _operation(op)
-    paths.update(apps_api.openapi_paths(_problem()))
+    paths.update(apps_api.openapi_paths(refusal()))
+    paths.update(consent_api.openapi_paths())
     return {
         "openapi": "3.1.0",
-        "info": {"title": "Trellis admin API", "version": "1",
-                 "description": "What an organization's admins do in the portal, for scripts. "
-                                "Every call under /api/v1/orgs is limited to the "
-                                "organization in the path; /api/v1/admin/apps is the "
-                                "operators' app registry."},
+        "info": {"title": "Trellis API", "version": "1",
+                 "description": "What an organization's admins do in the portal, for scripts, "
+                                "and what apps read. Every call under /api/v1/orgs is "
+                                "limited to the organization in the path; "
+                                "/api/v1/admin/apps is the operators' app registry; "
+                                "/api/v1/users/{user_id}/consents and "
+                                "/api/v1/consents/changes answer apps about the members "
+                                "of their organizations."},
+        "tags": TAGS,
         "paths": paths,
         "components": {
-            "schemas": {**SCHEMAS, **apps_api.SCHEMAS, "Problem": PROBLEM},
+            "schemas": {**SCHEMAS, **apps_api.SCHEMAS, **consent_api.SCHEMAS,
+                        "Problem": PROBLEM},
             "securitySchemes": {
                 "orgToken": {"type": "http", "scheme": "bearer",
                              "description": "An organization API token (trt_...). Scopes: "
@@ -50,6 +81,7 @@ def document() -> dict[str, Any]:
                                              "registered with the apps:manage scope "
                                              "(operators' automation; /api/v1/admin/apps "
                                              "only)."},
+                **consent_api.SECURITY_SCHEMES,
                 "session": {"type": "apiKey", "in": "cookie", "name": "trellis",
                             "description": "A signed-in admin's session; changes also need "
                                            "the X-CSRFToken header."}}},
@@ -57,20 +89,12 @@ def document() -> dict[str, Any]:
     }
 
 
-def _problem() -> dict[str, Any]:
-    return {"description": "Refused; the body says why and carries a reference.",
-            "content": {"application/problem+json": {
-                "schema": {"$ref": "#/components/schemas/Problem"}}}}
-
-
 def _operation(op) -> dict[str, Any]:
     parameters = [{"name": "slug", "in": "path", "required": True,
                    "schema": {"type": "string"}}]
     for converter, name in CONVERTER.findall(op.path):
         parameters.append({"name": name, "in": "path", "required": True,
-                           "schema": {"type": "integer", "minimum": 1,
-                                      "maximum": 2**31 - 1}
-                           if converter == "int" else {"type": "string"}})
+                           "schema": dict(ID) if converter == "int" else {"type": "string"}})
     if op.name == "list_members":
         parameters += [{"name": n, "in": "query", "required": False, "schema": s} for n, s in (
             ("q", {"type": "string", "maxLength": 200}),
@@ -79,9 +103,9 @@ def _operation(op) -> dict[str, Any]:
                                                       "maximum": 500}))]
     parameters += [{"name": name, "in": "query", "required": False, "schema": schema}
                    for name, schema in op.query]
-    problem = _problem()
+    problem = refusal()
     result: dict[str, Any] = {
-        "operationId": op.name, "summary": op.summary,
+        "operationId": op.name, "summary": op.summary, "tags": ["orgs"],
         "description": f"Needs the scope `{op.scope}` and the permission "
                        f"`{op.action} {op.object_type}` in the organization.",
         "parameters": parameters,

@@ -1,5 +1,6 @@
 """Schemathesis against the served OpenAPI document: every admin API operation, called in
-process through the WSGI app with an owner's API token of a seeded organization, with
+process through the WSGI app with an owner's API token of a seeded organization (and every
+consents API operation with an app's API key, for a member with consents recorded), with
 requests the document allows (and, for the server-error check, requests it does not). No
 answer may be a 5xx, and every answer must be one the document describes, with a body its
 schema accepts. A client generated from the document would otherwise break on it."""
@@ -17,8 +18,9 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from portal.services import organizations
+from portal.services import consent, organizations
 from tests.integration.test_admin_api import token_for
+from tests.integration.test_consent_api import crm  # noqa: F401
 from tests.integration.test_org_admin import two_orgs  # noqa: F401
 
 # Per operation and mode: enough to reach each operation's refusals and its success path,
@@ -28,11 +30,11 @@ CONFORMANCE = [not_a_server_error, status_code_conformance, content_type_conform
                response_schema_conformance]
 
 
-def _org_operations(schema):
+def _operations(schema, *prefixes: str):
     found = []
     for result in schema.get_all_operations():
         operation = result.ok()
-        if operation.path.startswith("/api/v1/orgs/"):
+        if operation.path.startswith(prefixes):
             found.append(operation)
     # Removals last, so the seeded objects are still there for every other operation.
     return sorted(found, key=lambda o: o.method.upper() == "DELETE")
@@ -84,17 +86,42 @@ def test_every_admin_operation_answers_as_documented(app, tx, two_orgs):  # noqa
     """Documented requests get documented answers; undocumented ones still no 5xx."""
     schema = schemathesis.openapi.from_wsgi("/api/v1/openapi.json", app)
     headers = token_for(tx, "alice@acme.test")
-    operations = _org_operations(schema)
+    operations = _operations(schema, "/api/v1/orgs/")
     assert len(operations) >= 30, [o.label for o in operations]
     seeded = _seed(app, tx, two_orgs)
+    failures = _run(operations, headers, [
+        (GenerationMode.POSITIVE, CONFORMANCE, {"slug": "acme"}),
+        (GenerationMode.POSITIVE, CONFORMANCE, seeded),
+        (GenerationMode.NEGATIVE, [not_a_server_error], {"slug": "acme"})])
+    assert not failures, "\n\n".join(failures)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_every_consents_operation_answers_as_documented(app, tx, crm):  # noqa: F811
+    """The consents API, with an app's key: random user ids (404s), a member of the app's
+    organization with records in the ledger (200s), and malformed cursors (no 5xx)."""
+    schema = schemathesis.openapi.from_wsgi("/api/v1/openapi.json", app)
+    operations = _operations(schema, "/api/v1/users/", "/api/v1/consents/")
+    assert sorted(o.label for o in operations) == [
+        "GET /api/v1/consents/changes", "GET /api/v1/users/{user_id}/consents"]
+    with tx() as session:
+        for n, purpose in enumerate(("terms", "product_news", "product_news")):
+            consent.record(session, user_id=crm["alice"], purpose=purpose, version="1",
+                           granted=n != 2, method="test", ip="", user_agent="", key="k")
+    failures = _run(operations, {"Authorization": f"Bearer {crm['key']}"}, [
+        (GenerationMode.POSITIVE, CONFORMANCE, {}),
+        (GenerationMode.POSITIVE, CONFORMANCE, {"user_id": crm["alice"]}),
+        (GenerationMode.NEGATIVE, [not_a_server_error], {})])
+    assert not failures, "\n\n".join(failures)
+
+
+def _run(operations, headers, runs) -> list[str]:
+    """Every (mode, checks, fixed path parameters) run of every operation; the failures."""
     failures = []
     for operation in operations:
-        for mode, checks, ids in (
-                (GenerationMode.POSITIVE, CONFORMANCE, {"slug": "acme"}),
-                (GenerationMode.POSITIVE, CONFORMANCE, seeded),
-                (GenerationMode.NEGATIVE, [not_a_server_error], {"slug": "acme"})):
+        for mode, checks, ids in runs:
             try:
                 _drive(operation, mode, headers, checks, ids)
             except Exception as error:  # collect all, report together
                 failures.append(f"{operation.label} [{mode.value}]: {error}"[:1500])
-    assert not failures, "\n\n".join(failures)
+    return failures

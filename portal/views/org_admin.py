@@ -883,6 +883,7 @@ def _siem_page(org: Organization, secret: str = "", error: str = "", status: int
     session = db_session()
     return _render("orgadmin/siem.html", org, rows=siem.listing(session, org), secret=secret,
                    error=error, backlog=lambda s: siem.backlog(session, s),
+                   paused_since=lambda s: siem.paused_since(session, s),
                    shown=siem.shown_target), status
 
 
@@ -932,4 +933,31 @@ def siem_replay(slug: str, stream_id: int):
         siem.replay(tx, audit_context(), siem.get(tx, stream_id, tx.get(Organization, org.id)),
                     int(since) if since.isdigit() else 0)
     flash(f"Events from {since} on will be sent again, in order.", "info")
+    return redirect(url_for("orgadmin.siem_streams", slug=slug))
+
+
+@bp.post("/siem/<int:stream_id>/pause")
+@require("manage", "organization", org_arg="slug")
+def siem_pause(slug: str, stream_id: int):
+    """Stop sending this organization's stream; its events wait until it is resumed."""
+    return _siem_set_enabled(slug, stream_id, False)
+
+
+@bp.post("/siem/<int:stream_id>/resume")
+@require("manage", "organization", org_arg="slug")
+def siem_resume(slug: str, stream_id: int):
+    """Send again, starting with the events recorded while the stream was paused."""
+    return _siem_set_enabled(slug, stream_id, True)
+
+
+def _siem_set_enabled(slug: str, stream_id: int, enabled: bool):
+    from portal.services import siem
+    from portal.views.siem_forms import state_message
+    org = _org(slug)
+    with services().db.transaction() as tx:
+        # Scoped to this organization: another organization's stream id answers 404.
+        stream = siem.get(tx, stream_id, tx.get(Organization, org.id))
+        changed = siem.set_enabled(tx, audit_context(), stream, enabled)
+        name = stream.name
+    flash(state_message(name, enabled, changed), "info")
     return redirect(url_for("orgadmin.siem_streams", slug=slug))

@@ -88,21 +88,20 @@ def register(main: click.Group, cli_context) -> None:
     @with_appcontext
     def siem_pause(stream: str) -> None:
         """Stop sending STREAM's events; they wait, in order, until `trellis siem resume`."""
-        _set_enabled(stream, False)
-        click.echo("paused")
+        click.echo("paused" if _set_enabled(stream, False) else "already paused")
 
     @siem_group.command("resume")
     @click.argument("stream")
     @with_appcontext
     def siem_resume(stream: str) -> None:
         """Send STREAM's events again, starting with those recorded while it was paused."""
-        _set_enabled(stream, True)
-        click.echo("resumed")
+        click.echo("resumed" if _set_enabled(stream, True) else "already sending")
 
-    def _set_enabled(stream: str, enabled: bool) -> None:
+    def _set_enabled(stream: str, enabled: bool) -> bool:
         from portal.services import siem
         with services().db.transaction() as session:
-            siem.set_enabled(session, cli_context(), siem.find(session, stream), enabled)
+            return siem.set_enabled(session, cli_context(), siem.find(session, stream),
+                                    enabled)
 
     @siem_group.command("replay")
     @click.argument("stream")

@@ -44,6 +44,7 @@ LABELS = {  # what a permission lets someone do, in the admins' words
     ("organization", "manage"): "manage organization settings and API tokens",
     ("app", "open"): "open the organization's apps",
     ("audit", "read"): "read the audit trail",
+    ("risk", "read"): "see members' sign-ins with their risk score",
     ("member", "read"): "see members",
     ("member", "manage"): "suspend, resume and remove members; record identity checks",
     ("invitation", "manage"): "invite people",

@@ -228,15 +228,33 @@ def remove(session: Session, ctx: audit.Context, stream: SiemStream) -> None:
 
 
 def set_enabled(session: Session, ctx: audit.Context, stream: SiemStream, enabled: bool
-                ) -> None:
-    """Pause or resume a stream. A paused stream keeps its cursor, so on resuming it sends
-    everything recorded meanwhile, in order."""
+                ) -> bool:
+    """Pause or resume a stream (the command line and the stream pages both call this). A
+    paused stream keeps its cursor, so on resuming it sends everything recorded meanwhile,
+    in order. Returns False, recording nothing, when the stream already was in that state:
+    a second click on a stale page must not move "paused since"."""
+    if stream.enabled == enabled:
+        return False
     stream.enabled = enabled
     if enabled:
         stream.next_attempt_at, stream.attempts = utcnow(), 0
     audit.record(session, ctx, "siem.stream_resume" if enabled else "siem.stream_pause",
                  target=f"siem_stream:{stream.id}", organization_id=stream.organization_id,
-                 details={"name": stream.name, "cursor_seq": stream.cursor_seq})
+                 details={"name": stream.name, "state": "enabled" if enabled else "paused",
+                          "cursor_seq": stream.cursor_seq})
+    return True
+
+
+def paused_since(session: Session, stream: SiemStream) -> datetime | None:
+    """When a paused stream was paused: the time of its last ``siem.stream_pause`` event (the
+    audit trail already holds it, so the stream row needs no column of its own). None for a
+    stream that is sending."""
+    if stream.enabled:
+        return None
+    return session.scalar(sa.select(AuditEvent.occurred_at).where(
+        AuditEvent.action == "siem.stream_pause",
+        AuditEvent.target == f"siem_stream:{stream.id}")
+        .order_by(AuditEvent.seq.desc()).limit(1))
 
 
 def replay(session: Session, ctx: audit.Context, stream: SiemStream, since: int) -> None:

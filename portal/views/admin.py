@@ -439,6 +439,7 @@ def _siem_page(secret: str = "", error: str = "", status: int = 200):
     names = {o.id: o.name for o in session.scalars(sa.select(Organization))}
     return render_template("admin/siem.html", rows=rows, orgs=names, secret=secret,
                            error=error, backlog=lambda s: siem.backlog(session, s),
+                           paused_since=lambda s: siem.paused_since(session, s),
                            shown=siem.shown_target), status
 
 
@@ -485,6 +486,31 @@ def siem_replay(stream_id: int):
         siem.replay(tx, audit_context(), siem.get(tx, stream_id, any_org=True),
                     int(since) if since.isdigit() else 0)
     flash(f"Events from {since} on will be sent again, in order.", "info")
+    return redirect(url_for("admin.siem_page"))
+
+
+@bp.post("/siem/<int:stream_id>/pause")
+@require("manage", "siem_stream")
+def siem_pause(stream_id: int):
+    """Stop sending a stream's events; they wait after its cursor until it is resumed."""
+    return _siem_set_enabled(stream_id, False)
+
+
+@bp.post("/siem/<int:stream_id>/resume")
+@require("manage", "siem_stream")
+def siem_resume(stream_id: int):
+    """Send again, starting with the events recorded while the stream was paused."""
+    return _siem_set_enabled(stream_id, True)
+
+
+def _siem_set_enabled(stream_id: int, enabled: bool):
+    from portal.services import siem
+    from portal.views.siem_forms import state_message
+    with services().db.transaction() as tx:
+        stream = siem.get(tx, stream_id, any_org=True)
+        changed = siem.set_enabled(tx, audit_context(), stream, enabled)
+        name = stream.name
+    flash(state_message(name, enabled, changed), "info")
     return redirect(url_for("admin.siem_page"))
 
 

@@ -54,7 +54,7 @@ SECTIONS = (  # (endpoint, label, action, object type): the nav shows what the a
     ("orgadmin.branding", "Branding", "manage", "branding"),
     ("orgadmin.audit_trail", "Audit trail", "read", "audit"),
     ("orgadmin.tokens", "API tokens", "manage", "organization"),
-    ("orgadmin.security", "Security", "manage", "organization"),
+    ("orgadmin.security", "Security", "read", "risk"),
     ("orgadmin.registration", "Sign-up", "manage", "organization"),
     ("orgadmin.siem_streams", "Event streams", "manage", "organization"),
     ("orgadmin.simulate", "Policy simulator", "simulate", "policy"),
@@ -74,6 +74,12 @@ def _actor(org: Organization) -> members.Actor:
 
 def _known_roles(org: Organization) -> list[str]:
     return members.known_roles(services().policy.files, db_session(), org)
+
+
+def _may(org: Organization, action: str, kind: str) -> bool:
+    """What the page shows besides what its route requires (a read-only view for auditors)."""
+    return services().policy.decide(current_subject(), org.slug, {"type": kind}, action,
+                                    {"org_status": org.status.value}).allowed
 
 
 def allowed_sections(org: Organization) -> list[tuple[str, str]]:
@@ -512,12 +518,16 @@ def revoke_token(slug: str, token_id: int):
 # -- security: the organization's MFA policy -------------------------------------------
 
 @bp.get("/security")
-@require("manage", "organization", org_arg="slug")
+@require("read", "risk", org_arg="slug")
 def security(slug: str):
+    """Owners change the MFA policy and risk thresholds here; whoever may read sign-in risk
+    (auditors, by the kind templates) sees the members' recent sign-ins and the settings in
+    effect, without the form."""
     from portal.services import mfa
     org = _org(slug)
     config = current_app.config
     return _render("orgadmin/security.html", org, policies=MFA_POLICIES,
+                   may_manage=_may(org, "manage", "organization"),
                    connections=_federated_connections(org),
                    defaults=(config["RISK_STEP_UP_AT"], config["RISK_DENY_AT"]),
                    sign_ins=mfa.recent_risk(db_session(), org.id))
@@ -883,6 +893,7 @@ def _siem_page(org: Organization, secret: str = "", error: str = "", status: int
     session = db_session()
     return _render("orgadmin/siem.html", org, rows=siem.listing(session, org), secret=secret,
                    error=error, backlog=lambda s: siem.backlog(session, s),
+                   paused_since=lambda s: siem.paused_since(session, s),
                    shown=siem.shown_target), status
 
 
@@ -932,4 +943,31 @@ def siem_replay(slug: str, stream_id: int):
         siem.replay(tx, audit_context(), siem.get(tx, stream_id, tx.get(Organization, org.id)),
                     int(since) if since.isdigit() else 0)
     flash(f"Events from {since} on will be sent again, in order.", "info")
+    return redirect(url_for("orgadmin.siem_streams", slug=slug))
+
+
+@bp.post("/siem/<int:stream_id>/pause")
+@require("manage", "organization", org_arg="slug")
+def siem_pause(slug: str, stream_id: int):
+    """Stop sending this organization's stream; its events wait until it is resumed."""
+    return _siem_set_enabled(slug, stream_id, False)
+
+
+@bp.post("/siem/<int:stream_id>/resume")
+@require("manage", "organization", org_arg="slug")
+def siem_resume(slug: str, stream_id: int):
+    """Send again, starting with the events recorded while the stream was paused."""
+    return _siem_set_enabled(slug, stream_id, True)
+
+
+def _siem_set_enabled(slug: str, stream_id: int, enabled: bool):
+    from portal.services import siem
+    from portal.views.siem_forms import state_message
+    org = _org(slug)
+    with services().db.transaction() as tx:
+        # Scoped to this organization: another organization's stream id answers 404.
+        stream = siem.get(tx, stream_id, tx.get(Organization, org.id))
+        changed = siem.set_enabled(tx, audit_context(), stream, enabled)
+        name = stream.name
+    flash(state_message(name, enabled, changed), "info")
     return redirect(url_for("orgadmin.siem_streams", slug=slug))

@@ -1,4 +1,5 @@
-"""The event stream form, shared by the operators' page and an organization's admin page."""
+"""The event stream form and messages, shared by the operators' page and an
+organization's admin page."""
 
 from __future__ import annotations
 
@@ -20,3 +21,13 @@ def stream_values(form: MultiDict, operator: bool) -> dict[str, Any]:
                    "ca_file": form.get("ca_file", "")[:500],
                    "start": "all" if form.get("start") == "all" else "now"}
     return values
+
+
+def state_message(name: str, enabled: bool, changed: bool) -> str:
+    """The confirmation shown after the Pause or Resume button."""
+    if not changed:
+        return f"Stream {name} was already {'sending' if enabled else 'paused'}."
+    if enabled:
+        return (f"Stream {name} resumed: the events recorded while it was paused are sent "
+                "first, in order.")
+    return f"Stream {name} paused: its events wait, in order, until you resume it."

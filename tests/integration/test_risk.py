@@ -211,3 +211,59 @@ def test_the_strictest_organization_thresholds_apply(app, tx, alice, make_org):
     sign_out(client)
     sign_in(client, "alice@acme.test")
     assert last_risk(app)["thresholds"] == [50, 60]  # globex: the default step-up, deny 60
+
+
+# ---- who sees the scores
+
+
+def test_auditors_see_members_sign_in_risk_read_only(app, tx, alice, make_org, make_user):
+    from portal.services import organizations
+    from tests.integration.test_mfa import grant
+    make_org("globex", "Globex Logistics")
+    make_user("audrey@acme.test", org="acme")
+    grant(tx, "audrey@acme.test", "auditor")
+    make_user("gus@globex.test", org="globex")
+    grant(tx, "gus@globex.test", "auditor", "globex")
+    make_user("carol@globex.test", org="globex")
+    member = app.test_client()
+    for _ in range(2):
+        sign_in(member, "alice@acme.test", WRONG)
+    assert sign_in(member, "alice@acme.test").status_code == 302
+    alice_risk = last_risk(app)
+    assert sign_in(app.test_client(), "carol@globex.test").status_code == 302
+
+    auditor = app.test_client()
+    assert sign_in(auditor, "audrey@acme.test").status_code == 302
+    answer = auditor.get("/o/acme/admin/security")
+    page = answer.get_data(as_text=True)
+    assert answer.status_code == 200
+    assert 'href="/o/acme/admin/security"' in page  # in the auditor's navigation
+    row = page.split("alice@acme.test", 1)[1].split("</tr>", 1)[0]
+    assert f"<td>{alice_risk['score']}</td><td>{alice_risk['decision']}</td>" in row
+    assert "new_device" in row and "new_network" in row and "failures" in row
+    assert "carol@globex.test" not in page  # another organization's member
+    # Read-only: the settings in effect, no form to change them.
+    assert "Settings in effect" in page and "In effect: step-up from 50, deny from 80" in page
+    assert 'name="policy"' not in page and 'name="risk_deny_at"' not in page
+    assert "/o/acme/admin/security\" class=\"stacked\"" not in page
+    token = csrf_token(auditor, "/o/acme/admin/security")
+    refused = auditor.post("/o/acme/admin/security", data={
+        "csrf_token": token, "policy": "all", "risk_step_up_at": "10", "risk_deny_at": "20"})
+    assert refused.status_code == 403
+    with tx() as session:
+        org = organizations.get(session, "acme")
+        assert (org.mfa_policy.value, org.risk_step_up_at, org.risk_deny_at) == \
+            ("off", None, None)
+    assert not audit_events(app, "organization.risk_thresholds")
+
+    # An auditor of another organization sees only that organization's sign-ins.
+    other = app.test_client()
+    assert sign_in(other, "gus@globex.test").status_code == 302
+    assert other.get("/o/acme/admin/security").status_code == 404
+    theirs = other.get("/o/globex/admin/security").get_data(as_text=True)
+    assert "carol@globex.test" in theirs and "alice@acme.test" not in theirs
+    assert other.post("/o/acme/admin/security", data={
+        "csrf_token": csrf_token(other, "/o/globex/admin/security"),
+        "policy": "all"}).status_code == 404
+    # A member without an admin role sees no scores.
+    assert member.get("/o/acme/admin/security").status_code == 403

@@ -370,3 +370,126 @@ def test_the_worker_delivers_streams(app, tx, settings, monkeypatch, tmp_path):
     out = _cli(settings, monkeypatch)("worker", "--once").output
     assert "siem: delivered 4 events" in out
     assert [json.loads(line)["seq"] for line in path.read_text().splitlines()][1:] == seqs
+
+
+def _received(http_receiver) -> list[dict]:
+    return [e for r in http_receiver.requests for e in json.loads(r.body)]
+
+
+def test_org_admin_pauses_and_resumes_its_stream_and_nothing_is_lost(
+        app, tx, make_org, make_user, http_receiver, monkeypatch):
+    from tests.conftest import csrf_token
+    from tests.integration.test_org_admin import grant
+    acme = make_org("acme", "Acme Supplies")
+    make_user("alice@acme.test", org="acme")
+    grant(tx, "alice@acme.test", "acme", "org_owner")
+    monkeypatch.setattr(siem, "_check_url", lambda url, https_only: None)  # loopback peer
+    stream_id, _ = _add(app, tx, name="acme-soc", kind="webhook", target=http_receiver.url,
+                        org="acme")
+    before = _record(tx, 2, org_id=acme.id)
+    assert _deliver(app).delivered == 3
+    client = _signed_in(app, "alice@acme.test")
+    page = client.get("/o/acme/admin/siem").get_data(as_text=True)
+    assert "Sending" in page and f"/o/acme/admin/siem/{stream_id}/pause" in page
+    token = csrf_token(client, "/o/acme/admin/siem")
+    assert client.post(f"/o/acme/admin/siem/{stream_id}/pause").status_code == 400  # no CSRF
+    assert _stream(app, stream_id).enabled
+
+    paused = client.post(f"/o/acme/admin/siem/{stream_id}/pause",
+                         data={"csrf_token": token}, follow_redirects=True)
+    body = paused.get_data(as_text=True)
+    assert paused.status_code == 200
+    assert "Stream acme-soc paused: its events wait, in order, until you resume it." in body
+    assert re.search(r"Paused</strong> since \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC, "
+                     r"1 event waiting", body)  # the pause itself is one of acme's events
+    assert f"/o/acme/admin/siem/{stream_id}/resume" in body
+    [event] = audit_events(app, "siem.stream_pause")
+    assert event.actor == "alice@acme.test" and event.organization_id == acme.id
+    assert event.target == f"siem_stream:{stream_id}"
+    assert event.details["state"] == "paused" and event.details["name"] == "acme-soc"
+
+    during = _record(tx, 3, org_id=acme.id)
+    assert _deliver(app).delivered == 0  # paused: the receiver gets nothing
+    assert len(http_receiver.requests) == 1
+    page = client.get("/o/acme/admin/siem").get_data(as_text=True)
+    assert "4 events waiting" in page
+    stream = _stream(app, stream_id)
+    assert not stream.enabled and stream.cursor_seq < during[0]  # the cursor stayed
+
+    resumed = client.post(f"/o/acme/admin/siem/{stream_id}/resume",
+                          data={"csrf_token": token}, follow_redirects=True)
+    body = resumed.get_data(as_text=True)
+    assert "Stream acme-soc resumed" in body and "Paused</strong>" not in body
+    [event] = audit_events(app, "siem.stream_resume")
+    assert event.actor == "alice@acme.test" and event.details["state"] == "enabled"
+    assert _deliver(app).delivered == 5  # the pause, three events, the resume
+    received = _received(http_receiver)
+    assert [e["seq"] for e in received][1:3] == before
+    assert [e["action"] for e in received[3:]] == \
+        ["siem.stream_pause", "user.profile", "user.profile", "user.profile",
+         "siem.stream_resume"]
+    assert [e["seq"] for e in received[4:7]] == during  # recorded while paused, in order
+
+
+def test_another_organizations_admin_can_neither_see_nor_pause_a_stream(
+        app, tx, make_org, make_user):
+    from tests.conftest import csrf_token
+    from tests.integration.test_org_admin import grant
+    make_org("acme", "Acme Supplies"), make_org("globex", "Globex Logistics")
+    make_user("bob@globex.test", org="globex")
+    grant(tx, "bob@globex.test", "globex", "org_owner")
+    stream_id, _ = _add(app, tx, name="acme-soc", kind="webhook",
+                        target="https://siem.acme.test/in", org="acme")
+    client = _signed_in(app, "bob@globex.test")
+    own = client.get("/o/globex/admin/siem")
+    assert own.status_code == 200 and "acme-soc" not in own.get_data(as_text=True)
+    token = csrf_token(client, "/o/globex/admin/siem")
+    assert client.get("/o/acme/admin/siem").status_code == 404  # as every page of acme's
+    for action in ("pause", "resume"):
+        assert client.post(f"/o/acme/admin/siem/{stream_id}/{action}",
+                           data={"csrf_token": token}).status_code == 404
+        assert client.post(f"/o/globex/admin/siem/{stream_id}/{action}",
+                           data={"csrf_token": token}).status_code == 404
+        assert client.post(f"/admin/siem/{stream_id}/{action}",
+                           data={"csrf_token": token}).status_code == 403
+    assert _stream(app, stream_id).enabled
+    assert not audit_events(app, "siem.stream_pause")
+
+
+def test_operator_pauses_and_resumes_any_stream_from_the_page(app, tx, make_org, make_user,
+                                                              tmp_path):
+    from tests.conftest import csrf_token
+    make_org("globex", "Globex Logistics")
+    make_user("oscar@trellis.test", operator=True)
+    path = tmp_path / "audit.jsonl"
+    disk, _ = _add(app, tx, name="disk", kind="file", target=str(path))
+    globex, _ = _add(app, tx, name="globex-soc", kind="webhook",
+                     target="https://siem.globex.test/in", org="globex")
+    _deliver(app, stream_ids=[disk])
+    client = _signed_in(app, "oscar@trellis.test")
+    token = csrf_token(client, "/admin/siem")
+    for stream_id in (disk, globex):
+        answer = client.post(f"/admin/siem/{stream_id}/pause", data={"csrf_token": token},
+                             follow_redirects=True)
+        assert answer.status_code == 200 and "paused: its events wait" in \
+            answer.get_data(as_text=True)
+        assert not _stream(app, stream_id).enabled
+    again = client.post(f"/admin/siem/{disk}/pause", data={"csrf_token": token},
+                        follow_redirects=True).get_data(as_text=True)
+    assert "Stream disk was already paused." in again
+    assert len(audit_events(app, "siem.stream_pause")) == 2  # the second click records nothing
+    assert again.count("Paused</strong> since") == 2
+    seqs = _record(tx, 2)
+    assert _deliver(app, stream_ids=[disk]).delivered == 0
+    lines = path.read_text().splitlines()
+    assert client.post(f"/admin/siem/{disk}/resume",
+                       data={"csrf_token": token}).status_code == 302
+    _deliver(app, stream_ids=[disk])
+    sent = [json.loads(line) for line in path.read_text().splitlines()][len(lines):]
+    assert [e["seq"] for e in sent if e["action"] == "user.profile"] == seqs
+    assert [e.actor for e in audit_events(app, "siem.stream_resume")] == \
+        ["oscar@trellis.test"]
+    member = make_user("max@acme.test")
+    assert member and _signed_in(app, "max@acme.test").post(
+        f"/admin/siem/{globex}/resume", data={"csrf_token": token}).status_code in (400, 403)
+    assert not _stream(app, globex).enabled

@@ -1,15 +1,19 @@
 """The OpenAPI 3.1 document of Trellis's JSON APIs for scripts and apps (the organizations'
-admin API, the operators' app registry, the consents API), built from each blueprint's own
-table of operations, and a plain HTML page that lists it (no third-party script: the CSP
-stays strict). One document, one tag and security scheme per audience: a generated client
-gets every API, and the shared pieces (the problem document) are defined once."""
+admin API, the operators' app registry, the decision API, the consents API), built from each
+blueprint's own table of operations, and a plain HTML page that lists it (no third-party
+script: the CSP stays strict). One document, one tag and security scheme per audience: a
+generated client gets every API, and the shared pieces (the problem document) are defined
+once. The document is built once per process, on its first request, and served from there:
+it describes code, which does not change while the process runs."""
 
 from __future__ import annotations
 
+import functools
+import json
 import re
 from typing import Any
 
-from flask import Blueprint, jsonify, render_template
+from flask import Blueprint, current_app, render_template
 
 from portal.permissions import public
 from portal.services.org_tokens import SCOPES
@@ -27,6 +31,10 @@ TAGS = [
                                     "invitations, SSO, domains, roles...), with an "
                                     "organization API token."},
     {"name": "apps", "description": "The operators' app registry."},
+    {"name": "authz", "description": "The decision API for apps: may this subject do this "
+                                     "action on this object in this organization? Single "
+                                     "and batched checks, explanations and a subject's "
+                                     "permissions, for the app's organizations only."},
     {"name": "consents", "description": "The consent ledger for apps: a user's current "
                                         "consents and a feed of every change, limited to "
                                         "members of the app's organizations."},
@@ -48,14 +56,17 @@ REQUIRED_BODY = {"grant_role", "verify_identity", "create_invitation", "add_doma
                  "create_role", "update_role", "set_branding", "set_logo", "set_registration"}
 
 
+@functools.cache
 def document() -> dict[str, Any]:
-    from portal.views import apps_api, consent_api
+    """The whole document, built on first use (treat it as read-only)."""
+    from portal.views import api, apps_api, consent_api
     from portal.views.admin_api import OPERATIONS, SCHEMAS
     paths: dict[str, dict[str, Any]] = {}
     for op in OPERATIONS:
         path = "/api/v1/orgs/{slug}" + CONVERTER.sub(r"{\2}", op.path)
         paths.setdefault(path, {})[op.method.lower()] = _operation(op)
     paths.update(apps_api.openapi_paths(refusal()))
+    paths.update(api.openapi_paths())
     paths.update(consent_api.openapi_paths())
     return {
         "openapi": "3.1.0",
@@ -64,13 +75,14 @@ def document() -> dict[str, Any]:
                                 "and what apps read. Every call under /api/v1/orgs is "
                                 "limited to the organization in the path; "
                                 "/api/v1/admin/apps is the operators' app registry; "
+                                "/api/v1/authz answers apps' authorization questions; "
                                 "/api/v1/users/{user_id}/consents and "
                                 "/api/v1/consents/changes answer apps about the members "
                                 "of their organizations."},
         "tags": TAGS,
         "paths": paths,
         "components": {
-            "schemas": {**SCHEMAS, **apps_api.SCHEMAS, **consent_api.SCHEMAS,
+            "schemas": {**SCHEMAS, **apps_api.SCHEMAS, **api.SCHEMAS, **consent_api.SCHEMAS,
                         "Problem": PROBLEM},
             "securitySchemes": {
                 "orgToken": {"type": "http", "scheme": "bearer",
@@ -81,7 +93,7 @@ def document() -> dict[str, Any]:
                                              "registered with the apps:manage scope "
                                              "(operators' automation; /api/v1/admin/apps "
                                              "only)."},
-                **consent_api.SECURITY_SCHEMES,
+                **api.SECURITY_SCHEMES,
                 "session": {"type": "apiKey", "in": "cookie", "name": "trellis",
                             "description": "A signed-in admin's session; changes also need "
                                            "the X-CSRFToken header."}}},
@@ -120,10 +132,15 @@ def _operation(op) -> dict[str, Any]:
     return result
 
 
+@functools.cache
+def _encoded() -> bytes:
+    return json.dumps(document(), separators=(",", ":")).encode()
+
+
 @bp.get("/openapi.json")
 @public
 def openapi_json():
-    return jsonify(document())
+    return current_app.response_class(_encoded(), mimetype="application/json")
 
 
 @bp.get("/docs")

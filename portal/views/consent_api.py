@@ -15,6 +15,7 @@ from flask import Blueprint, current_app, g, jsonify, request
 from portal.errors import InvalidRequest, NotFound
 from portal.extensions import csrf, db_session
 from portal.services import consent
+from portal.views import api
 from portal.views.api import api_key_required
 
 bp = Blueprint("consentapi", __name__, url_prefix="/api/v1")
@@ -61,21 +62,9 @@ def _whole(name: str, default: str, low: int, high: int) -> int:
 
 # --- the OpenAPI description (merged into /api/v1/openapi.json by portal.openapi) ----------
 
-SECURITY_SCHEMES: dict[str, Any] = {
-    "apiClientKey": {"type": "http", "scheme": "bearer", "bearerFormat": "trk_...",
-                     "description": "An API key (trk_...) an operator created with "
-                                    "`trellis api-client create NAME --org SLUG...`; the "
-                                    "same key as for the decision API."},
-    "appAccessToken": {"type": "oauth2", "description": "An access token of an app "
-                                                       "registered with the authz scope, "
-                                                       "from the client-credentials grant; "
-                                                       "sent as Authorization: Bearer.",
-                       "flows": {"clientCredentials": {
-                           "tokenUrl": "/oauth/token",
-                           "scopes": {"authz": "The decision API and the consents API, "
-                                               "for the app's organizations."}}}},
-}
-_SECURITY = [{"apiClientKey": []}, {"appAccessToken": ["authz"]}]
+# The decision API's schemes (same credentials), listed under this name too.
+SECURITY_SCHEMES = api.SECURITY_SCHEMES
+_SECURITY = api.SECURITY
 _STATE = {"enum": ["granted", "withdrawn"], "description": "The newest record's verdict."}
 SCHEMAS: dict[str, Any] = {
     # What ``consent.record_dict`` answers: one ledger entry, never changed once written.

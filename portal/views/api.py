@@ -190,7 +190,9 @@ SECURITY_SCHEMES: dict[str, Any] = {
                                                "for the app's organizations."}}}},
 }
 SECURITY = [{"apiClientKey": []}, {"appAccessToken": ["authz"]}]
-_ID = {"oneOf": [{"type": "string", "minLength": 1}, {"type": "integer"}]}
+# A user id is text, as in every answer. A JSON whole number (42) is read as its text too, but
+# is not documented: JSON Schema's integer also admits 42.0, which is refused.
+_ID = {"type": "string", "minLength": 1, "description": "A user id."}
 _RULE = {"type": "array", "items": {"type": "string"}, "minItems": 6, "maxItems": 6,
          "description": "The policy row: role (or *), domain, object type, action, condition, "
                         "effect (allow or deny)."}
@@ -204,8 +206,7 @@ SCHEMAS: dict[str, Any] = {
                        "missing one reads as null. Other members are ignored.",
         "properties": {
             "subject": {"oneOf": [
-                {"type": "string", "minLength": 1, "description": "A user id."},
-                {"type": "integer", "description": "A user id."},
+                _ID,
                 {"type": "object", "required": ["id"], "properties": {"id": _ID},
                  "additionalProperties": True,
                  "description": "The user id and attributes, e.g. assigned_partners."}]},

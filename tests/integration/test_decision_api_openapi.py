@@ -61,7 +61,7 @@ def test_api_key_answers_match_the_document(app, client, world):  # noqa: F811
     assert ask(CHECK, allowed)["allowed"] is True
     denied = ask(CHECK, {**allowed, "context": {"assurance": 1}})
     assert denied["allowed"] is False and denied["reason"] == "denied by rule"
-    nothing = ask(CHECK, {"subject": {"id": int(world["alice"]), "assigned_partners": ["x"]},
+    nothing = ask(CHECK, {"subject": {"id": world["alice"], "assigned_partners": ["x"]},
                           "organization": "acme", "object": "spaceship", "action": "fly"})
     assert (nothing["matched_rule"], nothing["reason"]) == (None, "no rule allows it")
     broken = ask(CHECK, {**allowed, "object": order("lots")})

@@ -21,10 +21,13 @@ from tests.integration.test_saml_signin import add_saml_connection, saml_login
 from tests.peers.saml_idp import SamlIdp
 
 
-def worker_pass(app):
+def cli(app, *args):
     from portal.cli import main
-    result = CliRunner().invoke(main, ["worker", "--once"],
-                                obj=ScriptInfo(create_app=lambda: app))
+    return CliRunner().invoke(main, list(args), obj=ScriptInfo(create_app=lambda: app))
+
+
+def worker_pass(app):
+    result = cli(app, "worker", "--once")
     assert result.exit_code == 0, result.output
     return result.output
 
@@ -170,3 +173,23 @@ def test_two_workers_do_not_fetch_the_same_metadata_at_once(app, tx, client, par
     with tx() as session:
         assert len(session.scalar(sa.select(Connection)).settings["idp_certs"]) == 2
 
+
+
+def test_refresh_metadata_due_from_cron_does_the_same_pass(app, tx, client, partner,
+                                                           saml_idp):
+    connection_id = add_saml_connection(app, tx, client, saml_idp)
+    idle = cli(app, "saml", "refresh-metadata", "--due")
+    assert idle.exit_code == 0 and "no metadata is due" in idle.output
+    make_due(tx, connection_id)
+    saml_idp.metadata_broken = True
+    failed = cli(app, "saml", "refresh-metadata", "--due")
+    assert failed.exit_code == 1
+    assert (f"connection {connection_id}: refresh failed, last good metadata kept: "
+            in failed.output) and "HTTP 503" in failed.output
+    saml_idp.metadata_broken = False
+    done = cli(app, "saml", "refresh-metadata", str(connection_id))  # by hand: not due yet
+    assert done.exit_code == 0
+    assert f"connection {connection_id}: metadata refreshed" in done.output
+    assert [e.outcome for e in audit_events(app, "connection.metadata_refresh")] == [
+        "failure", "success"]
+    assert settings(tx, connection_id)["metadata"]["error"] == ""

@@ -87,13 +87,15 @@ def register(main: click.Group, cli_context) -> None:
         baseline (anomalies are audited and mailed), delete expired sign-ups and reset
         links, re-verify domains whose last check is older than
         TRELLIS_DOMAIN_RECHECK_HOURS, re-check apps' sector identifier documents every
-        TRELLIS_SECTOR_RECHECK_HOURS, and sync the directories scheduled with
+        TRELLIS_SECTOR_RECHECK_HOURS, fetch again the SAML metadata whose cacheDuration or
+        validUntil has come, and sync the directories scheduled with
         `trellis ldap schedule`."""
         click.echo(f"trellis worker: delivering mail every {interval}s")
         while True:
             _sync_directories()
             _recheck_domains()
             _recheck_sectors()
+            _refresh_saml_metadata()
             purged = _purge_expired()
             if purged:
                 click.echo(f"purged {purged} expired sign-up and reset link"
@@ -217,6 +219,19 @@ def _recheck_sectors() -> None:
     for client_id, problem in found.unreadable.items():
         click.echo(f"app {client_id}: sector identifier document not checked ({problem}); "
                    f"tried again at the next pass", err=True)
+
+
+def _refresh_saml_metadata() -> None:
+    """IdP metadata that is due, for every SAML connection configured by URL (not only
+    those someone signs in through): a certificate rollover the IdP announces is picked up
+    before it switches keys. A failed fetch keeps the last good copy and is retried five
+    minutes later; the other connections go on."""
+    from portal.cli import cli_context
+    from portal.cli_saml import refresh_report_lines
+    from portal.services import saml as saml_connections
+    report = saml_connections.refresh_due(services().db, cli_context())
+    for line, failure in refresh_report_lines(report):
+        click.echo(f"saml {line}", err=failure)
 
 
 def _purge_expired() -> int:

@@ -131,22 +131,34 @@ def saml_refresh_metadata(connection_id: int | None, due: bool) -> None:
     from portal.services import saml as saml_connections
     if bool(connection_id) == due:
         raise TrellisError("Name a connection or pass --due (not both).", code="usage")
-    s, failed = services(), 0
-    with s.db.sessions() as session:
-        ids = [connection_id] if connection_id else [
-            c.id for c in saml_connections.due_for_refresh(session)]
-    for each in ids:
+    s = services()
+    if due:
+        report = saml_connections.refresh_due(s.db, _context())
+    else:
+        report = saml_connections.RefreshPass()
         with s.db.transaction() as session:
-            row = connections.get(session, each)
-            ok = saml_connections.refresh_metadata(session, _context(), row)
-            status = row.settings["metadata"]
-        failed += not ok
-        click.echo(f"connection {each}: " + ("metadata refreshed" if ok else
-                   f"refresh failed, last good metadata kept: {status['error']}"))
-    if not ids:
+            row = connections.get(session, connection_id)
+            if saml_connections.refresh_metadata(session, _context(), row):
+                report.refreshed.append(connection_id)
+            else:
+                report.failed[connection_id] = row.settings["metadata"]["error"]
+    for line, _failure in refresh_report_lines(report):
+        click.echo(line)
+    if due and not (report.refreshed or report.failed or report.busy):
         click.echo("no metadata is due")
-    if failed:
+    if report.failed:
         raise SystemExit(1)
+
+
+def refresh_report_lines(report) -> list[tuple[str, bool]]:
+    """One line per connection a metadata refresh touched, and whether it is a failure
+    (the command and the worker say the same thing)."""
+    lines = [(f"connection {each}: metadata refreshed", False) for each in report.refreshed]
+    lines += [(f"connection {each}: refresh failed, last good metadata kept: {error}", True)
+              for each, error in report.failed.items()]
+    lines += [(f"connection {each}: metadata refresh already under way elsewhere", False)
+              for each in report.busy]
+    return lines
 
 
 @saml.group("keys")

@@ -5,6 +5,7 @@ settings the SAML adapter takes."""
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
@@ -16,9 +17,10 @@ from federation.saml import MAX_CLOCK_SKEW, SamlSettings, SpKey
 from federation.saml_metadata import IdpMetadata, check_certificate, parse_idp_metadata
 from portal import audit
 from portal.crypto import SecretBox
+from portal.db import Database
 from portal.errors import ValidationError
 from portal.models import Connection, KeyState, Protocol
-from portal.services import connections, organizations, signing_keys
+from portal.services import connections, locks, organizations, signing_keys
 
 METADATA_MAX_BYTES = 1024 * 1024
 OPTION_KEYS = {"name_id_format", "sign_requests", "want_encrypted", "allow_sha1", "clock_skew",
@@ -170,11 +172,56 @@ def refresh_metadata(session: Session, ctx: audit.Context, connection: Connectio
     return True
 
 
-def due_for_refresh(session: Session, now: float | None = None) -> list[Connection]:
+def is_due(connection: Connection, now: float | None = None) -> bool:
+    """Whether the connection's metadata comes from a URL and its refresh time has come
+    (cacheDuration/validUntil after a good fetch, five minutes after a failed one)."""
     now = time.time() if now is None else now
-    rows = session.scalars(sa.select(Connection).where(Connection.protocol == Protocol.SAML))
-    return [c for c in rows if c.settings.get("metadata_url")
-            and (c.settings.get("metadata") or {}).get("refresh_at", 0) <= now]
+    return bool(connection.settings.get("metadata_url")) and (
+        connection.settings.get("metadata") or {}).get("refresh_at", 0) <= now
+
+
+def due_for_refresh(session: Session, now: float | None = None) -> list[Connection]:
+    """SAML connections, enabled or not, whose metadata is due: a disabled connection is
+    kept current so that enabling it again does not start with a stale certificate."""
+    rows = session.scalars(sa.select(Connection).where(Connection.protocol == Protocol.SAML)
+                           .order_by(Connection.id))
+    return [c for c in rows if is_due(c, now)]
+
+
+@dataclass
+class RefreshPass:
+    """What one pass over the due connections did, in connection order."""
+    refreshed: list[int] = field(default_factory=list)
+    failed: dict[int, str] = field(default_factory=dict)  # connection id → error kept on it
+    busy: list[int] = field(default_factory=list)  # another process was refreshing it
+
+
+def refresh_due(db: Database, ctx: audit.Context, now: float | None = None) -> RefreshPass:
+    """Refresh every connection whose metadata is due (``trellis worker`` at each pass and
+    ``trellis saml refresh-metadata --due``), each in its own transaction through
+    ``refresh_metadata``, so a failure is kept on the connection and audited exactly as an
+    explicit refresh's is, and the next connection is still tried. A lock per connection
+    keeps two workers from fetching the same metadata at once; whoever gets it second finds
+    the connection no longer due (its transaction starts after the first one committed) or
+    skips it while the first is still fetching."""
+    report = RefreshPass()
+    with db.sessions() as session:
+        ids = [c.id for c in due_for_refresh(session, now)]
+    for connection_id in ids:
+        try:
+            with (locks.exclusive(db, f"saml-metadata:{connection_id}",
+                                  "This connection's metadata is being refreshed."),
+                  db.transaction() as tx):
+                row = tx.get(Connection, connection_id)
+                if row is None or not is_due(row, now):
+                    continue  # deleted, or refreshed meanwhile by someone else
+                if refresh_metadata(tx, ctx, row, now=now):
+                    report.refreshed.append(connection_id)
+                else:
+                    report.failed[connection_id] = row.settings["metadata"]["error"]
+        except locks.Busy:
+            report.busy.append(connection_id)
+    return report
 
 
 def settings_for(session: Session, box: SecretBox, connection: Connection,

@@ -71,9 +71,9 @@ def begin(connection: Connection, *, login_hint: str | None, next_url: str, test
 
 def _refresh_metadata_if_due(connection: Connection) -> None:
     """Metadata past its cacheDuration/validUntil is fetched again before the sign-in; a
-    failed fetch keeps the last good copy (and is recorded on the connection)."""
-    status = connection.settings.get("metadata") or {}
-    if not connection.settings.get("metadata_url") or status.get("refresh_at", 0) > time.time():
+    failed fetch keeps the last good copy (and is recorded on the connection). `trellis
+    worker` refreshes due metadata too, so this only fetches when no worker has yet."""
+    if not saml_connections.is_due(connection):
         return
     with services().db.transaction() as tx:
         saml_connections.refresh_metadata(tx, audit_context(), tx.get(Connection, connection.id))

@@ -80,6 +80,9 @@ class SamlIdp:
         self.valid_until: datetime | None = None
         self.cache_duration = ""
         self.metadata_broken = False
+        self.metadata_fetches = 0
+        self.metadata_requested = threading.Event()  # set at each fetch
+        self.metadata_gate: threading.Event | None = None  # when set, answers wait for it
         self.requests: list[dict] = []
         self.logouts: list[dict] = []
         self.server = make_server("127.0.0.1", 0, self.wsgi, threaded=True,
@@ -216,6 +219,11 @@ class SamlIdp:
         return response(environ, start_response)
 
     def metadata(self, request: Request) -> Response:
+        with self._lock:
+            self.metadata_fetches += 1
+        self.metadata_requested.set()
+        if self.metadata_gate is not None:
+            self.metadata_gate.wait(30)
         if self.metadata_broken:
             return Response("<html>maintenance</html>", status=503, mimetype="text/html")
         return Response(self.metadata_xml(), mimetype="application/samlmetadata+xml")

@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 CHANNEL = "trellis:policy:invalidate"
 ALL = "*"
+POLL_SECONDS = 0.05
 log = logging.getLogger("trellis.policy")
 
 
@@ -89,7 +90,9 @@ class RedisInvalidation:
             try:
                 pubsub.subscribe(self.channel)
                 while not self._stop.is_set():
-                    message = pubsub.get_message(timeout=0.5)
+                    # A short wait: ``close`` (every CLI command's exit, every test app)
+                    # waits for it to end, and an idle listener costs nothing meanwhile.
+                    message = pubsub.get_message(timeout=POLL_SECONDS)
                     if message is None:
                         continue
                     if message.get("type") == "subscribe":

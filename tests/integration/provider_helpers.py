@@ -3,6 +3,7 @@ users and registered apps, and a relying party driven by Authlib's own client.""
 
 from __future__ import annotations
 
+import base64
 import re
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
@@ -33,6 +34,18 @@ def register(app, **overrides) -> RegisteredApp:
     with services_of(app).db.transaction() as session:
         row, secret = apps.create(session, CLI_CTX, spec)
         return RegisteredApp(row.client_id, secret)
+
+
+def backend_token(app, client, name: str, scope: str,
+                  organizations: list[str] | None = None) -> str:
+    """An access token of a newly registered backend app (client credentials, ``scope``),
+    fetched from the token endpoint as the app would."""
+    backend = register(app, name=name, organizations=organizations or [], redirect_uris=[],
+                       grant_types=["client_credentials"], scopes=[scope])
+    basic = base64.b64encode(f"{backend.client_id}:{backend.secret}".encode()).decode()
+    return client.post("/oauth/token", data={"grant_type": "client_credentials",
+                                             "scope": scope},
+                       headers={"Authorization": f"Basic {basic}"}).get_json()["access_token"]
 
 
 def verify_domain(app, slug: str, domain: str) -> None:

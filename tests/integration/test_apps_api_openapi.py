@@ -3,13 +3,11 @@ every answer it gives (successes and refusals) matches that description."""
 
 from __future__ import annotations
 
-import base64
-
 import jsonschema
 from openapi_spec_validator import validate as validate_spec
 
 from tests.conftest import csrf_token, sign_in
-from tests.integration.provider_helpers import register
+from tests.integration.provider_helpers import backend_token
 
 
 def _operator(app, make_user):
@@ -100,14 +98,9 @@ def test_operator_answers_match_the_document(app, make_org, make_user):
 
 def test_automation_answers_match_the_document(app, make_org, make_user):
     make_org("acme", "Acme Supplies")
-    robot = register(app, name="Ops automation", redirect_uris=[],
-                     grant_types=["client_credentials"], scopes=["apps:manage"])
     client = app.test_client()
-    basic = base64.b64encode(f"{robot.client_id}:{robot.secret}".encode()).decode()
-    token = client.post("/oauth/token", data={"grant_type": "client_credentials",
-                                              "scope": "apps:manage"},
-                        headers={"Authorization": f"Basic {basic}"}).get_json()
-    auth = {"Authorization": "Bearer " + token["access_token"]}
+    auth = {"Authorization": "Bearer " + backend_token(app, client, "Ops automation",
+                                                       "apps:manage")}
     check = _checker(_document(app))
     body = {"name": "Fleet", "client_type": "public", "scopes": ["openid"],
             "grant_types": ["urn:ietf:params:oauth:grant-type:device_code"],

@@ -97,15 +97,8 @@ def test_operators_see_how_many_people_grant_each_purpose(app, client, crm, make
 def test_an_app_that_relied_on_a_consent_sees_it_withdrawn(app, client, crm):
     """An app signed in with its own access token (client credentials, ``authz``) reads the
     consent it relied on: once the person withdraws it, the API says withdrawn, with when."""
-    import base64
-
-    from tests.integration.provider_helpers import register
-    newsletter = register(app, name="Newsletter", organizations=["acme"], redirect_uris=[],
-                          grant_types=["client_credentials"], scopes=["authz"])
-    basic = base64.b64encode(f"{newsletter.client_id}:{newsletter.secret}".encode()).decode()
-    token = client.post("/oauth/token", data={"grant_type": "client_credentials",
-                                              "scope": "authz"},
-                        headers={"Authorization": f"Basic {basic}"}).get_json()["access_token"]
+    from tests.integration.provider_helpers import backend_token
+    token = backend_token(app, client, "Newsletter", "authz", ["acme"])
     _choose(app, "alice@acme.test", ["product_news"])
     path = f"/api/v1/users/{crm['alice']}/consents"
     granted = {c["purpose"]: c for c in _get(client, path, token).get_json()["consents"]}

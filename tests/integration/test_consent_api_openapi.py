@@ -4,11 +4,9 @@ gives a real app (successes and refusals) matches that description."""
 
 from __future__ import annotations
 
-import base64
-
 from openapi_spec_validator import validate as validate_spec
 
-from tests.integration.provider_helpers import register
+from tests.integration.provider_helpers import backend_token
 from tests.integration.test_apps_api_openapi import _checker, _document
 from tests.integration.test_consent_api import _choose, _get, crm  # noqa: F401
 
@@ -73,12 +71,7 @@ def test_api_key_answers_match_the_document(app, client, crm, tx):  # noqa: F811
 
 
 def test_access_token_answers_match_the_document(app, client, crm):  # noqa: F811
-    newsletter = register(app, name="Newsletter", organizations=["acme"], redirect_uris=[],
-                          grant_types=["client_credentials"], scopes=["authz"])
-    basic = base64.b64encode(f"{newsletter.client_id}:{newsletter.secret}".encode()).decode()
-    token = client.post("/oauth/token", data={"grant_type": "client_credentials",
-                                              "scope": "authz"},
-                        headers={"Authorization": f"Basic {basic}"}).get_json()["access_token"]
+    token = backend_token(app, client, "Newsletter", "authz", ["acme"])
     _choose(app, "alice@acme.test", ["product_news", "usage_analytics"])
     check = _checker(_document(app))
     state = check(_get(client, f"/api/v1/users/{crm['alice']}/consents", token), USER, "get")

@@ -5,13 +5,11 @@ built once and plays no part in answering a decision."""
 
 from __future__ import annotations
 
-import base64
-
 from openapi_spec_validator import validate as validate_spec
 
 from portal import openapi
 from portal.views import api
-from tests.integration.provider_helpers import register
+from tests.integration.provider_helpers import backend_token
 from tests.integration.test_apps_api_openapi import _checker, _document
 from tests.integration.test_decision_api import call, order, world  # noqa: F401
 
@@ -109,12 +107,7 @@ def test_api_key_answers_match_the_document(app, client, world):  # noqa: F811
 
 
 def test_access_token_answers_match_the_document(app, client, world):  # noqa: F811
-    supplier = register(app, name="Supplier portal", organizations=["acme"], redirect_uris=[],
-                        grant_types=["client_credentials"], scopes=["authz"])
-    basic = base64.b64encode(f"{supplier.client_id}:{supplier.secret}".encode()).decode()
-    token = client.post("/oauth/token", data={"grant_type": "client_credentials",
-                                              "scope": "authz"},
-                        headers={"Authorization": f"Basic {basic}"}).get_json()["access_token"]
+    token = backend_token(app, client, "Supplier portal", "authz", ["acme"])
     check = _checker(_document(app))
     body = {"subject": world["alice"], "organization": "acme", "object": order(10),
             "action": "approve", "context": {"assurance": 2}}
